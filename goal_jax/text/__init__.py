@@ -1,0 +1,1 @@
+"""Text: CLIP BPE tokenizer, sentence splitters, sentence -> token span masks."""
