@@ -1,0 +1,83 @@
+"""Readers of raw dataset layouts, by dataset name.
+
+A reader turns a manual dir (the raw files as their authors release them) and a split name into
+`RawExample`s; a `BadRecord` stands for an entry it could not parse, so `--skip_bad` can count
+it. Reader modules are imported on first use: one missing or broken module (say, the synthetic
+dataset while it is being written) leaves the others working.
+"""
+import dataclasses
+import importlib
+import pathlib
+from typing import Callable, Iterator
+
+from goal_jax.data import records
+
+ReadFn = Callable[[pathlib.Path | None, str], Iterator[records.RawExample | records.BadRecord]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetReader:
+  """How to read one dataset.
+
+  Attributes:
+    splits: every split the reader knows.
+    read: `read(manual_dir, split)` -> iterator of `RawExample` (or `BadRecord`).
+    needs_manual_dir: False for embedded datasets (`synthetic`, `photos`).
+    available: `available(manual_dir)` -> the splits whose raw files are present (default: all);
+      `prepare` without `--split` prepares these.
+  """
+  splits: tuple[str, ...]
+  read: ReadFn
+  needs_manual_dir: bool = True
+  available: Callable[[pathlib.Path | None], tuple[str, ...]] | None = None
+
+  def available_splits(self, manual_dir) -> tuple[str, ...]:
+    return self.available(manual_dir) if self.available else self.splits
+
+
+def _lazy(module: str, function: str = "read_examples") -> ReadFn:
+  """`read` that imports `goal_jax.data.<module>` on first call."""
+  def read(manual_dir, split):
+    return getattr(importlib.import_module(f"goal_jax.data.{module}"), function)(manual_dir, split)
+  read.__qualname__ = f"{module}.{function}"
+  return read
+
+
+def _lazy_available(module: str) -> Callable[[pathlib.Path | None], tuple[str, ...]]:
+  def available(manual_dir):
+    return importlib.import_module(f"goal_jax.data.{module}").available_splits(manual_dir)
+  return available
+
+
+READERS: dict[str, DatasetReader] = {
+    "docci": DatasetReader(("train", "test", "test_qual", "qual_dev", "qual_test"),
+                           _lazy("raw.docci")),
+    "dci": DatasetReader(("train", "valid", "test", "goal_test", "full"), _lazy("raw.dci"),
+                         available=_lazy_available("raw.dci")),
+    "urban1k": DatasetReader(("test",), _lazy("raw.urban1k")),
+    "sharegpt4v": DatasetReader(("train", "test"), _lazy("raw.sharegpt4v")),
+    "coco_karpathy": DatasetReader(("train", "val", "test", "restval"),
+                                   _lazy("raw.karpathy", "read_coco")),
+    "flickr30k_karpathy": DatasetReader(("train", "val", "test"),
+                                        _lazy("raw.karpathy", "read_flickr30k")),
+    "goal_json": DatasetReader(
+        ("docci_test", "dci_test", "urban1k_test", "sharegpt4v_test", "coco_test",
+         "flickr30k_test", "dci_train", "docci_train", "dci_train_global", "docci_train_global"),
+        _lazy("raw.goal_json"), available=_lazy_available("raw.goal_json")),
+    # Embedded datasets (no manual dir).
+    "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
+                               needs_manual_dir=False),
+    "photos": DatasetReader(("test",), _lazy("photos"), needs_manual_dir=False),
+}
+
+# Modules whose SPLITS the table above repeats (so listing splits imports nothing); a test checks.
+SPLITS_SOURCES = {"docci": "raw.docci", "dci": "raw.dci", "urban1k": "raw.urban1k",
+                  "sharegpt4v": "raw.sharegpt4v", "coco_karpathy": "raw.karpathy:COCO_SPLITS",
+                  "flickr30k_karpathy": "raw.karpathy:FLICKR_SPLITS", "goal_json": "raw.goal_json",
+                  "synthetic": "synthetic", "photos": "photos"}
+
+
+def get_reader(name: str) -> DatasetReader:
+  if name not in READERS:
+    raise ValueError(f"unknown dataset {name!r}; known: {sorted(READERS)}")
+  return READERS[name]

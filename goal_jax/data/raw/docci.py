@@ -1,0 +1,50 @@
+"""DOCCI: `docci_descriptions.jsonlines` (example_id, split, image_file, description) + images/.
+
+Layout of the manual dir (Google's release, unpacked):
+  docci_descriptions.jsonlines
+  images/<example_id>.jpg
+`test_qual` is `test` then `qual_test` (5,100 images): GOAL's DOCCI test set. FineLIP and
+FAST-GOAL evaluate on `test` (5,000).
+"""
+import json
+import pathlib
+from typing import Iterator
+
+from goal_jax.data import records
+from goal_jax.data.raw import common
+
+DESCRIPTIONS = "docci_descriptions.jsonlines"
+SPLITS = ("train", "test", "test_qual", "qual_dev", "qual_test")
+_MEMBERS = {"test_qual": ("test", "qual_test")}
+
+
+def read_examples(manual_dir, split: str) -> Iterator[records.RawExample | records.BadRecord]:
+  root = common.require_dir(manual_dir)
+  path = common.find_file(root, [DESCRIPTIONS], "DOCCI descriptions")
+  for member in _MEMBERS.get(split, (split,)):
+    yield from common.read_entries(_lines(path), lambda e, w, m=member: _parse(e, w, m, root))
+
+
+def _lines(path: pathlib.Path):
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        yield where, json.loads(line)
+      except json.JSONDecodeError as e:
+        yield where, common.FieldError(f"line is not valid JSON: {e}")
+
+
+def _parse(entry, where: str, split: str, root: pathlib.Path):
+  if isinstance(entry, common.FieldError):
+    raise entry
+  example_id = common.get(entry, "example_id", str)
+  if common.get(entry, "split", str, example_id) != split:
+    return None
+  image_file = common.get(entry, "image_file", str, example_id)
+  return records.RawExample(
+      id=example_id, image=str(root / "images" / image_file),
+      caption=common.get(entry, "description", str, example_id),
+      source=f"images/{image_file}", origin=where)

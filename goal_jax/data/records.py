@@ -1,0 +1,276 @@
+"""The shard record schema, and how one raw example becomes one validated record.
+
+Readers (`goal_jax.data.raw`) yield `RawExample`s in the raw dataset's own terms. `make_record`
+does all the text and image work once, at preparation: caption normalisation, sentence splitting
+with stored character offsets, the summary, local pairs resolved to sentence indices, and the image
+pre-resized to JPEG with its original size kept. Anything that would make a silently wrong record
+raises `BadRecordError` naming the dataset, the record and the file, so the preparation either
+stops or (with `skip_bad`) counts the skip by reason.
+"""
+import dataclasses
+import functools
+import math
+import re
+from typing import Any, NamedTuple
+
+import numpy as np
+
+CAPTION_CONTEXT = 248  # Long-CLIP's stretched text context: a longer sentence never fits whole.
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in LISM's crops)
+SUMMARY_RULES = ("auto", "first_sentence", "field", "none")
+
+# Reasons a record is bad; the preparation summary counts skips by these names.
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+EMPTY_CAPTION = "empty_caption"
+NO_SENTENCE = "no_sentence"
+SENTENCE_TOO_LONG = "sentence_too_long"
+BOX_OUTSIDE_IMAGE = "box_outside_image"
+BAD_BOX = "bad_box"
+UNMATCHED_SENTENCE = "unmatched_sentence"
+DUPLICATE_ID = "duplicate_id"
+WRONG_FIELD_TYPE = "wrong_field_type"
+MISSING_ANNOTATION = "missing_annotation"
+
+# The shard record fields, in DESIGN.md's order.
+FIELDS = ("id", "image", "original_size", "caption", "extra_captions", "summary",
+          "sentence_starts", "sentence_ends", "splitter", "pair_sentence", "pair_box",
+          "pair_score", "pair_is_full_image", "source")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalPair:
+  box: tuple[float, float, float, float]  # x1, y1, x2, y2 in ORIGINAL image pixels
+  sentence: int | str  # sentence index, or the sentence text (matched at preparation)
+  score: float = 0.0
+  is_full_image: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RawExample:
+  id: str  # unique within the dataset split
+  image: Any  # file path (str or Path), encoded image bytes, or HxWx3 uint8 array
+  caption: str  # long caption, raw (normalised at preparation)
+  extra_captions: tuple[str, ...] = ()  # COCO/Flickr captions 2..5
+  summary: str | None = None  # None -> summary rule at preparation
+  local_pairs: tuple[LocalPair, ...] = ()
+  source: str = ""  # original relative path of the image
+  origin: str = ""  # annotation file (and line/item) the example came from, for error messages
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+  """A reader's report of an entry it could not turn into a `RawExample` (wrong field type...).
+
+  Readers yield it instead of raising so that `skip_bad` can count it and go on.
+  """
+  id: str
+  origin: str
+  reason: str
+  detail: str
+
+
+class BadRecordError(ValueError):
+  """A record that must not be written; the message names dataset, record and file."""
+
+  def __init__(self, reason: str, detail: str, *, dataset: str = "", record_id: str = "",
+               file: str = ""):
+    self.reason, self.detail = reason, detail
+    self.dataset, self.record_id, self.file = dataset, record_id, file
+    super().__init__(f"{dataset or '?'}: record {record_id!r} (file {file or '?'}): "
+                     f"{reason}: {detail}")
+
+
+class CaptionStats(NamedTuple):
+  """Per-record numbers for the preparation summary."""
+  num_sentences: int
+  num_tokens: int  # CLIP BPE tokens of the whole caption, SOT and EOT included, untruncated
+
+
+def features():
+  """The TFDS `FeaturesDict` of a shard record; every feature encodes and decodes without TF."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  text, tensor = tfds.features.Text, tfds.features.Tensor
+  return tfds.features.FeaturesDict({
+      "id": text(),
+      "image": tensor(shape=(), dtype=np.object_),  # JPEG bytes: decoding is the pipeline's job
+      "original_size": tensor(shape=(2,), dtype=np.int32),
+      "caption": text(),
+      "extra_captions": tfds.features.Sequence(text()),
+      "summary": text(),
+      "sentence_starts": tensor(shape=(None,), dtype=np.int32),
+      "sentence_ends": tensor(shape=(None,), dtype=np.int32),
+      "splitter": text(),
+      "pair_sentence": tensor(shape=(None,), dtype=np.int32),
+      "pair_box": tensor(shape=(None, 4), dtype=np.float32),
+      "pair_score": tensor(shape=(None,), dtype=np.float32),
+      "pair_is_full_image": tensor(shape=(None,), dtype=np.bool_),
+      "source": text(),
+  })
+
+
+@functools.lru_cache(maxsize=None)
+def splitter_tag(splitter: str) -> str:
+  """`name@version` of a sentence splitter, stored in every record."""
+  from goal_jax.text import sentences  # pylint: disable=g-import-not-at-top
+  found = sentences.get_splitter(splitter)
+  return f"{found.name}@{found.version}"
+
+
+def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex",
+                image_short_side: int | None = 256, summary: str = "auto",
+                jpeg_quality: int = 90) -> tuple[dict[str, Any], CaptionStats]:
+  """Turns one raw example into a shard record (DESIGN.md schema) and its caption stats.
+
+  Args:
+    example: the reader's example.
+    dataset: dataset name, prefixed to the id and named in errors.
+    splitter: sentence splitter name (`goal_jax.text.sentences`).
+    image_short_side: pre-resize so the short side is this (never upscaled); None keeps the size.
+    summary: `auto` (the reader's summary, else the first sentence), `first_sentence`, `field`
+      (the reader's summary or empty) or `none` (empty).
+    jpeg_quality: quality of the re-encoded JPEG.
+
+  Raises:
+    BadRecordError: with one of the reasons above.
+  """
+  from goal_jax.data import images  # pylint: disable=g-import-not-at-top
+  from goal_jax.text import sentences, tokenizer  # pylint: disable=g-import-not-at-top
+
+  def bad(reason, detail):
+    file = example.origin or example.source or str(example.image)[:200]
+    return BadRecordError(reason, detail, dataset=dataset, record_id=str(example.id), file=file)
+
+  _check_types(example, bad)
+  if summary not in SUMMARY_RULES:
+    raise ValueError(f"summary rule {summary!r} is not one of {SUMMARY_RULES}")
+
+  caption = tokenizer.normalize_text(example.caption)
+  if not caption:
+    raise bad(EMPTY_CAPTION, "the caption is empty after normalisation")
+  spans = [(int(s), int(e)) for s, e in sentences.split_sentences(caption, splitter)]
+  if not spans:
+    raise bad(NO_SENTENCE, f"the splitter {splitter!r} found no sentence in {caption[:80]!r}")
+  _check_spans(spans, len(caption), bad)
+  tok = tokenizer.get_tokenizer()
+  for index, (start, end) in enumerate(spans):
+    length = len(tok.encode(caption[start:end], normalize=False)) + 2
+    if length > CAPTION_CONTEXT:
+      raise bad(SENTENCE_TOO_LONG, f"sentence {index} has {length} tokens, more than the "
+                f"{CAPTION_CONTEXT} context: {caption[start:start + 80]!r}...")
+
+  try:
+    jpeg, original_size = images.encode_resized(
+        example.image, short_side=image_short_side, quality=jpeg_quality)
+  except FileNotFoundError as e:
+    raise bad(MISSING_IMAGE, f"image not found: {e.filename or e}") from e
+  except images.ImageDecodeError as e:
+    raise bad(CORRUPT_IMAGE, str(e)) from e
+
+  pair_sentence, pair_box = [], []
+  for pair in example.local_pairs:
+    pair_sentence.append(_resolve_sentence(pair.sentence, caption, spans, bad))
+    pair_box.append(_check_box(pair.box, original_size, bad))
+
+  record = {
+      "id": f"{dataset}/{example.id}",
+      "image": jpeg,
+      "original_size": np.asarray(original_size, np.int32),
+      "caption": caption,
+      "extra_captions": [tokenizer.normalize_text(c) for c in example.extra_captions],
+      "summary": _summary(example, caption, spans, summary, tokenizer.normalize_text),
+      "sentence_starts": np.asarray([s for s, _ in spans], np.int32),
+      "sentence_ends": np.asarray([e for _, e in spans], np.int32),
+      "splitter": splitter_tag(splitter),
+      "pair_sentence": np.asarray(pair_sentence, np.int32),
+      "pair_box": np.asarray(pair_box, np.float32).reshape(-1, 4),
+      "pair_score": np.asarray([p.score for p in example.local_pairs], np.float32),
+      "pair_is_full_image": np.asarray([p.is_full_image for p in example.local_pairs], bool),
+      "source": example.source,
+  }
+  num_tokens = len(tok.encode(caption, normalize=False)) + 2
+  return record, CaptionStats(len(spans), num_tokens)
+
+
+def _check_types(example, bad):
+  """A wrong type from a reader is a bad record, never a str() of something else."""
+  def expect(name, value, types):
+    if not isinstance(value, types):
+      raise bad(WRONG_FIELD_TYPE, f"{name} should be {types}, got {type(value).__name__}")
+
+  expect("id", example.id, str)
+  expect("caption", example.caption, str)
+  expect("summary", example.summary, (str, type(None)))
+  expect("source", example.source, str)
+  expect("extra_captions", example.extra_captions, (tuple, list))
+  for text in example.extra_captions:
+    expect("extra caption", text, str)
+  expect("local_pairs", example.local_pairs, (tuple, list))
+  for pair in example.local_pairs:
+    expect("local pair", pair, LocalPair)
+    expect("local pair sentence", pair.sentence, (int, np.integer, str))
+    expect("local pair score", pair.score, (int, float, np.number))
+  if not example.id:
+    raise bad(WRONG_FIELD_TYPE, "empty id")
+
+
+def _check_spans(spans, length, bad):
+  previous_end = 0
+  for start, end in spans:
+    if not previous_end <= start < end <= length:
+      raise bad(NO_SENTENCE, f"splitter returned bad offsets {spans} for a caption of {length}")
+    previous_end = end
+
+
+_TRAILING = re.compile(r"[\s.!?;:,]+$")
+
+
+def _sentence_key(text: str) -> str:
+  """GOAL's sentences come without their period: compare without trailing punctuation."""
+  return _TRAILING.sub("", text)
+
+
+def _resolve_sentence(sentence, caption, spans, bad) -> int:
+  """Sentence index of a local pair: checked index, or the split sentence its text names.
+
+  Text is matched to the sentence with the same text (ignoring trailing punctuation), else to
+  the one sentence that contains it (a GOAL sentence split by a finer rule); anything else fails.
+  """
+  if not isinstance(sentence, str):
+    if not 0 <= int(sentence) < len(spans):
+      raise bad(UNMATCHED_SENTENCE, f"local pair sentence {sentence} is out of range: the "
+                f"caption has {len(spans)} sentences")
+    return int(sentence)
+  from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
+  key = _sentence_key(tokenizer.normalize_text(sentence))
+  texts = [_sentence_key(caption[s:e]) for s, e in spans]
+  if key in texts:
+    return texts.index(key)
+  containing = [i for i, text in enumerate(texts) if key and key in text]
+  if len(containing) == 1:
+    return containing[0]
+  raise bad(UNMATCHED_SENTENCE, f"local pair sentence {sentence[:80]!r} matches "
+            f"{len(containing)} sentences of the caption (needs exactly one)")
+
+
+def _check_box(box, original_size, bad) -> list[float]:
+  """Box validated against the original (height, width); clipped inside after the tolerance."""
+  try:
+    x1, y1, x2, y2 = (float(v) for v in box)
+  except (TypeError, ValueError) as e:
+    raise bad(WRONG_FIELD_TYPE, f"box {box!r} is not 4 numbers") from e
+  height, width = original_size
+  if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+    raise bad(BAD_BOX, f"box {box!r} is empty or not finite")
+  tol = BOX_TOLERANCE
+  if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+    raise bad(BOX_OUTSIDE_IMAGE, f"box {box!r} lies outside the {width}x{height} (w x h) image")
+  return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+
+
+def _summary(example, caption, spans, rule, normalize) -> str:
+  field = normalize(example.summary) if example.summary else ""
+  first = caption[spans[0][0]:spans[0][1]].strip()
+  if rule == "auto":
+    return field or first
+  return {"first_sentence": first, "field": field, "none": ""}[rule]
