@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, GOAL's joint mAP, zero-shot classification, results tables."""

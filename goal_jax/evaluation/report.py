@@ -1,0 +1,115 @@
+"""Results file (JSON) and Markdown tables in the column order of the profile's paper.
+
+Results JSON, one file per evaluation run:
+
+  {"schema": "goal_jax.evaluation/1",
+   "profile": "goal",
+   "metadata": {...free-form: checkpoint, model, step...},
+   "results": {"DOCCI": {"task": "retrieval", "dataset": "docci", "split": "test+qual_test",
+                         "num_images": 5100, "num_texts": 5100,
+                         "metrics": {"t2i_R@1": 79.47, ...}}, ...}}
+
+Metric values are percentages in [0, 100]; `results` keeps the profile's benchmark order.
+"""
+import json
+import math
+import os
+
+from goal_jax.evaluation import profiles as profiles_lib
+
+SCHEMA = "goal_jax.evaluation/1"
+MISSING = "–"
+
+
+def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None):
+  """One `results` entry: the benchmark's identity, its sizes and its metrics."""
+  metrics = {str(k): float(v) for k, v in metrics.items()}
+  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+  if bad:
+    raise ValueError(f"benchmark {benchmark.name!r}: metric {bad[0]} is not finite")
+  if benchmark.num_images is not None and num_images is not None \
+      and num_images != benchmark.num_images:
+    raise ValueError(f"benchmark {benchmark.name!r} expects {benchmark.num_images} images "
+                     f"({benchmark.dataset}:{benchmark.split}), got {num_images}")
+  return {"task": benchmark.task, "dataset": benchmark.dataset, "split": benchmark.split,
+          "num_images": num_images, "num_texts": num_texts, "metrics": metrics}
+
+
+def results_document(profile, results, metadata=None):
+  """The JSON document; `results` maps benchmark name -> benchmark_result, in profile order."""
+  profile = profiles_lib.get_profile(profile) if isinstance(profile, str) else profile
+  order = [b.name for b in profile.benchmarks]
+  unknown = [name for name in results if name not in order]
+  if unknown:
+    raise ValueError(f"profile {profile.name!r} has no benchmark {unknown[0]!r}; have {order}")
+  ordered = {name: results[name] for name in order if name in results}
+  return {"schema": SCHEMA, "profile": profile.name, "metadata": dict(metadata or {}),
+          "results": ordered}
+
+
+def write_results(path, profile, results, metadata=None):
+  """Writes the results JSON (atomically) and returns the document."""
+  document = results_document(profile, results, metadata)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(document, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
+  return document
+
+
+def read_results(path):
+  """Reads and checks a results JSON written by write_results."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      document = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+    raise ValueError(f"{path}: not a results file of schema {SCHEMA!r}")
+  for key in ("profile", "metadata", "results"):
+    if key not in document:
+      raise ValueError(f"{path}: missing top-level key {key!r}")
+  for name, entry in document["results"].items():
+    if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+      raise ValueError(f"{path}: benchmark {name!r} has no 'metrics' object")
+  return document
+
+
+def column_label(key):
+  """'t2i_R@1' -> 'T2I R@1', 'i2t_mAP@10' -> 'I2T mAP@10', 'top1' -> 'Top-1'."""
+  if key.startswith("top") and key[3:].isdigit():
+    return f"Top-{key[3:]}"
+  direction, _, metric = key.partition("_")
+  return f"{direction.upper()} {metric}" if metric else key
+
+
+def _table(rows, columns):
+  lines = ["| Benchmark | " + " | ".join(column_label(c) for c in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for name, metrics in rows:
+    cells = [f"{metrics[c]:.2f}" if c in metrics else MISSING for c in columns]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def markdown_table(document):
+  """Markdown for a results document: one row per benchmark in profile order.
+
+  Consecutive benchmarks with the same columns share a table (e.g. the profile's retrieval rows),
+  so a profile mixing Recall@K and mAP rows prints one table per kind.
+  """
+  profile = profiles_lib.get_profile(document["profile"])
+  tables, rows, columns = [], [], None
+  for benchmark in profile.benchmarks:
+    if benchmark.name not in document["results"]:
+      continue
+    if rows and benchmark.columns != columns:
+      tables.append(_table(rows, columns))
+      rows = []
+    columns = benchmark.columns
+    rows.append((benchmark.name, document["results"][benchmark.name]["metrics"]))
+  if rows:
+    tables.append(_table(rows, columns))
+  return "\n\n".join(tables) + "\n"
