@@ -1,0 +1,229 @@
+"""Checkpoint round trips, keep-last-K, exact resume of a toy train loop, and SIGTERM handling.
+
+`train_toy` is a miniature trainer built only from `goal_jax.training` pieces (sharded init,
+optimizer, Grain iterator, Checkpointer, PreemptionGuard, MetricWriter, NonFiniteGuard) under
+`jax.transfer_guard("disallow")`; the SIGTERM test runs it in a subprocess.
+"""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from goal_jax.training import checkpointing, metrics, optimizer, preemption, sharding
+
+BATCH = 8
+FSDP = [(".*kernel", "fsdp(min_size_mb=0)")]
+
+
+class ToyRegressor(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1, name="head")(nn.tanh(nn.Dense(8, name="hidden")(x)))[:, 0]
+
+
+def make_example(index):
+  """Record `index` of a deterministic toy dataset (what a Grain `map` would decode)."""
+  rng = np.random.default_rng(int(index))
+  x = rng.normal(size=4).astype(np.float32)
+  return {"x": x, "y": np.float32(np.sin(x.sum())), "record_index": np.int32(index)}
+
+
+def make_iterator(batch=BATCH):
+  dataset = grain.MapDataset.range(40).seed(3).shuffle().map(make_example).repeat()
+  return iter(dataset.to_iter_dataset().batch(batch, drop_remainder=True))
+
+
+def init_fn(rng, tx):
+  params = ToyRegressor().init(rng, jnp.zeros((1, 4)))["params"]
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "rng": jax.random.fold_in(rng, 1)}
+
+
+def train_step(state, batch, tx):
+  # The state's rng drives input noise, so a wrongly restored rng changes the result.
+  step_rng = jax.random.fold_in(state["rng"], state["step"])
+  noise = 0.01 * jax.random.normal(step_rng, batch["x"].shape)
+
+  def loss_fn(params):
+    pred = ToyRegressor().apply({"params": params}, batch["x"] + noise)
+    return jnp.mean((pred - batch["y"]) ** 2)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+         "step": state["step"] + 1, "rng": state["rng"]}
+  return new, {"loss": loss}
+
+
+@functools.cache
+def compiled_toy(total_steps):
+  """The optimizer and jitted functions, shared between runs only to save compile time."""
+  mesh = sharding.make_mesh([("data", -1)])
+  abstract_params = jax.eval_shape(ToyRegressor().init, jax.random.key(0), jnp.zeros((1, 4)))
+  tx, _ = optimizer.make_optimizer(
+      dict(lr=0.05, schedule="cosine", total_steps=total_steps, weight_decay=0.01),
+      abstract_params["params"])
+  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), jax.random.key(0), mesh,
+                                         FSDP)
+  step_fn = jax.jit(lambda s, b: train_step(s, b, tx), donate_argnums=(0,),
+                    out_shardings=(sharding.shardings_of(abstract), None))
+  return mesh, init, abstract, step_fn
+
+
+def train_toy(workdir, total_steps, *, save_every, stop_at=None, step_sleep=0.0, ready_file=None):
+  """Trains until `total_steps`, a SIGTERM, or `stop_at` (a crash: no extra save). Returns state."""
+  mesh, init, abstract, step_fn = compiled_toy(total_steps)
+  data_iter = make_iterator()
+  finite_guard = metrics.NonFiniteGuard()
+  with (checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=save_every,
+                                   keep=2) as ckpt,
+        metrics.MetricWriter(workdir, log_every=2) as writer,
+        preemption.PreemptionGuard() as preempted,
+        jax.set_mesh(mesh), jax.transfer_guard("disallow")):
+    state = ckpt.restore_or_init(abstract, init, data_iter)
+    step = int(jax.device_get(state["step"]))
+    while step < total_steps:
+      host_batch = next(data_iter)
+      state, step_metrics = step_fn(state, sharding.host_batch_to_global(host_batch, mesh))
+      step += 1
+      finite_guard(step, step_metrics, host_batch["record_index"])
+      if writer.due(step, total_steps):
+        writer.write(step, step_metrics)
+      if step == stop_at:
+        return state
+      if preempted.should_stop(step):
+        finite_guard.flush()
+        ckpt.save(step, state, data_iter, force=True)
+        print(f"preempted at step {step}", flush=True)
+        break
+      ckpt.save(step, state, data_iter)
+      if ready_file and step == 3:
+        open(ready_file, "w").close()
+      time.sleep(step_sleep)
+    finite_guard.flush()
+  return state
+
+
+def assert_trees_equal(a, b):
+  a, b = jax.device_get(a), jax.device_get(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_restores_state_shardings_and_next_batch(tmp_path):
+  mesh = sharding.make_mesh([("data", -1)])
+  tx = optax.adamw(1e-2)
+  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), jax.random.key(1), mesh,
+                                         FSDP)
+  state = init()
+  state["opt_state"][0].mu["hidden"]["kernel"] += 0.5  # make the state non-trivial
+  data_iter = make_iterator()
+  for _ in range(3):
+    next(data_iter)
+  with checkpointing.Checkpointer(str(tmp_path), save_every=10) as ckpt:
+    assert ckpt.save(7, state, data_iter, force=True)
+  expected_next = next(data_iter)
+
+  fresh_iter = make_iterator()
+  with checkpointing.Checkpointer(str(tmp_path), save_every=10) as ckpt:
+    assert ckpt.latest_step == 7
+    restored = ckpt.restore(abstract, fresh_iter)
+  assert_trees_equal(restored, state)
+  assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
+  assert restored["params"]["hidden"]["kernel"].sharding.spec == P(None, "data")  # (4, 8)
+  assert restored["opt_state"][0].nu["hidden"]["kernel"].sharding.spec == P(None, "data")
+  got_next = next(fresh_iter)
+  for key in expected_next:
+    np.testing.assert_array_equal(got_next[key], expected_next[key])
+  assert not np.array_equal(got_next["record_index"], next(make_iterator())["record_index"])
+
+
+def test_save_every_and_keep_last(tmp_path):
+  state = {"w": jnp.arange(3.0)}
+  with checkpointing.Checkpointer(str(tmp_path), save_every=2, keep=2) as ckpt:
+    saved = [ckpt.save(step, {"w": state["w"] + step}) for step in range(1, 8)]
+    assert saved == [False, True, False, True, False, True, False]
+    assert ckpt.save(7, {"w": state["w"] + 7}, force=True)
+    assert not ckpt.save(7, {"w": state["w"] + 7}, force=True)  # already there
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps == [6, 7]
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [6, 7]
+    abstract = sharding.abstract_state(state)
+    np.testing.assert_array_equal(ckpt.restore(abstract, step=6)["w"], state["w"] + 6)
+    with pytest.raises(ValueError, match="no data iterator state"):
+      ckpt.restore(abstract, make_iterator())
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    checkpointing.Checkpointer(str(tmp_path / "empty"), save_every=1).restore(abstract)
+
+
+def test_resumed_training_is_bit_identical(tmp_path):
+  total = 8
+  straight = train_toy(str(tmp_path / "straight"), total, save_every=100)
+  interrupted = train_toy(str(tmp_path / "resumed"), total, save_every=4, stop_at=7)
+  resumed = train_toy(str(tmp_path / "resumed"), total, save_every=4)  # restarts from step 4
+  assert int(resumed["step"]) == total
+  assert_trees_equal(resumed, straight)
+  assert not np.array_equal(np.asarray(interrupted["params"]["head"]["kernel"]),
+                            np.asarray(straight["params"]["head"]["kernel"]))
+  logged = metrics.read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))
+  assert [m["step"] for m in logged] == [1, 2, 4, 6, 6, 8]  # the resumed run redoes step 6
+  assert logged[3] == logged[4]
+  straight_log = metrics.read_metrics(str(tmp_path / "straight" / "metrics.jsonl"))
+  assert logged[-1] == straight_log[-1]
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  ready = tmp_path / "ready"
+  script = (f"import sys; sys.path.insert(0, {tests_dir!r});"
+            "import test_training_checkpointing as t;"
+            f"t.train_toy({str(tmp_path)!r}, 10_000, save_every=10_000, step_sleep=0.05,"
+            f" ready_file={str(ready)!r})")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 240
+    while not ready.exists():
+      assert child.poll() is None, child.communicate()[1][-3000:]
+      assert time.time() < deadline, "the child never reached step 3"
+      time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+  finally:
+    if child.poll() is None:
+      child.kill()
+  assert child.returncode == 0, err[-3000:]
+  stopped_at = int(out.strip().split()[-1])
+  assert 3 <= stopped_at < 10_000
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every=10_000)
+  assert ckpt.all_steps == [stopped_at]
+  # The forced save holds exactly the state of an uninterrupted run stopped at that step.
+  reference = train_toy(str(tmp_path / "reference"), 10_000, save_every=10_000, stop_at=stopped_at)
+  assert_trees_equal(ckpt.restore(sharding.abstract_state(reference)), reference)
+  ckpt.close()
+
+
+def test_preemption_guard_restores_previous_handler():
+  before = signal.getsignal(signal.SIGTERM)
+  with preemption.PreemptionGuard() as guard:
+    assert not guard.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)  # Python runs the handler between bytecodes of the main thread
+    assert guard.should_stop(2) and guard.received == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is before
