@@ -1,0 +1,210 @@
+"""Symmetric InfoNCE with CLIP's learnable temperature, dense or inside `jax.shard_map`.
+
+Every loss in `goal_jax.losses` is written once, for the rows one device holds, and takes an
+`axis_name`: `None` means the arrays are the whole batch (single device, or GSPMD under jit);
+a mesh axis name means the function runs inside `jax.shard_map` over that axis, and the other
+modality is all-gathered (with gradients: the transpose of `all_gather` is a reduce-scatter)
+while every mean is a `psum` of sums over a `psum` of counts. The two paths therefore give the
+same value and the same gradients, which the tests check on 4 CPU devices.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+# A finite "minus infinity": masked logits vanish from softmax without 0 * inf = NaN in the
+# label-smoothing sum, and an all-masked row stays finite (it is excluded from the mean anyway).
+_MASKED_LOGIT = -1e9
+_NORM_EPS = 1e-12
+# Loss matmuls are tiny next to the towers; full fp32 keeps TPU/TF32 defaults from rounding the
+# cosines (an error of 1e-3 becomes 0.1 in a logit at scale 100).
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / ||x|| with a floor, so a zero vector (empty pooling) has a finite value and gradient."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
+
+
+def temperature(logit_scale: jax.Array, max_scale: float | None = None) -> jax.Array:
+  """exp(logit_scale) in fp32, optionally clamped from above (open_clip clamps to 100)."""
+  scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
+  if max_scale is not None:
+    scale = jnp.minimum(scale, max_scale)
+  return scale
+
+
+def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """All rows of the global batch (identity when not sharded); differentiable."""
+  if axis_name is None:
+    return x
+  return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
+def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Sum over this device's values and, when sharded, over all devices."""
+  total = jnp.sum(x)
+  return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+def row_offset(n_local: int, axis_name: str | None) -> jax.Array:
+  """Global index of this device's first row (the label offset of the local rows)."""
+  if axis_name is None:
+    return jnp.zeros((), jnp.int32)
+  return jax.lax.axis_index(axis_name) * n_local
+
+
+def batch_mean(values: jax.Array, valid: jax.Array | None, axis_name: str | None) -> jax.Array:
+  """Mean of per-sample `values` over the valid samples of the global batch; 0 if none is."""
+  values = values.astype(jnp.float32)
+  if valid is None:
+    valid = jnp.ones(values.shape, bool)
+  total = global_sum(jnp.where(valid, values, 0.0), axis_name)
+  count = global_sum(valid.astype(jnp.float32), axis_name)
+  return total / jnp.maximum(count, 1.0)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, column_valid: jax.Array | None = None,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-row softmax cross-entropy over the valid columns, as `torch.nn.functional.cross_entropy`.
+
+  Args:
+    logits: `[..., R, K]`.
+    labels: `[..., R]` int, the target column of each row.
+    column_valid: `[..., K]` bool; invalid columns leave every denominator.
+    label_smoothing: torch semantics, spread over the valid columns only.
+
+  Returns:
+    `[..., R]` losses (rows are not masked here; callers drop invalid rows in the mean).
+  """
+  logits = logits.astype(jnp.float32)
+  if column_valid is not None:
+    logits = jnp.where(column_valid[..., None, :], logits, _MASKED_LOGIT)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  if not label_smoothing:
+    return nll
+  if column_valid is None:
+    column_valid = jnp.ones(logits.shape[-1:], bool)
+  num_classes = jnp.maximum(jnp.sum(column_valid, axis=-1, keepdims=True), 1)
+  uniform = -jnp.sum(jnp.where(column_valid[..., None, :], log_probs, 0.0), axis=-1) / num_classes
+  return (1.0 - label_smoothing) * nll + label_smoothing * uniform
+
+
+def infonce_parts(image: jax.Array, text: jax.Array, scale: jax.Array, *,
+                  valid: jax.Array | None = None, label_smoothing: float = 0.0,
+                  axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """(sum of both directions' row losses, number of valid pairs), both over the global batch.
+
+  Building block for objectives that average several InfoNCE problems themselves (SAP averages
+  one problem per sentence index and must know which ones are empty).
+  """
+  n_local = image.shape[0]
+  if valid is None:
+    valid = jnp.ones((n_local,), bool)
+  valid = valid.astype(bool)
+  image_all, text_all, valid_all = (gather(x, axis_name) for x in (image, text, valid))
+  labels = row_offset(n_local, axis_name) + jnp.arange(n_local)
+  image, text, image_all, text_all = (x.astype(jnp.float32)
+                                      for x in (image, text, image_all, text_all))
+  image_to_text = scale * jnp.matmul(image, text_all.T, precision=PRECISION)
+  text_to_image = scale * jnp.matmul(text, image_all.T, precision=PRECISION)
+  losses = (cross_entropy(image_to_text, labels, valid_all, label_smoothing)
+            + cross_entropy(text_to_image, labels, valid_all, label_smoothing))
+  total = global_sum(jnp.where(valid, losses, 0.0), axis_name)
+  count = global_sum(valid.astype(jnp.float32), axis_name)
+  return total, count
+
+
+def infonce(image: jax.Array, text: jax.Array, logit_scale: jax.Array, *,
+            valid: jax.Array | None = None, label_smoothing: float = 0.0,
+            max_scale: float | None = None, axis_name: str | None = None) -> jax.Array:
+  """Symmetric CLIP InfoNCE: ½ [CE(image→text) + CE(text→image)], diagonal targets.
+
+  Args:
+    image, text: `[n, E]` L2-normalised embeddings (this device's rows when `axis_name` is set).
+    logit_scale: log-space temperature parameter; the logits use `exp(logit_scale)`.
+    valid: `[n]` bool; invalid (padded) rows leave both denominators and the mean.
+    label_smoothing: torch semantics (Long-CLIP uses 0.1; GOAL and MulCLIP 0).
+    max_scale: clamp `exp(logit_scale)` to at most this (GOAL: none).
+    axis_name: mesh axis to all-gather over when called inside `jax.shard_map`.
+
+  Returns:
+    The scalar loss, averaged over the valid pairs of the global batch (0 if there are none).
+  """
+  scale = temperature(logit_scale, max_scale)
+  total, count = infonce_parts(image, text, scale, valid=valid, label_smoothing=label_smoothing,
+                               axis_name=axis_name)
+  return total / (2.0 * jnp.maximum(count, 1.0))
+
+
+def data_parallel(fn: Callable[..., Any], mesh: jax.sharding.Mesh | None,
+                  axis_name: str = "data") -> Callable[..., Any]:
+  """Runs `fn(*batched, axis_name=...)` on batch-sharded arguments, returning replicated results.
+
+  Every leaf of every positional argument is split along its leading (batch) axis over
+  `axis_name`; `fn` must reduce to replicated values (the losses here do, via `psum`).
+  Parameters (heads, `logit_scale`, calibration modules) are closed over by `fn`. Works inside
+  a jitted train step on a mesh with `AxisType.Auto`. With `mesh=None` it calls `fn` densely.
+  """
+  if mesh is None:
+    return functools.partial(fn, axis_name=None)
+  num_shards = mesh.shape[axis_name]
+
+  def run(*batched):
+    for leaf in jax.tree.leaves(batched):
+      if leaf.ndim == 0 or leaf.shape[0] % num_shards:
+        raise ValueError(f"data_parallel: a batched input of shape {leaf.shape} cannot be split "
+                         f"into {num_shards} shards along mesh axis {axis_name!r}; the global "
+                         "batch size must be a multiple of the number of devices")
+    sharded = jax.shard_map(functools.partial(fn, axis_name=axis_name), mesh=mesh,
+                            in_specs=P(axis_name), out_specs=P())
+    return sharded(*batched)
+
+  return run
+
+
+def sharded_infonce(image: jax.Array, text: jax.Array, logit_scale: jax.Array, *,
+                    mesh: jax.sharding.Mesh, axis_name: str = "data",
+                    valid: jax.Array | None = None, label_smoothing: float = 0.0,
+                    max_scale: float | None = None) -> jax.Array:
+  """`infonce` on global batch-sharded arrays, via `shard_map` over `axis_name` of `mesh`."""
+  if valid is None:
+    valid = jnp.ones(image.shape[:1], bool)
+
+  def local(image, text, valid, axis_name):
+    return infonce(image, text, logit_scale, valid=valid, label_smoothing=label_smoothing,
+                   max_scale=max_scale, axis_name=axis_name)
+
+  return data_parallel(local, mesh, axis_name)(image, text, valid)
+
+
+def contrastive_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array, *,
+                     mesh: jax.sharding.Mesh | None = None, axis_name: str = "data",
+                     **kwargs) -> jax.Array:
+  """`sharded_infonce` when a mesh is given, else the dense `infonce`."""
+  if mesh is None:
+    return infonce(image, text, logit_scale, **kwargs)
+  return sharded_infonce(image, text, logit_scale, mesh=mesh, axis_name=axis_name, **kwargs)
+
+
+def resolve_weights(defaults: Mapping[str, float],
+                    overrides: Mapping[str, float] | None) -> dict[str, float]:
+  """Defaults updated by `overrides`; an unknown term name is an error, not a silent no-op."""
+  weights = dict(defaults)
+  for name, value in (overrides or {}).items():
+    if name not in weights:
+      raise ValueError(f"unknown loss term {name!r}; known terms: {sorted(weights)}")
+    weights[name] = float(value)
+  return weights
+
+
+def weighted_total(terms: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:
+  """Σ weight · term over the computed terms (terms with weight 0 are never computed)."""
+  return sum((weights[name] * value for name, value in terms.items()), jnp.zeros((), jnp.float32))

@@ -1,0 +1,115 @@
+"""GOAL's objective (Choi et al., CVPR 2025): global + local InfoNCE and Token Similarity Learning.
+
+    L = 1·L_global + 0.5·L_local + 1·L_TSL_img + 1·L_TSL_txt        (research/goal.md §1.4–1.6)
+
+What the trainer passes (one forward over `[image; local_image]` and `[text; local_text]`, split
+into halves with `split_halves` on the *global* arrays, before any `data_parallel`):
+- `image_out` / `text_out`: `CLIP.encode_image(batch["image"])` / `encode_text(batch["text"])`
+  (uses `embedding`, and `tokens` = pre-LN last-block outputs for TSL);
+- `local_image_out` / `local_text_out`: the same for `batch["local_image"]` / `batch["local_text"]`
+  (uses `embedding` only);
+- `batch`: `local_valid [B]`, `local_patch_mask [B, G*G]` (patch tokens 1..N, CLS excluded),
+  `local_span_mask [B, Lc]` (the sentence's tokens inside `text`);
+- `heads`: `Heads(image=lambda x: model.apply(v, x, method=CLIP.image_head), text=...)`, i.e.
+  post-LN + projection applied to pooled pre-LN tokens, exactly the CLS/EOT path.
+Local outputs may be `None` when the local and TSL weights are 0 (global fine-tuning baseline).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from goal_jax.losses import contrastive
+
+GOAL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}
+# The paper's baselines (research/goal.md §1.7 and Table 1) as weight overrides.
+GLOBAL_FINETUNE_WEIGHTS = {"global": 1.0, "local": 0.0, "tsl_image": 0.0, "tsl_text": 0.0}
+LOCAL_FINETUNE_WEIGHTS = {"global": 0.0, "local": 1.0, "tsl_image": 0.0, "tsl_text": 0.0}
+NO_TSL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 0.0, "tsl_text": 0.0}
+
+
+class Heads(NamedTuple):
+  """The final LN + projection of each tower, as callables on `[..., D]` arrays."""
+  image: Callable[[jax.Array], jax.Array]
+  text: Callable[[jax.Array], jax.Array]
+
+
+def split_halves(outputs: Mapping[str, jax.Array], size: int) -> tuple[dict, dict]:
+  """Splits a forward over a `[first; second]` concatenation into the two halves' outputs."""
+  first = {k: v[:size] for k, v in outputs.items()}
+  second = {k: v[size:] for k, v in outputs.items()}
+  return first, second
+
+
+def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of `tokens [..., T, D]` over `mask [..., T]`; zeros (not NaN) where the mask is empty."""
+  weights = mask.astype(jnp.float32)
+  total = jnp.einsum("...t,...td->...d", weights, tokens.astype(jnp.float32),
+                     precision=contrastive.PRECISION)
+  count = jnp.sum(weights, axis=-1, keepdims=True)
+  return total / jnp.maximum(count, 1.0)
+
+
+def token_similarity(tokens: jax.Array, mask: jax.Array, head: Callable[[jax.Array], jax.Array],
+                     target: jax.Array, valid: jax.Array | None = None,
+                     axis_name: str | None = None) -> jax.Array:
+  """One TSL term: mean over samples of (cos(norm(head(masked_mean(tokens))), target) − 1)².
+
+  Diagonal only, as the official code (the paper's n×n wording is not what ran, goal.md §1.5);
+  no temperature; gradients reach both the pooled tokens and the target embedding. Samples that
+  are invalid or whose mask is empty leave the mean.
+  """
+  if tokens.shape[:-1] != mask.shape:
+    raise ValueError(f"TSL: tokens {tokens.shape} and mask {mask.shape} disagree; the patch mask "
+                     "must index patch tokens 1..N (CLS excluded) and the span mask text tokens")
+  pooled = contrastive.l2_normalize(head(masked_mean(tokens, mask)).astype(jnp.float32))
+  cosine = jnp.sum(pooled * target.astype(jnp.float32), axis=-1)
+  keep = jnp.any(mask, axis=-1)
+  if valid is not None:
+    keep = keep & valid.astype(bool)
+  return contrastive.batch_mean(jnp.square(cosine - 1.0), keep, axis_name)
+
+
+def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
+                   local_image_out: Mapping[str, jax.Array] | None,
+                   local_text_out: Mapping[str, jax.Array] | None,
+                   batch: Mapping[str, Any], *, heads: Heads | None, logit_scale: jax.Array,
+                   weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0,
+                   max_scale: float | None = None,
+                   axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """GOAL's loss. See the module docstring for what each argument holds.
+
+  Args:
+    weights: overrides of `GOAL_WEIGHTS` (`global`, `local`, `tsl_image`, `tsl_text`); a term
+      whose weight is 0 is not computed and its inputs may be `None`.
+    label_smoothing, max_scale: passed to both InfoNCE terms (GOAL: 0 and unclamped).
+    axis_name: set when running inside `data_parallel` / `shard_map`. Global and local rows are
+      gathered separately (the official code gathers `[global; local]` and splits, which mixes
+      them on more than one GPU, goal.md §1.4).
+
+  Returns:
+    `(total, terms)`: `terms` maps each computed term's name to its unweighted value.
+  """
+  w = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
+  common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
+  uses_local = any(w[k] for k in ("local", "tsl_image", "tsl_text"))
+  local_valid = batch["local_valid"] if uses_local else None
+  terms = {}
+  if w["global"]:
+    terms["global"] = contrastive.infonce(image_out["embedding"], text_out["embedding"],
+                                          logit_scale, **common)
+  if w["local"]:
+    terms["local"] = contrastive.infonce(local_image_out["embedding"], local_text_out["embedding"],
+                                         logit_scale, valid=local_valid, **common)
+  if w["tsl_image"]:
+    terms["tsl_image"] = token_similarity(
+        image_out["tokens"][:, 1:], batch["local_patch_mask"], heads.image,
+        local_image_out["embedding"], local_valid, axis_name)
+  if w["tsl_text"]:
+    terms["tsl_text"] = token_similarity(
+        text_out["tokens"], batch["local_span_mask"], heads.text,
+        local_text_out["embedding"], local_valid, axis_name)
+  return contrastive.weighted_total(terms, w), terms

@@ -1,0 +1,242 @@
+"""MulCLIP's objective: global (long + ½ summary), WPR on calibrated tokens, and SAP.
+
+    L = L_batch(v_cls, t_long) + ½·L_batch(v_cls, t_short) + λ_W·L_Word + λ_S·L_Sub
+
+(research/mulclip_and_peers.md §1.3–1.7; λ_W = λ_S = 1). The paper body was not readable, so WPR
+and SAP follow the formulations the notes argue for (§1.5, §1.6, "inferred"); every open choice
+is a field of `MulCLIPOptions`, whose docstring says which default was picked and why.
+
+What the trainer passes:
+- `image_out = CLIP.encode_image(batch["image"])`: `embedding`, `tokens_projected [B, 1+N, E]`;
+- `text_out = CLIP.encode_text(batch["text"])`: `embedding`, `tokens_projected [B, Lc, E]`,
+  `eot_index [B]`;
+- `summary_embedding = encode_text(batch["summary"])["embedding"]` `[B, E]`;
+- `sentence_embedding`: `encode_text(sentences.reshape(B*M, Ls))["embedding"]` reshaped `[B, M, E]`;
+- `batch["sentence_valid"] [B, M]`;
+- `calibrators = Calibrators(image=fn, text=fn)`, each `fn(tokens [B, N, E], mask [B, N]) ->
+  [B, N', E]`, e.g. `lambda x, m: TokenCalibration().apply({"params": p["image"]}, x, m)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from goal_jax.losses import contrastive
+
+# λ_W multiplies both WPR directions: map a config's `wpr_weight` to both keys.
+MULCLIP_WEIGHTS = {"global_long": 1.0, "global_summary": 0.5, "wpr_image": 1.0,
+                   "wpr_text": 1.0, "sap": 1.0}
+_einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
+
+
+class TokenCalibration(nn.Module):
+  """FineLIP's ATRM ("Token Calibration Module"): N tokens → `num_tokens` convex combinations.
+
+  A score MLP (LayerNorm → Dense(C→ratio·C) → GELU → Dense(→N′)) gives every source token a
+  score per output slot; the `[N′, N]` scores times a learnable scalar (init 1) are softmaxed over
+  the valid source tokens only, and the output is A·X. Input: projected, unnormalised tokens, as
+  in FineLIP (its aggregation runs before `F.normalize`). LayerNorm eps and exact GELU follow
+  PyTorch, so ported weights give the same numbers.
+  """
+  num_tokens: int = 39  # int(196 · 0.4 · 0.5), FineLIP's default for both modalities.
+  hidden_ratio: float = 0.2
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    width = tokens.shape[-1]
+    x = nn.LayerNorm(epsilon=1e-5, name="norm")(tokens)
+    x = nn.Dense(int(width * self.hidden_ratio), name="hidden")(x)
+    x = nn.gelu(x, approximate=False)
+    scores = nn.Dense(self.num_tokens, name="scores")(x)  # [..., N, N']
+    scale = self.param("scale", nn.initializers.ones, ())
+    scores = jnp.swapaxes(scores, -1, -2).astype(jnp.float32) * scale  # [..., N', N]
+    if mask is not None:
+      scores = jnp.where(mask[..., None, :], scores, -1e9)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return _einsum("...kn,...nc->...kc", weights, tokens.astype(jnp.float32))
+
+
+class Calibrators(NamedTuple):
+  """One token calibration callable per modality: `(tokens, mask) -> calibrated tokens`."""
+  image: Callable[[jax.Array, jax.Array], jax.Array]
+  text: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class MulCLIPOptions:
+  """The choices the MulCLIP notes leave open (research/mulclip_and_peers.md §1.5, §1.6, §6).
+
+  Defaults and why:
+  - `wpr_attention_temperature = wpr_temperature = 0.07`: fixed, CLIP's initial temperature; the
+    paper's values are unknown (§1.5 TODO) and a fixed value keeps the within-sample term from
+    steering the learnable global `logit_scale`.
+  - `wpr_symmetric = True`: each WPR InfoNCE is averaged over both softmax directions (rows:
+    token vs. all reconstructions; columns: reconstruction vs. all tokens), as SPARC's
+    within-sample fine-grained loss, the formulation the notes argue for.
+  - `sap_patches = "calibrated"`: SAP aggregates the calibrated visual tokens v′, because the
+    reviews state v′ receives supervision through SAP via v̄ (§1.5, §1.6 step 1); `"raw"` uses
+    the normalised projected patch tokens.
+  - `sap_temperature = 0.07`, `sap_top_k = None`: a softmax over all patches (differentiable
+    "aggregate"); `sap_top_k=k` first keeps the k best-scoring patches (the "extracts" reading).
+  - SAP negatives are the other images' own aggregates (one B×B matrix per sentence index, the
+    cheap variant of §1.6 step 4), with CLIP's `logit_scale`, since the paper writes L_batch.
+  """
+  wpr_attention_temperature: float = 0.07
+  wpr_temperature: float = 0.07
+  wpr_symmetric: bool = True
+  sap_patches: str = "calibrated"
+  sap_temperature: float = 0.07
+  sap_top_k: int | None = None
+
+  def __post_init__(self):
+    if self.sap_patches not in ("calibrated", "raw"):
+      raise ValueError(f"MulCLIPOptions.sap_patches must be 'calibrated' or 'raw', "
+                       f"got {self.sap_patches!r}")
+
+
+def text_token_mask(eot_index: jax.Array, length: int) -> jax.Array:
+  """Tokens FineLIP calibrates: SOT and words, not the EOT nor the padding after it."""
+  return jnp.arange(length)[None, :] < eot_index[:, None]
+
+
+def _within_sample_infonce(queries: jax.Array, keys: jax.Array, temperature: float,
+                           symmetric: bool) -> jax.Array:
+  """Per-sample InfoNCE between `[B, T, E]` unit tokens, token t's positive being keys[t]."""
+  logits = _einsum("bte,bse->bts", queries, keys) / temperature
+  labels = jnp.broadcast_to(jnp.arange(logits.shape[1]), logits.shape[:2])
+  loss = jnp.mean(contrastive.cross_entropy(logits, labels), axis=-1)
+  if symmetric:
+    transposed = jnp.mean(contrastive.cross_entropy(jnp.swapaxes(logits, 1, 2), labels), axis=-1)
+    loss = 0.5 * (loss + transposed)
+  return loss
+
+
+def word_patch_reconstruction(visual: jax.Array, textual: jax.Array, *,
+                              attention_temperature: float = 0.07, temperature: float = 0.07,
+                              symmetric: bool = True,
+                              axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """WPR (L_Word = L_recon,image + L_recon,text) on unit calibrated tokens, within each sample.
+
+  Affinity S = v′ t′ᵀ; ṽ_j = Σ_k softmax_k(S_jk/τ_r) t′_k and t̃_k = Σ_j softmax_j(S_jk/τ_r) v′_j
+  (bidirectional attention); then InfoNCE over the tokens of the same sample between v′ and
+  norm(Ṽ′) (resp. t′ and norm(T̃′)), positive = the token's own reconstruction.
+
+  Args:
+    visual: `[B, Nv, E]`, textual: `[B, Nt, E]`, both L2-normalised.
+
+  Returns:
+    `(image_term, text_term)`, each averaged over the global batch.
+  """
+  affinity = _einsum("bje,bke->bjk", visual, textual) / attention_temperature
+  visual_recon = _einsum("bjk,bke->bje", jax.nn.softmax(affinity, axis=2), textual)
+  textual_recon = _einsum("bjk,bje->bke", jax.nn.softmax(affinity, axis=1), visual)
+  terms = []
+  for tokens, recon in ((visual, visual_recon), (textual, textual_recon)):
+    per_sample = _within_sample_infonce(tokens, contrastive.l2_normalize(recon), temperature,
+                                        symmetric)
+    terms.append(contrastive.batch_mean(per_sample, None, axis_name))
+  return terms[0], terms[1]
+
+
+def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: float = 0.07,
+                      top_k: int | None = None) -> jax.Array:
+  """v̄ᵢ = norm(Σ_j w_ij p_j), w_i = softmax_j(cos(tᵢ, p_j)/τ) (optionally over the top k only).
+
+  Args:
+    sentences: `[B, M, E]` unit sentence embeddings; patches: `[B, N, E]` unit patch tokens.
+
+  Returns:
+    `[B, M, E]` unit aggregates, one per sentence.
+  """
+  scores = _einsum("bme,bne->bmn", sentences, patches) / temperature
+  if top_k is not None and top_k < scores.shape[-1]:
+    kth = jax.lax.top_k(scores, top_k)[0][..., -1:]
+    scores = jnp.where(scores >= jax.lax.stop_gradient(kth), scores, -1e9)
+  aggregate = _einsum("bmn,bne->bme", jax.nn.softmax(scores, axis=-1), patches)
+  return contrastive.l2_normalize(aggregate)
+
+
+def subcaption_patch_alignment(sentences: jax.Array, patches: jax.Array,
+                               sentence_valid: jax.Array, logit_scale: jax.Array, *,
+                               temperature: float = 0.07, top_k: int | None = None,
+                               label_smoothing: float = 0.0, max_scale: float | None = None,
+                               axis_name: str | None = None) -> jax.Array:
+  """SAP (L_Sub): per sentence index i, InfoNCE over the batch between v̄ᵢ and tᵢ; mean over i.
+
+  Absent sentences (`sentence_valid` False) leave both denominators of their index; an index
+  with no sentence in the whole batch leaves the mean.
+  """
+  aggregates = aggregate_patches(sentences, patches, temperature=temperature, top_k=top_k)
+  scale = contrastive.temperature(logit_scale, max_scale)
+
+  def one_index(agg, sent, valid):
+    return contrastive.infonce_parts(agg, sent, scale, valid=valid,
+                                     label_smoothing=label_smoothing, axis_name=axis_name)
+
+  totals, counts = jax.vmap(one_index, in_axes=(1, 1, 1))(aggregates, sentences, sentence_valid)
+  present = counts > 0
+  per_index = totals / (2.0 * jnp.maximum(counts, 1.0))
+  return jnp.sum(jnp.where(present, per_index, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+
+
+def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
+                      summary_embedding: jax.Array | None, sentence_embedding: jax.Array | None,
+                      batch: Mapping[str, Any], *, calibrators: Calibrators | None,
+                      logit_scale: jax.Array, weights: Mapping[str, float] | None = None,
+                      options: MulCLIPOptions = MulCLIPOptions(), label_smoothing: float = 0.0,
+                      max_scale: float | None = None,
+                      axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """MulCLIP's loss. See the module docstring for what each argument holds.
+
+  Args:
+    weights: overrides of `MULCLIP_WEIGHTS`; a 0-weight term is not computed ("w/o WPR" =
+      `{"wpr_image": 0, "wpr_text": 0}`), and unused inputs may be `None`.
+    options: the open design choices (`MulCLIPOptions`).
+    label_smoothing, max_scale: for the batch InfoNCE terms (global and SAP).
+    axis_name: set when running inside `data_parallel` / `shard_map`.
+
+  Returns:
+    `(total, terms)`, `terms` holding each computed term unweighted.
+  """
+  w = contrastive.resolve_weights(MULCLIP_WEIGHTS, weights)
+  common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
+  image = image_out["embedding"]
+  terms = {}
+  if w["global_long"]:
+    terms["global_long"] = contrastive.infonce(image, text_out["embedding"], logit_scale, **common)
+  if w["global_summary"]:
+    terms["global_summary"] = contrastive.infonce(image, summary_embedding, logit_scale, **common)
+
+  need_wpr = bool(w["wpr_image"] or w["wpr_text"])
+  need_visual = need_wpr or (w["sap"] and options.sap_patches == "calibrated")
+  patches = image_out["tokens_projected"][:, 1:].astype(jnp.float32)
+  if need_visual:
+    visual = contrastive.l2_normalize(
+        calibrators.image(patches, jnp.ones(patches.shape[:2], bool)))
+  if need_wpr:
+    text_tokens = text_out["tokens_projected"].astype(jnp.float32)
+    mask = text_token_mask(text_out["eot_index"], text_tokens.shape[1])
+    textual = contrastive.l2_normalize(calibrators.text(text_tokens, mask))
+    wpr_image, wpr_text = word_patch_reconstruction(
+        visual, textual, attention_temperature=options.wpr_attention_temperature,
+        temperature=options.wpr_temperature, symmetric=options.wpr_symmetric,
+        axis_name=axis_name)
+    if w["wpr_image"]:
+      terms["wpr_image"] = wpr_image
+    if w["wpr_text"]:
+      terms["wpr_text"] = wpr_text
+  if w["sap"]:
+    if options.sap_patches == "calibrated":
+      sap_patches = visual
+    else:
+      sap_patches = contrastive.l2_normalize(patches)
+    terms["sap"] = subcaption_patch_alignment(
+        sentence_embedding, sap_patches, batch["sentence_valid"], logit_scale,
+        temperature=options.sap_temperature, top_k=options.sap_top_k, **common)
+  return contrastive.weighted_total(terms, w), terms
