@@ -1,0 +1,374 @@
+"""Grain input pipeline: shard records -> fixed-shape numpy batches (DESIGN.md "Batch contract").
+
+    source -> MapDataset.source -> seed/shuffle (train) -> this process's slice -> map(process)
+           -> repeat (train) -> to_iter_dataset -> mp_prefetch (optional) -> batch(B_local)
+
+`process` is a pure function of one decoded record and the config, so every batch is a function of
+(seed, step) alone: the iterator's Grain state (`get_state`/`set_state`, or Orbax through
+`grain.checkpoint`) resumes exactly. Every output shape depends only on the config, so jitted steps
+never retrace. Evaluation mode reads each record once in order and pads the last batch with copies
+marked `valid=False` (the same number of batches on every process).
+
+Field groups (`config.fields`, a preset or comma-separated groups) skip work a method does not use:
+`global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
+patch_mask), `local` (GOAL's local pair). Presets: global, goal = global+local,
+mulclip = global+summary+sentences, all. `record_index` and `valid` are always present.
+"""
+import io
+from typing import Any, Callable, Mapping, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from goal_jax.data import geometry
+from goal_jax.text import spans as text_spans
+from goal_jax.text import tokenizer as text_tokenizer
+
+# OpenAI CLIP's normalisation constants (RGB).
+MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD_RGB = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+_SCALE = (1.0 / (255.0 * STD_RGB)).astype(np.float32)  # (x / 255 - mean) / std = x * scale - shift
+_SHIFT = (MEAN_RGB / STD_RGB).astype(np.float32)
+
+FIELD_GROUPS = ("global", "summary", "sentences", "local")
+FIELD_PRESETS = {
+    "global": ("global",),
+    "goal": ("global", "local"),
+    "mulclip": ("global", "summary", "sentences"),
+    "all": FIELD_GROUPS,
+}
+SPAN_MODES = ("exact", "goal")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Pipeline defaults: ViT-B/16 at 224 px, 248-token captions, CLIP's centre crop."""
+  config = ml_collections.ConfigDict()
+  config.dataset = "synthetic"
+  config.split = "train"
+  config.batch_size = 32  # global batch; each process gets batch_size / process_count
+  config.image_size = 224
+  config.patch_size = 16  # from the model config: the patch grid is image_size / patch_size
+  config.text_context = 248
+  config.sentence_context = 77
+  config.max_sentences = 8
+  config.caption_sentences = 0  # > 0: `text` is the caption's first N sentences (short captions)
+  config.geometry = "center_crop"  # or "squash"
+  config.span_mode = "exact"  # or "goal": GOAL's +1-shifted spans
+  config.box_mode = "exact"  # or "goal": GOAL's naive stretch of boxes onto the grid
+  config.fields = "all"  # preset (global, goal, mulclip, all) or groups joined by ","
+  config.num_workers = 0  # > 0: Grain multiprocessing prefetch
+  config.read_threads = 2
+  config.prefetch_buffer_size = 8
+  config.seed = 0
+  return config
+
+
+def field_groups(fields: str) -> frozenset[str]:
+  """Parses `config.fields` into the set of field groups."""
+  if fields in FIELD_PRESETS:
+    return frozenset(FIELD_PRESETS[fields])
+  groups = frozenset(g.strip() for g in fields.split(",") if g.strip())
+  unknown = groups - set(FIELD_GROUPS)
+  if not groups or unknown:
+    raise ValueError(f"config.fields={fields!r}: unknown {sorted(unknown)}; use a preset "
+                     f"{sorted(FIELD_PRESETS)} or groups from {FIELD_GROUPS} joined by ','")
+  return groups | {"global"}
+
+
+def normalize_image(pixels: np.ndarray) -> np.ndarray:
+  """uint8 `[..., 3]` -> float32, OpenAI mean/std (in place on one float copy: 2x faster)."""
+  out = pixels.astype(np.float32)
+  out *= _SCALE
+  out -= _SHIFT
+  return out
+
+
+def decode_image(data: bytes | np.ndarray) -> Image.Image:
+  """Encoded bytes (JPEG/PNG) or a uint8 HxWx3 array -> RGB PIL image."""
+  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
+    return Image.fromarray(data).convert("RGB")
+  with Image.open(io.BytesIO(bytes(data))) as image:
+    return image.convert("RGB")
+
+
+def _best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | None:
+  """Index of the highest-score non-full-image pair (of `sentence`, if given); first on ties."""
+  scores = np.asarray(record["pair_score"], np.float32)
+  usable = ~np.asarray(record["pair_is_full_image"], bool)
+  if sentence is not None:
+    usable &= np.asarray(record["pair_sentence"]) == sentence
+  if not usable.any():
+    return None
+  return int(np.argmax(np.where(usable, scores, -np.inf)))
+
+
+def _check_record(record: Mapping[str, Any]) -> None:
+  """Structural checks whose failure would otherwise surface as a shape error deep in `process`."""
+  starts, ends = np.asarray(record["sentence_starts"]), np.asarray(record["sentence_ends"])
+  num_pairs = len(record["pair_sentence"])
+  if starts.shape != ends.shape or np.any(starts > ends) or np.any(ends > len(record["caption"])):
+    raise ValueError(f"bad sentence offsets starts={starts.tolist()} ends={ends.tolist()} "
+                     f"for a caption of {len(record['caption'])} characters")
+  boxes = np.asarray(record["pair_box"])
+  if boxes.size == 0 and num_pairs == 0:
+    return
+  for key, shape in (("pair_box", (num_pairs, 4)), ("pair_score", (num_pairs,)),
+                     ("pair_is_full_image", (num_pairs,))):
+    if np.shape(record[key]) != shape:
+      raise ValueError(f"{key} has shape {np.shape(record[key])}, expected {shape}")
+  sentences = np.asarray(record["pair_sentence"])
+  if num_pairs and (sentences.min() < 0 or sentences.max() >= len(starts)):
+    raise ValueError(f"pair_sentence {sentences.tolist()} out of range for {len(starts)} sentences")
+
+
+class ProcessContext:
+  """What `process` needs besides the record: the validated config values and the tokenizer."""
+
+  def __init__(self, config: Mapping[str, Any] | ml_collections.ConfigDict, tokenizer=None):
+    self.image_size = int(config["image_size"])
+    self.patch_size = int(config["patch_size"])
+    self.grid = geometry.grid_size(self.image_size, self.patch_size)
+    self.text_context = int(config["text_context"])
+    self.sentence_context = int(config["sentence_context"])
+    self.groups = field_groups(config["fields"])
+    self.max_sentences = int(config["max_sentences"])
+    self.caption_sentences = int(config.get("caption_sentences", 0))
+    if self.caption_sentences and self.groups & {"sentences", "local"}:
+      raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
+                       "span-based fields (sentences, local), whose spans index the whole caption")
+    self.geometry = config["geometry"]
+    self.span_mode = config["span_mode"]
+    self.box_mode = config["box_mode"]
+    if self.geometry not in geometry.GEOMETRIES:
+      raise ValueError(f"config.geometry={self.geometry!r}: expected one of {geometry.GEOMETRIES}")
+    if self.span_mode not in SPAN_MODES:
+      raise ValueError(f"config.span_mode={self.span_mode!r}: expected one of {SPAN_MODES}")
+    if self.box_mode not in geometry.BOX_MODES:
+      raise ValueError(f"config.box_mode={self.box_mode!r}: expected one of {geometry.BOX_MODES}")
+    self._tokenizer = tokenizer  # None: the shared one, looked up per process (picklable)
+
+  @property
+  def tokenizer(self):
+    return self._tokenizer if self._tokenizer is not None else text_tokenizer.get_tokenizer()
+
+  def tokens(self, texts: Sequence[str], context: int) -> np.ndarray:
+    # Stored text is already in normal form; normalising again could move tokens off the offsets.
+    return self.tokenizer(list(texts), context_length=context, normalize=False).ids
+
+  def patch_mask(self, box, original_hw, stored_hw) -> np.ndarray:
+    return geometry.box_to_patch_mask(box, original_hw, self.image_size, self.patch_size,
+                                      self.geometry, self.box_mode, stored_hw=stored_hw)
+
+  def model_image(self, image: Image.Image) -> np.ndarray:
+    return normalize_image(geometry.resize_image(image, self.image_size, self.geometry))
+
+
+def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, stored_hw):
+  """GOAL's local pair: the best non-full-image pair's crop, sentence, span and patches."""
+  s, lc, g2 = ctx.image_size, ctx.text_context, ctx.grid * ctx.grid
+  best = _best_pair(record)
+  if best is None:
+    return {"local_image": np.zeros((s, s, 3), np.float32),
+            "local_text": ctx.tokens([""], lc)[0],
+            "local_span_mask": np.zeros((lc,), bool),
+            "local_patch_mask": np.zeros((g2,), bool),
+            "local_valid": np.array(False)}
+  box = np.asarray(record["pair_box"][best], np.float64)
+  sentence = int(record["pair_sentence"][best])
+  start, end = int(record["sentence_starts"][sentence]), int(record["sentence_ends"][sentence])
+  crop = image.crop(geometry.crop_box(box, original_hw, stored_hw))
+  return {"local_image": ctx.model_image(crop),
+          "local_text": ctx.tokens([record["caption"][start:end]], lc)[0],
+          "local_span_mask": span_masks[sentence],
+          "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw),
+          "local_valid": np.array(True)}
+
+
+def _sentence_fields(record, ctx: ProcessContext, span_masks, original_hw, stored_hw):
+  """First M sentences: tokens, validity, span in the caption, patches of each one's best pair."""
+  m, ls, lc, g2 = ctx.max_sentences, ctx.sentence_context, ctx.text_context, ctx.grid * ctx.grid
+  n = min(len(record["sentence_starts"]), m)
+  caption = record["caption"]
+  texts = [caption[int(a):int(b)] for a, b in
+           zip(record["sentence_starts"][:n], record["sentence_ends"][:n])]
+  span_mask = np.zeros((m, lc), bool)
+  span_mask[:n] = span_masks[:n]
+  patch_mask = np.zeros((m, g2), bool)
+  for k in range(n):
+    best = _best_pair(record, k)
+    if best is not None:
+      patch_mask[k] = ctx.patch_mask(record["pair_box"][best], original_hw, stored_hw)
+  return {"sentences": ctx.tokens(texts + [""] * (m - n), ls),
+          "sentence_valid": np.arange(m) < n,
+          "span_mask": span_mask,
+          "patch_mask": patch_mask}
+
+
+def _caption_text(record: Mapping[str, Any], num_sentences: int) -> str:
+  """The caption, or its first `num_sentences` sentences (a short caption, for pretraining)."""
+  ends = record["sentence_ends"]
+  if not num_sentences or len(ends) <= num_sentences:
+    return record["caption"]
+  return record["caption"][:int(ends[num_sentences - 1])]
+
+
+def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.ndarray]:
+  """One decoded shard record -> one example of the batch contract (without `record_index`).
+
+  Args:
+    record: a decoded record (`builder.decode_record`): str fields as str, arrays as numpy.
+    config: the pipeline config (or a `ProcessContext` made from it, to skip re-validation).
+    tokenizer: default the shared `goal_jax.text` tokenizer.
+  """
+  ctx = config if isinstance(config, ProcessContext) else ProcessContext(config, tokenizer)
+  _check_record(record)
+  image = decode_image(record["image"])
+  stored_hw = (image.height, image.width)
+  original_hw = tuple(int(v) for v in record["original_size"])
+  out = {"image": ctx.model_image(image),
+         "text": ctx.tokens([_caption_text(record, ctx.caption_sentences)], ctx.text_context)[0]}
+  if "summary" in ctx.groups:
+    out["summary"] = ctx.tokens([record["summary"]], ctx.sentence_context)[0]
+  if ctx.groups & {"sentences", "local"}:
+    offsets = list(zip(np.asarray(record["sentence_starts"]).tolist(),
+                       np.asarray(record["sentence_ends"]).tolist()))
+    span_masks = np.asarray(text_spans.caption_span_masks(
+        record["caption"], offsets, ctx.text_context, mode=ctx.span_mode,
+        tokenizer=ctx.tokenizer), bool)
+    if "sentences" in ctx.groups:
+      out.update(_sentence_fields(record, ctx, span_masks, original_hw, stored_hw))
+    if "local" in ctx.groups:
+      out.update(_local_fields(record, ctx, image, span_masks, original_hw, stored_hw))
+  return out
+
+
+class _IndexedSource:
+  """Random access to `(record_index, raw record, valid)`.
+
+  With `length > len(source)` (evaluation padding) the indices past the end repeat record 0 and are
+  marked invalid, so every process gets the same number of full batches.
+  """
+
+  def __init__(self, source, length: int | None = None):
+    self._source = source
+    self._size = len(source)
+    self._length = self._size if length is None else length
+    if self._size == 0:
+      raise ValueError("the data source is empty")
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    valid = index < self._size
+    record_index = index if valid else 0
+    return record_index, self._source[record_index], valid
+
+
+class ProcessRecord:
+  """The map transform: decode (if given a decoder) and `process`, naming the record on failure.
+
+  A top-level class so `mp_prefetch` can pickle it to worker processes.
+  """
+
+  def __init__(self, config, tokenizer=None, decode: Callable[[Any], dict] | None = None,
+               where: str = ""):
+    self._ctx = ProcessContext(config, tokenizer)  # validates the config now, not in a worker
+    self._decode = decode
+    self._where = where
+
+  def __call__(self, item) -> dict[str, np.ndarray]:
+    record_index, raw, valid = item
+    record_id = "?"
+    try:
+      record = self._decode(raw) if self._decode is not None else raw
+      record_id = record.get("id", "?")
+      out = process(record, self._ctx)
+    except Exception as e:  # name the bad record, keep the cause
+      raise ValueError(f"{self._where or 'source'} record {record_index} (id {record_id!r}): "
+                       f"{e}") from e
+    out["record_index"] = np.array(record_index, np.int32)
+    out["valid"] = np.array(valid)
+    return out
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+  return batch_size // process_count
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """Grain's multiprocessing reads absl flags; outside `absl.app.run` parse defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None, *,
+                 split: str | None = None, train: bool = True, tokenizer=None,
+                 seed: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None, source=None) -> grain.IterDataset:
+  """The Grain dataset of host-local batches for this process.
+
+  Args:
+    config: pipeline config (`default_config()` fields).
+    data_dir: where `prepare` wrote the shards (`<data_dir>/<dataset>/...`).
+    split: overrides `config.split`.
+    train: shuffle (seeded), repeat forever, drop the last partial batch. Else: one ordered pass,
+      the last batch padded with `valid=False` rows.
+    tokenizer: a `goal_jax.text` tokenizer; default the shared one (built lazily in workers).
+    seed: overrides `config.seed` (shuffle order).
+    process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
+    source: random-access records already decoded (tests, in-memory data) instead of the shards.
+
+  Returns:
+    An IterDataset; `iter(ds)` yields dicts of numpy arrays with leading dim
+    `batch_size / process_count`, and supports `get_state`/`set_state`.
+  """
+  split = split or config.split
+  seed = config.seed if seed is None else seed
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch = _local_batch_size(config.batch_size, process_count)
+  decode, where = None, "in-memory source"
+  if source is None:
+    from goal_jax.data import builder  # pylint: disable=g-import-not-at-top
+    source = builder.load_source(config.dataset, split, data_dir)
+    decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
+  transform = ProcessRecord(config, tokenizer, decode, where=where)
+  if train:
+    ds = grain.MapDataset.source(_IndexedSource(source)).seed(seed).shuffle()
+    ds = ds[process_index::process_count]
+    if len(ds) < local_batch:
+      raise ValueError(f"split {split!r} has {len(source)} records: fewer than one batch of "
+                       f"{local_batch} per process")
+    ds = ds.map(transform).repeat()
+  else:
+    per_step = local_batch * process_count
+    padded = -(-len(source) // per_step) * per_step
+    ds = grain.MapDataset.source(_IndexedSource(source, padded))[process_index::process_count]
+    ds = ds.map(transform)
+  read_options = grain.ReadOptions(num_threads=config.read_threads,
+                                   prefetch_buffer_size=config.prefetch_buffer_size)
+  it_ds = ds.to_iter_dataset(read_options)
+  if config.num_workers > 0:
+    # Workers process elements round-robin and the parent batches them, so the data order (and
+    # so every batch) is the same for any worker count.
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+  return it_ds.batch(local_batch, drop_remainder=train)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, batch_axes: str | Sequence[str] = "data"):
+  """Sharding of a batch whose leading dim is split over `batch_axes` of the mesh."""
+  axes = batch_axes if isinstance(batch_axes, str) else tuple(batch_axes)
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+
+
+def make_global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding):
+  """Host-local numpy batch -> global `jax.Array`s (this process holds its rows of the batch)."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
