@@ -1,0 +1,103 @@
+"""What every method config shares: model, input, optimizer, logging, mesh.
+
+Each method file (`goal.py`, `mulclip.py`, `global_ft.py`, `longclip.py`) starts from
+`base_config`, sets its loss and reads like the paper's recipe. The `demo` arg swaps in the
+embedded `synthetic` dataset and a tiny model that fine-tunes on 2 CPU cores in a few minutes,
+starting from a checkpoint pretrained on the synthetic short captions (see `goal_jax/demo.py`).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from goal_jax import config_utils
+from goal_jax.data import pipeline
+from goal_jax.training import optimizer
+
+# Knobs every method accepts after `:` (`--config=configs/goal.py:variant=L/14,batch=32`).
+ARG_DEFAULTS = dict(
+    demo=False,       # tiny model on the embedded synthetic data, a few minutes on a CPU
+    variant="B/16",   # model variant when no init checkpoint names one
+    init="",          # a `python -m goal_jax.convert` output; required outside the demo
+    dataset="docci",  # prepared dataset name (`python -m goal_jax.data.prepare NAME ...`)
+    data_dir="~/tensorflow_datasets",
+    batch=16,
+    epochs=10.0,
+    steps=0,          # > 0 overrides epochs
+)
+
+
+def parse(arg, **method_defaults):
+  return config_utils.parse_arg(arg, **{**ARG_DEFAULTS, **method_defaults})
+
+
+def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A full config for `method` at the paper scale; method files then set loss and optimizer."""
+  config = ml_collections.ConfigDict()
+  config.method = method
+  config.demo = args.demo
+  config.seed = 0
+  config.model_init = args.init
+  config.reset_logit_scale = config_dict.placeholder(float)  # Long-CLIP: ln(100)
+
+  config.model = ml_collections.ConfigDict(dict(
+      variant=args.variant,
+      text_context=248,           # Long-CLIP's knowledge-preserved stretching 77 -> 248
+      positions="kps",            # one trainable table (GOAL); "kps_frozen_prefix": Long-CLIP
+      frozen_prefix=20,
+      dtype="bfloat16",           # compute; params stay fp32
+      attention="xla",            # "cudnn" on GPUs: +38-46% (research/jax_ecosystem.md §4.2)
+      remat="",                   # "", "full" or "dots"
+      scan=False,
+  ))
+
+  config.input = pipeline.default_config()
+  config.input.data_dir = args.data_dir
+  config.input.dataset = args.dataset
+  config.input.split = "train"
+  config.input.batch_size = args.batch
+
+  config.optim = ml_collections.ConfigDict(
+      {k: v for k, v in optimizer.DEFAULTS.items() if k != "total_steps"})
+  config.optim.decay_regex = config_dict.placeholder(str)
+  config.optim.grad_clip_norm = config_dict.placeholder(float)
+  config.total_epochs = args.epochs
+  config.total_steps = args.steps
+
+  config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+  config.loss.max_scale = config_dict.placeholder(float)
+
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+  config.tensorboard = True
+  config.progress_bar = True
+  config.eval_every = 0  # steps; the end of training always evaluates when benchmarks are set
+  config.evals = ml_collections.ConfigDict(dict(
+      benchmarks="", profile_name="", data_dir="", batch_size=64))
+
+  config.mesh = [("data", -1)]
+  config.sharding = [(".*", "replicate")]  # FSDP: [(".*", 'fsdp(axis="data")')]
+  if args.demo:
+    demo_overrides(config)
+  return config
+
+
+def demo_overrides(config: ml_collections.ConfigDict) -> None:
+  """Tiny model, embedded synthetic data, a learning rate for a short run from a weak start."""
+  config.model.variant = "demo"
+  config.model.dtype = "float32"  # CPUs gain nothing from bf16
+  config.input.dataset = "synthetic"
+  config.input.data_dir = ""      # the demo prepares it into its cache (goal_jax/demo.py)
+  config.input.batch_size = 32
+  config.input.max_sentences = 6
+  config.input.sentence_context = 32
+  config.input.read_threads = 2
+  config.total_epochs = 0.0
+  config.total_steps = 150
+  config.optim.lr = 3e-4
+  config.optim.warmup_steps = 10
+  config.optim.weight_decay = 0.05
+  config.log_every = 25
+  config.checkpoint_every = 75
+  config.evals.benchmarks = "synthetic"
+  config.evals.profile_name = "synthetic"
+  config.evals.batch_size = 100

@@ -1,0 +1,30 @@
+r"""GOAL (Choi et al., CVPR 2025): global + local InfoNCE + Token Similarity Learning.
+
+  python -m goal_jax.train --config=configs/goal.py:demo --workdir=/tmp/goal_demo
+  python -m goal_jax.train --config=configs/goal.py:init=/ckpt/clip_b16,dataset=docci \
+      --workdir=/runs/goal_b16_docci
+
+Recipe (research/goal.md §3): AdamW (0.9, 0.999, 1e-8), lr 5e-6 cosine to 0 with no warmup, weight
+decay 0.05 on every parameter, batch 16, 10 epochs, 224 px, 248 tokens (one trainable stretched
+table), loss 1·global + 0.5·local + 1·TSL_image + 1·TSL_text, logit scale learnable and unclamped.
+Local pairs come from LISM (`python -m goal_jax.lism`) or the dataset; one per image (the best).
+Cost: DOCCI (9,647 images) is ~6.0k steps; the official code takes ~1 h on one RTX 4090 for B/16.
+
+Ablations (GOAL Table 1) are weight overrides:
+  global fine-tuning  --config.loss.weights.local=0 --config.loss.weights.tsl_image=0
+                      --config.loss.weights.tsl_text=0   (or configs/global_ft.py)
+  w/o TSL             --config.loss.weights.tsl_image=0 --config.loss.weights.tsl_text=0
+Reproducing the released code's quirks: `--config.input.span_mode=goal` (its +1 token shift) and
+`--config.input.box_mode=goal` (its naive box stretch); the defaults are the corrected forms.
+"""
+import ml_collections
+
+from configs import common
+from goal_jax.losses import goal as goal_loss
+
+
+def get_config(arg=None):
+  args = common.parse(arg)
+  config = common.base_config("goal", args)
+  config.loss.weights = ml_collections.ConfigDict(goal_loss.GOAL_WEIGHTS)
+  return config

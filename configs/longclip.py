@@ -1,0 +1,35 @@
+r"""Long-CLIP (Zhang et al., ECCV 2024): long-caption InfoNCE + primary-component short InfoNCE.
+
+  python -m goal_jax.train --config=configs/longclip.py:demo --workdir=/tmp/longclip_demo
+  python -m goal_jax.train --config=configs/longclip.py:init=/ckpt/clip_l14,dataset=sharegpt4v,batch=2048 \
+      --workdir=/runs/longclip_l14
+
+Recipe (research/mulclip_and_peers.md §3.1): knowledge-preserved stretching 77 -> 248 with the first
+20 positions frozen; short caption = the first sentence (our `summary` default); loss =
+CE(v, t_long) + CE(PCM_32(v), t_short), label smoothing 0.1; logit scale re-initialised to ln(100);
+AdamW lr 1e-6, wd 0.01, warmup 200, global batch 2048, ShareGPT4V 1.2M minus its first 1,000,
+6 epochs. Cost: ~0.5 h on 8 A100s for B/16 (the authors' README).
+"""
+import math
+
+import ml_collections
+
+from configs import common
+from goal_jax.losses import longclip as longclip_loss
+
+
+def get_config(arg=None):
+  args = common.parse(arg, dataset="sharegpt4v", batch=2048, epochs=6.0)
+  config = common.base_config("longclip", args)
+  config.model.positions = "kps_frozen_prefix"
+  config.reset_logit_scale = math.log(100.0)
+  config.loss.weights = ml_collections.ConfigDict(longclip_loss.LONGCLIP_WEIGHTS)
+  config.loss.label_smoothing = 0.1
+  config.loss.num_components = 32
+  if not args.demo:
+    config.optim.lr = 1e-6
+    config.optim.weight_decay = 0.01
+    config.optim.warmup_steps = 200
+  else:
+    config.loss.num_components = 8
+  return config
