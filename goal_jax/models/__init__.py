@@ -1,0 +1,1 @@
+"""CLIP model, attention kernels, checkpoint conversion and long-context position tables."""

@@ -1,0 +1,357 @@
+"""OpenAI CLIP in Flax Linen: a pre-LN ViT and a causal text transformer with OpenAI param names.
+
+Names mirror OpenAI's state dict (as scenic does) so conversion is a rename table. One forward of a
+tower returns what GOAL/MulCLIP need at once: the pooled normalised embedding, the last block's
+tokens before the final LayerNorm (for pooling sub-spans) and every token through LN + projection.
+See DESIGN.md "Model contract".
+"""
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from goal_jax.models import attention as attention_lib
+
+EOT_TOKEN = 49407
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  """Architecture (saved with checkpoints) plus compute knobs (dtype, attention, remat, scan)."""
+  embed_dim: int
+  image_size: int
+  patch_size: int
+  vision_width: int
+  vision_layers: int
+  vision_heads: int
+  vision_mlp_dim: int
+  text_width: int
+  text_layers: int
+  text_heads: int
+  text_mlp_dim: int
+  context_length: int = 77
+  vocab_size: int = 49408
+  activation: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+  dtype: str = "float32"
+  attention: str = "xla"
+  attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
+  remat: str | None = None  # None, "full" or "dots".
+  scan: bool = False
+
+  def __post_init__(self):
+    for tower in ("vision", "text"):
+      width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
+      if heads < 1 or width % heads:
+        raise ValueError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+    if self.image_size % self.patch_size:
+      raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
+
+  @property
+  def grid_size(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def pad_multiple(self) -> int:
+    if self.attention_pad_multiple is not None:
+      return self.attention_pad_multiple
+    return 8 if self.attention == "cudnn" else 1
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "CLIPConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown model config fields {unknown}")
+    return cls(**values)
+
+
+def _openai(embed, image, patch, v_width, v_layers, t_width, t_layers=12):
+  return dict(embed_dim=embed, image_size=image, patch_size=patch, vision_width=v_width,
+              vision_layers=v_layers, vision_heads=v_width // 64, vision_mlp_dim=4 * v_width,
+              text_width=t_width, text_layers=t_layers, text_heads=t_width // 64,
+              text_mlp_dim=4 * t_width)
+
+
+VARIANTS = {
+    "B/32": _openai(512, 224, 32, 768, 12, 512),
+    "B/16": _openai(512, 224, 16, 768, 12, 512),
+    "L/14": _openai(768, 224, 14, 1024, 24, 768),
+    "L/14-336": _openai(768, 336, 14, 1024, 24, 768),
+    # Tiny towers for tests and smoke runs (head dim 16).
+    "tiny/8": dict(embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2,
+                   vision_heads=4, vision_mlp_dim=256, text_width=32, text_layers=2,
+                   text_heads=2, text_mlp_dim=128),
+    # The README demo's CLIP: 64 px, 8x8 patch grid, trains on 2 CPU cores in minutes.
+    "demo": dict(embed_dim=64, image_size=64, patch_size=8, vision_width=64, vision_layers=3,
+                 vision_heads=4, vision_mlp_dim=256, text_width=64, text_layers=3,
+                 text_heads=4, text_mlp_dim=256),
+    "tiny/4": dict(embed_dim=32, image_size=16, patch_size=4, vision_width=32, vision_layers=2,
+                   vision_heads=2, vision_mlp_dim=128, text_width=32, text_layers=2,
+                   text_heads=2, text_mlp_dim=128),
+}
+
+
+def get_model_config(name: str, **overrides) -> CLIPConfig:
+  """Config of a named variant ("B/16", "L/14", "tiny/8", ...) with field overrides."""
+  if name not in VARIANTS:
+    raise ValueError(f"unknown model variant {name!r}; known: {sorted(VARIANTS)}")
+  return CLIPConfig(**{**VARIANTS[name], **overrides})
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+class Mlp(nn.Module):
+  hidden: int
+  activation: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, name="c_fc")(x)
+    x = ACTIVATIONS[self.activation](x)
+    return nn.Dense(width, dtype=self.dtype, name="c_proj")(x)
+
+
+class ResidualBlock(nn.Module):
+  """Pre-LN block: (carry, unused) -> (carry, attention weights), so nn.scan can stack it."""
+  heads: int
+  mlp_dim: int
+  causal: bool
+  activation: str
+  attention: str
+  eps: float
+  dtype: Any
+  true_length: int | None = None
+  return_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x, _=None):
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
+    norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)
+    y, weights = attention_lib.MultiHeadAttention(
+        self.heads, causal=self.causal, implementation=self.attention, dtype=self.dtype,
+        name="attn")(norm("ln_1")(x), self.true_length, self.return_weights)
+    x = x + y
+    x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(norm("ln_2")(x))
+    return x, weights
+
+
+class Transformer(nn.Module):
+  """`layers` residual blocks, as a Python loop (`resblocks_{i}`) or one nn.scan (`resblocks`)."""
+  layers: int
+  heads: int
+  mlp_dim: int
+  causal: bool
+  config: CLIPConfig
+
+  @nn.compact
+  def __call__(self, x, true_length=None, return_attention=False):
+    c = self.config
+    block = ResidualBlock
+    if c.remat is not None:
+      if c.remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be None or one of {sorted(REMAT_POLICIES)}, got {c.remat!r}")
+      # Inside scan XLA cannot CSE across iterations; in a Python loop it would undo the remat.
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan)
+    kwargs = dict(heads=self.heads, mlp_dim=self.mlp_dim, causal=self.causal,
+                  activation=c.activation, attention=c.attention, eps=c.layer_norm_eps,
+                  dtype=jnp.dtype(c.dtype), true_length=true_length)
+    if c.scan:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=self.layers)
+      x, weights = stack(**kwargs, return_weights=return_attention, name="resblocks")(x, None)
+      return x, None if weights is None else weights[-1]
+    weights = None
+    for i in range(self.layers):
+      last = i == self.layers - 1
+      x, weights = block(**kwargs, return_weights=return_attention and last,
+                         name=f"resblocks_{i}")(x, None)
+    return x, weights
+
+
+def _run_padded(transformer, x, multiple, causal, return_attention):
+  """Pads once per tower for cuDNN; causal towers need no length (padding is in the future)."""
+  x, length = attention_lib.pad_to_multiple(x, multiple)
+  true_length = None if causal or x.shape[1] == length else length
+  x, weights = transformer(x, true_length, return_attention)
+  if weights is not None:
+    weights = weights[:, :, :length, :length]
+  return x[:, :length], weights
+
+
+class VisionTower(nn.Module):
+  """ViT: conv patches, CLS, positions, ln_pre, blocks; head = ln_post + proj."""
+  config: CLIPConfig
+
+  def setup(self):
+    c = self.config
+    dtype, scale = jnp.dtype(c.dtype), c.vision_width ** -0.5
+    self.conv1 = nn.Conv(c.vision_width, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
+                         padding="VALID", use_bias=False, dtype=dtype)
+    self.class_embedding = self.param("class_embedding", nn.initializers.normal(scale),
+                                      (c.vision_width,))
+    self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
+                                           (c.grid_size ** 2 + 1, c.vision_width))
+    self.ln_pre = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.transformer = Transformer(c.vision_layers, c.vision_heads, c.vision_mlp_dim,
+                                   causal=False, config=c)
+    self.ln_post = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.proj = self.param("proj", nn.initializers.normal(scale), (c.vision_width, c.embed_dim))
+
+  def head(self, x):
+    """ln_post + proj on any [..., Dv]; fp32 out."""
+    x = self.ln_post(x)
+    return (x @ self.proj.astype(x.dtype)).astype(jnp.float32)
+
+  def __call__(self, images, return_attention=False):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    if images.shape[1:] != (c.image_size, c.image_size, 3):
+      raise ValueError(f"images must be [B, {c.image_size}, {c.image_size}, 3], got {images.shape}")
+    x = self.conv1(images.astype(dtype))
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    cls = jnp.broadcast_to(self.class_embedding.astype(dtype), (x.shape[0], 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(dtype)
+    x = self.ln_pre(x)
+    tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, False, return_attention)
+    out = {"embedding": l2_normalize(self.head(tokens[:, 0])), "tokens": tokens,
+           "tokens_projected": self.head(tokens)}
+    if return_attention:
+      out["attention"] = weights
+    return out
+
+
+class TextTower(nn.Module):
+  """Causal text transformer; pooled at the EOT token (the largest id); head = ln_final + proj."""
+  config: CLIPConfig
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    self.token_embedding = nn.Embed(c.vocab_size, c.text_width, dtype=dtype,
+                                    embedding_init=nn.initializers.normal(0.02))
+    self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
+                                           (c.context_length, c.text_width))
+    self.transformer = Transformer(c.text_layers, c.text_heads, c.text_mlp_dim, causal=True,
+                                   config=c)
+    self.ln_final = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.text_projection = self.param("text_projection",
+                                      nn.initializers.normal(c.text_width ** -0.5),
+                                      (c.text_width, c.embed_dim))
+
+  def head(self, x):
+    """ln_final + text_projection on any [..., Dt]; fp32 out."""
+    x = self.ln_final(x)
+    return (x @ self.text_projection.astype(x.dtype)).astype(jnp.float32)
+
+  def __call__(self, ids, return_attention=False):
+    c = self.config
+    length = ids.shape[1]
+    if ids.ndim != 2 or length > c.context_length:
+      raise ValueError(f"ids must be [B, L] with L <= {c.context_length}, got {ids.shape}")
+    x = self.token_embedding(ids) + self.positional_embedding[:length].astype(jnp.dtype(c.dtype))
+    tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, True, return_attention)
+    eot_index = jnp.argmax(ids, axis=-1)
+    pooled = jnp.take_along_axis(tokens, eot_index[:, None, None], axis=1)[:, 0]
+    out = {"embedding": l2_normalize(self.head(pooled)), "tokens": tokens,
+           "tokens_projected": self.head(tokens), "eot_index": eot_index}
+    if return_attention:
+      out["attention"] = weights
+    return out
+
+
+class CLIP(nn.Module):
+  """Two towers plus the learnable log temperature `logit_scale` (init ln(1/0.07))."""
+  config: CLIPConfig
+
+  def setup(self):
+    self.visual = VisionTower(self.config)
+    self.text = TextTower(self.config)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
+                                  ())
+
+  def encode_image(self, images, return_attention=False) -> dict:
+    """images [B, H, W, 3] -> embedding [B, E], tokens [B, 1+N, Dv], tokens_projected."""
+    return self.visual(images, return_attention)
+
+  def encode_text(self, ids, return_attention=False) -> dict:
+    """ids [B, L] -> embedding [B, E], tokens [B, L, Dt], tokens_projected [B, L, E], eot_index."""
+    return self.text(ids, return_attention)
+
+  def image_head(self, x):
+    return self.visual.head(x)
+
+  def text_head(self, x):
+    return self.text.head(x)
+
+  def __call__(self, images, ids):
+    return self.encode_image(images), self.encode_text(ids)
+
+
+def dummy_inputs(config: CLIPConfig) -> tuple[jax.Array, jax.Array]:
+  size = config.image_size
+  return (jnp.zeros((1, size, size, 3), jnp.float32),
+          jnp.zeros((1, config.context_length), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(config: CLIPConfig, rng: jax.Array) -> dict:
+  """Random params (the 'params' collection) for `config`."""
+  return CLIP(config).init(rng, *dummy_inputs(config))["params"]
+
+
+def abstract_params(config: CLIPConfig) -> dict:
+  """Shapes and dtypes of the params, without allocating them."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def _map_transformers(params: dict, fn) -> dict:
+  """Applies fn to the `transformer` subtree of both towers, returning a new tree."""
+  params = dict(params)
+  for tower in ("visual", "text"):
+    params[tower] = dict(params[tower])
+    params[tower]["transformer"] = fn(dict(params[tower]["transformer"]))
+  return params
+
+
+def _stack(transformer: dict) -> dict:
+  if "resblocks" in transformer:
+    return transformer
+  count = len(transformer)
+  blocks = [transformer[f"resblocks_{i}"] for i in range(count)]
+  return {"resblocks": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)}
+
+
+def _unstack(transformer: dict) -> dict:
+  if "resblocks" not in transformer:
+    return transformer
+  stacked = transformer["resblocks"]
+  count = jax.tree.leaves(stacked)[0].shape[0]
+  return {f"resblocks_{i}": jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
+          for i in range(count)}
+
+
+def to_param_layout(params: dict, scan: bool) -> dict:
+  """Converts params between the loop layout (`resblocks_{i}`) and the scan layout (stacked)."""
+  return _map_transformers(params, _stack if scan else _unstack)

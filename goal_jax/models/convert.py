@@ -1,0 +1,478 @@
+"""PyTorch CLIP state dicts (HF, OpenAI/Long-CLIP, open_clip) <-> Flax params, strictly.
+
+Every source is first brought to the HF `CLIPModel` layout (separate q/k/v, torch Linear weights),
+the richest naming, and that maps one tensor to one Flax leaf. Loading is strict: a key that maps
+to nothing, a param nobody provided or a shape that disagrees with the inferred config is an
+error that names it (in the source's own naming). Only known buffers are dropped.
+
+Sources are strings: `hf:<dir>`, `openai:<file.pt>`, `open_clip:<file.pt|.bin|.safetensors>`.
+Reading needs no torch except for `.pt`/`.bin` files (imported lazily).
+"""
+import dataclasses
+import json
+import os
+import re
+import zipfile
+from typing import Any
+
+import jax
+import numpy as np
+
+from goal_jax.models import clip
+from goal_jax.models import positions
+
+FORMATS = ("hf", "openai", "open_clip")
+DROPPED_BUFFERS = {"position_ids", "attn_mask", "input_resolution", "context_length",
+                   "vocab_size", "num_batches_tracked"}
+TOWERS = {"vision_model": "visual", "text_model": "text"}
+
+# --- HF <-> Flax: one tensor <-> one leaf. A transform is (to_flax, to_torch); both only transpose
+# and reshape, with head counts taken from the target shape.
+
+_COPY = (lambda x, shape: x, lambda x: x)
+_LINEAR = (lambda x, shape: x.T, lambda x: x.T)
+_CONV = (lambda x, shape: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1))
+_HEADS_IN = (lambda x, shape: x.T.reshape(shape), lambda x: x.reshape(x.shape[0], -1).T)
+_HEADS_BIAS = (lambda x, shape: x.reshape(shape), lambda x: x.reshape(-1))
+_HEADS_OUT = (lambda x, shape: x.T.reshape(shape), lambda x: x.reshape(-1, x.shape[-1]).T)
+
+_BLOCK_RULES = [  # (HF name inside encoder.layers.{i}, Flax path inside resblocks_{i}, transform)
+    *[(f"self_attn.{p}_proj.weight", f"attn/{f}/kernel", _HEADS_IN)
+      for p, f in (("q", "query"), ("k", "key"), ("v", "value"))],
+    *[(f"self_attn.{p}_proj.bias", f"attn/{f}/bias", _HEADS_BIAS)
+      for p, f in (("q", "query"), ("k", "key"), ("v", "value"))],
+    ("self_attn.out_proj.weight", "attn/out/kernel", _HEADS_OUT),
+    ("self_attn.out_proj.bias", "attn/out/bias", _COPY),
+    ("layer_norm1.weight", "ln_1/scale", _COPY), ("layer_norm1.bias", "ln_1/bias", _COPY),
+    ("layer_norm2.weight", "ln_2/scale", _COPY), ("layer_norm2.bias", "ln_2/bias", _COPY),
+    ("mlp.fc1.weight", "mlp/c_fc/kernel", _LINEAR), ("mlp.fc1.bias", "mlp/c_fc/bias", _COPY),
+    ("mlp.fc2.weight", "mlp/c_proj/kernel", _LINEAR), ("mlp.fc2.bias", "mlp/c_proj/bias", _COPY),
+]
+_TOP_RULES = [  # (HF name, Flax path, transform)
+    ("vision_model.embeddings.patch_embedding.weight", "visual/conv1/kernel", _CONV),
+    ("vision_model.embeddings.class_embedding", "visual/class_embedding", _COPY),
+    ("vision_model.embeddings.position_embedding.weight", "visual/positional_embedding", _COPY),
+    ("vision_model.pre_layrnorm.weight", "visual/ln_pre/scale", _COPY),
+    ("vision_model.pre_layrnorm.bias", "visual/ln_pre/bias", _COPY),
+    ("vision_model.post_layernorm.weight", "visual/ln_post/scale", _COPY),
+    ("vision_model.post_layernorm.bias", "visual/ln_post/bias", _COPY),
+    ("visual_projection.weight", "visual/proj", _LINEAR),
+    ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", _COPY),
+    ("text_model.embeddings.position_embedding.weight", "text/positional_embedding", _COPY),
+    ("text_model.final_layer_norm.weight", "text/ln_final/scale", _COPY),
+    ("text_model.final_layer_norm.bias", "text/ln_final/bias", _COPY),
+    ("text_projection.weight", "text/text_projection", _LINEAR),
+    ("logit_scale", "logit_scale", _COPY),
+]
+_HF_BLOCK = re.compile(r"^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$")
+
+
+def _hf_rule(name: str):
+  """(Flax path, transform) for an HF key, or None if it is not a CLIPModel param."""
+  for hf_name, path, transform in _TOP_RULES:
+    if name == hf_name:
+      return path, transform
+  match = _HF_BLOCK.match(name)
+  if match:
+    tower, layer, inner = match.groups()
+    for hf_inner, flax_inner, transform in _BLOCK_RULES:
+      if inner == hf_inner:
+        return f"{TOWERS[tower]}/transformer/resblocks_{int(layer)}/{flax_inner}", transform
+  return None
+
+
+def _hf_names(config: clip.CLIPConfig) -> list[str]:
+  """Every HF key a CLIPModel of `config` has (its params, no buffers)."""
+  names = [name for name, _, _ in _TOP_RULES]
+  for tower, layers in (("vision_model", config.vision_layers),
+                        ("text_model", config.text_layers)):
+    names += [f"{tower}.encoder.layers.{i}.{inner}" for i in range(layers)
+              for inner, _, _ in _BLOCK_RULES]
+  return names
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flat(value, path + "/"))
+    else:
+      out[path] = value
+  return out
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+  tree = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return tree
+
+
+class SourceNames(dict):
+  """HF key -> the key it came from; keys the source lacks are named by `fallback`."""
+
+  def __init__(self, fallback=lambda name: name):
+    super().__init__()
+    self.fallback = fallback
+
+  def __call__(self, hf_name: str) -> str:
+    return self[hf_name] if hf_name in self else self.fallback(hf_name)
+
+
+# --- OpenAI / open_clip / Long-CLIP -> HF layout.
+
+_OPENAI_TOP = {
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "visual.proj": "visual_projection.weight",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "text_projection": "text_projection.weight",
+    "logit_scale": "logit_scale",
+}
+_OPENAI_TRANSPOSED = {"visual.proj", "text_projection"}  # raw (in, out) params, not Linear
+_OPENAI_BLOCK_INNER = {
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_OPENAI_FUSED = {"attn.in_proj_weight": "weight", "attn.in_proj_bias": "bias"}
+_OPENAI_BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+def openai_name(hf_name: str) -> str:
+  """The OpenAI key an HF key comes from (q/k/v name the fused in_proj), for error messages."""
+  top = {hf: openai for openai, hf in _OPENAI_TOP.items()}
+  if hf_name in top:
+    return top[hf_name]
+  match = _HF_BLOCK.match(hf_name)
+  if not match:
+    return hf_name
+  tower, layer, inner = match.groups()
+  fused = re.match(r"self_attn\.[qkv]_proj\.(weight|bias)$", inner)
+  block = {hf: openai for openai, hf in _OPENAI_BLOCK_INNER.items()}
+  inner = f"attn.in_proj_{fused.group(1)}" if fused else block.get(inner, inner)
+  prefix = "visual." if tower == "vision_model" else ""
+  return f"{prefix}transformer.resblocks.{layer}.{inner}"
+
+
+def openai_to_hf(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], "SourceNames"]:
+  """OpenAI/open_clip/Long-CLIP keys -> HF keys. Returns (HF dict, HF key -> source key).
+
+  Unknown keys pass through unchanged, so the strict check reports them by their own name.
+  Long-CLIP's `positional_embedding_res` is merged into one table (see positions.py).
+  """
+  state = dict(state)
+  if "positional_embedding_res" in state:
+    residual = state.pop("positional_embedding_res")
+    if "positional_embedding" not in state:
+      raise ValueError("positional_embedding_res without positional_embedding")
+    state["positional_embedding"] = positions.merge_longclip_positions(
+        state["positional_embedding"], residual)
+  out, origin = {}, SourceNames(fallback=openai_name)
+
+  def put(hf_name, value, source):
+    out[hf_name], origin[hf_name] = value, source
+
+  for name, value in state.items():
+    if name in _OPENAI_TOP:
+      put(_OPENAI_TOP[name], value.T if name in _OPENAI_TRANSPOSED else value, name)
+      continue
+    match = _OPENAI_BLOCK.match(name)
+    inner = match.group(3) if match else None
+    if match and (inner in _OPENAI_BLOCK_INNER or inner in _OPENAI_FUSED):
+      tower = "vision_model" if match.group(1) else "text_model"
+      prefix = f"{tower}.encoder.layers.{int(match.group(2))}."
+      if inner in _OPENAI_BLOCK_INNER:
+        put(prefix + _OPENAI_BLOCK_INNER[inner], value, name)
+      else:
+        if value.shape[0] % 3:
+          raise ValueError(f"{name}: shape {value.shape} does not split into q, k, v")
+        for part, chunk in zip("qkv", np.split(value, 3, axis=0)):
+          put(f"{prefix}self_attn.{part}_proj.{_OPENAI_FUSED[inner]}", chunk, name)
+      continue
+    put(name, value, name)
+  return out, origin
+
+
+# --- Reading files.
+
+def _require_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("reading .pt/.bin checkpoints needs PyTorch: pip install torch "
+                      "(the CPU wheel is enough), or convert the file to .safetensors") from e
+  return torch
+
+
+def _to_numpy(state: dict, path: str) -> dict[str, np.ndarray]:
+  torch = _require_torch()
+  out = {}
+  for name, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+    if value.is_floating_point():
+      value = value.float()
+    out[name] = value.detach().cpu().numpy()
+  return out
+
+
+def _is_torchscript(path: str) -> bool:
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def read_torch_file(path: str) -> dict[str, np.ndarray]:
+  """A `.pt`/`.bin` state dict or OpenAI TorchScript archive as numpy; never runs pickled code."""
+  torch = _require_torch()
+  try:
+    if _is_torchscript(path):
+      state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+      state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types for bad files; all mean "cannot read".
+    raise ValueError(f"cannot read {path} as a PyTorch checkpoint (state dicts and TorchScript "
+                     f"archives only; pickled objects are refused): {type(e).__name__}: {e}") from e
+  if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    state = state["state_dict"]
+  if not isinstance(state, dict):
+    raise ValueError(f"{path}: expected a state dict, found a {type(state).__name__}")
+  return _to_numpy(state, path)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    state = load_file(path)
+  except Exception as e:  # safetensors raises its own error types for corrupt headers.
+    raise ValueError(f"cannot read {path} as safetensors: {type(e).__name__}: {e}") from e
+  # Integer entries are buffers (position_ids), dropped later; floats (fp16/bf16 too) become fp32.
+  return {k: v if v.dtype.kind in "iub" else v.astype(np.float32) for k, v in state.items()}
+
+
+def read_file(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no such checkpoint file: {path}")
+  if path.endswith(".safetensors"):
+    return read_safetensors(path)
+  return read_torch_file(path)
+
+
+def read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict]:
+  """(state dict, config.json) of an HF CLIPModel directory (single or sharded safetensors)."""
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{directory} is not an HF model directory: no config.json")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  index = os.path.join(directory, "model.safetensors.index.json")
+  single = os.path.join(directory, "model.safetensors")
+  if os.path.isfile(index):
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    state = {}
+    for shard in shards:
+      state.update(read_safetensors(os.path.join(directory, shard)))
+  elif os.path.isfile(single):
+    state = read_safetensors(single)
+  elif os.path.isfile(os.path.join(directory, "pytorch_model.bin")):
+    state = read_torch_file(os.path.join(directory, "pytorch_model.bin"))
+  else:
+    raise FileNotFoundError(f"{directory}: no model.safetensors, safetensors index or "
+                            "pytorch_model.bin")
+  return state, hf_config
+
+
+def parse_source(source: str) -> tuple[str, str]:
+  """'fmt:path' -> (fmt, path), checking the format."""
+  fmt, sep, path = source.partition(":")
+  if not sep or fmt not in FORMATS:
+    raise ValueError(f"unknown checkpoint source {source!r}: expected one of "
+                     f"{', '.join(f + ':<path>' for f in FORMATS)}")
+  return fmt, path
+
+
+def read_source(source: str) -> tuple[dict[str, np.ndarray], "SourceNames", dict]:
+  """Reads a source into the HF layout: (state, HF key -> source key, known config fields)."""
+  fmt, path = parse_source(source)
+  if fmt == "hf":
+    state, hf_config = read_hf_dir(path)
+    return _drop_buffers(state), SourceNames(), _fields_from_hf_config(hf_config)
+  state = read_file(path)
+  state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+  state, origin = openai_to_hf(_drop_buffers(state))
+  return state, origin, {}
+
+
+def _drop_buffers(state: dict) -> dict:
+  return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in DROPPED_BUFFERS}
+
+
+# --- Config inference.
+
+def _fields_from_hf_config(hf_config: dict) -> dict:
+  """Fields the shapes cannot tell: heads, activation, LayerNorm epsilon."""
+  fields, per_tower = {}, {}
+  for tower, prefix in (("vision_config", "vision"), ("text_config", "text")):
+    sub = hf_config.get(tower, {})
+    if "num_attention_heads" in sub:
+      fields[f"{prefix}_heads"] = sub["num_attention_heads"]
+    for key, field in (("hidden_act", "activation"), ("layer_norm_eps", "layer_norm_eps")):
+      if key in sub:
+        per_tower.setdefault(field, set()).add(sub[key])
+  for field, values in per_tower.items():
+    if len(values) > 1:
+      raise ValueError(f"config.json: towers differ in {field} {sorted(values)}; goal_jax "
+                       "supports one value for both")
+    fields[field] = values.pop()
+  return fields
+
+
+def infer_config(state: dict[str, np.ndarray], origin: "SourceNames | None" = None,
+                 **overrides) -> clip.CLIPConfig:
+  """Architecture from HF-layout shapes; heads default to width // 64 (OpenAI's rule)."""
+  origin = SourceNames() if origin is None else origin
+
+  def shape(name):
+    if name not in state:
+      raise ValueError(f"cannot infer the model config: missing {_source_name(name, origin)}")
+    return state[name].shape
+
+  def layers(tower):
+    found = {int(m.group(2)) for m in map(_HF_BLOCK.match, state) if m and m.group(1) == tower}
+    return max(found) + 1 if found else 0
+
+  v_width, _, patch, _ = shape("vision_model.embeddings.patch_embedding.weight")
+  grid = int(round((shape("vision_model.embeddings.position_embedding.weight")[0] - 1) ** 0.5))
+  vocab, t_width = shape("text_model.embeddings.token_embedding.weight")
+  fields = dict(
+      embed_dim=shape("visual_projection.weight")[0], image_size=grid * patch, patch_size=patch,
+      vision_width=v_width, vision_layers=layers("vision_model"), vision_heads=v_width // 64,
+      vision_mlp_dim=shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
+      text_width=t_width, text_layers=layers("text_model"), text_heads=t_width // 64,
+      text_mlp_dim=shape("text_model.encoder.layers.0.mlp.fc1.weight")[0],
+      context_length=shape("text_model.embeddings.position_embedding.weight")[0],
+      vocab_size=vocab)
+  fields.update({k: v for k, v in overrides.items() if v is not None})
+  try:
+    config = clip.CLIPConfig(**fields)
+  except ValueError as e:
+    raise ValueError(f"{e} (heads default to width // 64; set vision_heads / text_heads)") from e
+  if config.activation not in clip.ACTIVATIONS:
+    raise ValueError(f"unsupported activation {config.activation!r}; "
+                     f"supported: {sorted(clip.ACTIVATIONS)}")
+  return config
+
+
+def _source_name(hf_name: str, origin: "SourceNames") -> str:
+  return repr(origin(hf_name))
+
+
+# --- Strict HF-layout <-> Flax.
+
+def hf_to_params(state: dict[str, np.ndarray], config: clip.CLIPConfig,
+                 origin: "SourceNames | None" = None) -> dict:
+  """Strict conversion of an HF-layout state dict to (loop-layout) Flax params, fp32 numpy."""
+  origin = SourceNames() if origin is None else origin
+  expected = _flat(clip.abstract_params(dataclasses.replace(config, scan=False)))
+  flat, problems = {}, []
+  unexpected = sorted({origin(k) for k in state if _hf_rule(k) is None
+                       or _hf_rule(k)[0] not in expected})
+  if unexpected:
+    problems.append(f"unexpected keys {unexpected}")
+  missing = sorted({origin(k) for k in _hf_names(config) if k not in state})
+  if missing:
+    problems.append(f"missing keys {missing}")
+  for name, value in state.items():
+    rule = _hf_rule(name)
+    if rule is None or rule[0] not in expected:
+      continue
+    path, (to_flax, to_torch) = rule
+    target = expected[path].shape
+    want = jax.eval_shape(to_torch, jax.ShapeDtypeStruct(target, np.float32)).shape
+    if value.shape != want:
+      problems.append(f"{_source_name(name, origin)} has shape {tuple(value.shape)}, expected "
+                      f"{tuple(want)} for {path}")
+      continue
+    flat[path] = np.asarray(to_flax(np.asarray(value, np.float32), target))
+  if problems:
+    raise ValueError("checkpoint does not match the CLIP model "
+                     f"({_describe(config)}): " + "; ".join(problems))
+  return _nest(flat)
+
+
+def params_to_hf(params: dict) -> dict[str, np.ndarray]:
+  """Flax params (either layout) -> HF CLIPModel state dict (fp32 numpy, contiguous)."""
+  flat = _flat(clip.to_param_layout(params, scan=False))
+  out = {}
+  for name, path, transform in _all_rules(flat):
+    out[name] = np.array(transform[1](np.asarray(flat[path], np.float32)), order="C")
+  return out
+
+
+def _all_rules(flat: dict):
+  for hf_name, path, transform in _TOP_RULES:
+    yield hf_name, path, transform
+  for tower_hf, tower in TOWERS.items():
+    blocks = sorted({int(p.split("/")[2].split("_")[1]) for p in flat
+                     if p.startswith(f"{tower}/transformer/")})
+    for i in blocks:
+      for hf_inner, flax_inner, transform in _BLOCK_RULES:
+        yield (f"{tower_hf}.encoder.layers.{i}.{hf_inner}",
+               f"{tower}/transformer/resblocks_{i}/{flax_inner}", transform)
+
+
+def _describe(config: clip.CLIPConfig) -> str:
+  return (f"vision {config.vision_layers}x{config.vision_width}, text {config.text_layers}x"
+          f"{config.text_width}, embed {config.embed_dim}")
+
+
+def convert(source: str, text_context: int | None = None, scan: bool = False,
+            **overrides) -> tuple[dict, clip.CLIPConfig]:
+  """Reads `source` ('hf:dir', 'openai:file', 'open_clip:file') into (params, config).
+
+  `text_context` stretches the text position table (Long-CLIP, keep 20) when it is longer than
+  the checkpoint's; `overrides` set config fields the shapes cannot tell (e.g. `text_heads`,
+  `activation="gelu"` for open_clip models trained without QuickGELU).
+  """
+  state, origin, fields = read_source(source)
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  config = infer_config(state, origin, **{**fields, **overrides})
+  params = hf_to_params(state, config, origin)
+  if text_context is not None and text_context != config.context_length:
+    params, config = stretch_text_context(params, config, text_context)
+  if scan:
+    params = clip.to_param_layout(params, scan=True)
+  return params, dataclasses.replace(config, scan=scan)
+
+
+def stretch_text_context(params: dict, config: clip.CLIPConfig,
+                         text_context: int) -> tuple[dict, clip.CLIPConfig]:
+  """Long-CLIP stretching of `text/positional_embedding` to `text_context` rows."""
+  if text_context < config.context_length:
+    raise ValueError(f"text_context {text_context} is shorter than the checkpoint's "
+                     f"{config.context_length}; only stretching is supported")
+  params = dict(params)
+  params["text"] = dict(params["text"])
+  params["text"]["positional_embedding"] = positions.stretch_positions(
+      params["text"]["positional_embedding"], text_context)
+  return params, dataclasses.replace(config, context_length=text_context)
+

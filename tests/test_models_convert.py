@@ -1,0 +1,244 @@
+"""Checkpoint conversion: OpenAI / Long-CLIP / open_clip / HF layouts against PyTorch references."""
+import functools
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import _torch_refs as refs  # tests/ is on sys.path under pytest.
+from goal_jax import convert as convert_cli
+from goal_jax.models import checkpoint
+from goal_jax.models import clip
+from goal_jax.models import convert
+from goal_jax.models import positions
+
+HEADS = dict(vision_heads=4, text_heads=2)  # Tiny widths break OpenAI's width // 64 rule.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(config, params, images, ids):
+  return clip.CLIP(config).apply({"params": params}, images, ids)
+
+
+def _reference(model, images, ids):
+  with torch.no_grad():
+    image_tokens, image_embedding = model.visual(refs.to_nchw(images))
+    text_tokens, text_embedding = model.encode_text(torch.from_numpy(ids).long())
+  normalize = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()
+  return (dict(tokens=image_tokens.numpy(), embedding=normalize(image_embedding)),
+          dict(tokens=text_tokens.numpy(), embedding=normalize(text_embedding)))
+
+
+def _assert_matches(params, config, model, context=77, atol=1e-5):
+  images, ids = refs.random_inputs(2, 32, context, seed=3, lengths=[context, 12])
+  got = _forward(config, params, images, ids)
+  for got_tower, want_tower in zip(got, _reference(model, images, ids)):
+    for key, want in want_tower.items():
+      np.testing.assert_allclose(got_tower[key], want, atol=atol, err_msg=key)
+
+
+def _assert_same_params(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def _state(model):
+  return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def openai_model():
+  torch.manual_seed(0)
+  return refs.OpenAIStyleCLIP().eval()
+
+
+def test_openai_checkpoint_matches_torch_reference(tmp_path, openai_model):
+  state = _state(openai_model)
+  # Buffers found in OpenAI's archives and open_clip files are dropped.
+  state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77),
+               vocab_size=torch.tensor(49408), attn_mask=torch.zeros(77, 77))
+  torch.save(state, tmp_path / "model.pt")
+  params, config = convert.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
+  assert config == clip.get_model_config("tiny/8")
+  _assert_matches(params, config, openai_model)
+
+
+def test_open_clip_files_convert_like_openai(tmp_path, openai_model):
+  state = _state(openai_model)
+  torch.save(state, tmp_path / "plain.pt")
+  torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}},
+             tmp_path / "wrapped.pt")
+  save_file(state, str(tmp_path / "model.safetensors"))
+  want, _ = convert.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)
+  for name in ("wrapped.pt", "model.safetensors"):
+    got, _ = convert.convert(f"open_clip:{tmp_path / name}", **HEADS)
+    _assert_same_params(got, want)
+
+
+def test_torchscript_archive_is_read_without_pickle(tmp_path, openai_model):
+  ids = torch.from_numpy(refs.random_inputs(1, 32, 77)[1]).long()
+  traced = torch.jit.trace_module(openai_model, {"encode_text": ids}, check_trace=False)
+  assert len(traced.state_dict()) == len(openai_model.state_dict())  # Visual tower included.
+  traced.save(str(tmp_path / "jit.pt"))
+  want, _ = convert.convert(f"openai:{tmp_path / 'jit.pt'}", **HEADS)
+  torch.save(_state(openai_model), tmp_path / "plain.pt")
+  _assert_same_params(want, convert.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)[0])
+
+
+def _hf_to_openai(hf_state):
+  """Test-local inverse key mapping (HF CLIPModel -> OpenAI), written from the two key tables."""
+  renames = [("vision_model.", "visual."), ("text_model.", ""), ("embeddings.", ""),
+             ("patch_embedding", "conv1"), ("position_embedding.weight", "positional_embedding"),
+             ("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post"),
+             ("final_layer_norm", "ln_final"), ("encoder.layers", "transformer.resblocks"),
+             ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+             ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj")]
+  out = {}
+  for key, value in hf_state.items():
+    if key.endswith("position_ids"):
+      continue
+    if key in ("visual_projection.weight", "text_projection.weight"):
+      out["visual.proj" if key.startswith("visual") else "text_projection"] = value.T.contiguous()
+      continue
+    if "self_attn.q_proj" in key:
+      kind = key.rsplit(".", 1)[1]
+      prefix = key.split("self_attn")[0]
+      key = f"{prefix}attn.in_proj_{kind}"
+      value = torch.cat([hf_state[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+    elif "self_attn.k_proj" in key or "self_attn.v_proj" in key:
+      continue
+    for old, new in renames:
+      key = key.replace(old, new)
+    out[key] = value
+  return out
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("hf") / "clip"
+  refs.hf_clip(**HEADS).save_pretrained(path)
+  return path
+
+
+def test_hf_and_openai_layouts_agree(tmp_path, hf_dir):
+  from transformers import CLIPModel
+  hf_state = {k: v.clone() for k, v in CLIPModel.from_pretrained(hf_dir).state_dict().items()}
+  torch.save(_hf_to_openai(hf_state), tmp_path / "openai.pt")
+  from_hf, hf_config = convert.convert(f"hf:{hf_dir}")
+  from_openai, openai_config = convert.convert(f"openai:{tmp_path / 'openai.pt'}", **HEADS)
+  assert hf_config == openai_config
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=0), from_hf, from_openai)
+
+
+def test_longclip_residual_table_is_merged(tmp_path):
+  torch.manual_seed(1)
+  model = refs.OpenAIStyleCLIP(context=248, longclip=True).eval()
+  torch.save(_state(model), tmp_path / "longclip.pt")
+  params, config = convert.convert(f"openai:{tmp_path / 'longclip.pt'}", **HEADS)
+  assert config.context_length == 248
+  table = params["text"]["positional_embedding"]
+  np.testing.assert_array_equal(table[:20], model.positional_embedding.detach()[:20])
+  np.testing.assert_array_equal(table[20:], model.positional_embedding_res.detach()[20:])
+  _assert_matches(params, config, model, context=248)
+
+
+def test_cli_stretches_and_scans(tmp_path, hf_dir):
+  from transformers import CLIPModel
+  convert_cli.main([f"hf:{hf_dir}", str(tmp_path / "ckpt"), "--text_context=248", "--scan"])
+  params, config = checkpoint.load_model(tmp_path / "ckpt")
+  assert (config.context_length, config.scan) == (248, True)
+  hf = CLIPModel.from_pretrained(hf_dir).eval()
+  hf_table = hf.text_model.embeddings.position_embedding.weight.detach().numpy()
+  np.testing.assert_allclose(params["text"]["positional_embedding"],
+                             positions.stretch_positions(hf_table, 248), atol=1e-7)
+  # Rows < 20 are unchanged, so with causal attention a caption ending before 20 embeds as before.
+  _, ids = refs.random_inputs(2, 32, 248, seed=4, lengths=[19, 5])
+  text = _forward(config, params, np.zeros((2, 32, 32, 3), np.float32), ids)[1]
+  with torch.no_grad():
+    want = hf.get_text_features(input_ids=torch.from_numpy(ids[:, :77]).long()).pooler_output
+  np.testing.assert_allclose(text["embedding"], torch.nn.functional.normalize(want).numpy(),
+                             atol=1e-5)
+
+
+def test_hf_activation_comes_from_config(tmp_path):
+  model = refs.hf_clip(act="gelu", seed=2)
+  model.save_pretrained(tmp_path / "gelu")
+  params, config = convert.convert(f"hf:{tmp_path / 'gelu'}")
+  assert config.activation == "gelu"
+  images, ids = refs.random_inputs(2, 32, 77, seed=5)
+  image_out, text_out = _forward(config, params, images, ids)
+  with torch.no_grad():
+    want = model.get_text_features(input_ids=torch.from_numpy(ids).long()).pooler_output
+  np.testing.assert_allclose(text_out["embedding"], torch.nn.functional.normalize(want).numpy(),
+                             atol=1e-5)
+
+
+# --- Bad input: each error names the problem.
+
+def _convert_state(tmp_path, state, **kw):
+  torch.save(state, tmp_path / "bad.pt")
+  return convert.convert(f"openai:{tmp_path / 'bad.pt'}", **{**HEADS, **kw})
+
+
+def test_strict_keys_and_shapes(tmp_path, openai_model):
+  state = _state(openai_model)
+  with pytest.raises(ValueError, match=r"missing keys \['visual.ln_post.bias'\]"):
+    _convert_state(tmp_path, {k: v for k, v in state.items() if k != "visual.ln_post.bias"})
+  fused = "transformer.resblocks.1.attn.in_proj_weight"
+  with pytest.raises(ValueError, match=rf"missing keys \['{fused}'\]"):
+    _convert_state(tmp_path, {k: v for k, v in state.items() if k != fused})
+  with pytest.raises(ValueError, match=r"unexpected keys \['visual.extra_head.weight'\]"):
+    _convert_state(tmp_path, {**state, "visual.extra_head.weight": torch.zeros(3)})
+  with pytest.raises(ValueError, match=r"'ln_final.weight' has shape \(33,\), expected \(32,\)"):
+    _convert_state(tmp_path, {**state, "ln_final.weight": torch.zeros(33)})
+  with pytest.raises(ValueError, match=r"'visual.transformer.resblocks.0.attn.out_proj.weight' "
+                     r"has shape \(64, 60\), expected \(64, 64\)"):
+    _convert_state(tmp_path, {**state, "visual.transformer.resblocks.0.attn.out_proj.weight":
+                              torch.zeros(64, 60)})
+  with pytest.raises(ValueError, match="cannot infer the model config: missing 'token_embedding"):
+    _convert_state(tmp_path, {k: v for k, v in state.items() if k != "token_embedding.weight"})
+  with pytest.raises(ValueError, match="vision_width 64 is not divisible by vision_heads 3"):
+    _convert_state(tmp_path, state, vision_heads=3)
+
+
+def test_hf_dir_errors_name_keys(tmp_path, hf_dir):
+  from safetensors.numpy import load_file, save_file as save_numpy
+  bad = tmp_path / "bad_hf"
+  bad.mkdir()
+  (bad / "config.json").write_text((hf_dir / "config.json").read_text())
+  state = load_file(str(hf_dir / "model.safetensors"))
+  del state["text_model.encoder.layers.1.mlp.fc2.bias"]
+  save_numpy(state, str(bad / "model.safetensors"))
+  missing = "text_model.encoder.layers.1.mlp.fc2.bias"
+  with pytest.raises(ValueError, match=rf"missing keys \['{missing}'\]"):
+    convert.convert(f"hf:{bad}")
+  os.remove(bad / "config.json")
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    convert.convert(f"hf:{bad}")
+
+
+def test_bad_sources_and_files(tmp_path, openai_model):
+  with pytest.raises(ValueError, match="unknown checkpoint source 'tf:x.ckpt'"):
+    convert.convert("tf:x.ckpt")
+  with pytest.raises(FileNotFoundError, match="no such checkpoint file: .*absent.pt"):
+    convert.convert(f"openai:{tmp_path / 'absent.pt'}")
+  (tmp_path / "junk.pt").write_bytes(os.urandom(256))
+  with pytest.raises(ValueError, match="cannot read .*junk.pt as a PyTorch checkpoint"):
+    convert.convert(f"openai:{tmp_path / 'junk.pt'}")
+  torch.save(_state(openai_model), tmp_path / "whole.pt")
+  data = (tmp_path / "whole.pt").read_bytes()
+  (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match="cannot read .*truncated.pt as a PyTorch checkpoint"):
+    convert.convert(f"openai:{tmp_path / 'truncated.pt'}")
+  (tmp_path / "junk.safetensors").write_bytes(os.urandom(256))
+  with pytest.raises(ValueError, match="cannot read .*junk.safetensors as safetensors"):
+    convert.convert(f"open_clip:{tmp_path / 'junk.safetensors'}")
+  # Arbitrary pickled objects are refused (weights_only), not executed.
+  torch.save({"model": refs.QuickGELU()}, tmp_path / "pickled.pt")
+  with pytest.raises(ValueError, match="cannot read .*pickled.pt as a PyTorch checkpoint"):
+    convert.convert(f"openai:{tmp_path / 'pickled.pt'}")
+  torch.save([torch.zeros(2)], tmp_path / "list.pt")
+  with pytest.raises(ValueError, match="list.pt: expected a state dict, found a list"):
+    convert.convert(f"openai:{tmp_path / 'list.pt'}")
