@@ -1,0 +1,145 @@
+"""Jitted, batch-sharded embedding of images and token ids over every device of a mesh.
+
+Evaluation embeds thousands of images and captions with frozen params. `Embedder` cuts the rows
+into fixed-size batches (the last one zero-padded), shards each batch's rows over all devices of
+the mesh and gathers the embeddings back replicated, so:
+- one compiled program serves a whole dataset (and every later call: the jitted encoders are
+  cached per (model config, mesh), so the trainer's periodic evaluation never recompiles);
+- every process ends with every embedding (multi-host: each feeds its slice of the batch rows);
+- host<->device copies are explicit, so it runs under `jax.transfer_guard("disallow")`.
+
+Embeddings are the model's `embedding` outputs: L2-normalised in float32 whatever the compute
+dtype (DESIGN.md model contract), returned as float32 numpy arrays.
+"""
+import functools
+import math
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from goal_jax.models import clip
+from goal_jax.training import sharding as sharding_lib
+
+TOWERS = ("image", "text")  # batch keys that are encoded; every other key passes through
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh):
+  """`fn(params, batch) -> batch` with `image`/`text` replaced by embeddings, all replicated."""
+  model = clip.CLIP(config)
+  methods = {"image": clip.CLIP.encode_image, "text": clip.CLIP.encode_text}
+
+  def encode(params, batch):
+    out = dict(batch)
+    for key in TOWERS:
+      if key in batch:
+        out[key] = model.apply({"params": params}, batch[key], method=methods[key])["embedding"]
+    return out
+
+  return jax.jit(encode, out_shardings=NamedSharding(mesh, P()))
+
+
+def mesh_of(params) -> jax.sharding.Mesh | None:
+  """The mesh the params already live on (a trainer's state), or None for host/unsharded params."""
+  leaves = jax.tree.leaves(params)
+  if leaves and isinstance(leaves[0], jax.Array):
+    sharding = leaves[0].sharding
+    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, jax.sharding.Mesh):
+      return sharding.mesh
+  return None
+
+
+class Embedder:
+  """Embeds images / token ids of one model config in padded, sharded batches.
+
+  Args:
+    config: the model config.
+    mesh: devices to shard the batch rows over; default the params' own mesh if they carry one
+      (see `place`), else all devices on one `data` axis.
+    batch_size: global rows per step, rounded up to a multiple of the mesh size.
+  """
+
+  def __init__(self, config: clip.CLIPConfig, mesh: jax.sharding.Mesh | None = None,
+               batch_size: int = 64):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.config = config
+    self.mesh = mesh if mesh is not None else sharding_lib.make_mesh()
+    self.batch_axes = tuple(self.mesh.axis_names)  # rows over every device: pure inference
+    devices = self.mesh.size
+    self.batch_size = math.ceil(batch_size / devices) * devices
+    if self.batch_size % jax.process_count():
+      raise ValueError(f"batch size {self.batch_size} does not divide over "
+                       f"{jax.process_count()} processes")
+    self.local_batch_size = self.batch_size // jax.process_count()
+    self._encode = _encode_fn(config, self.mesh)
+
+  @classmethod
+  def for_params(cls, params, config, mesh=None, batch_size=64) -> "Embedder":
+    """An embedder on `mesh`, else on the params' mesh, else on all devices."""
+    return cls(config, mesh if mesh is not None else mesh_of(params), batch_size)
+
+  def place(self, params):
+    """Params on this mesh: kept if already spread over its devices, else replicated (explicit)."""
+    devices = set(self.mesh.devices.flat)
+    leaves = jax.tree.leaves(params)
+    if all(isinstance(x, jax.Array) and set(x.sharding.device_set) == devices for x in leaves):
+      return params
+    return jax.device_put(params, NamedSharding(self.mesh, P()))
+
+  def encode_local_batch(self, params, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One step on this process's `local_batch_size` rows -> the global batch's outputs on host.
+
+    `image` [b, S, S, 3] float and/or `text` [b, L] int32 become [B, E] embeddings; any other key
+    (e.g. `record_index`, `valid`) comes back gathered, so rows keep their identity across hosts.
+    `params` must come from `place` (placing them once, not every step).
+    """
+    rows = {np.shape(v)[0] for v in batch.values()}
+    if rows != {self.local_batch_size}:
+      raise ValueError(f"every batch entry needs {self.local_batch_size} rows on this process, "
+                       f"got {sorted(rows)}")
+    global_batch = sharding_lib.host_batch_to_global(dict(batch), self.mesh, self.batch_axes)
+    return jax.device_get(self._encode(params, global_batch))
+
+  def embed(self, params, kind: str, chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """Embeddings [N, E] float32 of the rows of `chunks` (arrays of at most `batch_size` rows).
+
+    Every process passes the same global rows; each sends its own slice of every batch.
+    `kind` is `image` (normalised pixels [n, S, S, 3]) or `text` (token ids [n, L]).
+    """
+    if kind not in TOWERS:
+      raise ValueError(f"kind must be one of {TOWERS}, got {kind!r}")
+    params = self.place(params)
+    start = jax.process_index() * self.local_batch_size
+    out = []
+    for chunk in chunks:
+      chunk = np.asarray(chunk)
+      count = chunk.shape[0]
+      if not 0 < count <= self.batch_size:
+        raise ValueError(f"a chunk must have 1..{self.batch_size} rows, got {count}")
+      padded = np.concatenate([chunk, np.zeros((self.batch_size - count,) + chunk.shape[1:],
+                                                chunk.dtype)])
+      local = {kind: padded[start:start + self.local_batch_size]}
+      out.append(np.asarray(self.encode_local_batch(params, local)[kind], np.float32)[:count])
+    if not out:
+      raise ValueError(f"no {kind} rows to embed")
+    return np.concatenate(out)
+
+  def embed_array(self, params, kind: str, rows: np.ndarray) -> np.ndarray:
+    """`embed` over an in-memory array of any number of rows."""
+    rows = np.asarray(rows)
+    return self.embed(params, kind, (rows[i:i + self.batch_size]
+                                     for i in range(0, rows.shape[0], self.batch_size)))
+
+  def text_encoder(self, params):
+    """`ids [n, L] -> [n, E]` for callers that take a function (zero-shot classifier)."""
+    return lambda ids: self.embed_array(params, "text", ids)
+
+
+def chunked(items: list[Any], size: int) -> Iterable[list[Any]]:
+  """Consecutive slices of `items` of `size` (the last may be shorter)."""
+  for start in range(0, len(items), size):
+    yield items[start:start + size]

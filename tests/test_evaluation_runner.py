@@ -1,0 +1,358 @@
+"""The evaluation runner end to end on prepared fixtures, against plain single-device references."""
+import io
+import math
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from goal_jax import evaluate
+from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
+from goal_jax.evaluation import embedding, metrics, profiles, report, runner, zeroshot
+from goal_jax.models import checkpoint, clip
+from goal_jax.text import tokenizer as text_tokenizer
+from goal_jax.training import sharding
+
+BATCH = 8
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("shards")
+  prepare.prepare("photos", root, image_short_side=64, verbose=False)
+  raw_dir = tmp_path_factory.mktemp("coco_raw")
+  photos.write_raw_layout("coco_karpathy", raw_dir, short_side=64)
+  prepare.prepare("coco_karpathy", root, raw_dir, splits=["test"], image_short_side=64,
+                  verbose=False)
+  small = raw.DatasetReader(
+      synthetic.SPLITS, lambda _, split: synthetic.read_examples(None, split, num_examples=12),
+      needs_manual_dir=False)
+  builder.build("synthetic", small, root, splits=["test", "test_hard"],
+                options=builder.PrepareOptions(image_short_side=None))
+  return root
+
+
+@pytest.fixture(scope="module")
+def model():
+  config = clip.get_model_config("tiny/8", context_length=96)
+  return clip.init_params(config, jax.random.key(0)), config
+
+
+def _records(data_dir, dataset, split):
+  source = runner.open_split(dataset, split, data_dir)
+  return [source[i] for i in range(len(source))]
+
+
+def _pixels(image, size, geometry_name="center_crop"):
+  """Independent preprocessing: geometry, then (x / 255 - mean) / std in float64."""
+  resized = np.asarray(geometry.resize_image(image, size, geometry_name), np.float64)
+  return ((resized / 255.0 - MEAN) / STD).astype(np.float32)
+
+
+def _decode(jpeg):
+  with Image.open(io.BytesIO(jpeg)) as image:
+    return image.convert("RGB")
+
+
+def _plain_encoders(params, config):
+  """One image / one text at a time on device 0: the unsharded reference."""
+  clip_model = clip.CLIP(config)
+  image_fn = jax.jit(lambda p, x: clip_model.apply({"params": p}, x,
+                                                   method=clip.CLIP.encode_image)["embedding"])
+  text_fn = jax.jit(lambda p, x: clip_model.apply({"params": p}, x,
+                                                  method=clip.CLIP.encode_text)["embedding"])
+  tok = text_tokenizer.get_tokenizer()
+  encode_image = lambda image: np.asarray(
+      image_fn(params, _pixels(image, config.image_size)[None]))[0]
+  encode_text = lambda text: np.asarray(text_fn(params, tok(
+      [text], config.context_length, normalize=False).ids))[0]
+  return encode_image, encode_text
+
+
+def _reference(params, config, records):
+  encode_image, encode_text = _plain_encoders(params, config)
+  images = np.stack([encode_image(_decode(r["image"])) for r in records])
+  texts, owners = [], []
+  for index, record in enumerate(records):  # long captions first, then the extras in order
+    texts.append(encode_text(record["caption"]))
+    owners.append(index)
+  for index, record in enumerate(records):
+    for caption in record["extra_captions"]:
+      texts.append(encode_text(caption))
+      owners.append(index)
+  return images, np.stack(texts), np.array(owners)
+
+
+def test_embeddings_and_recall_match_plain_loop(data_dir, model):
+  params, config = model
+  records = _records(data_dir, "photos", "test")
+  ref_image, ref_text, _ = _reference(params, config, records)
+  embedder = embedding.Embedder(config, batch_size=BATCH)
+  image, text = runner.embed_records(embedder, params, runner.open_split("photos", "test",
+                                                                         data_dir))
+  np.testing.assert_allclose(image, ref_image, atol=2e-5)
+  np.testing.assert_allclose(text, ref_text, atol=2e-5)
+  np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-5)
+  results = runner.evaluate_benchmarks(params, config, "photos:test", data_dir, batch_size=BATCH)
+  entry = results["photos:test"]
+  assert entry["num_images"] == entry["num_texts"] == len(records) == 10
+  assert entry["metrics"] == pytest.approx(metrics.retrieval_recall(ref_image, ref_text))
+  assert entry["metrics"]["i2t_R@10"] == 100.0  # 10 images: every caption is in the top 10
+
+
+def test_extra_captions_map_to_their_image(data_dir, model):
+  params, config = model
+  records = _records(data_dir, "coco_karpathy", "test")
+  ref_image, ref_text, owners = _reference(params, config, records)
+  assert len(owners) == 20 and np.bincount(owners).tolist() == [5, 5, 5, 5]
+  # `coco_karpathy:test` names the Long-CLIP profile's "COCO 5k", which insists on 5,000 images.
+  with pytest.raises(ValueError, match="expects 5000 images"):
+    runner.evaluate_benchmarks(params, config, ["coco_karpathy:test"], data_dir, batch_size=BATCH)
+  ks = profiles.LONGCLIP_KS
+  benchmark = profiles.Benchmark("coco", "retrieval", "coco_karpathy", "test", ks,
+                                 profiles.recall_columns(ks))
+  entry = runner.evaluate_retrieval(embedding.Embedder(config, batch_size=BATCH), params,
+                                    runner.open_split("coco_karpathy", "test", data_dir),
+                                    benchmark)
+  assert (entry["num_images"], entry["num_texts"]) == (4, 20)
+  expected = metrics.retrieval_recall(ref_image, ref_text, owners, ks=profiles.LONGCLIP_KS)
+  assert entry["metrics"] == pytest.approx(expected)
+
+
+def test_sharded_over_four_devices_equals_one_device(data_dir, model):
+  params, config = model
+  assert len(jax.devices()) == 4
+  source = runner.open_split("synthetic", "test", data_dir)
+  four = embedding.Embedder(config, sharding.make_mesh(), batch_size=BATCH)
+  one = embedding.Embedder(config, sharding.make_mesh(devices=jax.devices()[:1]), batch_size=BATCH)
+  for a, b in zip(runner.embed_records(four, params, source),
+                  runner.embed_records(one, params, source)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  ids = np.random.default_rng(0).integers(1, 49000, size=(11, 20)).astype(np.int32)
+  ids[:, -1] = text_tokenizer.EOT_ID
+  np.testing.assert_allclose(four.embed_array(params, "text", ids),
+                             one.embed_array(params, "text", ids), atol=2e-5)
+
+
+def test_batch_size_rounds_to_devices_and_compiles_once(data_dir, model):
+  params, config = model
+  embedder = embedding.Embedder(config, batch_size=5)
+  assert embedder.batch_size == 8 and embedder.local_batch_size == 8
+  encode = embedding._encode_fn(config, embedder.mesh)  # pylint: disable=protected-access
+  runner.evaluate_benchmarks(params, config, "synthetic:test", data_dir, batch_size=5)
+  compiled = encode._cache_size()  # pylint: disable=protected-access
+  runner.evaluate_benchmarks(params, config, "synthetic:test", data_dir, batch_size=5)
+  assert encode._cache_size() == compiled  # pylint: disable=protected-access
+
+
+def test_runs_under_a_disallowing_transfer_guard(data_dir, model):
+  params, config = model
+  mesh = sharding.make_mesh()
+  placed = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  expected = runner.evaluate_benchmarks(params, config, "synthetic:test", data_dir,
+                                        batch_size=BATCH)
+  with jax.set_mesh(mesh), jax.transfer_guard("disallow"):
+    got = runner.evaluate_benchmarks(placed, config, "synthetic:test", data_dir, batch_size=BATCH)
+  assert got == expected
+
+
+def test_synthetic_profile_writes_a_readable_results_file(data_dir, model, tmp_path):
+  params, config = model
+  results = runner.evaluate_benchmarks(params, config, "synthetic", data_dir, batch_size=BATCH)
+  assert list(results) == ["Synthetic", "Synthetic hard negatives"]
+  path = tmp_path / "results.json"
+  report.write_results(path, "synthetic", results, {"checkpoint": "random"})
+  document = report.read_results(path)
+  for name, benchmark in zip(results, profiles.get_profile("synthetic").benchmarks):
+    entry = document["results"][name]
+    assert (entry["task"], entry["dataset"], entry["split"]) == ("retrieval", "synthetic",
+                                                                 benchmark.split)
+    assert entry["num_images"] == 12
+    assert set(entry["metrics"]) == set(benchmark.columns)
+    assert all(0.0 <= v <= 100.0 for v in entry["metrics"].values())
+  table = report.markdown_table(document)
+  assert "| Synthetic hard negatives |" in table
+
+
+def _with_pairs(record, boxes, scores, full_image, sentences):
+  return {**record, "pair_box": np.asarray(boxes, np.float32).reshape(-1, 4),
+          "pair_score": np.asarray(scores, np.float32),
+          "pair_is_full_image": np.asarray(full_image, bool),
+          "pair_sentence": np.asarray(sentences, np.int32)}
+
+
+def test_local_pair_prefers_the_best_pair_including_full_image(data_dir):
+  record = _records(data_dir, "photos", "test")[0]  # astronaut, 512 x 512 stored at 64 x 64
+  h, w = record["original_size"]
+  full = _with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]], [1.0, 2.0], [False, True],
+                     [0, 2])
+  local = runner.local_pair_record(full)
+  start, end = record["sentence_starts"][2], record["sentence_ends"][2]
+  assert local["caption"] == record["caption"][start:end]
+  np.testing.assert_array_equal(local["image"], np.asarray(_decode(record["image"])))
+  boxed = runner.local_pair_record(_with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]],
+                                               [3.0, 2.0], [False, True], [0, 2]))
+  scale = 64 / 512  # stored / original; crop widened to whole stored pixels
+  window = (math.floor(20 * scale), math.floor(10 * scale), math.ceil(370 * scale),
+            math.ceil(512 * scale))
+  np.testing.assert_array_equal(boxed["image"], np.asarray(_decode(record["image"]).crop(window)))
+  assert boxed["caption"] == record["caption"][record["sentence_starts"][0]:
+                                               record["sentence_ends"][0]]
+  assert runner.local_pair_record(_with_pairs(record, [], [], [], [])) is None
+
+
+def test_joint_benchmark_matches_reference(data_dir, model):
+  params, config = model
+  records = _records(data_dir, "photos", "test")
+  records[3] = _with_pairs(records[3], [], [], [], [])  # a record without a local pair
+  records[0] = _with_pairs(records[0], [[0, 0, 512, 512]], [5.0], [True], [1])
+  benchmark = profiles.Benchmark("joint", "joint", "photos", "test", (10,),
+                                 ("t2i_mAP@10", "i2t_mAP@10"), joint_mode="intended")
+  embedder = embedding.Embedder(config, batch_size=BATCH)
+  entry = runner.evaluate_joint(embedder, params, records, benchmark)
+  encode_image, encode_text = _plain_encoders(params, config)
+  images = [encode_image(_decode(r["image"])) for r in records]
+  texts = [encode_text(r["caption"]) for r in records]
+  groups = list(range(len(records)))
+  for index, record in enumerate(records):
+    local = runner.local_pair_record(record)
+    if local is not None:
+      images.append(encode_image(Image.fromarray(local["image"])))
+      texts.append(encode_text(local["caption"]))
+      groups.append(index)
+  is_global = np.arange(len(groups)) < len(records)
+  expected = metrics.joint_retrieval(np.stack(images), np.stack(texts), groups, is_global,
+                                     mode="intended", k=10)
+  assert (entry["num_images"], entry["num_texts"]) == (10, 19)
+  assert entry["metrics"] == pytest.approx(expected)
+
+
+def test_resolve_benchmarks():
+  profile, chosen = runner.resolve_benchmarks("goal")
+  assert profile.name == "goal" and chosen == profiles.get_profile("goal").benchmarks
+  profile, chosen = runner.resolve_benchmarks("docci:test+qual_test,urban1k:test")
+  assert profile.name == "goal" and [b.name for b in chosen] == ["DOCCI", "Urban1k"]
+  profile, chosen = runner.resolve_benchmarks(["goal/DOCCI", "longclip/DOCCI", "photos:test"])
+  assert profile.name == "custom"
+  assert [b.name for b in chosen] == ["goal/DOCCI", "longclip/DOCCI", "photos:test"]
+  assert [b.split for b in chosen] == ["test+qual_test", "test", "test"]
+  with pytest.raises(ValueError, match="several profiles"):
+    runner.resolve_benchmarks("DOCCI")
+  with pytest.raises(ValueError, match="unknown benchmark"):
+    runner.resolve_benchmarks("nonsense")
+
+
+def test_custom_profile_results_and_table(data_dir, model, tmp_path):
+  params, config = model
+  profile, _ = runner.resolve_benchmarks("photos:test,synthetic/Synthetic")
+  results = runner.evaluate_benchmarks(params, config, "photos:test,synthetic/Synthetic",
+                                       data_dir, batch_size=BATCH)
+  document = runner.write_results(tmp_path / "r.json", profile, results)
+  assert report.read_results(tmp_path / "r.json")["results"].keys() == results.keys()
+  table = runner.markdown_table(document, profile)
+  assert "| photos:test |" in table and "| Synthetic |" in table
+
+
+def test_missing_data_names_the_prepare_command(data_dir, tmp_path, model):
+  params, config = model
+  with pytest.raises(FileNotFoundError, match=r"'docci' is not prepared.*`python -m "
+                     r"goal_jax\.data\.prepare docci --manual_dir=<raw files> --data_dir=.*`"):
+    runner.evaluate_benchmarks(params, config, "docci:test", tmp_path)
+  # A missing split: the command keeps the prepared ones (preparing replaces the shards).
+  with pytest.raises(FileNotFoundError, match=r"split 'train' is not prepared.*--split="
+                     r"test,test_hard,train`"):
+    runner.evaluate_benchmarks(params, config, "synthetic:test,synthetic:train", data_dir)
+
+
+def test_evaluate_command(data_dir, model, tmp_path, capsys):
+  params, config = model
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save_model(ckpt, params, config)
+  out = tmp_path / "results.json"
+  evaluate.main([f"--checkpoint={ckpt}", "--benchmarks=synthetic", f"--data_dir={data_dir}",
+                 f"--out={out}", f"--batch_size={BATCH}"])
+  document = report.read_results(out)
+  expected = runner.evaluate_benchmarks(params, config, "synthetic", data_dir, batch_size=BATCH)
+  assert document["profile"] == "synthetic" and document["results"] == expected
+  assert document["metadata"]["model"] == config.to_dict()
+  assert report.markdown_table(document) in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="error: dataset 'urban1k' is not prepared"):
+    evaluate.main([f"--checkpoint={ckpt}", "--benchmarks=urban1k:test", f"--data_dir={data_dir}"])
+
+
+class _ColourEmbedder:
+  """Image embedding = one-hot of the class whose colour an image has; prompt = its class name.
+
+  So a correct pipeline classifies every image as the class of its colour: any mix-up of folder
+  order, labels or prompt order shows up as a wrong prediction.
+  """
+
+  def __init__(self, class_names, colours, image_size):
+    self.config = clip.get_model_config("tiny/8", image_size=image_size)
+    self.batch_size = 4
+    self._colours = np.asarray(colours, np.float64)
+    tok = text_tokenizer.get_tokenizer()
+    self._name_tokens = [tok.encode(n) for n in class_names]
+    self.calls = []
+
+  def place(self, params):
+    return params
+
+  def embed(self, params, kind, chunks):
+    assert kind == "image"
+    out = []
+    for chunk in chunks:
+      rgb = np.asarray(chunk).mean(axis=(1, 2)) * STD + MEAN  # undo the normalisation
+      nearest = np.argmin(((rgb[:, None] * 255 - self._colours[None]) ** 2).sum(-1), axis=1)
+      out.append(np.eye(len(self._colours))[nearest])
+    return np.concatenate(out)
+
+  def text_encoder(self, params):
+    def encode(ids):
+      self.calls.append(ids.shape)
+      rows = []
+      for row in np.asarray(ids):
+        tokens = row.tolist()
+        hits = [any(tokens[i:i + len(t)] == t for i in range(len(tokens)))
+                for t in self._name_tokens]
+        rows.append(np.asarray(hits, np.float64) + 1e-3)
+      return np.stack(rows)
+    return encode
+
+
+def test_zeroshot_folder_top1(tmp_path):
+  names, _ = zeroshot.zeroshot_set("cifar10")
+  colours = [(25 * i, 255 - 20 * i, (97 * i) % 256) for i in range(10)]
+  truth = {}
+  for label, name in enumerate(names):
+    folder = tmp_path / name  # folders named by class: sorted order == label order here
+    folder.mkdir()
+    for k in range(2):
+      # The second image of class 3 is painted in class 7's colour: it must be misclassified.
+      paint = 7 if (label, k) == (3, 1) else label
+      Image.new("RGB", (20 + k, 16), colours[paint]).save(folder / f"{k}.png")
+      truth[(label, k)] = paint
+  embedder = _ColourEmbedder(names, colours, image_size=16)
+  results = runner.evaluate_benchmarks(None, embedder.config, "zeroshot/cifar10", None,
+                                       zeroshot_folders={"cifar10": str(tmp_path)},
+                                       embedder=embedder)
+  entry = results["cifar10"]
+  assert entry["num_images"] == 20
+  assert entry["metrics"] == {"top1": pytest.approx(100.0 * 19 / 20)}
+  assert all(shape[1] == 77 for shape in embedder.calls)  # prompts at CLIP's 77 tokens
+
+
+def test_zeroshot_folder_classes_by_number_and_wnid(tmp_path):
+  for i in (0, 1, 2, 10):
+    (tmp_path / "n" / str(i)).mkdir(parents=True)
+  assert runner.folder_classes(str(tmp_path / "n"), "cifar10") is None  # numeric order
+  wnids = zeroshot.imagenet_wnids()
+  for wnid in wnids[:3]:
+    (tmp_path / "w" / wnid).mkdir(parents=True)
+  assert runner.folder_classes(str(tmp_path / "w"), "imagenet") == list(wnids)
+  (tmp_path / "bad" / "kitten").mkdir(parents=True)
+  with pytest.raises(ValueError, match="neither label numbers nor the cifar10 class names"):
+    runner.folder_classes(str(tmp_path / "bad"), "cifar10")

@@ -1,0 +1,185 @@
+"""Visualisation maths against independent references, and the PNGs the command writes."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from goal_jax import visualize
+from goal_jax.evaluation import attention_maps
+from goal_jax.losses import mulclip
+from goal_jax.models import checkpoint, clip
+
+
+def test_goal_attention_map_matches_loops():
+  rng = np.random.default_rng(0)
+  heads, grid = 3, 4
+  tokens = 1 + grid * grid
+  attention = rng.random((heads, tokens, tokens))
+  attention /= attention.sum(-1, keepdims=True)
+  expected = np.zeros(grid * grid)
+  for key in range(1, tokens):  # mean over heads and non-CLS queries of attention to `key`
+    total = sum(attention[h, q, key] for h in range(heads) for q in range(1, tokens))
+    expected[key - 1] = total / (heads * (tokens - 1))
+  got = attention_maps.goal_attention_map(attention)
+  np.testing.assert_allclose(got, expected.reshape(grid, grid), rtol=1e-12)
+  # Row-major grid: patch (row r, column c) is token 1 + r * grid + c.
+  attention[:, 1:, 1 + 2 * grid + 3] += 10.0
+  assert np.unravel_index(np.argmax(attention_maps.goal_attention_map(attention)),
+                          (grid, grid)) == (2, 3)
+  with pytest.raises(ValueError, match="square grid"):
+    attention_maps.goal_attention_map(np.ones((2, 5 + 1, 6)))
+
+
+@pytest.mark.parametrize("size", [(32, 48), (7, 5), (4, 4)])
+def test_bicubic_resize_matches_torch(size):
+  torch = pytest.importorskip("torch")
+  values = np.random.default_rng(1).random((4, 4))
+  expected = torch.nn.functional.interpolate(
+      torch.from_numpy(values)[None, None], size=size, mode="bicubic",
+      align_corners=False)[0, 0].numpy()
+  np.testing.assert_allclose(attention_maps.bicubic_resize(values, size), expected, atol=1e-12)
+
+
+def test_overlay_and_min_max():
+  image = np.full((2, 3, 3), 100, np.uint8)
+  heat = np.full((2, 3, 3), 201, np.uint8)
+  np.testing.assert_array_equal(attention_maps.overlay(image, heat), np.full((2, 3, 3), 150))
+  np.testing.assert_allclose(attention_maps.min_max(np.array([2.0, 4.0, 3.0])), [0, 1, 0.5])
+  np.testing.assert_array_equal(attention_maps.min_max(np.ones(3)), np.zeros(3))
+  jet = attention_maps.heat_image(np.array([[0.0, 1.0]]))
+  assert jet[0, 0, 2] > 100 and jet[0, 0, 0] == 0  # jet: blue at 0, red at 1
+  assert jet[0, 1, 0] > 100 and jet[0, 1, 2] == 0
+
+
+def test_sentence_weights_are_what_sap_aggregates():
+  rng = np.random.default_rng(2)
+  sentences, patches = rng.normal(size=(3, 8)), rng.normal(size=(16, 8))
+  weights = attention_maps.sentence_patch_weights(sentences, patches, temperature=0.1)
+  np.testing.assert_allclose(weights.sum(-1), 1.0)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  aggregate = mulclip.aggregate_patches(jnp.asarray(unit(sentences))[None],
+                                        jnp.asarray(unit(patches))[None], temperature=0.1)[0]
+  np.testing.assert_allclose(unit(weights @ unit(patches)), np.asarray(aggregate), atol=1e-5)
+
+
+def test_model_view_box():
+  assert attention_maps.model_view_box((300, 451), 32, "squash") == (0, 0, 451, 300)
+  # 451 x 300 -> 48 x 32 (width truncated), window x in [8, 40) of 48 -> [75.2, 375.8) of 451.
+  assert attention_maps.model_view_box((300, 451), 32, "center_crop") == (75, 0, 376, 300)
+  assert attention_maps.model_view_box((100, 40), 32, "center_crop") == (0, 30, 40, 70)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  config = clip.get_model_config("tiny/8", context_length=96)
+  params = clip.init_params(config, jax.random.key(2))
+  path = tmp_path_factory.mktemp("ckpt") / "model"
+  checkpoint.save_model(path, params, config)
+  image_path = tmp_path_factory.mktemp("img") / "photo.png"
+  gradient = np.linspace(0, 255, 50 * 70 * 3).reshape(50, 70, 3).astype(np.uint8)
+  Image.fromarray(gradient).save(image_path)
+  return path, params, config, image_path
+
+
+def test_attention_png_has_the_image_size_and_overlays(ckpt, tmp_path):
+  path, params, config, image_path = ckpt
+  out, heat_out = tmp_path / "attn.png", tmp_path / "heat.png"
+  visualize.main(["attention", f"--checkpoint={path}", f"--image={image_path}", f"--out={out}",
+                  f"--heatmap_out={heat_out}"])
+  image = np.asarray(Image.open(image_path).convert("RGB"))
+  overlaid, heat = np.asarray(Image.open(out)), np.asarray(Image.open(heat_out))
+  assert overlaid.shape == heat.shape == image.shape == (50, 70, 3)
+  expected = np.round(0.5 * image.astype(float) + 0.5 * heat.astype(float))
+  np.testing.assert_allclose(overlaid, expected, atol=1)
+  # The heat map is the model's attention map through the documented steps.
+  out_model = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"))
+  assert out_model["attention"].shape == (config.vision_heads, 17, 17)
+  grid_map = attention_maps.goal_attention_map(out_model["attention"])
+  expected_heat = attention_maps.heat_image(
+      attention_maps.min_max(attention_maps.bicubic_resize(grid_map, (50, 70))))
+  np.testing.assert_array_equal(heat, expected_heat)
+  cropped = tmp_path / "crop.png"
+  visualize.main(["attention", f"--checkpoint={path}", f"--image={image_path}",
+                  f"--out={cropped}", "--geometry=center_crop"])
+  assert Image.open(cropped).size == (50, 50)
+
+
+def test_encode_image_attention_is_the_last_blocks(ckpt):
+  _, params, config, image_path = ckpt
+  out = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"))
+  weights = out["attention"]
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+  # Recompute the last block's attention by hand from the tokens entering it (the output of a
+  # tower one block shorter, on the same params).
+  pixels = visualize.pipeline.normalize_image(visualize.geometry_lib.resize_image(
+      Image.open(image_path).convert("RGB"), config.image_size, "squash"))[None]
+  layers = config.vision_layers
+  shorter = clip.CLIP(dataclasses.replace(config, vision_layers=layers - 1))
+  x = np.asarray(shorter.apply({"params": params}, pixels, method=clip.CLIP.encode_image)["tokens"],
+                 np.float64)
+  block = params["visual"]["transformer"][f"resblocks_{layers - 1}"]
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  y = (x - mean) / np.sqrt(var + config.layer_norm_eps) * block["ln_1"]["scale"] + \
+      block["ln_1"]["bias"]
+  project = lambda name: (np.einsum("btd,dhk->bthk", y, block["attn"][name]["kernel"])
+                          + block["attn"][name]["bias"])
+  q, k = project("query"), project("key")
+  logits = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(q.shape[-1])
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  np.testing.assert_allclose(weights, expected[0], atol=1e-5)
+
+
+def test_sentence_pngs(ckpt, tmp_path):
+  path, _, _, image_path = ckpt
+  out = tmp_path / "sent.png"
+  visualize.main(["sentences", f"--checkpoint={path}", f"--image={image_path}", f"--out={out}",
+                  "--caption=A bright gradient fills the frame. The left side is dark. "
+                  "The right side is light."])
+  for index in range(3):
+    assert Image.open(tmp_path / f"sent_s{index}.png").size == (70, 50)
+  assert not (tmp_path / "sent_s3.png").exists()
+  grid = Image.open(out)
+  assert grid.format == "PNG" and grid.size[0] > grid.size[1]  # 3 panels in one row
+
+
+def test_sentence_weights_of_the_model(ckpt):
+  _, params, config, image_path = ckpt
+  image = Image.open(image_path).convert("RGB")
+  sentences = ["A dark corner.", "A light corner."]
+  weights, overlays = visualize.sentence_overlays(params, config, image, sentences,
+                                                  temperature=0.05)
+  assert weights.shape == (2, 4, 4) and len(overlays) == 2
+  np.testing.assert_allclose(weights.sum((1, 2)), 1.0)
+  model = clip.CLIP(config)
+  from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
+  ids = tokenizer.get_tokenizer()(sentences, context_length=config.context_length).ids
+  text = np.asarray(model.apply({"params": params}, ids, method=clip.CLIP.encode_text)["embedding"])
+  patches = visualize.encode_image(params, config, image)["tokens_projected"][1:]
+  cos = (text / np.linalg.norm(text, axis=1, keepdims=True)) @ (
+      patches / np.linalg.norm(patches, axis=1, keepdims=True)).T
+  expected = np.exp(cos / 0.05) / np.exp(cos / 0.05).sum(1, keepdims=True)
+  np.testing.assert_allclose(weights.reshape(2, -1), expected, atol=1e-5)
+
+
+def test_training_curves_png(tmp_path):
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step in range(1, 41):
+      record = {"step": step, "loss": 4.0 / step, "lr": 1e-5 * min(1, step / 5)}
+      if step % 10 == 0:
+        record["eval/Synthetic/t2i_R@1"] = float(step)
+      f.write(json.dumps(record) + "\n")
+  out = tmp_path / "curves.png"
+  visualize.main(["curves", f"--workdir={tmp_path}", f"--out={out}"])
+  image = Image.open(out)
+  assert image.format == "PNG" and image.size == (1350, 300)  # 3 panels of 4.5 x 3 in at 100 dpi
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert visualize.curve_keys(records) == ["loss", "lr", "eval/Synthetic/t2i_R@1"]
+  assert visualize.plot_curves(records, str(tmp_path / "eval.png"), "^eval/") == [
+      "eval/Synthetic/t2i_R@1"]
+  with pytest.raises(ValueError, match="no metric to plot"):
+    visualize.plot_curves(records, str(tmp_path / "none.png"), "nothing")
