@@ -24,6 +24,7 @@ import ml_collections
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
 from goal_jax.models import checkpoint as model_checkpoint
+from goal_jax.training import loop
 
 PRETRAIN_CONTEXT = 32
 FINETUNE_CONTEXT = 96
@@ -62,7 +63,6 @@ def pretrain_config(data_dir: str) -> ml_collections.ConfigDict:
 
 def ensure_pretrained(data_dir: str) -> str:
   """The pretrained tiny CLIP, trained once and cached under a hash of its config."""
-  from goal_jax import train  # noqa: PLC0415 - train imports this module lazily too
   config = pretrain_config(data_dir)
   key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
   path = os.path.join(cache_dir(), "pretrained", key.hexdigest()[:12])
@@ -73,18 +73,17 @@ def ensure_pretrained(data_dir: str) -> str:
   print(f"[demo] pretraining a tiny CLIP on short captions (cached in {path})", flush=True)
   workdir = path + ".tmp"
   shutil.rmtree(workdir, ignore_errors=True)
-  train.run(config, workdir)
+  loop.run(config, workdir)
   os.replace(workdir, path)
   return model_dir
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Prepares, pretrains (cached), then fine-tunes with `config`'s method and evaluates."""
-  from goal_jax import train  # noqa: PLC0415
   data_dir = os.path.join(cache_dir(), "data")
   ensure_synthetic(data_dir)
   config.input.data_dir = config.input.data_dir or data_dir
   config.model_init = config.model_init or ensure_pretrained(config.input.data_dir)
   config.model.text_context = FINETUNE_CONTEXT
   print(f"[demo] fine-tuning with {config.method!r} in {workdir}", flush=True)
-  return train.run(config, workdir)
+  return loop.run(config, workdir)

@@ -1,0 +1,271 @@
+"""The training loop behind `python -m goal_jax.train`: one method, one config, one workdir.
+
+The loop is big_vision's: params born sharded (`eval_shape` -> `jit(init, out_shardings)`), one
+jitted step with the state donated, metrics fetched only on log steps, one Orbax manager for the
+state and the Grain iterator (exact resume), SIGTERM saves and exits 0, a non-finite loss stops
+the run naming the step and the batch's records.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from goal_jax import objectives
+from goal_jax.data import builder as data_builder
+from goal_jax.data import pipeline
+from goal_jax.models import checkpoint as model_checkpoint
+from goal_jax.models import clip
+from goal_jax.models import positions
+from goal_jax.training import checkpointing
+from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import optimizer as optimizer_lib
+from goal_jax.training import preemption
+from goal_jax.training import progress
+from goal_jax.training import sharding
+
+
+class SetupError(RuntimeError):
+  """The run cannot start: a missing dataset or checkpoint; the message says how to make it."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Start-up: model, data, optimizer.
+
+
+def model_config_from(config: ml_collections.ConfigDict,
+                      init_config: clip.CLIPConfig | None) -> clip.CLIPConfig:
+  """The init checkpoint's architecture (or the named variant) with this run's compute knobs."""
+  m = config.model
+  base = init_config or clip.get_model_config(m.variant)
+  return dataclasses.replace(base, context_length=m.text_context, dtype=m.dtype,
+                             attention=m.attention, remat=m.remat or None, scan=m.scan)
+
+
+def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPConfig | None]:
+  """Host params from `config.model_init` (a `goal_jax.convert` output), stretched to the context.
+
+  Without `model_init` the run starts from random weights, which only makes sense for
+  pretraining (the demo's first phase); a configured but missing checkpoint is an error.
+  """
+  if not config.model_init:
+    return None, None
+  path = config.model_init
+  if not os.path.isfile(os.path.join(path, model_checkpoint.CONFIG_FILE)):
+    raise SetupError(
+        f"config.model_init={path!r} is not a converted model checkpoint. Make one with\n"
+        f"  python -m goal_jax.convert hf:/path/to/clip-vit-base-patch16 {path}\n"
+        "(or openai:<file.pt> / open_clip:<file>), or pass --config.model_init=<dir>.")
+  params, init_config = model_checkpoint.load_model(path, scan=config.model.scan)
+  params = jax.device_get(params)
+  table = params["text"]["positional_embedding"]
+  if table.shape[0] != config.model.text_context:
+    logging.info("Stretching text positions %d -> %d (Long-CLIP KPS)", table.shape[0],
+                 config.model.text_context)
+    params["text"]["positional_embedding"] = positions.stretch_positions(
+        np.asarray(table), config.model.text_context)
+  if config.get("reset_logit_scale") is not None:
+    params["logit_scale"] = np.asarray(config.reset_logit_scale, np.float32)
+  return params, init_config
+
+
+def input_config(config: ml_collections.ConfigDict,
+                 model_config: clip.CLIPConfig) -> ml_collections.ConfigDict:
+  """The pipeline config: `config.input` plus what the model and the method decide."""
+  c = pipeline.default_config()
+  c.update({k: v for k, v in config.input.items() if k in c})
+  c.image_size = model_config.image_size
+  c.patch_size = model_config.patch_size
+  c.text_context = model_config.context_length
+  c.fields = objectives.FIELDS[config.method]
+  c.seed = config.seed
+  return c
+
+
+def check_data(config: ml_collections.ConfigDict) -> int:
+  """Number of training records; a missing dataset stops the run with the command to make it."""
+  name, split, data_dir = config.input.dataset, config.input.split, config.input.data_dir
+  try:
+    return len(data_builder.load_source(name, split, data_dir))
+  except Exception as e:  # noqa: BLE001 - any failure to open means "not prepared"
+    raise SetupError(
+        f"dataset {name!r} split {split!r} is not prepared under {data_dir!r} ({e}). Prepare it:\n"
+        f"  python -m goal_jax.data.prepare {name} --manual_dir=/path/to/raw/{name} "
+        f"--data_dir={data_dir}") from e
+
+
+def total_steps_of(config: ml_collections.ConfigDict, num_records: int) -> int:
+  """Optimizer steps: `config.total_steps`, else epochs × batches per epoch (drop_remainder)."""
+  if config.get("total_steps"):
+    return int(config.total_steps)
+  batches = num_records // config.input.batch_size
+  if batches < 1:
+    raise SetupError(f"{num_records} records cannot fill one batch of {config.input.batch_size}")
+  return max(1, int(config.total_epochs * batches) // config.optim.get("grad_accum_steps", 1))
+
+
+def make_tx(config: ml_collections.ConfigDict, params: Any, total_steps: int):
+  optim = ml_collections.ConfigDict(config.optim.to_dict())
+  optim.total_steps = total_steps
+  extra = []
+  if config.model.positions == "kps_frozen_prefix":
+    extra.append(positions.freeze_position_prefix(config.model.frozen_prefix))
+  elif config.model.positions != "kps":
+    raise ValueError(f"config.model.positions={config.model.positions!r}: use 'kps' (one "
+                     "trainable table, GOAL) or 'kps_frozen_prefix' (Long-CLIP/FineLIP)")
+  return optimizer_lib.make_optimizer(optim, params, extra_transforms=extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# The step.
+
+
+def make_train_step(loss_fn, tx, schedule):
+  """One optimizer update; returns the new state and the step's scalar metrics (on device)."""
+
+  def train_step(state, batch):
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+    step = state["step"] + 1
+    scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
+               "logit_scale": jnp.exp(params["clip"]["logit_scale"]),
+               "lr": schedule(state["step"]),
+               "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
+    new_state = {"params": params, "opt_state": opt_state, "step": step, "rng": state["rng"]}
+    return new_state, scalars
+
+  return train_step
+
+
+def initial_state(params: Any, rng: jax.Array, *, tx) -> dict:
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "rng": rng}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains to `total_steps` (or until preempted); returns the last metrics and evaluation."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
+  init_params, init_config = load_init_params(config)
+  model_config = model_config_from(config, init_config)
+  num_records = check_data(config)
+  total_steps = total_steps_of(config, num_records)
+  data_config = input_config(config, model_config)
+
+  rng = jax.random.key(config.seed)
+  clip_rng, extra_rng = jax.random.split(jax.random.fold_in(rng, 1))
+  if init_params is None:
+    init_params = jax.device_get(clip.init_params(model_config, clip_rng))
+  params = {"clip": init_params,
+            **jax.device_get(objectives.init_extra_params(config.method, config.loss,
+                                                          model_config, extra_rng))}
+  tx, schedule = make_tx(config, params, total_steps)
+  make_state = functools.partial(initial_state, tx=tx)
+  abstract = jax.eval_shape(make_state, params, rng)
+  state_shardings = sharding.infer_sharding(abstract, mesh, tuple(map(tuple, config.sharding)))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, state_shardings)
+  init_state = lambda: jax.jit(make_state, out_shardings=state_shardings)(params, rng)
+
+  dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True)
+  data_iter = iter(dataset)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints)
+  state = checkpointer.restore_or_init(abstract, init_state, data_iter)
+  del params, init_params
+
+  loss_fn = objectives.make_loss_fn(config.method, model_config, config.loss, mesh)
+  batch_sharding = pipeline.batch_sharding(mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+                       out_shardings=(state_shardings, replicated))
+
+  start = int(jax.device_get(state["step"]))
+  writer = metrics_lib.MetricWriter(workdir, log_every=config.log_every,
+                                    tensorboard=config.tensorboard)
+  writer.write_config(config)
+  guard = metrics_lib.NonFiniteGuard()
+  chrono = progress.Chrono(total_steps, config.input.batch_size)
+  bar = progress.ProgressBar(total_steps, start, enabled=config.progress_bar)
+  evaluator = make_evaluator(config, model_config)
+  last, evaluation = {}, {}
+  with jax.set_mesh(mesh), preemption.PreemptionGuard() as preempted:
+    for step in range(start + 1, total_steps + 1):
+      host_batch = next(data_iter)
+      record_ids = host_batch.pop("record_index")
+      batch = pipeline.make_global_batch(host_batch, batch_sharding)
+      state, scalars = train_step(state, batch)
+      guard(step, scalars, record_ids)  # checks the previous step: no stall
+      if writer.due(step, total_steps):
+        last = writer.write(step, {**scalars, **chrono.tick(step)})
+        bar.update(step, loss=last["loss"])
+      if evaluator and config.eval_every and step % config.eval_every == 0 and step < total_steps:
+        with chrono.paused():
+          evaluation = evaluator(state["params"]["clip"], step, writer)
+      stop = preempted.should_stop(step)
+      if stop or step == total_steps or step % config.checkpoint_every == 0:
+        guard.flush()  # never write a non-finite state
+        checkpointer.save(step, state, data_iter, force=True)
+      if stop:
+        logging.warning("Preempted at step %d: saved, exiting", step)
+        break
+    else:
+      if evaluator:
+        evaluation = evaluator(state["params"]["clip"], total_steps, writer)
+  bar.close()
+  checkpointer.close()
+  writer.close()
+  save_final_model(workdir, state, model_config, total_steps)
+  return {"metrics": last, "evaluation": evaluation, "step": int(jax.device_get(state["step"])),
+          "model_config": model_config, "workdir": workdir}
+
+
+def save_final_model(workdir: str, state, model_config: clip.CLIPConfig, total_steps: int):
+  """The finished CLIP as a model checkpoint (`evaluate`, `export_hf` and later runs read it)."""
+  if int(jax.device_get(state["step"])) != total_steps:
+    return
+  out = os.path.join(workdir, "model")
+  if not os.path.exists(out) and jax.process_index() == 0:
+    model_checkpoint.save_model(out, jax.device_get(state["params"]["clip"]), model_config)
+
+
+def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig):
+  """`evaluate(clip_params, step, writer) -> results` over `config.evals.benchmarks`, or None."""
+  benchmarks = config.evals.benchmarks
+  if not benchmarks:
+    return None
+  from goal_jax.evaluation import report  # noqa: PLC0415 - only runs that evaluate need it
+  from goal_jax.evaluation import runner  # noqa: PLC0415
+
+  def evaluate(clip_params, step, writer):
+    results = runner.evaluate_benchmarks(
+        clip_params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
+        batch_size=config.evals.batch_size)
+    flat = {f"eval/{name}/{metric}": value for name, result in results.items()
+            for metric, value in result["metrics"].items()}
+    writer.write(step, flat)
+    document = report.results_document(config.evals.profile_name, results, {"step": step})
+    if jax.process_index() == 0:
+      report.write_results(os.path.join(writer_dir(writer), f"eval_{step}.json"),
+                           config.evals.profile_name, results, {"step": step})
+      print(report.markdown_table(document), flush=True)
+    return results
+
+  return evaluate
+
+
+def writer_dir(writer: metrics_lib.MetricWriter) -> str:
+  return os.path.dirname(writer.path)
