@@ -1,0 +1,83 @@
+r"""Mine local image-sentence pairs (GOAL's LISM) into a `<dataset>_lism` dataset.
+
+  python -m goal_jax.lism --data_dir=/data/shards --dataset=docci --split=train \
+      --checkpoint=/ckpt/clip_l14_336
+  # GOAL's joint test set: one pair per image, full-image matches kept.
+  python -m goal_jax.lism --data_dir=/data/shards --dataset=dci --split=goal_test \
+      --checkpoint=/ckpt/clip_l14_336 --keep_full_image
+  # SAM ViT-H as GOAL (needs the torch extra and weights on disk).
+  python -m goal_jax.lism ... --segmenter=sam \
+      --segmenter_options=model_dir=/weights/sam-vit-huge,device=cuda
+
+The checkpoint is any converted model (`python -m goal_jax.convert`); GOAL matches with
+openai/clip-vit-large-patch14-336. Killed? Run the same command again: finished chunks are kept.
+The output is `<data_dir>/<out>/` (default out `<dataset>_lism`); train on it with
+`--config.input.dataset=<out>`. Changing only `--selection/--top_k/--keep_full_image` re-mines
+nothing. See `goal_jax/lism/mine.py` for the work folder and the output format.
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from goal_jax.lism import mine
+from goal_jax.lism import scoring
+from goal_jax.lism import segmenters
+from goal_jax.lism import selection
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared shards (input and output)",
+                                required=True)
+_DATASET = flags.DEFINE_string("dataset", None, "prepared source dataset name", required=True)
+_SPLIT = flags.DEFINE_string("split", "train", "split to mine")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "scorer model checkpoint folder",
+                                  required=True)
+_DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (e.g. bfloat16)")
+_OUT = flags.DEFINE_string("out", None, "output dataset name (default <dataset>_lism)")
+_SEGMENTER = flags.DEFINE_string("segmenter", "felzenszwalb",
+                                 "region proposer: felzenszwalb, slic, sam, oracle or registered")
+_SEGMENTER_OPTIONS = flags.DEFINE_string("segmenter_options", "",
+                                         "key=value,... options of the segmenter")
+_MIN_AREA = flags.DEFINE_float("min_area", 0.01, "smallest segment, as a share of the image")
+_MAX_AREA = flags.DEFINE_float("max_area", 0.8, "largest segment, as a share of the image")
+_MAX_CANDIDATES = flags.DEFINE_integer("max_candidates", 255, "segments kept per image")
+_CROP_GEOMETRY = flags.DEFINE_enum("crop_geometry", "center_crop", ["center_crop", "squash"],
+                                   "crop -> scorer input")
+_TEXT_CONTEXT = flags.DEFINE_integer("text_context", 77, "tokens per sentence (longer: truncated)")
+_SELECTION = flags.DEFINE_enum("selection", "max", list(selection.SELECTIONS),
+                               "max: GOAL's one best pair; topk; all")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "pairs per image for --selection=topk")
+_KEEP_FULL = flags.DEFINE_bool("keep_full_image", False,
+                               "keep full-image matches (GOAL's joint test set)")
+_CROP_BATCH = flags.DEFINE_integer("crop_batch", 256, "crops per device step")
+_TEXT_BATCH = flags.DEFINE_integer("text_batch", 256, "sentences per device step")
+_CHUNK = flags.DEFINE_integer("chunk_images", 256, "images per resumable chunk")
+_WORKERS = flags.DEFINE_integer("num_workers", 0, "host threads (0: up to 8)")
+_RESTART = flags.DEFINE_bool("restart", False, "discard this split's earlier matches")
+_MAX_CHUNKS = flags.DEFINE_integer("max_chunks", None, "stop after this many new chunks")
+_SUMMARY_JSON = flags.DEFINE_string("summary_json", None, "also write the summary here")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  options = mine.MineOptions(
+      segmenter=_SEGMENTER.value,
+      segmenter_options=segmenters.parse_options(_SEGMENTER.value, _SEGMENTER_OPTIONS.value),
+      candidates=selection.CandidateOptions(_MIN_AREA.value, _MAX_AREA.value,
+                                            _MAX_CANDIDATES.value),
+      crop_geometry=_CROP_GEOMETRY.value, text_context=_TEXT_CONTEXT.value,
+      chunk_images=_CHUNK.value, crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value,
+      num_workers=_WORKERS.value)
+  rule = selection.SelectionOptions(_SELECTION.value, _TOP_K.value, _KEEP_FULL.value)
+  scorer = scoring.load_scorer(_CHECKPOINT.value, _DTYPE.value)
+  scorer_id = f"{os.path.abspath(_CHECKPOINT.value)} dtype={_DTYPE.value or 'checkpoint'}"
+  result = mine.run(_DATA_DIR.value, _DATASET.value, _SPLIT.value, scorer, scorer_id, options,
+                    rule, out=_OUT.value, restart=_RESTART.value, max_chunks=_MAX_CHUNKS.value)
+  if _SUMMARY_JSON.value:
+    with open(_SUMMARY_JSON.value, "w", encoding="utf-8") as f:
+      json.dump({"out": result["out"], "summaries": result["summaries"]}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
