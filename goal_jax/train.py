@@ -9,6 +9,7 @@ r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP) from one 
 """
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from goal_jax.training import loop
@@ -23,6 +24,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
+  if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   try:
     if config.get("demo"):
