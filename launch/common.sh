@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# Helpers shared by launch/*.sh (sourced, not run): argument parsing, quoting, dry runs.
+
+LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(dirname "$LAUNCH_DIR")"
+DRY_RUN=0
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+# The command line of the arguments, quoted so that bash reads back exactly the same words
+# (single quotes only where a word needs them, so dry runs stay readable).
+quote() {
+  local out=() arg
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
+      out+=("$arg")
+    else
+      out+=("'${arg//\'/\'\\\'\'}'")
+    fi
+  done
+  echo "${out[*]}"
+}
+
+# Runs a command, echoing it to stderr; with --dry_run only prints it to stdout.
+run() {
+  if ((DRY_RUN)); then
+    quote "$@"
+  else
+    echo "+ $(quote "$@")" >&2
+    "$@"
+  fi
+}
+
+# `--key=value` -> value.
+value_of() {
+  echo "${1#*=}"
+}
+
+# The jax version setup.cfg pins (jax[tpu] / jax[cuda12] must match it).
+pinned_jax_version() {
+  sed -n 's/^ *jax==\([0-9.]*\)$/\1/p' "$REPO_ROOT/setup.cfg"
+}
+
+# Warns when a path that every host must share is not on GCS.
+warn_unless_gcs() {
+  local name="$1" value="$2"
+  if [[ -n "$value" && "$value" != gs://* ]]; then
+    echo "warning: $name=$value is not on GCS (gs://...): every worker must see the same files" >&2
+  fi
+}
+
+# The value of `--flag=...` among the training arguments, empty if absent.
+train_arg() {
+  local flag="$1" arg
+  shift
+  for arg in "$@"; do
+    if [[ "$arg" == "$flag="* ]]; then
+      echo "${arg#*=}"
+    fi
+  done
+}
+
+# XLA flags for GPUs (research/jax_ecosystem.md §4.1, MaxText's GPU configs): the latency-hiding
+# scheduler overlaps collectives with compute (matters with several GPUs); cuBLAS over Triton
+# GEMMs. Any flags already in $XLA_FLAGS and the arguments come after, so they win.
+gpu_xla_flags() {
+  local flags=(--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false)
+  local extra
+  for extra in "${XLA_FLAGS:-}" "$@"; do
+    [[ -z "$extra" ]] || flags+=("$extra")
+  done
+  echo "${flags[*]}"
+}
+
+# Prints a script's header comment (after the shebang, up to the first blank line).
+usage_from_header() {
+  sed -n '2,/^$/s/^# \{0,1\}//p' "$1"
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Trains on one GPU machine: one process sees all its GPUs (the mesh is jax.devices()), with the
+# XLA flags that matter on GPUs and cuDNN attention (+38-46% on an H100, research §4.2).
+#
+#   launch/gpu_node.sh --install -- --config=configs/goal.py:init=/ckpt/clip_b16,batch=64 \
+#     --workdir=/runs/goal_b16
+#
+# Options:
+#   --gpus=0,1,2,3        CUDA_VISIBLE_DEVICES (default: every GPU)
+#   --attention=NAME      cudnn (default) or xla: --config.model.attention unless given
+#   --mem_fraction=F      XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9)
+#   --xla_flags="..."     more XLA flags (after the defaults, so they win)
+#   --python=PYTHON       interpreter (default python3; e.g. a venv's)
+#   --install             first pip install the pinned jax[cuda12] and this checkout
+#   --dry_run             print the commands instead of running them
+
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+gpus="" attention="cudnn" mem_fraction="0.9" extra_xla_flags="" python="python3" install=0
+while (($#)); do
+  case "$1" in
+    --gpus=*) gpus="$(value_of "$1")" ;;
+    --attention=*) attention="$(value_of "$1")" ;;
+    --mem_fraction=*) mem_fraction="$(value_of "$1")" ;;
+    --xla_flags=*) extra_xla_flags="$(value_of "$1")" ;;
+    --python=*) python="$(value_of "$1")" ;;
+    --install) install=1 ;;
+    --dry_run) DRY_RUN=1 ;;
+    -h | --help) usage_from_header "$0"; exit 0 ;;
+    --) shift; break ;;
+    *) die "unknown option $1 (options are --key=value; training arguments follow --)" ;;
+  esac
+  shift
+done
+((${#})) || die "no training arguments after -- (at least --config and --workdir)"
+[[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
+
+if ((install)); then
+  run "$python" -m pip install -q -e "$REPO_ROOT" "jax[cuda12]==$(pinned_jax_version)"
+fi
+environment=(XLA_FLAGS="$(gpu_xla_flags "$extra_xla_flags")"
+             XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction" GOAL_JAX_DISTRIBUTED=0)
+[[ -z "$gpus" ]] || environment+=(CUDA_VISIBLE_DEVICES="$gpus")
+run cd "$REPO_ROOT"
+train_args=("$@")
+# Config overrides must follow --config; the user's own attention override wins.
+[[ -n "$(train_arg --config.model.attention "$@")" ]] ||
+  train_args+=(--config.model.attention="$attention")
+run env "${environment[@]}" "$python" -m goal_jax.train "${train_args[@]}"

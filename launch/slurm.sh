@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Trains on several GPU nodes with SLURM: submits a batch job that `srun`s one process per node
+# (each sees all its node's GPUs); goal_jax.distributed joins them from SLURM's variables (the
+# coordinator is the job's first node). The checkout and the Python environment must be on a
+# filesystem every node shares; so must --workdir and the data.
+#
+#   launch/slurm.sh --nodes=4 --gpus_per_node=8 --partition=gpu --time=12:00:00 \
+#     --python=/shared/venv/bin/python -- \
+#     --config=configs/mulclip.py:init=/shared/ckpt/clip_l14,variant=L/14,batch=512 \
+#     --workdir=/shared/runs/mulclip_l14 --config.input.data_dir=/shared/tfds
+#
+# Options:
+#   --nodes=N             nodes (required)
+#   --gpus_per_node=G     GPUs per node (default 8)
+#   --partition=P, --account=A, --time=HH:MM:SS, --job_name=NAME (default goal_jax)
+#   --attention=NAME      cudnn (default) or xla: --config.model.attention unless given
+#   --mem_fraction=F      XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9)
+#   --xla_flags="..."     more XLA flags (after the defaults, so they win)
+#   --python=PYTHON       interpreter on the nodes (default python3)
+#   --dry_run             print the batch script and the sbatch command instead of submitting
+
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+nodes="" gpus_per_node=8 partition="" account="" time_limit="" job_name="goal_jax"
+attention="cudnn" mem_fraction="0.9" extra_xla_flags="" python="python3"
+while (($#)); do
+  case "$1" in
+    --nodes=*) nodes="$(value_of "$1")" ;;
+    --gpus_per_node=*) gpus_per_node="$(value_of "$1")" ;;
+    --partition=*) partition="$(value_of "$1")" ;;
+    --account=*) account="$(value_of "$1")" ;;
+    --time=*) time_limit="$(value_of "$1")" ;;
+    --job_name=*) job_name="$(value_of "$1")" ;;
+    --attention=*) attention="$(value_of "$1")" ;;
+    --mem_fraction=*) mem_fraction="$(value_of "$1")" ;;
+    --xla_flags=*) extra_xla_flags="$(value_of "$1")" ;;
+    --python=*) python="$(value_of "$1")" ;;
+    --dry_run) DRY_RUN=1 ;;
+    -h | --help) usage_from_header "$0"; exit 0 ;;
+    --) shift; break ;;
+    *) die "unknown option $1 (options are --key=value; training arguments follow --)" ;;
+  esac
+  shift
+done
+[[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
+[[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node must be a positive integer"
+((${#})) || die "no training arguments after -- (at least --config and --workdir)"
+[[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
+train_args=("$@")
+[[ -n "$(train_arg --config.model.attention "$@")" ]] ||
+  train_args+=(--config.model.attention="$attention")
+
+directives=(--job-name="$job_name" --nodes="$nodes" --ntasks-per-node=1
+            --gpus-per-node="$gpus_per_node" --exclusive --output="$job_name-%j.out")
+[[ -z "$partition" ]] || directives+=(--partition="$partition")
+[[ -z "$account" ]] || directives+=(--account="$account")
+[[ -z "$time_limit" ]] || directives+=(--time="$time_limit")
+
+batch_script() {
+  echo "#!/usr/bin/env bash"
+  printf '#SBATCH %s\n' "${directives[@]}"
+  echo "set -euo pipefail"
+  echo "cd $(quote "$REPO_ROOT")"
+  echo "export $(quote "XLA_FLAGS=$(gpu_xla_flags "$extra_xla_flags")")"
+  echo "export XLA_PYTHON_CLIENT_MEM_FRACTION=$(quote "$mem_fraction")"
+  echo "srun --kill-on-bad-exit=1 $(quote "$python" -m goal_jax.train "${train_args[@]}")"
+}
+
+if ((DRY_RUN)); then
+  echo "# batch script (sbatch reads it from stdin):"
+  batch_script
+  echo "# submitted with:"
+  quote sbatch
+else
+  batch_script | run sbatch
+fi

@@ -1,0 +1,214 @@
+"""Writes notebooks/*.ipynb from the cells below; edit here, then run this file.
+
+Keeping the source in one Python file keeps the notebooks small, reviewable and free of outputs;
+tests/test_notebooks.py checks the committed files match.
+"""
+import os
+import sys
+
+import nbformat
+from nbformat import v4
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_URL = "https://github.com/goal-jax/goal_jax"  # where the package is published
+
+INSTALL = f'''\
+import importlib.util, shutil, subprocess, sys
+
+def pip(*packages):
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
+
+if importlib.util.find_spec("goal_jax") is None:  # Colab, or a fresh environment
+  pip("git+{REPO_URL}")
+  if shutil.which("nvidia-smi"):  # a GPU runtime: the CUDA build of the pinned jax
+    from importlib.metadata import version
+    pip(f"jax[cuda12]=={{version('jax')}}")
+import jax
+print(jax.devices())'''
+
+
+def _notebook(cells):
+  for i, cell in enumerate(cells):
+    cell.id = f"cell-{i}"  # stable ids: regenerating gives the same file
+  nb = v4.new_notebook(cells=cells)
+  nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                "name": "python3"},
+                 "language_info": {"name": "python"}, "colab": {"provenance": []}}
+  return nb
+
+
+def _parameters(source):
+  return v4.new_code_cell(source, metadata={"tags": ["parameters"]})
+
+
+def quickstart():
+  md, code = v4.new_markdown_cell, v4.new_code_cell
+  return _notebook([
+      md("# goal_jax quickstart\n\n"
+         "Fine-tune a small CLIP with GOAL (or MulCLIP, global fine-tuning, Long-CLIP) on the "
+         "dataset that ships with the package, measure long-caption retrieval, and look at what "
+         "the model attends to. Nothing is downloaded but the package: the data is procedural "
+         "(coloured shapes with long, sentence-per-object captions) and the starting CLIP is "
+         "pretrained on its short captions first, as OpenAI CLIP is before GOAL fine-tunes it.\n\n"
+         "About 10 minutes on a Colab CPU runtime; faster on GPU or TPU."),
+      md("**Parameters.** `FAST = True` trains a few steps from random weights (a smoke test: the "
+         "numbers then mean nothing)."),
+      _parameters('FAST = False\nMETHOD = "goal"  # goal, mulclip, global or longclip\n'
+                  'WORKDIR = "/tmp/goal_jax_quickstart"'),
+      md("## Install\n\nOn Colab this installs the package from GitHub (and the CUDA build of "
+         "JAX on a GPU runtime); locally, `pip install -e .` in the checkout first."),
+      code(INSTALL),
+      md("## Train\n\n`configs/<method>.py:demo` is the method's recipe shrunk to the demo: a "
+         "64 px CLIP with 8×8 patches, 96 text tokens (Long-CLIP's stretching of the 32 it was "
+         "pretrained with), the embedded `synthetic` dataset. `goal_jax.demo.run_demo` prepares "
+         "the data and the pretrained start (both cached in `~/.cache/goal_jax`), then runs the "
+         "same training loop as `python -m goal_jax.train`, which evaluates at the end."),
+      code('''\
+import importlib, os, shutil
+from goal_jax import demo
+from goal_jax.models import checkpoint as model_checkpoint
+from goal_jax.models import clip
+
+config_module = {"global": "global_ft"}.get(METHOD, METHOD)
+config = importlib.import_module(f"configs.{config_module}").get_config("demo")
+shutil.rmtree(WORKDIR, ignore_errors=True)  # start afresh: the trainer resumes a workdir
+if FAST:  # a random start instead of the (cached, minutes-long) short-caption pretraining
+  start = WORKDIR + "_start"
+  shutil.rmtree(start, ignore_errors=True)
+  start_config = clip.get_model_config("demo", context_length=demo.PRETRAIN_CONTEXT)
+  start_params = clip.init_params(start_config, jax.random.key(0))
+  model_checkpoint.save_model(start, jax.device_get(start_params), start_config)
+  config.model_init = start
+  config.total_steps, config.optim.warmup_steps = 6, 2
+  config.log_every, config.checkpoint_every = 2, 6
+result = demo.run_demo(config, WORKDIR)'''),
+      md("## Retrieval\n\nRecall@K of image→text and text→image retrieval on the held-out "
+         "`test` split and on `test_hard`, whose captions differ from each other in one attribute "
+         "of one object: only a model that reads the whole long caption can tell them apart."),
+      code('''\
+from IPython.display import Markdown, display
+from goal_jax.evaluation import report
+
+document = report.results_document(config.evals.profile_name, result["evaluation"])
+display(Markdown(report.markdown_table(document)))'''),
+      md("## Training curves"),
+      code('''\
+from IPython.display import Image
+from goal_jax import visualize
+from goal_jax.training import metrics as metrics_lib
+
+records = metrics_lib.read_metrics(os.path.join(WORKDIR, "metrics.jsonl"))
+visualize.plot_curves(records, os.path.join(WORKDIR, "curves.png"), pattern="loss|logit_scale")
+display(Image(os.path.join(WORKDIR, "curves.png")))'''),
+      md("## What the model looks at\n\nLeft: GOAL's attention map (last vision block, heads "
+         "averaged, attention each patch receives). Then, for each sentence of the caption, the "
+         "softmax over patches of its similarity with each patch: after fine-tuning on long "
+         "captions, each sentence should light up its own object."),
+      code('''\
+import numpy as np
+from PIL import Image as PILImage
+from goal_jax.data import synthetic
+
+params, model_config = model_checkpoint.load_model(os.path.join(WORKDIR, "model"))
+scene = synthetic.scene("test", 0)
+image = PILImage.fromarray(synthetic.render(scene)[0])
+summary, objects, relations = synthetic.describe(scene)
+attention, _ = visualize.attention_overlay(params, model_config, image)
+_, sentence_maps = visualize.sentence_overlays(params, model_config, image, objects)
+path = os.path.join(WORKDIR, "maps.png")
+visualize.save_grid([np.asarray(image), attention, *sentence_maps],
+                    ["image", "GOAL attention map", *objects], path, columns=4)
+display(Image(path))'''),
+      md("## Next\n\n`byo_checkpoint_docci.ipynb` fine-tunes a real CLIP on DOCCI. The same "
+         "steps from a shell: `python -m goal_jax.train --config=configs/goal.py:demo "
+         "--workdir=/tmp/goal_demo`."),
+  ])
+
+
+def byo_checkpoint_docci():
+  md, code = v4.new_markdown_cell, v4.new_code_cell
+  return _notebook([
+      md("# Bring your own checkpoint and DOCCI\n\n"
+         "The papers' path at full scale: convert a pretrained CLIP, prepare DOCCI, fine-tune "
+         "with GOAL or MulCLIP, evaluate long-caption retrieval, export to Hugging Face.\n\n"
+         "You need, on local disk: a Hugging Face CLIP directory (e.g. "
+         "`openai/clip-vit-base-patch16`: `config.json` and `model.safetensors` or "
+         "`pytorch_model.bin`) and DOCCI "
+         "(`docci_descriptions.jsonlines` and the `images/` folder from "
+         "https://google.github.io/docci/). Use a GPU or TPU runtime: GOAL's recipe (B/16, batch "
+         "16, 10 epochs) is about 6k steps."),
+      _parameters('HF_CHECKPOINT = "/content/clip-vit-base-patch16"\n'
+                  'DOCCI_DIR = "/content/docci"\n'
+                  'WORK = "/content/goal_jax_work"\n'
+                  'METHOD = "goal"  # goal or mulclip\n'
+                  'BATCH, EPOCHS = 16, 10'),
+      code(INSTALL),
+      code('''\
+import importlib, os, subprocess, sys
+CONFIGS = os.path.dirname(importlib.import_module("configs").__file__)
+START, DATA = f"{WORK}/clip_248", f"{WORK}/tfds"
+RUN = f"{WORK}/runs/{METHOD}"
+
+def run(module, *args):
+  """`python -m module args`, echoed, output streamed, stops the notebook on failure."""
+  print("$ python -m", module, *args, flush=True)
+  subprocess.run([sys.executable, "-m", module, *args], check=True)'''),
+      md("## 1. Convert the checkpoint\n\nWrites Orbax params and `model_config.json`, with the "
+         "text positions stretched from 77 to 248 (Long-CLIP's knowledge-preserving "
+         "stretching, which GOAL and MulCLIP start from). `openai:<file.pt>` and "
+         "`open_clip:<file>` work too."),
+      code('run("goal_jax.convert", f"hf:{HF_CHECKPOINT}", START, "--text_context=248")'),
+      md("## 2. Prepare DOCCI\n\nOne ArrayRecord record per image: the image pre-resized to a "
+         "256 px short side, the long caption, its sentences with character offsets. Bad records "
+         "stop the run with the file and record named."),
+      code('run("goal_jax.data.prepare", "docci", f"--manual_dir={DOCCI_DIR}", '
+           'f"--data_dir={DATA}")'),
+      md("**GOAL only: local pairs.** GOAL trains on (image crop, sentence) pairs mined by LISM: "
+         "segment the image, score each segment against each sentence with a CLIP, keep the best. "
+         "GOAL scores with `openai/clip-vit-large-patch14-336`; any converted CLIP works. The "
+         "output is a new dataset, `docci_lism`. MulCLIP needs none."),
+      code('''\
+dataset = "docci"
+if METHOD == "goal":
+  run("goal_jax.lism", f"--data_dir={DATA}", "--dataset=docci", "--split=train",
+      f"--checkpoint={START}")
+  dataset = "docci_lism"'''),
+      md("## 3. Fine-tune\n\nThe method's config file is the recipe (its docstring says what "
+         "each number comes from); the `:` suffix and `--config.x=y` override fields. The run "
+         "checkpoints as it goes and resumes if interrupted; `RUN/model` is the final CLIP."),
+      code('''\
+run("goal_jax.train",
+    f"--config={CONFIGS}/{METHOD}.py:init={START},dataset={dataset},data_dir={DATA},"
+    f"batch={BATCH},epochs={EPOCHS}",
+    f"--workdir={RUN}")'''),
+      md("## 4. Evaluate\n\nLong-caption retrieval on DOCCI's test split (Recall@1/5/10 both "
+         "ways). `--benchmarks=goal` runs the GOAL paper's table once its datasets are prepared."),
+      code('''\
+run("goal_jax.evaluate", f"--checkpoint={RUN}/model", "--benchmarks=docci:test",
+    f"--data_dir={DATA}", f"--out={RUN}/eval_docci.json")'''),
+      md("## 5. Export to Hugging Face\n\nA `CLIPModel` directory (config, safetensors, "
+         "tokenizer) that `transformers` loads as is, with the 248-token text positions."),
+      code('''\
+run("goal_jax.export_hf", f"{RUN}/model", f"{WORK}/{METHOD}_hf")
+try:
+  import transformers
+  model = transformers.CLIPModel.from_pretrained(f"{WORK}/{METHOD}_hf")
+  print(model.config.text_config.max_position_embeddings, "text positions")
+except ImportError:
+  print("pip install transformers torch to load the export")'''),
+  ])
+
+
+NOTEBOOKS = {"quickstart.ipynb": quickstart, "byo_checkpoint_docci.ipynb": byo_checkpoint_docci}
+
+
+def main(out_dir=HERE):
+  for name, build in NOTEBOOKS.items():
+    nb = build()
+    nbformat.validate(nb)
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+      nbformat.write(nb, f)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,139 @@
+"""`goal_jax.bench`: analytic FLOPs against hand counts and open_clip, batches, a CPU run."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from goal_jax import bench
+from goal_jax.models import clip
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(context=248):
+  return clip.get_model_config("tiny/8", context_length=context)
+
+
+def test_tiny_flops_by_hand():
+  c = _tiny()
+  # Vision: 17 tokens (CLS + 4x4 patches), width 64, 2 layers, MLP 256, embed 32, patch 8.
+  #   matmuls   2 * 17 * 2 * (4*64*64 + 2*64*256) = 68 * 49152          = 3,342,336
+  #   attention 2 layers * (2*17*17*64 for QK^T + 2*17*17*64 for AV)    =   147,968
+  #   stem      2 * 16 patches * 192 inputs * 64                         =   393,216
+  #   head      2 * 64 * 32                                              =     4,096
+  assert bench.image_forward_flops(c) == 3_887_616
+  # Text at 248 tokens: width 32, 2 layers, MLP 128, embed 32.
+  #   matmuls   2 * 248 * 2 * (4*32*32 + 2*32*128) = 992 * 12288        = 12,189,696
+  #   attention 2 * 4 * 248 * 248 * 32                                   = 15,745,024
+  #   head      2 * 32 * 32                                              =      2,048
+  assert bench.text_forward_flops(c, 248) == 27_936_768
+  # Text at 77 tokens: 2*77*2*12288 + 8*77*77*32 + 2048 = 3,784,704 + 1,517,824 + 2,048.
+  text77 = 5_304_576
+  assert bench.text_forward_flops(c, 77) == text77
+  per_pair = {
+      "global": 3_887_616 + 27_936_768,
+      "goal": 2 * (3_887_616 + 27_936_768) + 2 * 64 * 32 + 2 * 32 * 32,
+      # + 9 short texts (summary, 8 sentences) + per-token heads on 17 patches and 248 tokens.
+      "mulclip": 3_887_616 + 27_936_768 + 9 * text77 + 17 * 2 * 64 * 32 + 248 * 2 * 32 * 32,
+      "longclip": 3_887_616 + 27_936_768 + text77,
+  }
+  for method, flops in per_pair.items():
+    assert bench.forward_flops_per_pair(method, c) == flops, method
+    assert bench.train_flops_per_step(method, c, 8) == 3 * 8 * flops, method
+
+
+@pytest.mark.parametrize("variant, image_gflops, text77_gflops", [
+    ("B/16", 35.13, 5.96), ("L/14", 162.03, 13.3)])
+def test_flops_match_open_clip_profile(variant, image_gflops, text77_gflops):
+  """open_clip's docs/model_profile.csv forward GFLOPs (research/jax_ecosystem.md §4.1)."""
+  c = clip.get_model_config(variant)
+  np.testing.assert_allclose(bench.image_forward_flops(c) / 1e9, image_gflops, rtol=3e-3)
+  np.testing.assert_allclose(bench.text_forward_flops(c, 77) / 1e9, text77_gflops, rtol=3e-3)
+
+
+def test_synthetic_batch_follows_the_batch_contract():
+  c = _tiny()
+  batch = bench.synthetic_batch(c, 4, sentence_context=77, max_sentences=3)
+  s, g2, lc = c.image_size, c.grid_size ** 2, 248
+  expected = {
+      "image": ((4, s, s, 3), np.float32), "text": ((4, lc), np.int32),
+      "summary": ((4, 77), np.int32), "sentences": ((4, 3, 77), np.int32),
+      "sentence_valid": ((4, 3), bool), "span_mask": ((4, 3, lc), bool),
+      "patch_mask": ((4, 3, g2), bool), "local_image": ((4, s, s, 3), np.float32),
+      "local_text": ((4, lc), np.int32), "local_span_mask": ((4, lc), bool),
+      "local_patch_mask": ((4, g2), bool), "local_valid": ((4,), bool)}
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (shape, np.dtype(dtype)) for k, (shape, dtype) in expected.items()}
+  for ids in (batch["text"], batch["sentences"].reshape(-1, 77)):
+    assert (ids[:, 0] == bench.SOT).all()
+    assert ((ids == bench.EOT).sum(axis=1) == 1).all()  # one EOT, the row's largest id
+    eot = ids.argmax(axis=1)
+    assert (ids[np.arange(len(ids)), eot] == bench.EOT).all()
+    assert all((row[e + 1:] == 0).all() and (row[1:e] > 0).all() for row, e in zip(ids, eot))
+  assert batch["patch_mask"].any(axis=-1).all() and batch["local_span_mask"].any(axis=-1).all()
+
+
+def _row(impl, method, batch, step_s, mfu=None):
+  return bench.Row(impl, method, "B/16", batch, step_s=step_s, train_flops=1, mfu=mfu)
+
+
+def test_target_checks():
+  rows = [_row("goal_jax", "global", 256, 0.10, mfu=0.45), _row("goal_jax", "goal", 256, 0.20,
+                                                                 mfu=0.39),
+          _row("goal_jax", "mulclip", 256, 0.26, mfu=0.41),
+          _row("hf_sdpa_compile", "global", 256, 0.11), _row("official_goal", "goal", 256, 1.2),
+          _row("goal_jax", "goal", 16, 0.05), _row("official_goal", "goal", 16, 0.2)]
+  checks = sorted((c["target"], c["batch"], round(c["value"], 6), c["met"])
+                  for c in bench.target_checks(rows))
+  assert checks == sorted([("goal_vs_official", 256, 6.0, True),
+                           ("global_vs_hf_compile", 256, 1.1, False),
+                           ("mulclip_vs_goal", 256, 1.3, False),
+                           ("mfu_at_256", 256, 0.45, True), ("mfu_at_256", 256, 0.39, False),
+                           ("mfu_at_256", 256, 0.41, True), ("goal_vs_official", 16, 4.0, False)])
+
+
+def _check_result(result, methods, batch, variant="tiny/8"):
+  rows = {(r["impl"], r["method"]): r for r in result["rows"]}
+  expected = {("goal_jax", m) for m in methods} | {("hf_sdpa", "global"),
+                                                   ("official_goal", "goal")}
+  assert expected <= set(rows)
+  c = _tiny()
+  for (impl, method), r in rows.items():
+    assert r["error"] is None, (impl, method, r["error"])
+    assert (r["variant"], r["batch"]) == (variant, batch)
+    assert r["train_flops"] == bench.train_flops_per_step(method, c, batch)
+    assert r["step_s"] > 0 and r["compile_s"] > 0
+    np.testing.assert_allclose(r["pairs_per_s"], batch / r["step_s"])
+    np.testing.assert_allclose(r["steps_per_s"], 1 / r["step_s"])
+    assert r["mfu"] is None  # no known peak on CPU
+  assert {c["target"] for c in result["targets"]} >= {"goal_vs_official"}
+
+
+def test_cpu_run_with_reference(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  result = bench.main(["--variant=tiny/8", "--batch=8", "--steps=1", "--warmup=1",
+                       "--methods=goal", "--reference", "--no_compile", f"--json_out={out}"])
+  _check_result(result, ("goal",), 8)
+  assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+  printed = capsys.readouterr().out
+  for text in ("official_goal", "hf_sdpa", "goal_vs_official", "target >= 5.0x",
+               "global_vs_hf_compile   not measured", "mfu_at_256             not measured"):
+    assert text in printed, text
+
+
+@pytest.mark.slow
+def test_ci_command(tmp_path):
+  """The README's CI smoke command, as a subprocess (with torch.compile: minutes on 2 cores)."""
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "goal_jax.bench", "--variant=tiny/8", "--batch=8", "--steps=2",
+       "--reference", f"--json_out={out}"], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=1800, env={**os.environ, "XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  result = json.loads(out.read_text())
+  _check_result(result, ("global", "goal", "mulclip"), 8)
+  assert {c["target"] for c in result["targets"]} == {"goal_vs_official", "global_vs_hf_compile",
+                                                      "mulclip_vs_goal"}

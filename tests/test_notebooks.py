@@ -1,0 +1,114 @@
+"""notebooks/: generated from make_notebooks.py, commands match the CLIs, the quickstart runs."""
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from configs import common
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPO_ROOT, "notebooks")
+BYO = os.path.join(NOTEBOOKS, "byo_checkpoint_docci.ipynb")
+
+
+def _generator():
+  spec = importlib.util.spec_from_file_location("make_notebooks",
+                                                os.path.join(NOTEBOOKS, "make_notebooks.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _read(path):
+  with open(path, encoding="utf-8") as f:
+    return nbformat.read(f, as_version=4)
+
+
+def test_committed_notebooks_match_the_generator(tmp_path):
+  generator = _generator()
+  generator.main(str(tmp_path))
+  for name in generator.NOTEBOOKS:
+    committed, fresh = _read(os.path.join(NOTEBOOKS, name)), _read(tmp_path / name)
+    nbformat.validate(committed)
+    assert committed == fresh, f"{name} is stale: run python notebooks/make_notebooks.py"
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
+    assert committed.cells[0].cell_type == "markdown"
+    assert any("parameters" in c.metadata.get("tags", []) for c in committed.cells)
+
+
+def _template(node):
+  """An argument's text with `X` for every interpolated value: f"--a={b}" -> "--a=X"."""
+  if isinstance(node, ast.Constant):
+    return str(node.value)
+  if isinstance(node, ast.JoinedStr):
+    return "".join(_template(v) if isinstance(v, ast.Constant) else "X" for v in node.values)
+  return "X"
+
+
+def _run_calls(notebook):
+  """(module, flag names, argument templates) of every `run("module", ...)` in the code cells."""
+  calls = []
+  for cell in notebook.cells:
+    if cell.cell_type != "code":
+      continue
+    for node in ast.walk(ast.parse(cell.source)):
+      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run":
+        args = [_template(arg) for arg in node.args]
+        flags = [a.split("=")[0] for a in args[1:] if a.startswith("--")]
+        calls.append((args[0], flags, args))
+  return calls
+
+
+def test_byo_notebook_walks_the_users_path():
+  calls = _run_calls(_read(BYO))
+  assert [module for module, _, _ in calls] == [
+      "goal_jax.convert", "goal_jax.data.prepare", "goal_jax.lism", "goal_jax.train",
+      "goal_jax.evaluate", "goal_jax.export_hf"]
+  for module, _, _ in calls:
+    assert importlib.util.find_spec(module) is not None, module
+  train_args = next(args for module, _, args in calls if module == "goal_jax.train")
+  assert train_args[1:] == ["--config=X/X.py:init=X,dataset=X,data_dir=X,batch=X,epochs=X",
+                            "--workdir=X"]
+  keys = [part.split("=")[0] for part in train_args[1].split(":", 1)[1].split(",")]
+  assert set(keys) <= set(common.ARG_DEFAULTS)  # knobs every method config accepts
+
+
+@pytest.mark.slow
+def test_byo_notebook_flags_exist():
+  """Every `--flag` the notebook passes is one its command knows (from the command's help)."""
+  for module, flags, _ in _run_calls(_read(BYO)):
+    help_text = ""
+    for option in ("--help", "--helpfull"):
+      proc = subprocess.run([sys.executable, "-m", module, option], capture_output=True,
+                            text=True, cwd=REPO_ROOT, timeout=300)
+      help_text += proc.stdout + proc.stderr
+      if all(flag in help_text for flag in flags):
+        break
+    missing = [flag for flag in flags if flag not in help_text]
+    assert not missing, f"python -m {module} does not know {missing}"
+
+
+@pytest.mark.slow
+def test_quickstart_executes(tmp_path, monkeypatch):
+  """Runs the quickstart with FAST = True (a random start, 6 steps) in a fresh kernel.
+
+  Needs the demo to run end to end (goal_jax.demo, the trainer and the evaluator).
+  """
+  import nbclient  # noqa: PLC0415
+  monkeypatch.setenv("GOAL_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("XLA_FLAGS", "")
+  notebook = _read(os.path.join(NOTEBOOKS, "quickstart.ipynb"))
+  parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+  parameters.source = f'FAST = True\nMETHOD = "goal"\nWORKDIR = {str(tmp_path / "run")!r}'
+  nbclient.NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                          resources={"metadata": {"path": REPO_ROOT}}).execute()
+  outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+  markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+  assert any("| Benchmark |" in m for m in markdown)
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) == 2  # training curves and the attention figure
+  assert os.path.isdir(tmp_path / "run" / "model")
