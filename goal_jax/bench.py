@@ -246,10 +246,8 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   params = {"clip": clip.init_params(c, clip_rng),
             **objectives.init_extra_params(method, config.loss, c, extra_rng)}
   tx, schedule = loop.make_tx(config, params, total_steps=steps + warmup + 1)
-  make_state = functools.partial(loop.initial_state, tx=tx)
-  abstract = jax.eval_shape(make_state, params, state_rng)
-  state_shardings = sharding.infer_sharding(abstract, mesh, tuple(map(tuple, config.sharding)))
-  state = jax.jit(make_state, out_shardings=state_shardings)(params, state_rng)
+  init_state, _, state_shardings = loop.plan_state(params, state_rng, tx, mesh, config.sharding)
+  state = init_state()
   del params
   loss_fn = objectives.make_loss_fn(method, c, config.loss, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

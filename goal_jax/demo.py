@@ -27,6 +27,7 @@ from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import loop
 
 PRETRAIN_CONTEXT = 32
+PRETRAIN_STEPS = 400
 FINETUNE_CONTEXT = 96
 SHORT_CAPTION_SENTENCES = 2  # the summary and the first shape: a COCO-like short caption
 
@@ -45,25 +46,25 @@ def ensure_synthetic(data_dir: str) -> None:
     data_prepare.prepare("synthetic", data_dir, verbose=True)
 
 
-def pretrain_config(data_dir: str) -> ml_collections.ConfigDict:
+def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
   """Global InfoNCE on short captions at 32 tokens, from random weights."""
   from configs import global_ft  # noqa: PLC0415 - configs import goal_jax, not the reverse
   config = global_ft.get_config("demo")
   config.model.text_context = PRETRAIN_CONTEXT
   config.input.data_dir = data_dir
   config.input.caption_sentences = SHORT_CAPTION_SENTENCES
-  config.total_steps = 400
+  config.total_steps = steps
   config.optim.lr = 1e-3
-  config.optim.warmup_steps = 20
+  config.optim.warmup_steps = min(20, steps // 4)
   config.optim.lr_floor = 1e-5
   config.evals.benchmarks = ""
-  config.checkpoint_every = 400
+  config.checkpoint_every = steps
   return config
 
 
-def ensure_pretrained(data_dir: str) -> str:
+def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str:
   """The pretrained tiny CLIP, trained once and cached under a hash of its config."""
-  config = pretrain_config(data_dir)
+  config = pretrain_config(data_dir, steps)
   key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
   path = os.path.join(cache_dir(), "pretrained", key.hexdigest()[:12])
   model_dir = os.path.join(path, "model")
@@ -78,12 +79,17 @@ def ensure_pretrained(data_dir: str) -> str:
   return model_dir
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Prepares, pretrains (cached), then fine-tunes with `config`'s method and evaluates."""
+def run_demo(config: ml_collections.ConfigDict, workdir: str,
+             pretrain_steps: int = PRETRAIN_STEPS) -> dict:
+  """Prepares, pretrains (cached), then fine-tunes with `config`'s method and evaluates.
+
+  `pretrain_steps` shortens the pretraining (notebook smoke runs); the cache keys on it.
+  """
   data_dir = os.path.join(cache_dir(), "data")
   ensure_synthetic(data_dir)
   config.input.data_dir = config.input.data_dir or data_dir
-  config.model_init = config.model_init or ensure_pretrained(config.input.data_dir)
+  config.model_init = config.model_init or ensure_pretrained(config.input.data_dir,
+                                                            pretrain_steps)
   config.model.text_context = FINETUNE_CONTEXT
   print(f"[demo] fine-tuning with {config.method!r} in {workdir}", flush=True)
   return loop.run(config, workdir)

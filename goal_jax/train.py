@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from goal_jax import distributed
 from goal_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).",
@@ -26,6 +27,7 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize()  # several processes (TPU pod, GPU cluster): before any JAX use
   config = _CONFIG.value
   try:
     if config.get("demo"):

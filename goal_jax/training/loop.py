@@ -150,6 +150,21 @@ def initial_state(params: Any, rng: jax.Array, *, tx) -> dict:
           "rng": rng}
 
 
+def plan_state(params: Any, rng: jax.Array, tx, mesh: jax.sharding.Mesh, strategy):
+  """The train state born sharded: `(init, abstract, shardings)`.
+
+  `abstract` (shapes, dtypes, shardings) is also the checkpoint restore target, so a resumed run
+  never materialises a fresh state; `init()` writes each shard straight to its device.
+  """
+  make_state = functools.partial(initial_state, tx=tx)
+  abstract = jax.eval_shape(make_state, params, rng)
+  shardings = sharding.infer_sharding(abstract, mesh, tuple(map(tuple, strategy)))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  init = lambda: jax.jit(make_state, out_shardings=shardings)(params, rng)
+  return init, abstract, shardings
+
+
 # ------------------------------------------------------------------------------------------------
 # The run.
 
@@ -172,12 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             **jax.device_get(objectives.init_extra_params(config.method, config.loss,
                                                           model_config, extra_rng))}
   tx, schedule = make_tx(config, params, total_steps)
-  make_state = functools.partial(initial_state, tx=tx)
-  abstract = jax.eval_shape(make_state, params, rng)
-  state_shardings = sharding.infer_sharding(abstract, mesh, tuple(map(tuple, config.sharding)))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, state_shardings)
-  init_state = lambda: jax.jit(make_state, out_shardings=state_shardings)(params, rng)
+  init_state, abstract, state_shardings = plan_state(params, rng, tx, mesh, config.sharding)
 
   dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True)
   data_iter = iter(dataset)
