@@ -92,12 +92,9 @@ def test_byo_notebook_flags_exist():
     assert not missing, f"python -m {module} does not know {missing}"
 
 
-@pytest.mark.slow
 def test_quickstart_executes(tmp_path, monkeypatch):
-  """Runs the quickstart with FAST = True (a random start, 6 steps) in a fresh kernel.
-
-  Needs the demo to run end to end (goal_jax.demo, the trainer and the evaluator).
-  """
+  """Runs the quickstart with FAST = True (8 pretraining and 6 fine-tuning steps) in a fresh
+  kernel, so the notebook cannot rot: install check, demo training, retrieval, curves, maps."""
   import nbclient  # noqa: PLC0415
   monkeypatch.setenv("GOAL_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("XLA_FLAGS", "")
