@@ -94,11 +94,23 @@ def sentence_overlays(params, config, image: Image.Image, sentences: list[str], 
   return weights, [attention_maps.map_overlay(w, view, alpha) for w in weights]
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+def _figure(rows: int, columns: int, figsize: tuple[float, float]):
+  """(figure, axes [rows, columns]) drawn by Agg on the figure's own canvas.
+
+  No pyplot: the process-wide backend is never switched (a notebook keeps its inline plots) and
+  no figure is left registered with pyplot.
+  """
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  fig = figure.Figure(figsize=figsize)
+  backend_agg.FigureCanvasAgg(fig)
+  return fig, fig.subplots(rows, columns, squeeze=False)
+
+
+def _save_figure(fig, path: str) -> None:
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png", dpi=100)
 
 
 def save_png(pixels: np.ndarray, path: str) -> None:
@@ -108,21 +120,16 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 
 def save_grid(panels: list[np.ndarray], titles: list[str], path: str, columns: int = 3) -> None:
   """Images in a grid with wrapped titles (matplotlib, Agg)."""
-  plt = _pyplot()
   columns = min(columns, len(panels))
   rows = math.ceil(len(panels) / columns)
   aspect = panels[0].shape[0] / panels[0].shape[1]
-  fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, (4 * aspect + 0.8) * rows),
-                           squeeze=False)
+  fig, axes = _figure(rows, columns, (4 * columns, (4 * aspect + 0.8) * rows))
   for ax in axes.flat:
     ax.axis("off")
   for ax, panel, title in zip(axes.flat, panels, titles):
     ax.imshow(panel)
     ax.set_title("\n".join(textwrap.wrap(title, 40)[:4]), fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
 def curve_keys(records: list[dict], pattern: str | None = None) -> list[str]:
@@ -141,10 +148,9 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
   keys = curve_keys(records, pattern)
   if not keys:
     raise ValueError("no metric to plot" + (f" matches {pattern!r}" if pattern else ""))
-  plt = _pyplot()
   columns = min(columns, len(keys))
   rows = math.ceil(len(keys) / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3 * rows), squeeze=False)
+  fig, axes = _figure(rows, columns, (4.5 * columns, 3 * rows))
   for ax in axes.flat[len(keys):]:
     ax.axis("off")
   for ax, key in zip(axes.flat, keys):
@@ -154,10 +160,7 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
     ax.set_title(key, fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path)
   return keys
 
 

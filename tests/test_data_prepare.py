@@ -254,3 +254,32 @@ def test_cli(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["splits"]["test"]["written"] == 10
   assert math.isclose(summary["splits"]["test"]["truncated_share"], 0.0)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ordered_map_keeps_order_bounds_the_window_and_defers_errors(workers):
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  started, lock = [], threading.Lock()
+
+  def task(i):
+    with lock:
+      started.append(i)
+    time.sleep(0.002 * ((7 * i) % 5))  # finish out of order
+    if i == 4:
+      raise ValueError("task 4 failed")
+    return i * i
+
+  futures = builder.ordered_map((lambda i=i: task(i) for i in range(20)), workers)
+  first = next(futures)
+  assert first.result() == 0
+  # A bounded window: only a few tasks ahead of the consumer were submitted.
+  assert len(started) <= (4 * workers if workers > 1 else 1)
+  results = [first.result()]
+  for future in futures:
+    try:
+      results.append(future.result())
+    except ValueError as e:
+      results.append(str(e))
+  assert results == [i * i if i != 4 else "task 4 failed" for i in range(20)]
+  assert sorted(started) == list(range(20))

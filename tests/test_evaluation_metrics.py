@@ -1,4 +1,7 @@
 """Retrieval metrics against brute-force loops and hand-computed cases, ties included."""
+import contextlib
+
+import jax
 import numpy as np
 import pytest
 
@@ -233,6 +236,46 @@ def test_top_k_matches_stable_argsort():
   expected = np.argsort(-sim, axis=1, kind="stable")[:, :5]  # Lower index first on ties.
   np.testing.assert_array_equal(indices, expected)
   np.testing.assert_array_equal(scores, np.take_along_axis(sim, expected, axis=1))
+
+
+# --- Explicit transfers. ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_metrics_run_under_a_disallowing_transfer_guard(on_mesh):
+  """A trainer's `disallow` guard never trips scoring, on one device or inside `jax.set_mesh`."""
+  rng = np.random.default_rng(10)
+  text_to_image = random_captions(rng, 9)
+  images, texts = quantised(rng, 9), quantised(rng, len(text_to_image))
+  sim = images.astype(np.float64) @ texts.T.astype(np.float64)
+  captions = [set(np.flatnonzero(text_to_image == i)) for i in range(9)]
+  groups, is_global = np.repeat(np.arange(6), 2), np.tile([True, False], 6)
+  joint_images, joint_texts = quantised(rng, 12), quantised(rng, 12)
+  joint_sim = joint_images.astype(np.float64) @ joint_texts.T.astype(np.float64)
+  joint_relevance = metrics.joint_relevance(groups, is_global, "intended")
+  joint_sets = [set(row[row >= 0].tolist()) for row in joint_relevance]
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  with contextlib.ExitStack() as stack:
+    if on_mesh:
+      stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(jax.transfer_guard("disallow"))
+    recall = metrics.retrieval_recall(images, texts, text_to_image, ks=(1, 5), block_size=4)
+    joint = metrics.joint_retrieval(joint_images, joint_texts, groups, is_global,
+                                    mode="intended", k=5, block_size=5)
+    sim_map = metrics.joint_map_at_k(joint_sim, joint_relevance, k=5)
+    scores, indices = metrics.top_k(images, texts, 3, block_size=4)
+  for k in (1, 5):
+    assert recall[f"i2t_R@{k}"] == pytest.approx(brute_recall(sim, captions, k)), k
+  assert joint["i2t_mAP@5"] == pytest.approx(brute_map(joint_sim, joint_sets, 5))
+  assert joint["t2i_MRR@5"] == pytest.approx(brute_mrr(joint_sim.T, joint_sets, 5))
+  assert sim_map == pytest.approx(brute_map(joint_sim, joint_sets, 5))
+  expected = np.argsort(-sim, axis=1, kind="stable")[:, :3]
+  np.testing.assert_array_equal(indices, expected)
+  np.testing.assert_array_equal(scores, np.take_along_axis(sim, expected, axis=1))
+  assert isinstance(scores, np.ndarray) and isinstance(indices, np.ndarray)
+  # The guard is on: an implicit copy in this test would have raised.
+  with jax.transfer_guard("disallow"), pytest.raises(Exception, match="Disallowed"):
+    jax.numpy.asarray(images) + 1
 
 
 # --- Bad input. -------------------------------------------------------------------------------

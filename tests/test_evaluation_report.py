@@ -99,6 +99,29 @@ def test_markdown_longclip_puts_i2t_first():
       "| Urban1k", "| DOCCI", "| ShareGPT4V-1k", "| COCO 5k"]
 
 
+def test_unregistered_profile_writes_and_tabulates(tmp_path):
+  goal, longclip = profiles.get_profile("goal"), profiles.get_profile("longclip")
+  mixed = (goal.benchmark("DOCCI"), longclip.benchmark("COCO 5k"))
+  custom = profiles.Profile("custom", "picked by name", mixed)
+  assert "custom" not in profiles.PROFILES
+  results = {b.name: report.benchmark_result(b, fake_metrics(b)) for b in reversed(mixed)}
+  path = tmp_path / "custom.json"
+  report.write_results(str(path), custom, results)
+  document = report.read_results(str(path))
+  assert document["profile"] == "custom" and list(document["results"]) == ["DOCCI", "COCO 5k"]
+  tables = report.markdown_table(document, profile=custom).strip().split("\n\n")
+  # Two column sets (GOAL's T2I-first R@1/5/25/50, Long-CLIP's I2T-first R@1/5/10): two tables.
+  assert tables[0].splitlines()[0].startswith("| Benchmark | T2I R@1 | T2I R@5 | T2I R@25 |")
+  assert tables[0].splitlines()[2].startswith("| DOCCI | 0.12 | 10.12 |")
+  assert tables[1].splitlines()[0].startswith("| Benchmark | I2T R@1 | I2T R@5 | I2T R@10 |")
+  assert tables[1].splitlines()[2] == "| COCO 5k | 0.12 | 10.12 | 20.12 | 30.12 | 40.12 | 50.12 |"
+  assert "custom" not in profiles.PROFILES  # nothing registered on the way
+  with pytest.raises(ValueError, match="unknown evaluation profile 'custom'"):
+    report.markdown_table(document)
+  with pytest.raises(ValueError, match="written under profile 'custom', not 'goal'"):
+    report.markdown_table(document, profile=goal)
+
+
 def test_report_errors(tmp_path):
   goal = profiles.get_profile("goal")
   docci = goal.benchmark("DOCCI")

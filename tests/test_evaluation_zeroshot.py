@@ -1,6 +1,7 @@
 """Zero-shot data files, classifier weights, classification and the ImageFolder loader."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -131,6 +132,25 @@ def test_classify_breaks_ties_towards_lower_class_index():
   out = zeroshot.classify(np.array([[1.0, 0.0]], np.float32), weights, [1], ks=(1, 2))
   assert out["predictions"].tolist() == [[0, 1]]
   assert out["top1"] == 0.0 and out["top2"] == 100.0
+
+
+def test_classifier_and_classify_under_a_disallowing_transfer_guard():
+  """A jitted encoder's device outputs are fetched explicitly; scoring copies explicitly."""
+  encode, _ = make_fake_encoder(batch_size=4, as_dict=False)
+  expected = zeroshot.build_zeroshot_classifier(CLASSES, TEMPLATES, encode, fake_tokenize,
+                                                batch_size=4)
+  on_device = jax.jit(lambda x: x)
+  device_encode = lambda ids: on_device(jax.device_put(encode(ids)))
+  images = anchors()[[2, 0, 1]] + 0.1
+  with jax.transfer_guard("disallow"):
+    weights = zeroshot.build_zeroshot_classifier(CLASSES, TEMPLATES, device_encode,
+                                                 fake_tokenize, batch_size=4)
+    out = zeroshot.classify(images, weights, [2, 1, 1], ks=(1, 3), block_size=2)
+  np.testing.assert_allclose(weights, expected, rtol=1e-6)
+  np.testing.assert_array_equal(out["predictions"],
+                                np.argsort(-(images @ expected.T), axis=1, kind="stable"))
+  assert out["predictions"][:, 0].tolist() == [2, 0, 1]
+  assert out["top1"] == pytest.approx(200 / 3) and out["top3"] == 100.0
 
 
 def test_classifier_input_errors():

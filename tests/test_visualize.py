@@ -183,3 +183,27 @@ def test_training_curves_png(tmp_path):
       "eval/Synthetic/t2i_R@1"]
   with pytest.raises(ValueError, match="no metric to plot"):
     visualize.plot_curves(records, str(tmp_path / "none.png"), "nothing")
+
+
+def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path, monkeypatch):
+  """A notebook's inline backend survives: nothing switches the backend or opens pyplot figures."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  def no_switch(*args, **kwargs):
+    raise AssertionError(f"matplotlib.use{args} called")
+
+  backend = matplotlib.rcParams["backend"]
+  pyplot = sys.modules.get("matplotlib.pyplot")
+  figures = pyplot.get_fignums() if pyplot else []
+  monkeypatch.setattr(matplotlib, "use", no_switch)
+  records = [{"step": s, "loss": 1.0 / s} for s in range(1, 5)]
+  visualize.plot_curves(records, str(tmp_path / "curves.png"))
+  panel = np.zeros((50, 70, 3), np.uint8)
+  visualize.save_grid([panel, panel], ["a", "b"], str(tmp_path / "grid.png"))
+  assert matplotlib.rcParams["backend"] == backend
+  if pyplot:
+    assert pyplot.get_fignums() == figures
+  # 4.5 x 3 in at 100 dpi; 2 panels of 4 x (4 * 50/70 + 0.8) in (Agg truncates to pixels).
+  assert Image.open(tmp_path / "curves.png").size == (450, 300)
+  assert Image.open(tmp_path / "grid.png").size == (800, int(100 * (4 * 50 / 70 + 0.8)))

@@ -16,7 +16,7 @@ import functools
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -105,10 +105,9 @@ class RecordBuilder:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     report = self.reports.setdefault(split, SplitReport())
     options = self._options
-    workers = options.num_workers or min(8, os.cpu_count() or 1)
     tasks = _tasks(self.name, self._reader.read(self._manual_dir, split), options)
     with tqdm(desc=f"{self.name}/{split}", unit=" records") as progress:
-      for future in _ordered_map(tasks, workers):
+      for future in ordered_map(tasks, options.num_workers):
         progress.update(1)
         try:
           record, stats = future.result()
@@ -150,8 +149,15 @@ def _raise(error):
   raise error
 
 
-def _ordered_map(tasks, workers: int) -> Iterator[concurrent.futures.Future]:
-  """Futures of `tasks` run on `workers` threads, yielded in order, a bounded window ahead."""
+def ordered_map(tasks: Iterable[Callable[[], Any]],
+                workers: int = 0) -> Iterator[concurrent.futures.Future]:
+  """Futures of `tasks` run on `workers` threads, yielded in order, a bounded window ahead.
+
+  Host work (decoding, resizing, cropping) overlaps with the consumer while memory stays bounded:
+  at most `4 * workers` tasks are in flight. `workers=0` means min(8, CPU count); 1 runs each
+  task inline when its future is requested. A task's exception is raised by `future.result()`.
+  """
+  workers = workers or min(8, os.cpu_count() or 1)
   if workers <= 1:
     for task in tasks:
       future = concurrent.futures.Future()
@@ -174,17 +180,26 @@ def _ordered_map(tasks, workers: int) -> Iterator[concurrent.futures.Future]:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-@functools.lru_cache(maxsize=None)
-def builder_class(name: str):
-  """The TFDS builder class of dataset `name` (not put in TFDS's global registry)."""
+def unregistered_builder_class(name: str, body: type, suffix: str):
+  """A TFDS `GeneratorBasedBuilder` for dataset `name` with `body` mixed in, made at run time.
+
+  The class is kept out of TFDS's global registry, so any dataset name can be written (by
+  `prepare` and by LISM's output) without clashing with TFDS's own datasets.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.core.registered.skip_registration():
-    return type(f"{name}_records", (RecordBuilder, tfds.core.GeneratorBasedBuilder), {
+    return type(f"{name}_{suffix}", (body, tfds.core.GeneratorBasedBuilder), {
         "name": name, "VERSION": tfds.core.Version(VERSION), "RELEASE_NOTES": RELEASE_NOTES,
-        "__module__": __name__,
+        "__module__": body.__module__,
         # No checksums file or code folder: without this TFDS probes the package with
         # `importlib_resources`, which is not installed.
         "code_path": None})
+
+
+@functools.lru_cache(maxsize=None)
+def builder_class(name: str):
+  """The TFDS builder class of dataset `name` (not put in TFDS's global registry)."""
+  return unregistered_builder_class(name, RecordBuilder, "records")
 
 
 def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits,

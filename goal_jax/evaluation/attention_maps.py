@@ -6,9 +6,10 @@ it receives), reshaped to the G x G grid, upsampled bicubically to the image siz
 normalised, coloured with 'jet' and laid over the image at alpha 0.5.
 
 The sentence map shows what MulCLIP's SAP aggregates for one sentence: the softmax over patches of
-cos(sentence embedding, projected patch token) / temperature (`losses.mulclip.aggregate_patches`
-uses these weights; here we keep the weights themselves). It uses the raw projected patches: the
-token calibration that SAP may apply first is not part of a CLIP checkpoint.
+cos(sentence embedding, projected patch token) / temperature (`losses.mulclip.patch_weights`, the
+weights `aggregate_patches` sums the patches with; here we keep the weights themselves). It uses
+the raw projected patches: the token calibration that SAP may apply first is not part of a CLIP
+checkpoint.
 
 Bicubic upsampling follows PyTorch's `interpolate(mode="bicubic", align_corners=False)` (the
 PyTorch scripts' choice): half-pixel centres, cubic convolution with a = -0.75, edge clamping.
@@ -16,9 +17,11 @@ PyTorch scripts' choice): half-pixel centres, cubic convolution with a = -0.75, 
 import math
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from goal_jax.data import geometry as geometry_lib
+from goal_jax.losses import mulclip
 
 CUBIC_A = -0.75
 
@@ -95,13 +98,15 @@ def map_overlay(grid_map: np.ndarray, image: np.ndarray, alpha: float = 0.5,
 
 def sentence_patch_weights(sentences: np.ndarray, patches: np.ndarray,
                            temperature: float = 0.07) -> np.ndarray:
-  """[M, N] softmax over patches of cos(sentence_m, patch_n) / temperature (any input scale)."""
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  logits = unit(np.asarray(sentences, np.float64)) @ unit(np.asarray(patches, np.float64)).T
-  logits = logits / temperature
-  logits -= logits.max(axis=-1, keepdims=True)
-  weights = np.exp(logits)
-  return weights / weights.sum(axis=-1, keepdims=True)
+  """[M, N] softmax over patches of cos(sentence_m, patch_n) / temperature (any input scale).
+
+  SAP's own `mulclip.patch_weights`, run in float64 like the rest of this module's host maths.
+  """
+  with jax.enable_x64(True):
+    sentences, patches = jax.device_put((np.asarray(sentences, np.float64),
+                                         np.asarray(patches, np.float64)))
+    weights = mulclip.patch_weights(sentences, patches, temperature=temperature, normalize=True)
+    return jax.device_get(weights)
 
 
 def model_view_box(image_hw: Sequence[int], image_size: int,

@@ -120,22 +120,36 @@ def _embedding_pair(query_emb, gallery_emb):
   return queries, gallery
 
 
+def _placement():
+  """Where jit runs a call: replicated on the `jax.set_mesh` mesh, else on the default device.
+
+  Inputs put there explicitly leave jit no copy of its own to make (and the guard none to refuse).
+  """
+  mesh = jax.sharding.get_mesh()
+  return None if mesh.empty else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def _map_blocks(fn, blocked, pad_values, block_size, *shared):
   """Concatenated `fn(*row_blocks, *shared)` over fixed-size row blocks of the `blocked` arrays.
 
   The tail block is padded (row values `pad_values`) so one compiled shape serves the whole call.
+  Host arrays in, host arrays out; every copy is an explicit `device_put`/`device_get`, so
+  scoring runs under `jax.transfer_guard("disallow")` (the `shared` arrays are sent once).
   """
   num = blocked[0].shape[0]
   if num == 0:
     raise ValueError("no queries to evaluate")
   block = max(1, min(block_size, num))
+  placement = _placement()
+  shared = jax.device_put(shared, placement)
   outputs = []
   for start in range(0, num, block):
     rows = [a[start:start + block] for a in blocked]
     count = rows[0].shape[0]
     rows = [np.concatenate([r, np.full((block - count,) + r.shape[1:], v, r.dtype)])
             for r, v in zip(rows, pad_values)]
-    outputs.append(jax.tree.map(lambda x: np.asarray(x)[:count], fn(*rows, *shared)))
+    out = jax.device_get(fn(*jax.device_put(rows, placement), *shared))
+    outputs.append(jax.tree.map(lambda x: x[:count], out))
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
@@ -154,8 +168,7 @@ def relevant_ranks(query_emb, gallery_emb, relevance, *, block_size=DEFAULT_BLOC
   """
   queries, gallery = _embedding_pair(query_emb, gallery_emb)
   relevance = validate_relevance(relevance, queries.shape[0], gallery.shape[0])
-  return _map_blocks(_ranks_from_embeddings, (queries, relevance), (0, -1), block_size,
-                     jnp.asarray(gallery))
+  return _map_blocks(_ranks_from_embeddings, (queries, relevance), (0, -1), block_size, gallery)
 
 
 def relevant_ranks_from_similarity(sim, relevance, *, block_size=DEFAULT_BLOCK_SIZE):
@@ -344,4 +357,4 @@ def top_k(query_emb, gallery_emb, k, *, block_size=DEFAULT_BLOCK_SIZE):
   """(scores [Q, k], indices [Q, k]) of the most similar gallery items; ties: lower index first."""
   queries, gallery = _embedding_pair(query_emb, gallery_emb)
   fn = functools.partial(_top_k_block, k=min(k, gallery.shape[0]))
-  return _map_blocks(fn, (queries,), (0,), block_size, jnp.asarray(gallery))
+  return _map_blocks(fn, (queries,), (0,), block_size, gallery)

@@ -36,7 +36,10 @@ def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None):
 
 
 def results_document(profile, results, metadata=None):
-  """The JSON document; `results` maps benchmark name -> benchmark_result, in profile order."""
+  """The JSON document; `results` maps benchmark name -> benchmark_result, in profile order.
+
+  `profile` is a registered profile's name or any `profiles.Profile` (registered or not).
+  """
   profile = profiles_lib.get_profile(profile) if isinstance(profile, str) else profile
   order = [b.name for b in profile.benchmarks]
   unknown = [name for name in results if name not in order]
@@ -94,13 +97,22 @@ def _table(rows, columns):
   return "\n".join(lines)
 
 
-def markdown_table(document):
+def markdown_table(document, profile=None):
   """Markdown for a results document: one row per benchmark in profile order.
 
   Consecutive benchmarks with the same columns share a table (e.g. the profile's retrieval rows),
   so a profile mixing Recall@K and mAP rows prints one table per kind.
+
+  Args:
+    document: a results document (results_document, read_results).
+    profile: the `profiles.Profile` it was written under; default the registered profile the
+      document names. Pass it for a profile made on the fly (e.g. benchmarks chosen by name).
   """
-  profile = profiles_lib.get_profile(document["profile"])
+  if profile is None:
+    profile = profiles_lib.get_profile(document["profile"])
+  elif profile.name != document["profile"]:
+    raise ValueError(f"document was written under profile {document['profile']!r}, "
+                     f"not {profile.name!r}")
   tables, rows, columns = [], [], None
   for benchmark in profile.benchmarks:
     if benchmark.name not in document["results"]:

@@ -17,10 +17,8 @@ batch-sharded step per batch (`embedding.Embedder`), compiled once per model con
 """
 import dataclasses
 import os
-import unittest.mock
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from goal_jax.data import builder
@@ -110,14 +108,12 @@ def resolve_benchmarks(spec: str | Sequence[str]) -> tuple[profiles.Profile, tup
 
 def markdown_table(document, profile: profiles.Profile) -> str:
   """`report.markdown_table` for a document whose profile may be an unregistered `custom` one."""
-  with unittest.mock.patch.dict(profiles.PROFILES, {profile.name: profile}):
-    return report.markdown_table(document)
+  return report.markdown_table(document, profile=profile)
 
 
 def write_results(path, profile: profiles.Profile, results, metadata=None):
-  """`report.write_results`, also for a `custom` profile."""
-  with unittest.mock.patch.dict(profiles.PROFILES, {profile.name: profile}):
-    return report.write_results(path, profile, results, metadata)
+  """`report.write_results` (which takes any `Profile`, a `custom` one included)."""
+  return report.write_results(path, profile, results, metadata)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,14 +269,6 @@ def extra_captions(source) -> tuple[list[str], np.ndarray]:
 # Tasks.
 
 
-def _host_scoring():
-  """Lets scoring send host embeddings to the device, even under `transfer_guard("disallow")`.
-
-  A trainer's guard is there to catch accidental copies in the train step; these are deliberate.
-  """
-  return jax.transfer_guard("allow")
-
-
 def evaluate_retrieval(embedder, params, source, benchmark, *, geometry=DEFAULT_GEOMETRY,
                        tokenizer=None) -> dict:
   """Recall@K both ways, every caption (long + extra) of an image counting as its caption."""
@@ -290,8 +278,7 @@ def evaluate_retrieval(embedder, params, source, benchmark, *, geometry=DEFAULT_
   if extras:
     text = np.concatenate([text, embed_texts(embedder, params, extras, tokenizer=tokenizer)])
     text_to_image = np.concatenate([text_to_image, owners])
-  with _host_scoring():
-    values = metrics.retrieval_recall(image, text, text_to_image, ks=benchmark.ks)
+  values = metrics.retrieval_recall(image, text, text_to_image, ks=benchmark.ks)
   return report.benchmark_result(benchmark, values, num_images=len(source),
                                  num_texts=len(text_to_image))
 
@@ -308,9 +295,8 @@ def evaluate_joint(embedder, params, source, benchmark, *, geometry=DEFAULT_GEOM
     image, text = np.concatenate([image, local_image]), np.concatenate([text, local_text])
     groups = np.concatenate([groups, local.owners])
     is_global = np.concatenate([is_global, np.zeros(len(local), bool)])
-  with _host_scoring():
-    values = metrics.joint_retrieval(image, text, groups, is_global,
-                                     mode=benchmark.joint_mode or "effective", k=benchmark.ks[0])
+  values = metrics.joint_retrieval(image, text, groups, is_global,
+                                   mode=benchmark.joint_mode or "effective", k=benchmark.ks[0])
   return report.benchmark_result(benchmark, values, num_images=len(source),
                                  num_texts=len(groups))
 
@@ -372,8 +358,7 @@ def evaluate_zeroshot_folder(embedder, params, folder: str, set_name: str, ks=(1
       names, templates, embedder.text_encoder(embedder.place(params)),
       lambda texts: tokenizer(texts, context_length=context).ids, batch_size=prompt_batch_size)
   image = embed_image_files(embedder, params, paths, geometry=geometry)
-  with _host_scoring():
-    values = zeroshot.classify(image, classifier, labels, ks=tuple(ks))
+  values = zeroshot.classify(image, classifier, labels, ks=tuple(ks))
   values = {k: v for k, v in values.items() if k != "predictions"}
   benchmark = benchmark or profiles.get_profile("zeroshot").benchmark(set_name)
   return report.benchmark_result(benchmark, values, num_images=len(paths))

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 
+import jax
 import numpy as np
 
 from goal_jax.evaluation import metrics
@@ -117,7 +118,7 @@ def build_zeroshot_classifier(class_names, templates, encode_text_fn, tokenize_f
     count = ids.shape[0]
     ids = np.concatenate([ids, np.zeros((batch_size - count,) + ids.shape[1:], ids.dtype)])
     out = encode_text_fn(ids)
-    out = out["embedding"] if isinstance(out, dict) else out
+    out = jax.device_get(out["embedding"] if isinstance(out, dict) else out)  # explicit fetch
     embeddings.append(np.asarray(out, dtype=np.float32)[:count])
   per_prompt = _normalise(np.concatenate(embeddings))
   per_class = per_prompt.reshape(len(class_names), len(templates), -1).mean(axis=1)
@@ -128,7 +129,8 @@ def classify(image_emb, classifier, labels=None, ks=(1, 5), *,
              block_size=metrics.DEFAULT_BLOCK_SIZE):
   """Top-k predictions and, with labels, top-k accuracy in %.
 
-  Ties go to the lower class index (jax.lax.top_k order).
+  Ties go to the lower class index (jax.lax.top_k order). Host arrays in and out, every copy
+  explicit (`metrics.top_k`), so it runs under `jax.transfer_guard("disallow")`.
 
   Args:
     image_emb: [N, E] image embeddings.

@@ -146,15 +146,14 @@ def prepare_works(source, indices, options: MineOptions, image_size: int, *,
                   where: str = "source") -> Iterator[scoring.ImageWork]:
   """`ImageWork`s of `source[i]` for `i` in `indices`, in order, made on host threads.
 
-  A bounded window of images is in flight (`builder._ordered_map`), so the threads keep working
+  A bounded window of images is in flight (`builder.ordered_map`), so the threads keep working
   while the caller waits on the device, across chunk boundaries too.
   """
   segment = segmenters.get_segmenter(options.segmenter, **options.segmenter_options)
   prepare = functools.partial(_prepare_image, segment=segment, options=options,
                               image_size=image_size, where=where)
   tasks = (functools.partial(prepare, i, source[i]) for i in indices)
-  workers = options.num_workers or min(8, os.cpu_count() or 1)
-  for future in builder._ordered_map(tasks, workers):  # pylint: disable=protected-access
+  for future in builder.ordered_map(tasks, options.num_workers):
     yield future.result()
 
 
@@ -433,11 +432,7 @@ class _MinedRecords:
 
 @functools.lru_cache(maxsize=None)
 def _builder_class(name: str):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  with tfds.core.registered.skip_registration():
-    return type(f"{name}_mined", (_MinedRecords, tfds.core.GeneratorBasedBuilder), {
-        "name": name, "VERSION": tfds.core.Version(builder.VERSION),
-        "RELEASE_NOTES": builder.RELEASE_NOTES, "__module__": __name__, "code_path": None})
+  return builder.unregistered_builder_class(name, _MinedRecords, "mined")
 
 
 def complete_splits(data_dir, out: str) -> dict[str, pathlib.Path]:

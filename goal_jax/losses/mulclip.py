@@ -144,9 +144,32 @@ def word_patch_reconstruction(visual: jax.Array, textual: jax.Array, *,
   return terms[0], terms[1]
 
 
+def patch_weights(sentences: jax.Array, patches: jax.Array, *, temperature: float = 0.07,
+                  top_k: int | None = None, normalize: bool = False) -> jax.Array:
+  """SAP's sentence-conditioned weights w_i = softmax_j(cos(tᵢ, p_j)/τ) over the patches.
+
+  With `top_k`, only the k best-scoring patches of each sentence get weight (ties at the k-th
+  score keep all tied patches). The visualisation plots these weights; SAP aggregates with them.
+
+  Args:
+    sentences: `[..., M, E]` sentence embeddings; patches: `[..., N, E]` patch tokens; both unit
+      vectors unless `normalize`, which L2-normalises them first (any input scale).
+
+  Returns:
+    `[..., M, N]` weights, each row summing to one.
+  """
+  if normalize:
+    sentences, patches = contrastive.l2_normalize(sentences), contrastive.l2_normalize(patches)
+  scores = _einsum("...me,...ne->...mn", sentences, patches) / temperature
+  if top_k is not None and top_k < scores.shape[-1]:
+    kth = jax.lax.top_k(scores, top_k)[0][..., -1:]
+    scores = jnp.where(scores >= jax.lax.stop_gradient(kth), scores, -1e9)
+  return jax.nn.softmax(scores, axis=-1)
+
+
 def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: float = 0.07,
                       top_k: int | None = None) -> jax.Array:
-  """v̄ᵢ = norm(Σ_j w_ij p_j), w_i = softmax_j(cos(tᵢ, p_j)/τ) (optionally over the top k only).
+  """v̄ᵢ = norm(Σ_j w_ij p_j) with w = `patch_weights` (optionally over the top k patches only).
 
   Args:
     sentences: `[B, M, E]` unit sentence embeddings; patches: `[B, N, E]` unit patch tokens.
@@ -154,12 +177,8 @@ def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: 
   Returns:
     `[B, M, E]` unit aggregates, one per sentence.
   """
-  scores = _einsum("bme,bne->bmn", sentences, patches) / temperature
-  if top_k is not None and top_k < scores.shape[-1]:
-    kth = jax.lax.top_k(scores, top_k)[0][..., -1:]
-    scores = jnp.where(scores >= jax.lax.stop_gradient(kth), scores, -1e9)
-  aggregate = _einsum("bmn,bne->bme", jax.nn.softmax(scores, axis=-1), patches)
-  return contrastive.l2_normalize(aggregate)
+  weights = patch_weights(sentences, patches, temperature=temperature, top_k=top_k)
+  return contrastive.l2_normalize(_einsum("bmn,bne->bme", weights, patches))
 
 
 def subcaption_patch_alignment(sentences: jax.Array, patches: jax.Array,

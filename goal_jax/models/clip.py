@@ -200,6 +200,19 @@ def _run_padded(transformer, x, multiple, causal, return_attention):
   return x[:, :length], weights
 
 
+def _tower_outputs(head, tokens, pooled, attention, return_attention, **extra) -> dict:
+  """A tower's output dict, the DESIGN.md model contract shared by both towers.
+
+  `embedding` = unit head(pooled), `tokens` before the head, `tokens_projected` = head(tokens),
+  then the tower's `extra` outputs and, when asked for, the last block's `attention`.
+  """
+  out = {"embedding": l2_normalize(head(pooled)), "tokens": tokens,
+         "tokens_projected": head(tokens), **extra}
+  if return_attention:
+    out["attention"] = attention
+  return out
+
+
 class VisionTower(nn.Module):
   """ViT: conv patches, CLS, positions, ln_pre, blocks; head = ln_post + proj."""
   config: CLIPConfig
@@ -235,11 +248,7 @@ class VisionTower(nn.Module):
     x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(dtype)
     x = self.ln_pre(x)
     tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, False, return_attention)
-    out = {"embedding": l2_normalize(self.head(tokens[:, 0])), "tokens": tokens,
-           "tokens_projected": self.head(tokens)}
-    if return_attention:
-      out["attention"] = weights
-    return out
+    return _tower_outputs(self.head, tokens, tokens[:, 0], weights, return_attention)
 
 
 class TextTower(nn.Module):
@@ -274,11 +283,8 @@ class TextTower(nn.Module):
     tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, True, return_attention)
     eot_index = jnp.argmax(ids, axis=-1)
     pooled = jnp.take_along_axis(tokens, eot_index[:, None, None], axis=1)[:, 0]
-    out = {"embedding": l2_normalize(self.head(pooled)), "tokens": tokens,
-           "tokens_projected": self.head(tokens), "eot_index": eot_index}
-    if return_attention:
-      out["attention"] = weights
-    return out
+    return _tower_outputs(self.head, tokens, pooled, weights, return_attention,
+                          eot_index=eot_index)
 
 
 class CLIP(nn.Module):
