@@ -1,7 +1,7 @@
 """Grain input pipeline: shard records -> fixed-shape numpy batches (DESIGN.md "Batch contract").
 
-    source -> MapDataset.source -> seed/shuffle (train) -> this process's slice -> map(process)
-           -> repeat (train) -> to_iter_dataset -> mp_prefetch (optional) -> batch(B_local)
+    source -> MapDataset.source -> seed/shuffle/repeat (train) -> this process's slice
+           -> map(process) -> to_iter_dataset -> mp_prefetch (optional) -> batch(B_local)
 
 `process` is a pure function of one decoded record and the config, so every batch is a function of
 (seed, step) alone: the iterator's Grain state (`get_state`/`set_state`, or Orbax through
@@ -341,12 +341,14 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
     decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
   transform = ProcessRecord(config, tokenizer, decode, where=where)
   if train:
-    ds = grain.MapDataset.source(_IndexedSource(source)).seed(seed).shuffle()
-    ds = ds[process_index::process_count]
-    if len(ds) < local_batch:
+    if len(source) < config.batch_size:
       raise ValueError(f"split {split!r} has {len(source)} records: fewer than one batch of "
-                       f"{local_batch} per process")
-    ds = ds.map(transform).repeat()
+                       f"{config.batch_size}")
+    # Slicing the endless shuffled stream (not one epoch) gives process p the stream positions
+    # p, p + P, ...: global batch k holds the same records for any process count, so a run can
+    # resume on another topology at the same data position (`training.checkpointing`).
+    ds = grain.MapDataset.source(_IndexedSource(source)).seed(seed).shuffle().repeat()
+    ds = ds[process_index::process_count].map(transform)
   else:
     per_step = local_batch * process_count
     padded = -(-len(source) // per_step) * per_step

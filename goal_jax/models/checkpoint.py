@@ -17,7 +17,11 @@ PARAMS_DIR = "params"
 
 
 def save_model(directory: str, params: dict, config: clip.CLIPConfig) -> None:
-  """Writes params (either layout; must match `config.scan`) and the config."""
+  """Writes params (either layout; must match `config.scan`) and the config.
+
+  On several processes every process must call it (Orbax saves collectively); only process 0
+  writes the config, which comes last, so its presence marks a complete checkpoint.
+  """
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   if os.path.exists(os.path.join(directory, PARAMS_DIR)):
@@ -25,8 +29,9 @@ def save_model(directory: str, params: dict, config: clip.CLIPConfig) -> None:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
-  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+      json.dump(config.to_dict(), f, indent=2)
 
 
 def load_config(directory: str) -> clip.CLIPConfig:

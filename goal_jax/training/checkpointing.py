@@ -6,11 +6,19 @@ when complete, so a crash mid-save leaves the previous checkpoint as the latest 
 
 Layout: `<workdir>/checkpoints/<step>/{state, data_iter}`; `step` counts optimizer steps done.
 Save after a step and before drawing the next batch, so the iterator state matches the state.
+
+On another process count the state restores onto the new mesh as usual, but Grain's iterator
+state is one file per process (`data_iter/process_<i>-of-<n>.json`), which a job of another size
+cannot use. Such a job instead moves its fresh iterators `step` batches ahead: one batch per step,
+each process drawing its share of the global batch. That is the saved data position when the
+global batch is unchanged, because `data.pipeline` puts the same records in global batch k for
+every process count (processes read interleaved positions of one shuffled stream).
 """
 import os
 from typing import Any, Callable
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -64,7 +72,8 @@ class Checkpointer:
     Args:
       abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings (`sharding.abstract_state`
         or `sharding.sharded_init`), or of arrays whose shardings to copy.
-      data_iter: a fresh Grain iterator over the same pipeline; its position is set in place.
+      data_iter: a fresh Grain iterator over the same pipeline; its position is set in place
+        (from its Grain state, or `step` batches ahead if another process count saved it).
       step: which step; the latest when None.
 
     Returns:
@@ -74,12 +83,23 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    other_topology = False
     if data_iter is not None:
-      if not os.path.isdir(os.path.join(self.directory, str(step), DATA_ITER)):
+      saved = os.path.join(self.directory, str(step), DATA_ITER)
+      if not os.path.isdir(saved):
         raise ValueError(f"checkpoint {self.directory}/{step} has no data iterator state; "
                          "it was saved without one")
-      items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+      own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      other_topology = not os.path.isfile(os.path.join(saved, own))
+      if not other_topology:
+        items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+    state = self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    if other_topology:
+      logging.warning("Checkpoint %s/%d has no data iterator state for %d processes (another "
+                      "process count wrote it): moving the data %d batches ahead", self.directory,
+                      step, jax.process_count(), step)
+      skip_batches(data_iter, step)
+    return state
 
   def restore_or_init(self, abstract_state: Any, init_fn: Callable[[], Any],
                       data_iter: Any = None) -> Any:
@@ -103,3 +123,16 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def skip_batches(data_iter: Any, count: int) -> None:
+  """Moves a fresh Grain iterator `count` batches ahead.
+
+  Jumps where Grain can (`set_next_index`: an index computation, no records read); iterators that
+  cannot jump (multiprocess prefetch) draw and drop the batches, which costs their input time.
+  """
+  try:
+    grain.experimental.set_next_index(data_iter, count)
+  except NotImplementedError:
+    for _ in range(count):
+      next(data_iter)

@@ -14,6 +14,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -244,12 +245,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def save_final_model(workdir: str, state, model_config: clip.CLIPConfig, total_steps: int):
-  """The finished CLIP as a model checkpoint (`evaluate`, `export_hf` and later runs read it)."""
+  """The finished CLIP as a model checkpoint (`evaluate`, `export_hf` and later runs read it).
+
+  Every process takes part: Orbax's save synchronises all of them (process 0 alone would wait
+  forever), and gathering sharded (FSDP) params is a collective too. Process 0 decides whether a
+  model is already there, so all processes take the same branch. The params are saved as host
+  arrays (unsharded), which any topology can read back.
+  """
   if int(jax.device_get(state["step"])) != total_steps:
     return
   out = os.path.join(workdir, "model")
-  if not os.path.exists(out) and jax.process_index() == 0:
-    model_checkpoint.save_model(out, jax.device_get(state["params"]["clip"]), model_config)
+  done = os.path.exists(os.path.join(out, model_checkpoint.CONFIG_FILE))
+  if multihost_utils.broadcast_one_to_all(np.array(done)):
+    return
+  params = multihost_utils.process_allgather(state["params"]["clip"], tiled=True)
+  model_checkpoint.save_model(out, params, model_config)
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig):
