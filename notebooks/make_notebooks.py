@@ -50,7 +50,7 @@ def quickstart():
          "the model attends to. Nothing is downloaded but the package: the data is procedural "
          "(coloured shapes with long, sentence-per-object captions) and the starting CLIP is "
          "pretrained on its short captions first, as OpenAI CLIP is before GOAL fine-tunes it.\n\n"
-         "About 3 minutes on 2 CPU cores (measured); faster on a GPU or TPU."),
+         "3 to 4 minutes on 2 CPU cores (measured); faster on a GPU or TPU."),
       md("**Parameters.** `FAST = True` runs a few steps of each phase (a smoke test: the "
          "numbers then mean little)."),
       _parameters('FAST = False\nMETHOD = "goal"  # goal, mulclip, global or longclip\n'
