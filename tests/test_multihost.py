@@ -22,13 +22,11 @@ import pytest
 
 from configs import goal
 from goal_jax.data import pipeline
-from goal_jax.data import prepare as data_prepare
-from goal_jax.data import synthetic
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import checkpointing
 from goal_jax.training import loop
 import _multiprocess as multiprocess  # tests/ is on sys.path under pytest.
-from test_train import BATCH, losses_of, tiny_config
+from test_train import BATCH, losses_of, prepare_synthetic, tiny_config
 
 # Odd on purpose: 21 records split unevenly over 2 processes, and 8-record batches cross epoch
 # boundaries mid-batch, where a per-epoch split would give the processes other records.
@@ -39,14 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("tfds"))
-  sizes = dict(synthetic.SPLIT_SIZES)
-  synthetic.SPLIT_SIZES.update(train=NUM_RECORDS, test=BATCH, test_hard=BATCH)
-  try:
-    data_prepare.prepare("synthetic", root, verbose=False)
-  finally:
-    synthetic.SPLIT_SIZES.update(sizes)
-  return root
+  return prepare_synthetic(str(tmp_path_factory.mktemp("tfds")), NUM_RECORDS)
 
 
 def config_arg(data_dir, steps):

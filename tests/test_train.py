@@ -26,17 +26,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """`synthetic` with one batch of training records: every step sees the same 8 examples."""
-  root = str(tmp_path_factory.mktemp("tfds"))
+def prepare_synthetic(root: str, train_records: int) -> str:
+  """Prepares `synthetic` into `root` with `train_records` training and one batch of test records."""
   sizes = dict(synthetic.SPLIT_SIZES)
-  synthetic.SPLIT_SIZES.update(train=BATCH, test=BATCH, test_hard=BATCH)
+  synthetic.SPLIT_SIZES.update(train=train_records, test=BATCH, test_hard=BATCH)
   try:
     data_prepare.prepare("synthetic", root, verbose=False)
   finally:
     synthetic.SPLIT_SIZES.update(sizes)
   return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """`synthetic` with one batch of training records: every step sees the same 8 examples."""
+  return prepare_synthetic(str(tmp_path_factory.mktemp("tfds")), BATCH)
 
 
 def tiny_config(method, data_dir, steps, **loss):
