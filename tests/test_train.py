@@ -120,7 +120,7 @@ def test_ablation_switch_changes_exactly_its_term(method, data_dir):
 def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
   """4 steps straight == 2 steps, a preemption (save and exit), and 2 resumed steps."""
   config = tiny_config("goal", data_dir, steps=4)
-  straight = loop.run(config, str(tmp_path / "straight"))
+  loop.run(config, str(tmp_path / "straight"))
 
   calls = []
   original = preemption.PreemptionGuard.should_stop
