@@ -3,6 +3,7 @@ r"""Train-step throughput and MFU of each method on synthetic batches (no data p
   python -m goal_jax.bench --variant=B/16,L/14 --batch=16,64,256 --methods=global,goal,mulclip
   python -m goal_jax.bench --variant=B/16 --batch=16,64 --reference   # against PyTorch, same device
   python -m goal_jax.bench --variant=tiny/8 --batch=8 --steps=2 --reference   # CI smoke run
+  python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --flops_only --methods=global,goal,mulclip,longclip
 
 Each row times the real configured step (`configs/<method>.py` at the paper's 248 tokens, the
 trainer's `make_train_step` on a data-parallel mesh of every device) on one random batch of the
@@ -13,7 +14,10 @@ GOAL step written the way the official code does it (one forward on [global; loc
 pass through each tower for hidden states, per-sample Python loops for box and span pooling with
 tokenizer calls inside). It then prints the issue's targets (one H100) next to the ratios.
 
-FLOPs are analytic (XLA's cost analysis under-reports on GPU). For a tower of width D, depth L,
+MFU uses analytic FLOPs (XLA's compiled cost analysis under-reports on GPU). The column
+XLA/ours divides XLA's count of the lowered, unoptimised step (platform independent, so
+`--flops_only` gives it for any variant on a CPU) by the analytic count: ~1.003 at B/16, so
+no step runs a tower pass it does not need. For a tower of width D, depth L,
 MLP width F and T tokens, with output dim E (and patch size P for the ViT):
 
   forward(T) = 2·T·L·(4·D² + 2·D·F)   matmuls: 2 · weights · tokens
@@ -184,6 +188,7 @@ class Row:
   step_s: float | None = None
   compile_s: float | None = None
   train_flops: int | None = None
+  counted_flops: float | None = None  # XLA's count of the lowered step (goal_jax rows only)
   mfu: float | None = None
   error: str | None = None
 
@@ -228,34 +233,73 @@ def method_config(method: str, variant: str, batch: int, *, attention: str, dtyp
   return config
 
 
-def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
-                 attention: str, dtype: str, remat: str = "", scan: bool = False,
-                 peak: float | None = None) -> Row:
-  """Times the trainer's step for `method` on a data-parallel mesh of every device."""
-  config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
-                         scan=scan)
-  c = loop.model_config_from(config, None)
+def _train_step(method: str, config, c: clip.CLIPConfig, batch: int, *, extra_steps: int):
+  """The trainer's jitted step for `method` on a data-parallel mesh of every device.
+
+  Returns `(step_fn, mesh, make_state, abstract_state, host_batch)`; `make_state()` builds the
+  real sharded state (timing), `abstract_state` only its shapes (FLOP counting, no memory).
+  """
   shapes = dict(sentence_context=config.input.sentence_context,
                 max_sentences=config.input.max_sentences)
-  row = Row("goal_jax", method, variant, batch,
-            train_flops=train_flops_per_step(method, c, batch, **shapes))
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   if batch % mesh.size:
     raise ValueError(f"--batch={batch} must be a multiple of the {mesh.size} devices")
   clip_rng, extra_rng, state_rng = jax.random.split(jax.random.key(0), 3)
-  params = {"clip": clip.init_params(c, clip_rng),
-            **objectives.init_extra_params(method, config.loss, c, extra_rng)}
-  tx, schedule = loop.make_tx(config, params, total_steps=steps + warmup + 1)
-  init_state, _, state_shardings = loop.plan_state(params, state_rng, tx, mesh, config.sharding)
-  state = init_state()
-  del params
+  make_params = lambda: {"clip": clip.init_params(c, clip_rng),
+                         **objectives.init_extra_params(method, config.loss, c, extra_rng)}
+  abstract_params = jax.eval_shape(make_params)
+  # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
+  tx, schedule = loop.make_tx(config, abstract_params,
+                              total_steps=config.optim.warmup_steps + extra_steps + 1)
+  _, abstract_state, state_shardings = loop.plan_state(abstract_params, state_rng, tx, mesh,
+                                                       config.sharding)
+  make_state = lambda: loop.plan_state(make_params(), state_rng, tx, mesh, config.sharding)[0]()
   loss_fn = objectives.make_loss_fn(method, c, config.loss, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step_fn = jax.jit(loop.make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
                     out_shardings=(state_shardings, replicated))
-  batch_arrays = pipeline.make_global_batch(synthetic_batch(c, batch, **shapes),
-                                            pipeline.batch_sharding(mesh))
-  holder = {"state": state}
+  return step_fn, mesh, make_state, abstract_state, synthetic_batch(c, batch, **shapes)
+
+
+def counted_train_flops(step_fn, mesh, abstract_state, host_batch) -> float | None:
+  """FLOPs of one step as XLA's HLO cost analysis counts them in the lowered (global) program.
+
+  An independent check of the analytic count: a redundant tower pass or a wrong formula shows
+  as a ratio away from 1 (elementwise ops add ~0.3 % at B/16). It needs no device memory. With
+  `nn.scan` layers the loop body is counted once, so count unrolled models only.
+  """
+  batch_sharding = pipeline.batch_sharding(mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                    for k, v in host_batch.items()}
+  with jax.set_mesh(mesh):
+    cost = step_fn.lower(abstract_state, abstract_batch).cost_analysis()
+  return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
+                 attention: str, dtype: str, remat: str = "", scan: bool = False,
+                 peak: float | None = None, time_it: bool = True,
+                 model_overrides: dict[str, Any] | None = None) -> Row:
+  """Counts (unless `scan`) and times (if `time_it`) the trainer's step for `method`.
+
+  `model_overrides` replace `CLIPConfig` fields of the variant (tests count B/16-wide towers
+  with fewer layers this way).
+  """
+  config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
+                         scan=scan)
+  c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
+  shapes = dict(sentence_context=config.input.sentence_context,
+                max_sentences=config.input.max_sentences)
+  row = Row("goal_jax", method, variant, batch,
+            train_flops=train_flops_per_step(method, c, batch, **shapes))
+  step_fn, mesh, make_state, abstract_state, host_batch = _train_step(
+      method, config, c, batch, extra_steps=steps + warmup)
+  if not scan:
+    row.counted_flops = counted_train_flops(step_fn, mesh, abstract_state, host_batch)
+  if not time_it:
+    return row
+  batch_arrays = pipeline.make_global_batch(host_batch, pipeline.batch_sharding(mesh))
+  holder = {"state": make_state()}
 
   def step():
     holder["state"], scalars = step_fn(holder["state"], batch_arrays)
@@ -507,22 +551,38 @@ def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
   return checks
 
 
-def _fmt(value, spec: str) -> str:
-  return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str, suffix: str = "") -> str:
+  """`value` formatted by `spec` (width.precision) plus `suffix`, or "-" right-aligned alike."""
+  width = int(spec.split(".")[0] or 0) + len(suffix)
+  return "-".rjust(width) if value is None else format(value, spec) + suffix
 
 
 def format_rows(rows: Sequence[Row]) -> str:
   header = (f"{'impl':<16} {'method':<8} {'variant':<8} {'batch':>5} {'step ms':>9} {'steps/s':>8} "
-            f"{'pairs/s':>9} {'TFLOP/step':>10} {'MFU':>6} {'compile s':>9}")
+            f"{'pairs/s':>9} {'TFLOP/step':>10} {'XLA/ours':>8} {'MFU':>6} {'compile s':>9}")
   lines = [header, "-" * len(header)]
   for r in rows:
     step_ms = None if r.step_s is None else 1e3 * r.step_s
     steps_per_s = None if r.step_s is None else 1 / r.step_s
     mfu = None if r.mfu is None else 100 * r.mfu
+    counted = None if r.counted_flops is None else r.counted_flops / r.train_flops
     lines.append(f"{r.impl:<16} {r.method:<8} {r.variant:<8} {r.batch:>5} {_fmt(step_ms, '9.2f')} "
                  f"{_fmt(steps_per_s, '8.2f')} {_fmt(r.pairs_per_s, '9.1f')} "
-                 f"{_fmt(r.train_flops / 1e12, '10.4f')} {_fmt(mfu, '5.1f')}% "
+                 f"{_fmt(r.train_flops / 1e12, '10.4f')} {_fmt(counted, '8.3f')} "
+                 f"{_fmt(mfu, '5.1f', '%')} "
                  f"{_fmt(r.compile_s, '9.1f')}" + (f"  {r.error}" if r.error else ""))
+  return "\n".join(lines)
+
+
+def format_flop_ratios(rows: Sequence[Row]) -> str:
+  """MulCLIP/GOAL model FLOPs per pair: the time ratio if both steps ran at the same MFU."""
+  lines = []
+  for variant, batch in dict.fromkeys((r.variant, r.batch) for r in rows):
+    flops = {r.method: r.train_flops for r in rows
+             if (r.impl, r.variant, r.batch) == ("goal_jax", variant, batch)}
+    if "goal" in flops and "mulclip" in flops:
+      lines.append(f"MulCLIP/GOAL model FLOPs per pair, {variant} batch {batch}: "
+                   f"{flops['mulclip'] / flops['goal']:.3f}")
   return "\n".join(lines)
 
 
@@ -557,6 +617,8 @@ def parse_args(argv):
   parser.add_argument("--dtype", default=None, help="compute dtype; default bfloat16 except on CPU")
   parser.add_argument("--remat", choices=("", "full", "dots"), default="")
   parser.add_argument("--scan", action="store_true", help="nn.scan over layers")
+  parser.add_argument("--flops_only", action="store_true",
+                      help="count FLOPs (analytic and XLA's) without running: any variant, on CPU")
   parser.add_argument("--reference", action="store_true",
                       help="also time PyTorch: HF SDPA (+torch.compile) and an official-style GOAL")
   parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile reference")
@@ -585,9 +647,9 @@ def main(argv=None) -> dict[str, Any]:
       for method in args.methods:
         rows.append(bench_method(method, variant, batch, steps=args.steps, warmup=args.warmup,
                                  attention=attention, dtype=dtype, remat=args.remat,
-                                 scan=args.scan, peak=peak))
+                                 scan=args.scan, peak=peak, time_it=not args.flops_only))
         print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-      if args.reference:
+      if args.reference and not args.flops_only:
         config = method_config("global", variant, batch, attention=attention, dtype=dtype)
         rows += bench_reference(variant, batch, steps=args.steps, warmup=args.warmup,
                                 compile_model=not args.no_compile, peak=peak,
@@ -595,6 +657,7 @@ def main(argv=None) -> dict[str, Any]:
   checks = target_checks(rows)
   print()
   print(format_rows(rows))
+  print(format_flop_ratios(rows))
   print()
   print(format_targets(checks, f"{jax.device_count()} x {device.device_kind}"))
   result = {"device": device.device_kind, "device_count": jax.device_count(),
