@@ -1,0 +1,75 @@
+"""The cuDNN attention path lowered for CUDA on a CPU-only machine.
+
+`jax.export` lowers for a platform it does not run on. JAX's cuDNN wrapper first asks the
+installed cuDNN for its version and the GPU for its compute capability, then runs its own shape
+checks and emits the fused kernel. With those two questions answered as on an H100 (cuDNN 9.10,
+sm_90) the rest is JAX's real code, so this shows that the towers' padding (vision 197 -> 200,
+text 77 -> 80 tokens) gives shapes cuDNN accepts and that every layer's attention, forward and
+backward, is the fused kernel. Numerics and speed need a GPU (the gpu-marked test in
+test_models_clip.py).
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+from goal_jax.models import clip
+
+FORWARD, BACKWARD = "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"
+
+
+@pytest.fixture
+def as_if_on_h100(monkeypatch):
+  monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
+  sm = lambda capability: tuple(int(x) for x in capability.split("."))
+  monkeypatch.setattr(cudnn_attention, "check_compute_capability",
+                      lambda capability: sm(capability) <= (9, 0))
+  monkeypatch.setattr(cudnn_attention, "is_cuda_compute_capability_equal",
+                      lambda capability: sm(capability) == (9, 0))
+
+
+def _lower_train_step_for_cuda(config: clip.CLIPConfig, batch: int = 2) -> str:
+  """StableHLO of the gradient of a contrastive-style loss through both towers, for CUDA."""
+  model = clip.CLIP(config)
+
+  def loss(params, images, ids):
+    image, text = model.apply({"params": params}, images, ids)
+    return jnp.sum(image["embedding"] @ text["embedding"].T)
+
+  size = config.image_size
+  args = (clip.abstract_params(config),
+          jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+          jax.ShapeDtypeStruct((batch, config.context_length), jnp.int32))
+  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in (FORWARD, BACKWARD)]
+  exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cuda"],
+                               disabled_checks=checks)(*args)
+  return exported.mlir_module()
+
+
+def _calls(module: str, target: str) -> int:
+  return len(re.findall(re.escape(f"@{target}("), module))
+
+
+@pytest.mark.parametrize("variant, context", [("B/16", 248), ("B/16", 77), ("L/14", 77)])
+def test_every_attention_lowers_to_the_fused_kernel(as_if_on_h100, variant, context):
+  # 2 layers per tower keep the lowering fast; the shapes per layer are the variant's.
+  config = clip.get_model_config(variant, context_length=context, dtype="bfloat16",
+                                 attention="cudnn", vision_layers=2, text_layers=2)
+  module = _lower_train_step_for_cuda(config)
+  assert _calls(module, FORWARD) == 4 and _calls(module, BACKWARD) == 4
+
+
+def test_unpadded_vision_tokens_are_rejected(as_if_on_h100):
+  """The check the padding exists for is live: 197 vision tokens are refused."""
+  config = clip.get_model_config("B/16", dtype="bfloat16", attention="cudnn",
+                                 attention_pad_multiple=1, vision_layers=1, text_layers=1)
+  with pytest.raises(NotImplementedError, match="sequence length Q 197"):
+    _lower_train_step_for_cuda(config)
+
+
+def test_xla_attention_lowers_without_the_fused_kernel(as_if_on_h100):
+  config = clip.get_model_config("tiny/8", dtype="bfloat16", attention="xla")
+  module = _lower_train_step_for_cuda(config)
+  assert _calls(module, FORWARD) == 0 and _calls(module, BACKWARD) == 0
