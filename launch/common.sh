@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by launch/*.sh (sourced, not run): argument parsing, quoting, dry runs.
+# Helpers shared by launch/*.sh (sourced, not run): option parsing, quoting, dry runs.
 
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(dirname "$LAUNCH_DIR")"
@@ -34,9 +34,30 @@ run() {
   fi
 }
 
-# `--key=value` -> value.
-value_of() {
-  echo "${1#*=}"
+# Parses the script's options into variables of their names, the words after `--` into
+# TRAIN_ARGS. $1 names the options: `key=` takes `--key=value`, a bare `key` is the flag `--key`
+# (sets key=1). Every script also takes --dry_run and --help. Defaults are set before the call.
+# shellcheck disable=SC2034  # TRAIN_ARGS is read by the sourcing script.
+parse_options() {
+  local known=" $1 " arg key
+  shift
+  TRAIN_ARGS=()
+  while (($#)); do
+    arg="$1"
+    shift
+    case "$arg" in
+      --dry_run) DRY_RUN=1 ;;
+      -h | --help) usage_from_header "$0"; exit 0 ;;
+      --) TRAIN_ARGS=("$@"); return ;;
+      --?*=*) key="${arg%%=*}" && key="${key#--}" && [[ "$known" == *" $key= "* ]] ||
+                die "unknown option $arg (options are --key=value; training arguments follow --)"
+              printf -v "$key" '%s' "${arg#*=}" ;;
+      --?*) key="${arg#--}" && [[ "$known" == *" $key "* ]] ||
+              die "unknown option $arg (options are --key=value; training arguments follow --)"
+            printf -v "$key" '%s' 1 ;;
+      *) die "unknown option $arg (options are --key=value; training arguments follow --)" ;;
+    esac
+  done
 }
 
 # The jax version setup.cfg pins (jax[tpu] / jax[cuda12] must match it).

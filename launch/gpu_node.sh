@@ -18,34 +18,20 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-gpus="" attention="cudnn" mem_fraction="0.9" extra_xla_flags="" python="python3" install=0
-while (($#)); do
-  case "$1" in
-    --gpus=*) gpus="$(value_of "$1")" ;;
-    --attention=*) attention="$(value_of "$1")" ;;
-    --mem_fraction=*) mem_fraction="$(value_of "$1")" ;;
-    --xla_flags=*) extra_xla_flags="$(value_of "$1")" ;;
-    --python=*) python="$(value_of "$1")" ;;
-    --install) install=1 ;;
-    --dry_run) DRY_RUN=1 ;;
-    -h | --help) usage_from_header "$0"; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (options are --key=value; training arguments follow --)" ;;
-  esac
-  shift
-done
-((${#})) || die "no training arguments after -- (at least --config and --workdir)"
+gpus="" attention="cudnn" mem_fraction="0.9" xla_flags="" python="python3" install=0
+parse_options "gpus= attention= mem_fraction= xla_flags= python= install" "$@"
+((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
 [[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
 
 if ((install)); then
   run "$python" -m pip install -q -e "$REPO_ROOT" "jax[cuda12]==$(pinned_jax_version)"
 fi
-environment=(XLA_FLAGS="$(gpu_xla_flags "$extra_xla_flags")"
+environment=(XLA_FLAGS="$(gpu_xla_flags "$xla_flags")"
              XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction" GOAL_JAX_DISTRIBUTED=0)
 [[ -z "$gpus" ]] || environment+=(CUDA_VISIBLE_DEVICES="$gpus")
 run cd "$REPO_ROOT"
-train_args=("$@")
+train_args=("${TRAIN_ARGS[@]}")
 # Config overrides must follow --config; the user's own attention override wins.
-[[ -n "$(train_arg --config.model.attention "$@")" ]] ||
+[[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
   train_args+=(--config.model.attention="$attention")
 run env "${environment[@]}" "$python" -m goal_jax.train "${train_args[@]}"

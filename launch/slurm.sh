@@ -23,47 +23,30 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-nodes="" gpus_per_node=8 partition="" account="" time_limit="" job_name="goal_jax"
-attention="cudnn" mem_fraction="0.9" extra_xla_flags="" python="python3"
-while (($#)); do
-  case "$1" in
-    --nodes=*) nodes="$(value_of "$1")" ;;
-    --gpus_per_node=*) gpus_per_node="$(value_of "$1")" ;;
-    --partition=*) partition="$(value_of "$1")" ;;
-    --account=*) account="$(value_of "$1")" ;;
-    --time=*) time_limit="$(value_of "$1")" ;;
-    --job_name=*) job_name="$(value_of "$1")" ;;
-    --attention=*) attention="$(value_of "$1")" ;;
-    --mem_fraction=*) mem_fraction="$(value_of "$1")" ;;
-    --xla_flags=*) extra_xla_flags="$(value_of "$1")" ;;
-    --python=*) python="$(value_of "$1")" ;;
-    --dry_run) DRY_RUN=1 ;;
-    -h | --help) usage_from_header "$0"; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (options are --key=value; training arguments follow --)" ;;
-  esac
-  shift
-done
+nodes="" gpus_per_node=8 partition="" account="" time="" job_name="goal_jax"
+attention="cudnn" mem_fraction="0.9" xla_flags="" python="python3"
+parse_options "nodes= gpus_per_node= partition= account= time= job_name= attention= \
+mem_fraction= xla_flags= python=" "$@"
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node must be a positive integer"
-((${#})) || die "no training arguments after -- (at least --config and --workdir)"
+((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
 [[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
-train_args=("$@")
-[[ -n "$(train_arg --config.model.attention "$@")" ]] ||
+train_args=("${TRAIN_ARGS[@]}")
+[[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
   train_args+=(--config.model.attention="$attention")
 
 directives=(--job-name="$job_name" --nodes="$nodes" --ntasks-per-node=1
             --gpus-per-node="$gpus_per_node" --exclusive --output="$job_name-%j.out")
 [[ -z "$partition" ]] || directives+=(--partition="$partition")
 [[ -z "$account" ]] || directives+=(--account="$account")
-[[ -z "$time_limit" ]] || directives+=(--time="$time_limit")
+[[ -z "$time" ]] || directives+=(--time="$time")
 
 batch_script() {
   echo "#!/usr/bin/env bash"
   printf '#SBATCH %s\n' "${directives[@]}"
   echo "set -euo pipefail"
   echo "cd $(quote "$REPO_ROOT")"
-  echo "export $(quote "XLA_FLAGS=$(gpu_xla_flags "$extra_xla_flags")")"
+  echo "export $(quote "XLA_FLAGS=$(gpu_xla_flags "$xla_flags")")"
   echo "export XLA_PYTHON_CLIENT_MEM_FRACTION=$(quote "$mem_fraction")"
   echo "srun --kill-on-bad-exit=1 $(quote "$python" -m goal_jax.train "${train_args[@]}")"
 }

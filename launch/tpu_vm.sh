@@ -28,26 +28,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 name="" zone="" accelerator="" version="tpu-ubuntu2204-base" project="" repo=""
 queued=0 spot=0 reuse=0 keep=0
-while (($#)); do
-  case "$1" in
-    --name=*) name="$(value_of "$1")" ;;
-    --zone=*) zone="$(value_of "$1")" ;;
-    --accelerator=*) accelerator="$(value_of "$1")" ;;
-    --version=*) version="$(value_of "$1")" ;;
-    --project=*) project="$(value_of "$1")" ;;
-    --repo=*) repo="$(value_of "$1")" ;;
-    --queued) queued=1 ;;
-    --spot) spot=1 ;;
-    --reuse) reuse=1 ;;
-    --keep) keep=1 ;;
-    --dry_run) DRY_RUN=1 ;;
-    -h | --help) usage_from_header "$0"; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (options are --key=value; training arguments follow --)" ;;
-  esac
-  shift
-done
-train_args=("$@")
+parse_options "name= zone= accelerator= version= project= repo= queued spot reuse keep" "$@"
+train_args=("${TRAIN_ARGS[@]}")
 [[ -n "$name" ]] || die "--name is required"
 [[ -n "$zone" ]] || die "--zone is required"
 ((reuse)) || [[ -n "$accelerator" ]] || die "--accelerator is required (or --reuse an existing VM)"

@@ -105,6 +105,20 @@ def test_tpu_vm_bad_arguments(args, message):
   assert "gcloud" not in proc.stdout
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("gpu_node.sh", ["--gpu=0", "--", "--workdir=w"], "unknown option --gpu=0"),
+    ("gpu_node.sh", ["--install=yes", "--", "--workdir=w"], "unknown option --install=yes"),
+    ("slurm.sh", ["--nodes=2", "--time", "--", "--workdir=w"], "unknown option --time "),
+    ("slurm.sh", ["--nodes=2", "--workdir=w"], "unknown option --workdir=w"),
+    ("gpu_node.sh", ["--attention=flash", "--", "--workdir=w"], "--attention must be"),
+    ("slurm.sh", ["--nodes=2"], "no training arguments")])
+def test_gpu_scripts_bad_arguments(script, args, message):
+  """The shared option parser: value options, flags and the `--` split, in every script."""
+  proc = _launch(script, "--dry_run", *args, check=False)
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+  assert proc.stdout == ""
+
+
 def test_tpu_vm_deletes_the_vm_when_training_fails(tmp_path):
   """A fake gcloud logs each call and fails the training command: the VM must still go."""
   log = tmp_path / "gcloud.log"
