@@ -3,7 +3,7 @@ r"""Train-step throughput and MFU of each method on synthetic batches (no data p
   python -m goal_jax.bench --variant=B/16,L/14 --batch=16,64,256 --methods=global,goal,mulclip
   python -m goal_jax.bench --variant=B/16 --batch=16,64 --reference   # against PyTorch, same device
   python -m goal_jax.bench --variant=tiny/8 --batch=8 --steps=2 --reference   # CI smoke run
-  python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --flops_only --methods=global,goal,mulclip,longclip
+  python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --analyze_only --remat=dots   # any machine
 
 Each row times the real configured step (`configs/<method>.py` at the paper's 248 tokens, the
 trainer's `make_train_step` on a data-parallel mesh of every device) on one random batch of the
@@ -16,9 +16,12 @@ tokenizer calls inside). It then prints the issue's targets (one H100) next to t
 
 MFU uses analytic FLOPs (XLA's compiled cost analysis under-reports on GPU). The column
 XLA/ours divides XLA's count of the lowered, unoptimised step (platform independent, so
-`--flops_only` gives it for any variant on a CPU) by the analytic count: ~1.003 at B/16, so
-no step runs a tower pass it does not need. For a tower of width D, depth L,
-MLP width F and T tokens, with output dim E (and patch size P for the ViT):
+`--analyze_only` gives it for any variant on a CPU) by the analytic count: ~1.003 at B/16, so
+no step runs a tower pass it does not need. `--analyze_only` also prints the activations the
+backward keeps per pair (JAX's saved residuals), which says which `--remat` a batch needs.
+
+For a tower of width D, depth L, MLP width F and T tokens, with output dim E (and patch size P
+for the ViT):
 
   forward(T) = 2·T·L·(4·D² + 2·D·F)   matmuls: 2 · weights · tokens
              + 4·L·T²·D               attention scores and values (full T×T, also when causal)
@@ -189,6 +192,7 @@ class Row:
   compile_s: float | None = None
   train_flops: int | None = None
   counted_flops: float | None = None  # XLA's count of the lowered step (goal_jax rows only)
+  saved_bytes: int | None = None  # activations kept for the backward (--analyze_only rows)
   mfu: float | None = None
   error: str | None = None
 
@@ -233,12 +237,29 @@ def method_config(method: str, variant: str, batch: int, *, attention: str, dtyp
   return config
 
 
-def _train_step(method: str, config, c: clip.CLIPConfig, batch: int, *, extra_steps: int):
-  """The trainer's jitted step for `method` on a data-parallel mesh of every device.
+@dataclasses.dataclass
+class TrainStep:
+  """The trainer's jitted step for one method, with what is needed to run it or only analyse it.
 
-  Returns `(step_fn, mesh, make_state, abstract_state, host_batch)`; `make_state()` builds the
-  real sharded state (timing), `abstract_state` only its shapes (FLOP counting, no memory).
+  `make_state()` builds the real sharded state (timing); the abstract state, params and batch
+  are shapes only (counting, no device memory).
   """
+  step_fn: Any
+  loss_fn: Callable[..., Any]
+  mesh: jax.sharding.Mesh
+  make_state: Callable[[], Any]
+  abstract_state: Any
+  host_batch: dict[str, np.ndarray]
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    sharding_ = pipeline.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding_)
+            for k, v in self.host_batch.items()}
+
+
+def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
+                    extra_steps: int) -> TrainStep:
+  """`method`'s step (`loop.make_train_step`) on a data-parallel mesh of every device."""
   shapes = dict(sentence_context=config.input.sentence_context,
                 max_sentences=config.input.max_sentences)
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
@@ -258,29 +279,44 @@ def _train_step(method: str, config, c: clip.CLIPConfig, batch: int, *, extra_st
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step_fn = jax.jit(loop.make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
                     out_shardings=(state_shardings, replicated))
-  return step_fn, mesh, make_state, abstract_state, synthetic_batch(c, batch, **shapes)
+  return TrainStep(step_fn, loss_fn, mesh, make_state, abstract_state,
+                   synthetic_batch(c, batch, **shapes))
 
 
-def counted_train_flops(step_fn, mesh, abstract_state, host_batch) -> float | None:
+def counted_train_flops(step: TrainStep) -> float | None:
   """FLOPs of one step as XLA's HLO cost analysis counts them in the lowered (global) program.
 
   An independent check of the analytic count: a redundant tower pass or a wrong formula shows
   as a ratio away from 1 (elementwise ops add ~0.3 % at B/16). It needs no device memory. With
   `nn.scan` layers the loop body is counted once, so count unrolled models only.
   """
-  batch_sharding = pipeline.batch_sharding(mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-                    for k, v in host_batch.items()}
-  with jax.set_mesh(mesh):
-    cost = step_fn.lower(abstract_state, abstract_batch).cost_analysis()
+  with jax.set_mesh(step.mesh):
+    cost = step.step_fn.lower(step.abstract_state, step.abstract_batch()).cost_analysis()
   return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def saved_activation_bytes(step: TrainStep) -> int:
+  """Bytes of the forward's results that the backward keeps (the step's activation memory).
+
+  JAX's own list of saved residuals, before XLA: platform independent, so the effect of
+  `--remat` on memory can be read on a CPU. XLA may fuse some of it away; the xla attention's
+  f32 softmax (cuDNN keeps none) is included.
+  """
+  from jax._src import ad_checkpoint  # noqa: PLC0415 - public only as print_saved_residuals
+  params = step.abstract_state["params"]
+  with jax.set_mesh(step.mesh):
+    residuals = ad_checkpoint.saved_residuals(lambda p, b: step.loss_fn(p, b)[0], params,
+                                              step.abstract_batch())
+  return sum(math.prod(aval.shape) * aval.dtype.itemsize for aval, source in residuals
+             if "from the argument" not in source)
 
 
 def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
                  attention: str, dtype: str, remat: str = "", scan: bool = False,
                  peak: float | None = None, time_it: bool = True,
                  model_overrides: dict[str, Any] | None = None) -> Row:
-  """Counts (unless `scan`) and times (if `time_it`) the trainer's step for `method`.
+  """Counts FLOPs (unless `scan`) of the trainer's step for `method`, then times it (`time_it`)
+  or counts its saved activations.
 
   `model_overrides` replace `CLIPConfig` fields of the variant (tests count B/16-wide towers
   with fewer layers this way).
@@ -292,17 +328,18 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
                 max_sentences=config.input.max_sentences)
   row = Row("goal_jax", method, variant, batch,
             train_flops=train_flops_per_step(method, c, batch, **shapes))
-  step_fn, mesh, make_state, abstract_state, host_batch = _train_step(
-      method, config, c, batch, extra_steps=steps + warmup)
+  train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup)
   if not scan:
-    row.counted_flops = counted_train_flops(step_fn, mesh, abstract_state, host_batch)
+    row.counted_flops = counted_train_flops(train_step)
   if not time_it:
+    row.saved_bytes = saved_activation_bytes(train_step)
     return row
-  batch_arrays = pipeline.make_global_batch(host_batch, pipeline.batch_sharding(mesh))
-  holder = {"state": make_state()}
+  mesh = train_step.mesh
+  batch_arrays = pipeline.make_global_batch(train_step.host_batch, pipeline.batch_sharding(mesh))
+  holder = {"state": train_step.make_state()}
 
   def step():
-    holder["state"], scalars = step_fn(holder["state"], batch_arrays)
+    holder["state"], scalars = train_step.step_fn(holder["state"], batch_arrays)
     return scalars
 
   try:
@@ -559,18 +596,21 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 def format_rows(rows: Sequence[Row]) -> str:
   header = (f"{'impl':<16} {'method':<8} {'variant':<8} {'batch':>5} {'step ms':>9} {'steps/s':>8} "
-            f"{'pairs/s':>9} {'TFLOP/step':>10} {'XLA/ours':>8} {'MFU':>6} {'compile s':>9}")
+            f"{'pairs/s':>9} {'TFLOP/step':>10} {'XLA/ours':>8} {'MFU':>6} {'compile s':>9} "
+            f"{'saved MiB/pair':>14}")
   lines = [header, "-" * len(header)]
   for r in rows:
     step_ms = None if r.step_s is None else 1e3 * r.step_s
     steps_per_s = None if r.step_s is None else 1 / r.step_s
     mfu = None if r.mfu is None else 100 * r.mfu
     counted = None if r.counted_flops is None else r.counted_flops / r.train_flops
+    saved = None if r.saved_bytes is None else r.saved_bytes / r.batch / 2**20
     lines.append(f"{r.impl:<16} {r.method:<8} {r.variant:<8} {r.batch:>5} {_fmt(step_ms, '9.2f')} "
                  f"{_fmt(steps_per_s, '8.2f')} {_fmt(r.pairs_per_s, '9.1f')} "
                  f"{_fmt(r.train_flops / 1e12, '10.4f')} {_fmt(counted, '8.3f')} "
                  f"{_fmt(mfu, '5.1f', '%')} "
-                 f"{_fmt(r.compile_s, '9.1f')}" + (f"  {r.error}" if r.error else ""))
+                 f"{_fmt(r.compile_s, '9.1f')} {_fmt(saved, '14.1f')}"
+                 + (f"  {r.error}" if r.error else ""))
   return "\n".join(lines)
 
 
@@ -614,11 +654,13 @@ def parse_args(argv):
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
   parser.add_argument("--attention", choices=("xla", "cudnn"), default=None,
                       help="default: cudnn on GPUs, else xla")
-  parser.add_argument("--dtype", default=None, help="compute dtype; default bfloat16 except on CPU")
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype; default bfloat16 (float32 when timing on a CPU)")
   parser.add_argument("--remat", choices=("", "full", "dots"), default="")
   parser.add_argument("--scan", action="store_true", help="nn.scan over layers")
-  parser.add_argument("--flops_only", action="store_true",
-                      help="count FLOPs (analytic and XLA's) without running: any variant, on CPU")
+  parser.add_argument("--analyze_only", action="store_true",
+                      help="count FLOPs (analytic, XLA's) and saved activations without running; "
+                      "any variant, also on a CPU")
   parser.add_argument("--reference", action="store_true",
                       help="also time PyTorch: HF SDPA (+torch.compile) and an official-style GOAL")
   parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile reference")
@@ -637,7 +679,8 @@ def main(argv=None) -> dict[str, Any]:
   device = jax.devices()[0]
   platform = device.platform
   attention = args.attention or ("cudnn" if platform == "gpu" else "xla")
-  dtype = args.dtype or ("float32" if platform == "cpu" else "bfloat16")
+  # Analysis describes the accelerator run (bf16) even on a CPU, where timing runs in f32.
+  dtype = args.dtype or ("float32" if platform == "cpu" and not args.analyze_only else "bfloat16")
   peak = args.peak_tflops or peak_tflops(device)
   print(f"device: {jax.device_count()} x {device.device_kind} ({platform}); attention {attention}, "
         f"dtype {dtype}, peak {peak or '?'} TFLOP/s per device", flush=True)
@@ -647,9 +690,9 @@ def main(argv=None) -> dict[str, Any]:
       for method in args.methods:
         rows.append(bench_method(method, variant, batch, steps=args.steps, warmup=args.warmup,
                                  attention=attention, dtype=dtype, remat=args.remat,
-                                 scan=args.scan, peak=peak, time_it=not args.flops_only))
+                                 scan=args.scan, peak=peak, time_it=not args.analyze_only))
         print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-      if args.reference and not args.flops_only:
+      if args.reference and not args.analyze_only:
         config = method_config("global", variant, batch, attention=attention, dtype=dtype)
         rows += bench_reference(variant, batch, steps=args.steps, warmup=args.warmup,
                                 compile_model=not args.no_compile, peak=peak,

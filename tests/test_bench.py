@@ -54,15 +54,33 @@ def test_flops_match_open_clip_profile(variant, image_gflops, text77_gflops):
   np.testing.assert_allclose(bench.text_forward_flops(c, 77) / 1e9, text77_gflops, rtol=3e-3)
 
 
+def _analyze(method, remat=""):
+  """`--analyze_only` on a B/16-wide model with 2 layers per tower, batch 4 on 4 devices."""
+  return bench.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
+                            dtype="bfloat16", remat=remat, time_it=False,
+                            model_overrides=dict(vision_layers=2, text_layers=2))
+
+
 @pytest.mark.parametrize("method", ["global", "goal", "mulclip", "longclip"])
 def test_xla_counts_the_analytic_flops(method):
-  """XLA's count of the lowered B/16-wide step (2 layers per tower, batch 4 on 4 devices) equals
-  the analytic one: the formula is right and no method runs a tower pass it does not need."""
-  row = bench.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
-                           dtype="bfloat16", time_it=False,
-                           model_overrides=dict(vision_layers=2, text_layers=2))
+  """XLA's count of the lowered step equals the analytic one: the formula is right and no
+  method runs a tower pass it does not need."""
+  row = _analyze(method)
   assert row.step_s is None and row.counted_flops is not None
   assert 0.995 < row.counted_flops / row.train_flops < 1.01, row.counted_flops / row.train_flops
+
+
+def test_remat_trades_flops_for_saved_activations():
+  """What `--remat` buys, read without running: `dots` recomputes only elementwise work and
+  keeps less; `full` recomputes the blocks (XLA counts the extra forward) and keeps the least."""
+  rows = {remat: _analyze("goal", remat) for remat in ("", "dots", "full")}
+  saved = {remat: row.saved_bytes for remat, row in rows.items()}
+  counted = {remat: row.counted_flops / row.train_flops for remat, row in rows.items()}
+  assert saved[""] > 2 * saved["dots"] > 4 * saved["full"] > 0, saved
+  assert counted[""] < counted["dots"] < 1.05 < 1.15 < counted["full"], counted
+  # Every pair keeps at least its block inputs: 2 layers x (vision 197 x 768 + text 248 x 512)
+  # in bf16, for the global and the local pair of GOAL.
+  assert saved["full"] >= 4 * 2 * 2 * (197 * 768 + 248 * 512) * 2
 
 
 def test_synthetic_batch_follows_the_batch_contract():
