@@ -35,8 +35,9 @@ run() {
 }
 
 # Parses the script's options into variables of their names, the words after `--` into
-# TRAIN_ARGS. $1 names the options: `key=` takes `--key=value`, a bare `key` is the flag `--key`
-# (sets key=1). Every script also takes --dry_run and --help. Defaults are set before the call.
+# TRAIN_ARGS (required). $1 names the options: `key=` takes `--key=value`, a bare `key` is the
+# flag `--key` (sets key=1). Every script also takes --dry_run and --help. Defaults are set
+# before the call.
 # shellcheck disable=SC2034  # TRAIN_ARGS is read by the sourcing script.
 parse_options() {
   local known=" $1 " arg key
@@ -48,7 +49,7 @@ parse_options() {
     case "$arg" in
       --dry_run) DRY_RUN=1 ;;
       -h | --help) usage_from_header "$0"; exit 0 ;;
-      --) TRAIN_ARGS=("$@"); return ;;
+      --) TRAIN_ARGS=("$@"); break ;;
       --?*=*) key="${arg%%=*}" && key="${key#--}" && [[ "$known" == *" $key= "* ]] ||
                 die "unknown option $arg (options are --key=value; training arguments follow --)"
               printf -v "$key" '%s' "${arg#*=}" ;;
@@ -58,6 +59,15 @@ parse_options() {
       *) die "unknown option $arg (options are --key=value; training arguments follow --)" ;;
     esac
   done
+  ((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
+}
+
+# Checks --attention's value and appends it to TRAIN_ARGS as --config.model.attention, unless the
+# user gave that override (overrides must follow --config, so it goes last).
+add_attention_override() {
+  [[ "$1" == cudnn || "$1" == xla ]] || die "--attention must be cudnn or xla"
+  [[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
+    TRAIN_ARGS+=(--config.model.attention="$1")
 }
 
 # The jax version setup.cfg pins (jax[tpu] / jax[cuda12] must match it).

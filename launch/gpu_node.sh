@@ -20,8 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 gpus="" attention="cudnn" mem_fraction="0.9" xla_flags="" python="python3" install=0
 parse_options "gpus= attention= mem_fraction= xla_flags= python= install" "$@"
-((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
-[[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
+add_attention_override "$attention"
 
 if ((install)); then
   run "$python" -m pip install -q -e "$REPO_ROOT" "jax[cuda12]==$(pinned_jax_version)"
@@ -30,8 +29,4 @@ environment=(XLA_FLAGS="$(gpu_xla_flags "$xla_flags")"
              XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction" GOAL_JAX_DISTRIBUTED=0)
 [[ -z "$gpus" ]] || environment+=(CUDA_VISIBLE_DEVICES="$gpus")
 run cd "$REPO_ROOT"
-train_args=("${TRAIN_ARGS[@]}")
-# Config overrides must follow --config; the user's own attention override wins.
-[[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
-  train_args+=(--config.model.attention="$attention")
-run env "${environment[@]}" "$python" -m goal_jax.train "${train_args[@]}"
+run env "${environment[@]}" "$python" -m goal_jax.train "${TRAIN_ARGS[@]}"

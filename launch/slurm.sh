@@ -29,11 +29,7 @@ parse_options "nodes= gpus_per_node= partition= account= time= job_name= attenti
 mem_fraction= xla_flags= python=" "$@"
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node must be a positive integer"
-((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
-[[ "$attention" == cudnn || "$attention" == xla ]] || die "--attention must be cudnn or xla"
-train_args=("${TRAIN_ARGS[@]}")
-[[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
-  train_args+=(--config.model.attention="$attention")
+add_attention_override "$attention"
 
 directives=(--job-name="$job_name" --nodes="$nodes" --ntasks-per-node=1
             --gpus-per-node="$gpus_per_node" --exclusive --output="$job_name-%j.out")
@@ -48,7 +44,7 @@ batch_script() {
   echo "cd $(quote "$REPO_ROOT")"
   echo "export $(quote "XLA_FLAGS=$(gpu_xla_flags "$xla_flags")")"
   echo "export XLA_PYTHON_CLIENT_MEM_FRACTION=$(quote "$mem_fraction")"
-  echo "srun --kill-on-bad-exit=1 $(quote "$python" -m goal_jax.train "${train_args[@]}")"
+  echo "srun --kill-on-bad-exit=1 $(quote "$python" -m goal_jax.train "${TRAIN_ARGS[@]}")"
 }
 
 if ((DRY_RUN)); then

@@ -29,14 +29,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 name="" zone="" accelerator="" version="tpu-ubuntu2204-base" project="" repo=""
 queued=0 spot=0 reuse=0 keep=0
 parse_options "name= zone= accelerator= version= project= repo= queued spot reuse keep" "$@"
-train_args=("${TRAIN_ARGS[@]}")
 [[ -n "$name" ]] || die "--name is required"
 [[ -n "$zone" ]] || die "--zone is required"
 ((reuse)) || [[ -n "$accelerator" ]] || die "--accelerator is required (or --reuse an existing VM)"
-((${#train_args[@]})) || die "no training arguments after -- (at least --config and --workdir)"
-[[ -n "$(train_arg --workdir "${train_args[@]}")" ]] || die "the training arguments need --workdir"
-warn_unless_gcs --workdir "$(train_arg --workdir "${train_args[@]}")"
-warn_unless_gcs --config.input.data_dir "$(train_arg --config.input.data_dir "${train_args[@]}")"
+[[ -n "$(train_arg --workdir "${TRAIN_ARGS[@]}")" ]] || die "the training arguments need --workdir"
+warn_unless_gcs --workdir "$(train_arg --workdir "${TRAIN_ARGS[@]}")"
+warn_unless_gcs --config.input.data_dir "$(train_arg --config.input.data_dir "${TRAIN_ARGS[@]}")"
 
 where=(--zone="$zone")
 [[ -z "$project" ]] || where+=(--project="$project")
@@ -117,5 +115,5 @@ install="$venv && ~/goal_jax_venv/bin/pip install -q -U pip"
 install+=" && ~/goal_jax_venv/bin/pip install -q -e ~/goal_jax $jax_tpu"
 on_all_workers "$install"
 train="set -o pipefail; cd ~/goal_jax && ~/goal_jax_venv/bin/python -m goal_jax.train"
-train+=" $(quote "${train_args[@]}") 2>&1 | tee ~/goal_jax_train.log"
+train+=" $(quote "${TRAIN_ARGS[@]}") 2>&1 | tee ~/goal_jax_train.log"
 on_all_workers "$train"
