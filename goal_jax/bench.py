@@ -257,11 +257,15 @@ class TrainStep:
             for k, v in self.host_batch.items()}
 
 
+def sentence_shapes(config) -> dict[str, int]:
+  """The sentence fields' shapes of `config`'s input (kwargs of the FLOP counts and batches)."""
+  return dict(sentence_context=config.input.sentence_context,
+              max_sentences=config.input.max_sentences)
+
+
 def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
                     extra_steps: int) -> TrainStep:
   """`method`'s step (`loop.make_train_step`) on a data-parallel mesh of every device."""
-  shapes = dict(sentence_context=config.input.sentence_context,
-                max_sentences=config.input.max_sentences)
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   if batch % mesh.size:
     raise ValueError(f"--batch={batch} must be a multiple of the {mesh.size} devices")
@@ -280,7 +284,7 @@ def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
   step_fn = jax.jit(loop.make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
                     out_shardings=(state_shardings, replicated))
   return TrainStep(step_fn, loss_fn, mesh, make_state, abstract_state,
-                   synthetic_batch(c, batch, **shapes))
+                   synthetic_batch(c, batch, **sentence_shapes(config)))
 
 
 def counted_train_flops(step: TrainStep) -> float | None:
@@ -324,10 +328,8 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
   c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
-  shapes = dict(sentence_context=config.input.sentence_context,
-                max_sentences=config.input.max_sentences)
   row = Row("goal_jax", method, variant, batch,
-            train_flops=train_flops_per_step(method, c, batch, **shapes))
+            train_flops=train_flops_per_step(method, c, batch, **sentence_shapes(config)))
   train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup)
   if not scan:
     row.counted_flops = counted_train_flops(train_step)
