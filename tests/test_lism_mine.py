@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from goal_jax.data import builder, pipeline, prepare, synthetic
+from goal_jax.data import builder, pipeline, prepare
+from goal_jax.data import synthetic_v1 as synthetic  # its 96 px scenes, prepared by --version=1
 from goal_jax.lism import mine, scoring, selection
 from goal_jax.text import tokenizer as text_tokenizer
 
@@ -70,7 +71,7 @@ def prepared(tmp_path_factory):
   synthetic.SPLIT_SIZES.update(train=NUM_IMAGES, test=4)
   try:
     prepare.prepare("synthetic", data_dir, splits=("train", "test"),
-                    image_short_side=STORED_SIDE, splitter="goal", verbose=False)
+                    image_short_side=STORED_SIDE, splitter="goal", version=1, verbose=False)
   finally:
     synthetic.SPLIT_SIZES.update(sizes)
   return data_dir

@@ -24,7 +24,8 @@ from goal_jax.data import records
 from goal_jax.data.raw import DatasetReader
 
 VERSION = "1.0.0"
-RELEASE_NOTES = {"1.0.0": "Pre-segmented long-caption records (DESIGN.md shard record schema)."}
+RELEASE_NOTES = {"1.0.0": "Pre-segmented long-caption records (DESIGN.md shard record schema).",
+                 "2.0.0": "Same records; the embedded `synthetic` generator's version 2."}
 _EXAMPLES_PER_REASON = 5  # ids listed per skip reason in the summary
 _STRING_FIELDS = ("id", "caption", "summary", "splitter", "source")
 _ARRAY_FIELDS = {"original_size": np.int32, "sentence_starts": np.int32,
@@ -41,6 +42,7 @@ class PrepareOptions:
   jpeg_quality: int = 90
   skip_bad: bool = False
   num_workers: int = 0  # threads for image work; 0 = min(8, cpu count)
+  generator: dict = dataclasses.field(default_factory=dict)  # embedded data: seed, version
 
 
 class SplitReport:
@@ -105,7 +107,8 @@ class RecordBuilder:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     report = self.reports.setdefault(split, SplitReport())
     options = self._options
-    tasks = _tasks(self.name, self._reader.read(self._manual_dir, split), options)
+    tasks = _tasks(self.name, self._reader.read(self._manual_dir, split, **options.generator),
+                   options)
     with tqdm(desc=f"{self.name}/{split}", unit=" records") as progress:
       for future in ordered_map(tasks, options.num_workers):
         progress.update(1)
@@ -180,7 +183,7 @@ def ordered_map(tasks: Iterable[Callable[[], Any]],
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def unregistered_builder_class(name: str, body: type, suffix: str):
+def unregistered_builder_class(name: str, body: type, suffix: str, version: str = VERSION):
   """A TFDS `GeneratorBasedBuilder` for dataset `name` with `body` mixed in, made at run time.
 
   The class is kept out of TFDS's global registry, so any dataset name can be written (by
@@ -189,7 +192,7 @@ def unregistered_builder_class(name: str, body: type, suffix: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.core.registered.skip_registration():
     return type(f"{name}_{suffix}", (body, tfds.core.GeneratorBasedBuilder), {
-        "name": name, "VERSION": tfds.core.Version(VERSION), "RELEASE_NOTES": RELEASE_NOTES,
+        "name": name, "VERSION": tfds.core.Version(version), "RELEASE_NOTES": RELEASE_NOTES,
         "__module__": body.__module__,
         # No checksums file or code folder: without this TFDS probes the package with
         # `importlib_resources`, which is not installed.
@@ -197,9 +200,15 @@ def unregistered_builder_class(name: str, body: type, suffix: str):
 
 
 @functools.lru_cache(maxsize=None)
-def builder_class(name: str):
+def builder_class(name: str, version: str = VERSION):
   """The TFDS builder class of dataset `name` (not put in TFDS's global registry)."""
-  return unregistered_builder_class(name, RecordBuilder, "records")
+  return unregistered_builder_class(name, RecordBuilder, "records", version)
+
+
+def dataset_version(options: PrepareOptions) -> str:
+  """The TFDS version written: the generator's major version for embedded data, else VERSION."""
+  version = options.generator.get("version")
+  return VERSION if version is None else f"{int(version)}.0.0"
 
 
 def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits,
@@ -207,8 +216,9 @@ def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits
   """Writes the shards of `splits` (replacing any earlier preparation); returns split reports."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # ours counts records, skips included
-  builder = builder_class(name)(reader=reader, manual_dir=manual_dir, splits=splits,
-                                options=options, data_dir=os.fspath(data_dir))
+  builder = builder_class(name, dataset_version(options))(
+      reader=reader, manual_dir=manual_dir, splits=splits, options=options,
+      data_dir=os.fspath(data_dir))
   with tempfile.TemporaryDirectory() as downloads:
     builder.download_and_prepare(
         download_dir=downloads,

@@ -3,13 +3,16 @@ r"""Prepare a dataset: raw layout -> pre-segmented ArrayRecord shards, with a su
   python -m goal_jax.data.prepare docci --manual_dir=/data/docci --data_dir=/data/shards
   python -m goal_jax.data.prepare dci --manual_dir=/data/dci --data_dir=/data/shards \
       --split=goal_test --splitter=goal --skip_bad
-  python -m goal_jax.data.prepare synthetic --data_dir=/tmp/shards
+  python -m goal_jax.data.prepare synthetic --data_dir=/tmp/shards [--seed=1] [--version=1]
 
 Without `--split`, every split whose raw files are present is prepared (empty ones are dropped).
 A bad record (missing/corrupt image, empty caption, no sentence, a sentence over the 248-token
 context, a box outside the image, a duplicate id, a wrong field type) stops the run with an error
 naming the dataset, the record and the file; `--skip_bad` skips it and counts it in the summary.
-Preparing again replaces the earlier shards of that dataset version.
+Preparing again replaces the earlier shards of that dataset version. Generated datasets
+(`synthetic`) take `--seed` (another draw with the same statistics) and `--version` (the
+generator's version, written as the TFDS version `<version>.0.0`; `--version=1` reproduces the
+original benchmark); the options are recorded in the dataset's metadata.
 """
 import json
 from typing import Any, Sequence
@@ -21,7 +24,8 @@ from goal_jax.data import raw
 def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | None = None,
             image_short_side: int | None = 256, splitter: str = "sentencex",
             summary: str = "auto", skip_bad: bool = False, jpeg_quality: int = 90,
-            num_workers: int = 0, verbose: bool = True) -> dict[str, Any]:
+            num_workers: int = 0, seed: int | None = None, version: int | None = None,
+            verbose: bool = True) -> dict[str, Any]:
   """Writes the shards of dataset `name` under `<data_dir>/<name>/` and returns the summary.
 
   Args:
@@ -36,6 +40,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
     skip_bad: skip and count bad records instead of raising.
     jpeg_quality: JPEG quality of the stored images.
     num_workers: threads decoding and resizing images (0: up to 8).
+    seed, version: generator seed and version of a generated dataset (default its reader's).
     verbose: print the summary.
 
   Returns:
@@ -44,6 +49,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
   reader = raw.get_reader(name)
   if reader.needs_manual_dir and manual_dir is None:
     raise ValueError(f"{name} needs --manual_dir: the folder with its raw files")
+  generator = _generator_options(name, reader, seed=seed, version=version)
   dropped = []
   if splits is None:
     splits = []
@@ -57,14 +63,16 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
       raise ValueError(f"{name} has no split(s) {unknown}; splits: {reader.splits}")
   options = builder_lib.PrepareOptions(
       splitter=splitter, image_short_side=image_short_side or None, summary=summary,
-      jpeg_quality=jpeg_quality, skip_bad=skip_bad, num_workers=num_workers)
+      jpeg_quality=jpeg_quality, skip_bad=skip_bad, num_workers=num_workers,
+      generator=generator)
   reports = builder_lib.build(name, reader, data_dir, manual_dir=manual_dir, splits=splits,
                               options=options)
   result = {
       "dataset": name, "data_dir": str(builder_lib.dataset_dir(name, data_dir)),
-      "version": builder_lib.VERSION, "options": {
+      "version": builder_lib.dataset_version(options), "options": {
           "splitter": splitter, "image_short_side": options.image_short_side,
-          "summary": summary, "skip_bad": skip_bad, "jpeg_quality": jpeg_quality},
+          "summary": summary, "skip_bad": skip_bad, "jpeg_quality": jpeg_quality,
+          **generator},
       "splits": {split: report.as_dict() for split, report in reports.items()},
       "dropped_empty": dropped,
   }
@@ -73,8 +81,19 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
   return result
 
 
+def _generator_options(name, reader, **given) -> dict[str, Any]:
+  """The reader's generator options with what was given; an error for datasets read from files."""
+  given = {k: v for k, v in given.items() if v is not None}
+  if reader.generator is None:
+    if given:
+      raise ValueError(f"{name} is read from files: --{'/--'.join(given)} only apply to "
+                       "generated datasets (synthetic)")
+    return {}
+  return {**reader.generator, **given}
+
+
 def _has_items(reader, manual_dir, split) -> bool:
-  items = reader.read(manual_dir, split)
+  items = reader.read(manual_dir, split, **(reader.generator or {}))
   try:
     return next(iter(items), None) is not None
   finally:
@@ -110,7 +129,7 @@ def main(argv):
       argv[1], f.data_dir, f.manual_dir, splits=f.split or None,
       image_short_side=f.image_short_side, splitter=f.splitter, summary=f.summary,
       skip_bad=f.skip_bad, jpeg_quality=f.jpeg_quality, num_workers=f.num_workers,
-      verbose=True)
+      seed=f.seed, version=f.version, verbose=True)
   if f.summary_json:
     with open(f.summary_json, "w", encoding="utf-8") as out:
       json.dump(result, out, indent=2)
@@ -129,6 +148,8 @@ def _define_flags():
   flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored images")
   flags.DEFINE_integer("num_workers", 0, "image threads (0: up to 8)")
   flags.DEFINE_string("summary_json", None, "also write the summary to this JSON file")
+  flags.DEFINE_integer("seed", None, "generated datasets: generator seed (default 0)")
+  flags.DEFINE_integer("version", None, "generated datasets: generator version (default latest)")
 
 
 if __name__ == "__main__":

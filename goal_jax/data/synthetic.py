@@ -1,36 +1,45 @@
-"""`synthetic`: procedural shape scenes with long captions and ground-truth local pairs.
+"""`synthetic` v2: shape scenes whose long captions can only be told apart by their details.
 
-Why it exists: the demo and the tests need a long-caption dataset that ships with the code, trains a
-tiny model on a laptop CPU in minutes, and still asks the question GOAL and MulCLIP are about: does
-the model align the *details* of a long caption with the *regions* of the image?
+Why it exists: the demo and the tests need a long-caption dataset that ships with the code, trains
+a tiny CLIP on a laptop CPU in minutes, and asks the question GOAL and MulCLIP are about: does
+aligning the *details* of a caption with image *regions* make a better model than global
+contrastive fine-tuning alone? Version 1 (`synthetic_v1`, still prepared by `--version=1`) could
+not answer it: its shapes and textures were not visible at the demo model's 64 px input, a batch's
+captions were told apart by their colour set and layout alone, and its local sentences stated a
+position the crop cannot show. Every choice below follows from what the benchmark must measure,
+and was fixed before any method was compared:
 
-What an example is: a 96 px image with 3-5 shapes (circle, square, triangle, diamond, cross), each
-with a colour, a size, a texture (solid, striped, dotted, checkered) and a place in a 3 x 3 layout,
-on a plain or noisy background. The long caption is
+- **Every stated attribute is visible at the model's input** (64 px, 8 px patches: one object's
+  2 x 2 cell holds 4 x 4 patches). Scenes are drawn at 128 px; a large shape spans 80 % of its
+  cell (26 px at 64 px), a small one 50 % (16 px); textures have a period of at least 8 px at
+  128 px (4 px at 64) so they survive the resize; four shapes with different outlines.
+- **Captions are told apart by details and binding, not by the gist.** Every scene has exactly
+  four shapes, one per cell of a 2 x 2 layout (the layout never varies), with four *different*
+  colours out of five and four *different* shapes out of five: the colour set and the shape set
+  each take one of five values, so inside a batch they identify almost nothing. What identifies
+  a scene is which colour goes with which shape, texture and size (the binding), and where.
+  Object sentences come in a random order, so the order of the caption does not give away the
+  layout; 1-2 relation sentences state where some objects are.
+- **A local pair's crop shows what its sentence states.** An object sentence ("A small red
+  striped circle.") names colour, size, texture and shape, no position; its box is the object's
+  whole cell, so the crop keeps the shape's size relative to the cell, and the texture at twice
+  the global image's resolution. A relation sentence's box is the union of its two cells and
+  shows where the two are.
+- **Which object is the local pair is random, not a tie-break.** GOAL trains on each image's
+  best-scoring pair; object pairs get distinct scores (1.0, 0.9, 0.8, 0.7) in a random order, so
+  the trained object is uniform over the four, and is not tied to the first sentence.
+- **A generator seed** (`prepare synthetic --seed=N`, the demo's `data_seed=N`) regenerates
+  every split with the same statistics, so results can be checked on seeds nobody tuned on.
 
-  <summary> <one sentence per shape> <1-2 relation sentences>
-  "Four shapes on a noisy grey background. A small red striped circle is in the top left corner.
-   ... The red circle is left of the blue square."
+`test_hard`: groups of 4 records, a base scene then three variants, each ONE edit of the base,
+named in the record id (`test_hard_g00012_2_binding`): `colour` (one object takes the unused
+colour), `shape` (the unused shape), `size`, `texture`, or `binding` (two objects swap their
+colours: the colour set, the shape set and the layout stay the same). Groups cycle through the
+five edits so each is equally common. A model that keeps only the gist ranks an image's caption
+among its group's four at chance (25 %); `goal_jax.evaluation` reports that within-group accuracy
+and a two-alternative (base vs variant) accuracy per edit.
 
-The summary says only the count and background, so 18 summaries are shared by thousands of
-images: the gist never identifies an image, only the details do. Each shape sentence carries the
-ground-truth box of its shape (original pixels) as a `LocalPair` with score 1.0, and each relation
-sentence the union of its two boxes with score 0.5, so GOAL's TSL (which uses the best pair) runs
-on a shape without LISM/SAM.
-
-What it measures:
-- `test`: long-caption retrieval among fresh scenes (same distribution as `train`).
-- `test_hard`: groups of 4 images that share background, layout, noise and every shape but one; each
-  variant changes ONE attribute (colour, shape, size or texture) of ONE shape of the group's base
-  image. Captions in a group have the same summary and differ in one or two words, so ranking an
-  image's caption among its group's 4 (`hard_group_of`) is at chance (1/4) for a model that keeps
-  only the gist. It takes registering one small change among 3-5 shapes x 4 attributes, and often
-  binding: in 21% of the within-group pairs the sets of attribute values present are identical
-  (measured on 200 groups), so only which shape has which value tells the two apart. Details and
-  binding are what local (region-sentence, token-level) alignment is meant to train.
-
-Everything is deterministic: example `i` of a split is a function of `(seed, split, i)` alone, so
-the reader is random-access and reproducible without storing anything.
+Everything is deterministic: example `i` of a split is a function of `(seed, split, i)` alone.
 """
 import dataclasses
 import math
@@ -42,41 +51,39 @@ from PIL import Image, ImageDraw
 
 from goal_jax.data.records import LocalPair, RawExample
 
+VERSIONS = (1, 2)
+LATEST_VERSION = 2
 SPLITS = ("train", "test", "test_hard")
-SPLIT_SIZES = {"train": 3000, "test": 300, "test_hard": 300}
-IMAGE_SIZE = 96
+SPLIT_SIZES = {"train": 3000, "test": 300, "test_hard": 400}
+IMAGE_SIZE = 128
 HARD_GROUP_SIZE = 4
-MIN_OBJECTS, MAX_OBJECTS = 3, 5
+NUM_OBJECTS = 4
 MAX_RELATIONS = 2
+_GRID = 2
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), "yellow": (235, 210, 40),
-    "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (245, 245, 245),
-}
-SIZES = {"small": 0.45, "large": 0.8}  # side as a fraction of a layout cell
-TEXTURES = ("solid", "striped", "dotted", "checkered")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230),
+           "yellow": (235, 210, 40), "purple": (150, 60, 200)}
+SIZES = {"small": 0.5, "large": 0.8}  # side as a fraction of a layout cell
+TEXTURES = ("solid", "striped", "checkered")
 BACKGROUNDS = {"grey": (140, 140, 140), "black": (20, 20, 20), "brown": (120, 85, 55)}
 NOISE_AMPLITUDE = 8  # uniform +-8 per channel on a noisy background
-ATTRIBUTES = ("colour", "shape", "size", "texture")
-_ATTRIBUTE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES),
-                     "texture": TEXTURES}
-_GRID = 3
-_PLACES = (("in the top left corner", "at the top", "in the top right corner"),
-           ("on the left", "in the centre", "on the right"),
-           ("in the bottom left corner", "at the bottom", "in the bottom right corner"))
-_COUNTS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+EDITS = ("colour", "shape", "size", "texture", "binding")
+OBJECT_SCORES = (1.0, 0.9, 0.8, 0.7)  # distinct: the best pair is a random object, not the first
+RELATION_SCORE = 0.5
+_PLACES = (("in the top left corner", "in the top right corner"),
+           ("in the bottom left corner", "in the bottom right corner"))
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 
 
 def shade(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-  """The darker second colour of a striped/dotted/checkered texture."""
+  """The darker second colour of a striped or checkered texture."""
   return tuple(c // 3 for c in colour)
 
 
 @dataclasses.dataclass(frozen=True)
 class SceneObject:
-  """One shape: its four attributes and where it sits (layout cell + jitter in cell units)."""
+  """One shape: its attributes, its cell of the 2 x 2 layout and a jitter in cell units."""
   shape: str
   colour: str
   size: str
@@ -93,64 +100,75 @@ class SceneObject:
 class Scene:
   background: str
   noisy: bool
-  objects: tuple[SceneObject, ...]
+  objects: tuple[SceneObject, ...]  # in caption order
   relations: tuple[tuple[int, int], ...]  # pairs of object indices
+  scores: tuple[float, ...]  # local-pair score of each object
   noise_seed: int
 
 
-def _sample_object_attributes(rng: np.random.Generator, taken: set[tuple[str, str]]):
-  """Samples (shape, colour) not yet in the scene, so "the red circle" always names one shape."""
-  while True:
-    shape, colour = SHAPES[rng.integers(len(SHAPES))], tuple(COLOURS)[rng.integers(len(COLOURS))]
-    if (colour, shape) not in taken:
-      return shape, colour
+def _pick(rng: np.random.Generator, values, count: int) -> list:
+  return [values[k] for k in rng.permutation(len(values))[:count]]
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
-  """A random scene: 3-5 shapes in distinct cells, 1-2 relations, a background."""
-  count = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-  cells = rng.permutation(_GRID * _GRID)[:count]
-  taken, objects = set(), []
-  for cell in cells:
-    shape, colour = _sample_object_attributes(rng, taken)
-    taken.add((colour, shape))
-    objects.append(SceneObject(
-        shape=shape, colour=colour, size=tuple(SIZES)[rng.integers(len(SIZES))],
-        texture=TEXTURES[rng.integers(len(TEXTURES))], cell=int(cell),
-        jitter=(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))))
-  pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
+  """Four objects, one per cell, with distinct colours and distinct shapes; 1-2 relations."""
+  colours = _pick(rng, tuple(COLOURS), NUM_OBJECTS)
+  shapes = _pick(rng, SHAPES, NUM_OBJECTS)
+  cells = rng.permutation(_GRID * _GRID)  # caption order: a random order of the cells
+  objects = tuple(SceneObject(
+      shape=shape, colour=colour, size=tuple(SIZES)[rng.integers(len(SIZES))],
+      texture=TEXTURES[rng.integers(len(TEXTURES))], cell=int(cell),
+      jitter=(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))))
+      for shape, colour, cell in zip(shapes, colours, cells))
+  pairs = [(i, j) for i in range(NUM_OBJECTS) for j in range(NUM_OBJECTS) if i != j]
   num_relations = int(rng.integers(1, MAX_RELATIONS + 1))
   relations = tuple(pairs[k] for k in rng.choice(len(pairs), num_relations, replace=False))
   return Scene(background=tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
-               noisy=bool(rng.integers(2)), objects=tuple(objects), relations=relations,
+               noisy=bool(rng.integers(2)), objects=objects, relations=relations,
+               scores=tuple(_pick(rng, OBJECT_SCORES, NUM_OBJECTS)),
                noise_seed=int(rng.integers(2**31)))
 
 
-def change_one_attribute(scene: Scene, rng: np.random.Generator, object_index: int,
-                         attribute: str) -> Scene:
-  """The scene with one attribute of one object set to another value (names stay unique)."""
-  obj = scene.objects[object_index]
-  others = {o.name for k, o in enumerate(scene.objects) if k != object_index}
-  choices = []
-  for value in _ATTRIBUTE_VALUES[attribute]:
-    changed = dataclasses.replace(obj, **{attribute: value})
-    if value != getattr(obj, attribute) and changed.name not in others:
-      choices.append(changed)
-  if not choices:
-    raise ValueError(f"no free value for {attribute} of object {object_index} in {scene}")
+def edit_scene(scene: Scene, edit: str, rng: np.random.Generator) -> Scene:
+  """The scene with one edit (`EDITS`) of one object (two for `binding`); the rest unchanged."""
   objects = list(scene.objects)
-  objects[object_index] = choices[rng.integers(len(choices))]
+  k = int(rng.integers(NUM_OBJECTS))
+  obj = objects[k]
+  if edit == "colour":
+    unused = [c for c in COLOURS if c not in {o.colour for o in objects}]
+    objects[k] = dataclasses.replace(obj, colour=unused[rng.integers(len(unused))])
+  elif edit == "shape":
+    unused = [s for s in SHAPES if s not in {o.shape for o in objects}]
+    objects[k] = dataclasses.replace(obj, shape=unused[rng.integers(len(unused))])
+  elif edit == "size":
+    objects[k] = dataclasses.replace(obj, size="large" if obj.size == "small" else "small")
+  elif edit == "texture":
+    others = [t for t in TEXTURES if t != obj.texture]
+    objects[k] = dataclasses.replace(obj, texture=others[rng.integers(len(others))])
+  elif edit == "binding":
+    j = (k + 1 + int(rng.integers(NUM_OBJECTS - 1))) % NUM_OBJECTS
+    objects[k] = dataclasses.replace(obj, colour=objects[j].colour)
+    objects[j] = dataclasses.replace(objects[j], colour=obj.colour)
+  else:
+    raise ValueError(f"unknown edit {edit!r}; expected one of {EDITS}")
   return dataclasses.replace(scene, objects=tuple(objects))
+
+
+def cell_box(cell: int, image_size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:
+  """(x1, y1, x2, y2) of a layout cell: an object sentence's local-pair box."""
+  side = image_size / _GRID
+  row, col = divmod(cell, _GRID)
+  return (col * side, row * side, (col + 1) * side, (row + 1) * side)
 
 
 def _object_square(obj: SceneObject, image_size: int) -> tuple[int, int, int]:
   """Top-left corner and side of the square the shape is drawn in, inside its cell."""
-  cell = image_size / _GRID
-  side = max(4, int(round(SIZES[obj.size] * cell)))
-  slack = (cell - side) / 2 * 0.8  # keeps the shape inside its cell, so shapes never overlap
-  row, col = divmod(obj.cell, _GRID)
-  cx = (col + 0.5) * cell + obj.jitter[0] * slack
-  cy = (row + 0.5) * cell + obj.jitter[1] * slack
+  x1, y1, x2, _ = cell_box(obj.cell, image_size)
+  cell = x2 - x1
+  side = int(round(SIZES[obj.size] * cell))
+  slack = (cell - side) / 2 * 0.6  # keeps the shape well inside its cell
+  cx = (x1 + x2) / 2 + obj.jitter[0] * slack
+  cy = y1 + cell / 2 + obj.jitter[1] * slack
   return int(round(cx - side / 2)), int(round(cy - side / 2)), side
 
 
@@ -162,14 +180,14 @@ def _shape_mask(obj: SceneObject, image_size: int) -> np.ndarray:
   if obj.shape == "circle":
     draw.ellipse((x0, y0, x1, y1), fill=1)
   elif obj.shape == "square":
-    inset = s // 10
+    inset = s // 8
     draw.rectangle((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=1)
   elif obj.shape == "triangle":
     draw.polygon(((mid_x, y0), (x1, y1), (x0, y1)), fill=1)
   elif obj.shape == "diamond":
     draw.polygon(((mid_x, y0), (x1, mid_y), (mid_x, y1), (x0, mid_y)), fill=1)
   elif obj.shape == "cross":
-    arm = max(1, s // 6)
+    arm = max(2, s // 6)
     draw.rectangle((x0, round(mid_y) - arm, x1, round(mid_y) + arm), fill=1)
     draw.rectangle((round(mid_x) - arm, y0, round(mid_x) + arm, y1), fill=1)
   else:
@@ -184,12 +202,10 @@ def _texture(obj: SceneObject, image_size: int) -> np.ndarray:
   u, v = u - x0, v - y0
   if obj.texture == "solid":
     return np.zeros((image_size, image_size), dtype=bool)
-  if obj.texture == "striped":
-    return ((u + v) // 3) % 2 == 1
-  if obj.texture == "dotted":
-    return (u % 5 >= 3) & (v % 5 >= 3)
-  if obj.texture == "checkered":
-    return ((u // 4) + (v // 4)) % 2 == 1
+  if obj.texture == "striped":  # horizontal bands of 4 px: a period of 8 px
+    return (v // 4) % 2 == 1
+  if obj.texture == "checkered":  # squares of 5 px: a period of 10 px
+    return ((u // 5) + (v // 5)) % 2 == 1
   raise ValueError(f"unknown texture {obj.texture!r}")
 
 
@@ -199,7 +215,7 @@ def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def render(scene: Scene, image_size: int = IMAGE_SIZE):
-  """Draws a scene; returns (uint8 image `[S, S, 3]`, the box (x1, y1, x2, y2) of each object)."""
+  """Draws a scene; returns (uint8 image `[S, S, 3]`, the tight box of each drawn object)."""
   image = np.empty((image_size, image_size, 3), dtype=np.int16)
   image[:] = BACKGROUNDS[scene.background]
   if scene.noisy:
@@ -216,23 +232,19 @@ def render(scene: Scene, image_size: int = IMAGE_SIZE):
   return np.clip(image, 0, 255).astype(np.uint8), boxes
 
 
-def _place(obj: SceneObject) -> str:
-  row, col = divmod(obj.cell, _GRID)
-  return _PLACES[row][col]
-
-
 def _relation(a: SceneObject, b: SceneObject) -> str:
   (row_a, col_a), (row_b, col_b) = divmod(a.cell, _GRID), divmod(b.cell, _GRID)
-  if col_a != col_b:
+  if row_a == row_b:
     return "left of" if col_a < col_b else "right of"
-  return "above" if row_a < row_b else "below"
+  if col_a == col_b:
+    return "above" if row_a < row_b else "below"
+  return f"diagonally {'above' if row_a < row_b else 'below'}"
 
 
 def describe(scene: Scene) -> tuple[str, list[str], list[str]]:
   """(summary, one sentence per object, one sentence per relation)."""
-  summary = (f"{_COUNTS[len(scene.objects)].capitalize()} shapes on a "
-             f"{'noisy' if scene.noisy else 'plain'} {scene.background} background.")
-  objects = [f"A {o.size} {o.colour} {o.texture} {o.shape} is {_place(o)}." for o in scene.objects]
+  summary = f"Four shapes on a {'noisy' if scene.noisy else 'plain'} {scene.background} background."
+  objects = [f"A {o.size} {o.colour} {o.texture} {o.shape}." for o in scene.objects]
   relations = []
   for i, j in scene.relations:
     a, b = scene.objects[i], scene.objects[j]
@@ -246,11 +258,12 @@ def _union(a, b):
 
 def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> RawExample:
   """Renders and captions a scene; local pairs name their sentence by text."""
-  image, boxes = render(scene, image_size)
+  image, _ = render(scene, image_size)
   summary, object_sentences, relation_sentences = describe(scene)
-  pairs = [LocalPair(box=box, sentence=text, score=1.0)
-           for box, text in zip(boxes, object_sentences)]
-  pairs += [LocalPair(box=_union(boxes[i], boxes[j]), sentence=text, score=0.5)
+  cells = [cell_box(o.cell, image_size) for o in scene.objects]
+  pairs = [LocalPair(box=box, sentence=text, score=score)
+           for box, text, score in zip(cells, object_sentences, scene.scores)]
+  pairs += [LocalPair(box=_union(cells[i], cells[j]), sentence=text, score=RELATION_SCORE)
             for (i, j), text in zip(scene.relations, relation_sentences)]
   caption = " ".join([summary, *object_sentences, *relation_sentences])
   return RawExample(id=example_id, image=image, caption=caption, summary=summary,
@@ -258,16 +271,21 @@ def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> R
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
-  return np.random.default_rng([seed, _SPLIT_CODES[split], index])
+  # The version is part of the stream, so v2 never replays v1's random numbers.
+  return np.random.default_rng([LATEST_VERSION, seed, _SPLIT_CODES[split], index])
+
+
+def group_edits(group: int) -> tuple[str, ...]:
+  """The three edits of hard group `group`: consecutive groups cycle through `EDITS` evenly."""
+  start = (HARD_GROUP_SIZE - 1) * group
+  return tuple(EDITS[(start + k) % len(EDITS)] for k in range(HARD_GROUP_SIZE - 1))
 
 
 def hard_group(group: int, seed: int = 0) -> list[Scene]:
-  """A base scene and `HARD_GROUP_SIZE - 1` variants, each one attribute of one object away."""
+  """A base scene and one variant per edit of `group_edits(group)`."""
   rng = _rng(seed, "test_hard", group)
   base = sample_scene(rng)
-  edits = [(i, a) for i in range(len(base.objects)) for a in ATTRIBUTES]
-  chosen = rng.choice(len(edits), HARD_GROUP_SIZE - 1, replace=False)
-  return [base] + [change_one_attribute(base, rng, *edits[k]) for k in chosen]
+  return [base] + [edit_scene(base, edit, rng) for edit in group_edits(group)]
 
 
 def scene(split: str, index: int, seed: int = 0) -> Scene:
@@ -283,25 +301,42 @@ def scene(split: str, index: int, seed: int = 0) -> Scene:
 def example_id(split: str, index: int) -> str:
   if split == "test_hard":
     group, member = divmod(index, HARD_GROUP_SIZE)
-    return f"test_hard_g{group:05d}_{member}"
+    edit = "base" if member == 0 else group_edits(group)[member - 1]
+    return f"test_hard_g{group:05d}_{member}_{edit}"
   return f"{split}_{index:06d}"
 
 
-def hard_group_of(record_id: str) -> int:
-  """Group number of a `test_hard` id (raw or prepared, `synthetic/test_hard_g00012_3` -> 12).
+_HARD_ID = re.compile(r"test_hard_g(\d+)_(\d+)(?:_([a-z]+))?$")
 
-  Evaluation can rank each image's caption among its group's 4 captions (chance = 1/4).
-  """
-  match = re.search(r"test_hard_g(\d+)_\d+$", record_id)
+
+def parse_hard_id(record_id: str) -> tuple[int, str]:
+  """(group, edit) of a `test_hard` id, raw or prepared; edit "" for the base and for v1 ids."""
+  match = _HARD_ID.search(record_id)
   if match is None:
     raise ValueError(f"{record_id!r} is not a synthetic test_hard id")
-  return int(match.group(1))
+  edit = match.group(3) or ""
+  return int(match.group(1)), "" if edit == "base" else edit
+
+
+def hard_group_of(record_id: str) -> int:
+  """Group number of a `test_hard` id (`synthetic/test_hard_g00012_3_size` -> 12)."""
+  return parse_hard_id(record_id)[0]
 
 
 def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | None = None,
-                  image_size: int = IMAGE_SIZE, seed: int = 0) -> Iterator[RawExample]:
-  """Yields the split's examples (`manual_dir` is ignored: nothing is read from disk)."""
+                  image_size: int = IMAGE_SIZE, seed: int = 0,
+                  version: int = LATEST_VERSION) -> Iterator[RawExample]:
+  """Yields the split's examples (`manual_dir` is ignored: nothing is read from disk).
+
+  `version=1` yields the original benchmark (`synthetic_v1`), unchanged, at its own image size.
+  """
   del manual_dir
+  if version not in VERSIONS:
+    raise ValueError(f"unknown synthetic version {version!r}; expected one of {VERSIONS}")
+  if version == 1:
+    from goal_jax.data import synthetic_v1  # noqa: PLC0415 - only old runs need it
+    yield from synthetic_v1.read_examples(split=split, num_examples=num_examples, seed=seed)
+    return
   if split not in SPLITS:
     raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
   count = SPLIT_SIZES[split] if num_examples is None else num_examples

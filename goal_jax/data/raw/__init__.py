@@ -12,7 +12,8 @@ from typing import Callable, Iterator
 
 from goal_jax.data import records
 
-ReadFn = Callable[[pathlib.Path | None, str], Iterator[records.RawExample | records.BadRecord]]
+# `read(manual_dir, split, **generator)`: embedded datasets take generator options (seed, version).
+ReadFn = Callable[..., Iterator[records.RawExample | records.BadRecord]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +26,14 @@ class DatasetReader:
     needs_manual_dir: False for embedded datasets (`synthetic`, `photos`).
     available: `available(manual_dir)` -> the splits whose raw files are present (default: all);
       `prepare` without `--split` prepares these.
+    generator: for generated datasets, the generator options `read` takes and their defaults
+      (`prepare --seed/--version`); None for datasets read from files.
   """
   splits: tuple[str, ...]
   read: ReadFn
   needs_manual_dir: bool = True
   available: Callable[[pathlib.Path | None], tuple[str, ...]] | None = None
+  generator: dict | None = None
 
   def available_splits(self, manual_dir) -> tuple[str, ...]:
     return self.available(manual_dir) if self.available else self.splits
@@ -37,8 +41,9 @@ class DatasetReader:
 
 def _lazy(module: str, function: str = "read_examples") -> ReadFn:
   """`read` that imports `goal_jax.data.<module>` on first call."""
-  def read(manual_dir, split):
-    return getattr(importlib.import_module(f"goal_jax.data.{module}"), function)(manual_dir, split)
+  def read(manual_dir, split, **generator):
+    return getattr(importlib.import_module(f"goal_jax.data.{module}"), function)(
+        manual_dir, split, **generator)
   read.__qualname__ = f"{module}.{function}"
   return read
 
@@ -66,7 +71,7 @@ READERS: dict[str, DatasetReader] = {
         _lazy("raw.goal_json"), available=_lazy_available("raw.goal_json")),
     # Embedded datasets (no manual dir).
     "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
-                               needs_manual_dir=False),
+                               needs_manual_dir=False, generator={"seed": 0, "version": 2}),
     "photos": DatasetReader(("test",), _lazy("photos"), needs_manual_dir=False),
 }
 
