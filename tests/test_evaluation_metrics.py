@@ -299,3 +299,143 @@ def test_bad_inputs_raise_clear_errors():
     metrics.joint_relevance([0], [True], "optimistic")
   with pytest.raises(ValueError, match="several global items"):
     metrics.joint_relevance([0, 0], [True, True], "intended")
+
+
+def brute_group_scores(sim, groups, edits):
+  """Loops over each group's members: own pair strictly above every rival, else a miss."""
+  t2i, i2t, trials = [], [], {}
+  for group in set(groups):
+    members = [r for r in range(len(groups)) if groups[r] == group]
+    for r in members:
+      i2t.append(all(sim[r, r] > sim[r, o] for o in members if o != r))
+      t2i.append(all(sim[r, r] > sim[o, r] for o in members if o != r))
+    base = [r for r in members if edits[r] in ("", "base")]
+    for v in (r for r in members if edits[r] not in ("", "base")):
+      b = base[0]
+      trials.setdefault(edits[v], []).extend([
+          sim[b, b] > sim[v, b], sim[v, v] > sim[b, v], sim[b, b] > sim[b, v],
+          sim[v, v] > sim[v, b]])
+  out = {"group_t2i_acc": 100 * np.mean(t2i), "group_i2t_acc": 100 * np.mean(i2t)}
+  out["group_acc"] = (out["group_t2i_acc"] + out["group_i2t_acc"]) / 2
+  out.update({f"2afc_{a}": 100 * np.mean(t) for a, t in trials.items()})
+  return out
+
+
+# Two groups of 4; sim[i, j] = image i . caption j. Between groups 9.0, which must be ignored.
+HARD_SIM = np.full((8, 8), 9.0, np.float32)
+HARD_SIM[:4, :4] = [  # group 12: base, colour, shape, colour
+    [0.9, 0.5, 0.2, 0.1],  # I2T hit
+    [0.6, 0.8, 0.3, 0.8],  # I2T miss: caption 3 ties the own 0.8
+    [0.7, 0.1, 0.6, 0.0],  # I2T miss: caption 0 beats the own 0.6
+    [0.2, 0.4, 0.5, 0.7],  # I2T hit; caption 3 (T2I) misses: image 1 gives it 0.8 > 0.7
+]
+HARD_SIM[4:, 4:] = [  # group 3: size, base, colour, binding
+    [0.5, 0.5, 0.0, 0.0],  # I2T miss (tie); caption 4 (T2I) hits: 0.5 > 0.4, 0, 0
+    [0.4, 0.3, 0.2, 0.1],  # I2T miss; caption 5 misses (image 4: 0.5), caption 6 (image 5: 0.2)
+    [0.0, 0.0, 0.1, 0.0],  # I2T hit
+    [0.0, 0.0, 0.0, 0.0],  # I2T miss and caption 7 misses: ties everywhere
+]
+HARD_GROUPS = np.array([12] * 4 + [3] * 4)
+HARD_EDITS = ["base", "colour", "shape", "colour", "size", "base", "colour", "binding"]
+
+
+def hard_group_embeddings():
+  return np.eye(8, dtype=np.float32), HARD_SIM.T.copy()  # image_emb @ text_emb.T == HARD_SIM
+
+
+def test_hard_group_scores_hand_case():
+  out = metrics.hard_group_scores(*hard_group_embeddings(), HARD_GROUPS, HARD_EDITS)
+  # T2I hits: captions 0, 1, 2 and 4 (4 of 8); I2T hits: images 0, 3 and 6 (3 of 8).
+  # 2AFC trials per (base b, variant v): b's caption, v's caption, b's image, v's image.
+  #   colour (0, 1): .9>.6 .8>.5 .9>.5 .8>.6 -> 4; (0, 3): .9>.2 .7>.1 .9>.1 .7>.2 -> 4;
+  #          (5, 6): .3>0 .1>.2 no, .3>.2 .1>0 -> 3; 11 of 12.
+  #   shape (0, 2): .9>.7 .6>.2 .9>.2 .6>.7 no -> 3 of 4.
+  #   size (5, 4): .3>.5 no, .5>.4, .3>.4 no, .5>.5 tie -> 1 of 4.
+  #   binding (5, 7): .3>0, 0>.1 no, .3>.1, 0>0 tie -> 2 of 4.
+  expected = {"group_t2i_acc": 50.0, "group_i2t_acc": 37.5, "group_acc": 43.75,
+              "2afc_binding": 50.0, "2afc_colour": 1100 / 12, "2afc_shape": 75.0,
+              "2afc_size": 25.0}
+  assert list(out) == list(expected)  # group keys first, then attributes in sorted order
+  for key, value in expected.items():
+    assert out[key] == pytest.approx(value), key
+  assert out == pytest.approx(brute_group_scores(HARD_SIM, HARD_GROUPS, HARD_EDITS))
+
+
+def test_hard_group_scores_ignore_record_order():
+  image, text = hard_group_embeddings()
+  perm = np.random.default_rng(11).permutation(8)
+  shuffled = metrics.hard_group_scores(image[perm], text[perm], HARD_GROUPS[perm],
+                                       [HARD_EDITS[p] for p in perm])
+  assert shuffled == metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hard_group_scores_match_brute_force_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(2, 6, size=9)  # groups of 2 to 5, one base each
+  groups = rng.permutation(np.repeat(np.arange(9) * 7, sizes))
+  edits = [""] * len(groups)
+  for group in set(groups.tolist()):
+    members = np.flatnonzero(groups == group)
+    edits[members[0]] = "base"
+    for m in members[1:]:
+      edits[m] = str(rng.choice(["colour", "shape", "size", "texture", "binding"]))
+  images, texts = quantised(rng, len(groups), dim=3), quantised(rng, len(groups), dim=3)
+  sim = images.astype(np.float64) @ texts.T.astype(np.float64)
+  out = metrics.hard_group_scores(images, texts, groups, edits)
+  expected = brute_group_scores(sim, groups.tolist(), edits)
+  assert out.keys() == expected.keys() and out == pytest.approx(expected)
+  assert any(len(set(row)) < len(row) for row in sim)  # ties decide some trials
+
+
+def test_hard_group_scores_collapsed_zero_perfect_hundred():
+  groups, edits = np.repeat([0, 1], 4), ["base", "colour", "shape", "texture"] * 2
+  same = np.ones((8, 4), np.float32)
+  collapsed = metrics.hard_group_scores(same, same, groups, edits)
+  assert collapsed == {"group_t2i_acc": 0.0, "group_i2t_acc": 0.0, "group_acc": 0.0,
+                       "2afc_colour": 0.0, "2afc_shape": 0.0, "2afc_texture": 0.0}
+  basis = np.eye(8, dtype=np.float32)
+  assert set(metrics.hard_group_scores(basis, basis, groups, edits).values()) == {100.0}
+
+
+def test_hard_group_scores_without_attributes_give_group_keys_only():
+  image, text = hard_group_embeddings()
+  for edits in (None, [""] * 8):
+    out = metrics.hard_group_scores(image, text, HARD_GROUPS, edits)
+    assert tuple(out) == metrics.HARD_GROUP_KEYS
+    assert (out["group_t2i_acc"], out["group_i2t_acc"]) == (50.0, 37.5)
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_hard_group_scores_run_under_a_disallowing_transfer_guard(on_mesh):
+  image, text = hard_group_embeddings()
+  expected = metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS)
+  with contextlib.ExitStack() as stack:
+    if on_mesh:
+      stack.enter_context(jax.set_mesh(jax.make_mesh((jax.device_count(),), ("data",))))
+    stack.enter_context(jax.transfer_guard("disallow"))
+    assert metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS) == expected
+
+
+def test_hard_group_scores_bad_inputs():
+  image, text = hard_group_embeddings()
+  with pytest.raises(ValueError, match=r"pair row by row, got shapes \(8, 8\) and \(7, 8\)"):
+    metrics.hard_group_scores(image, text[:7], HARD_GROUPS, HARD_EDITS)
+  with pytest.raises(ValueError, match="one entry per record"):
+    metrics.hard_group_scores(image, text, HARD_GROUPS[:7], HARD_EDITS)
+  with pytest.raises(ValueError, match="one entry per record"):
+    metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS[:7])
+  with pytest.raises(ValueError, match="group 5 .*has one record"):
+    metrics.hard_group_scores(image, text, [12] * 7 + [5], None)
+  with pytest.raises(ValueError, match="group 3 has edited members but 2 base members"):
+    metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS[:4] + ["", "base", "a", "b"])
+  with pytest.raises(ValueError, match="group 12 has edited members but 0 base members"):
+    metrics.hard_group_scores(image, text, HARD_GROUPS, ["colour"] * 4 + HARD_EDITS[4:])
+  with pytest.raises(ValueError, match="edits must be strings, got None"):
+    metrics.hard_group_scores(image, text, HARD_GROUPS, [None] * 8)
+  bad = text.copy()
+  bad[2, 5] = np.inf
+  with pytest.raises(ValueError, match=r"text embeddings has a non-finite value at index \(2, 5\)"):
+    metrics.hard_group_scores(image, bad, HARD_GROUPS, HARD_EDITS)
+  with pytest.raises(ValueError, match="no records"):
+    metrics.hard_group_scores(np.zeros((0, 4)), np.zeros((0, 4)), [], [])

@@ -24,7 +24,14 @@ def test_goal_profile_data():
   assert longclip.benchmark("DOCCI").split == "test"
   assert longclip.benchmark("COCO 5k").columns[:3] == ("i2t_R@1", "i2t_R@5", "i2t_R@10")
   synthetic = profiles.get_profile("synthetic")
-  assert [b.split for b in synthetic.benchmarks] == ["test", "test_hard"]
+  assert [(b.name, b.task, b.split) for b in synthetic.benchmarks] == [
+      ("Synthetic test", "retrieval", "test"),
+      ("Synthetic hard: R@K over split", "retrieval", "test_hard"),
+      ("Synthetic hard: within group", "hard_groups", "test_hard")]
+  within = synthetic.benchmark("Synthetic hard: within group")
+  assert within.ks == () and within.columns == (
+      "group_t2i_acc", "group_i2t_acc", "group_acc", "2afc_colour", "2afc_shape", "2afc_size",
+      "2afc_texture", "2afc_binding")
   with pytest.raises(ValueError, match="unknown evaluation profile"):
     profiles.get_profile("clip")
 
@@ -34,6 +41,7 @@ def test_every_profile_column_is_a_key_the_metrics_produce():
   images = rng.normal(size=(60, 8)).astype(np.float32)
   texts = rng.normal(size=(60, 8)).astype(np.float32)
   groups, is_global = np.repeat(np.arange(30), 2), np.tile([True, False], 30)
+  edits = ["base", "colour", "shape", "size", "texture", "binding"] * 10  # groups of 6
   for profile in profiles.PROFILES.values():
     for b in profile.benchmarks:
       if b.task == "retrieval":
@@ -41,6 +49,8 @@ def test_every_profile_column_is_a_key_the_metrics_produce():
       elif b.task == "joint":
         keys = metrics.joint_retrieval(images, texts, groups, is_global, mode=b.joint_mode,
                                        k=b.ks[0]).keys()
+      elif b.task == "hard_groups":
+        keys = metrics.hard_group_scores(images, texts, np.repeat(np.arange(10), 6), edits).keys()
       else:
         assert b.zeroshot_set in zeroshot.ZEROSHOT_SETS
         keys = zeroshot.classify(images, texts[:10], rng.integers(0, 10, 60), ks=b.ks).keys()
@@ -135,3 +145,16 @@ def test_report_errors(tmp_path):
   bad.write_text(json.dumps({"schema": "other"}))
   with pytest.raises(ValueError, match="bad.json: not a results file"):
     report.read_results(str(bad))
+
+
+def test_markdown_hard_groups_row_marks_attributes_a_run_lacks():
+  synthetic = profiles.get_profile("synthetic")
+  within = synthetic.benchmark("Synthetic hard: within group")
+  image = np.eye(8, dtype=np.float32)
+  values = metrics.hard_group_scores(image, image, np.repeat([0, 1], 4))  # ids without attributes
+  results = {within.name: report.benchmark_result(within, values, num_images=8, num_texts=8)}
+  lines = report.markdown_table(report.results_document(synthetic, results)).splitlines()
+  assert lines[0] == ("| Benchmark | GROUP t2i_acc | GROUP i2t_acc | GROUP acc | 2AFC colour "
+                      "| 2AFC shape | 2AFC size | 2AFC texture | 2AFC binding |")
+  missing = f" | {report.MISSING}" * 5  # one per attribute column
+  assert lines[2] == f"| Synthetic hard: within group | 100.00 | 100.00 | 100.00{missing} |"

@@ -162,19 +162,61 @@ def test_runs_under_a_disallowing_transfer_guard(data_dir, model):
 def test_synthetic_profile_writes_a_readable_results_file(data_dir, model, tmp_path):
   params, config = model
   results = runner.evaluate_benchmarks(params, config, "synthetic", data_dir, batch_size=BATCH)
-  assert list(results) == ["Synthetic", "Synthetic hard negatives"]
+  assert list(results) == ["Synthetic test", "Synthetic hard: R@K over split",
+                           "Synthetic hard: within group"]
   path = tmp_path / "results.json"
   report.write_results(path, "synthetic", results, {"checkpoint": "random"})
   document = report.read_results(path)
-  for name, benchmark in zip(results, profiles.get_profile("synthetic").benchmarks):
+  tasks = ["retrieval", "retrieval", "hard_groups"]
+  for name, benchmark, task in zip(results, profiles.get_profile("synthetic").benchmarks, tasks):
     entry = document["results"][name]
-    assert (entry["task"], entry["dataset"], entry["split"]) == ("retrieval", "synthetic",
+    assert (entry["task"], entry["dataset"], entry["split"]) == (task, "synthetic",
                                                                  benchmark.split)
     assert entry["num_images"] == 12
-    assert set(entry["metrics"]) == set(benchmark.columns)
+    if task == "retrieval":
+      assert set(entry["metrics"]) == set(benchmark.columns)
     assert all(0.0 <= v <= 100.0 for v in entry["metrics"].values())
   table = report.markdown_table(document)
-  assert "| Synthetic hard negatives |" in table
+  assert "| Synthetic test |" in table and "| Synthetic hard: R@K over split |" in table
+  # Within group: 3 groups of 4; a 2AFC key for each attribute the ids name (none in version 1).
+  within = document["results"]["Synthetic hard: within group"]
+  records = _records(data_dir, "synthetic", "test_hard")
+  edits = [synthetic.parse_hard_id(r["id"])[1] for r in records]
+  image, text = runner.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
+                                     runner.open_split("synthetic", "test_hard", data_dir))
+  expected = metrics.hard_group_scores(image, text, np.arange(12) // 4, edits)
+  assert within["num_texts"] == 12 and within["metrics"] == pytest.approx(expected)
+  attributes = {e for e in edits if e not in metrics.BASE_EDITS}
+  assert set(within["metrics"]) == set(metrics.HARD_GROUP_KEYS) | {f"2afc_{a}" for a in attributes}
+  columns = profiles.get_profile("synthetic").benchmark("Synthetic hard: within group").columns
+  assert set(within["metrics"]) <= set(columns)
+  row = next(line for line in table.splitlines() if line.startswith("| Synthetic hard: within"))
+  assert row.count(f"| {report.MISSING} ") == len(columns) - len(within["metrics"])
+
+
+def test_hard_groups_task_matches_metric_on_the_records(data_dir, model):
+  """Records in any order: groups and edits come from each record's id, not its position."""
+  params, config = model
+  records = _records(data_dir, "synthetic", "test_hard")
+  ids = [f"synthetic/test_hard_g{g:05d}_{m}_{e}" for g in (4, 9) for m, e in
+         enumerate(["base", "colour", "binding", "colour"])]
+  order = [5, 0, 7, 2, 1, 6, 3, 4]
+  shuffled = [{**records[i], "id": ids[i]} for i in order]
+  benchmark = profiles.get_profile("synthetic").benchmark("Synthetic hard: within group")
+  entry = runner.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
+                                      shuffled, benchmark)
+  image, text = runner.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
+                                     records[:8])
+  expected = metrics.hard_group_scores(image, text, [0] * 4 + [1] * 4,
+                                       ["base", "colour", "binding", "colour"] * 2)
+  assert entry["metrics"] == pytest.approx(expected)
+  assert set(entry["metrics"]) == set(metrics.HARD_GROUP_KEYS) | {"2afc_colour", "2afc_binding"}
+  assert (entry["task"], entry["num_images"], entry["num_texts"]) == ("hard_groups", 8, 8)
+  version_1 = [{**r, "id": f"synthetic/test_hard_g{i // 4:05d}_{i % 4}"}
+               for i, r in enumerate(records[:8])]
+  entry = runner.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
+                                      version_1, benchmark)
+  assert entry["metrics"] == pytest.approx({k: expected[k] for k in metrics.HARD_GROUP_KEYS})
 
 
 def _with_pairs(record, boxes, scores, full_image, sentences):
@@ -243,17 +285,22 @@ def test_resolve_benchmarks():
     runner.resolve_benchmarks("DOCCI")
   with pytest.raises(ValueError, match="unknown benchmark"):
     runner.resolve_benchmarks("nonsense")
+  # Names with a ':' are names, not `dataset:split`; `synthetic:test_hard` is the R@K benchmark.
+  profile, chosen = runner.resolve_benchmarks("Synthetic hard: within group,synthetic:test_hard")
+  assert profile.name == "synthetic"
+  assert [b.name for b in chosen] == ["Synthetic hard: within group",
+                                      "Synthetic hard: R@K over split"]
 
 
 def test_custom_profile_results_and_table(data_dir, model, tmp_path):
   params, config = model
-  profile, _ = runner.resolve_benchmarks("photos:test,synthetic/Synthetic")
-  results = runner.evaluate_benchmarks(params, config, "photos:test,synthetic/Synthetic",
+  profile, _ = runner.resolve_benchmarks("photos:test,synthetic/Synthetic test")
+  results = runner.evaluate_benchmarks(params, config, "photos:test,synthetic/Synthetic test",
                                        data_dir, batch_size=BATCH)
   document = runner.write_results(tmp_path / "r.json", profile, results)
   assert report.read_results(tmp_path / "r.json")["results"].keys() == results.keys()
   table = runner.markdown_table(document, profile)
-  assert "| photos:test |" in table and "| Synthetic |" in table
+  assert "| photos:test |" in table and "| Synthetic test |" in table
 
 
 def test_missing_data_names_the_prepare_command(data_dir, tmp_path, model):

@@ -1,6 +1,6 @@
-"""Retrieval metrics: Recall@K, GOAL's joint global+local mAP@K, and MRR@K.
+"""Retrieval metrics: Recall@K, GOAL's joint global+local mAP@K, MRR@K; within-group detail scores.
 
-Every metric here is computed from one primitive, the *rank of each relevant item*: for a query q
+Recall, mAP and MRR are computed from one primitive, the *rank of each relevant item*: for a query q
 and a relevant gallery item r, `rank[q, r]` is the number of NON-relevant gallery items whose
 similarity is >= the similarity of r. It is the 0-based position r would take in the ranked list if
 
@@ -21,6 +21,10 @@ From the ranks:
 Similarities are float32 dot products at HIGHEST matmul precision (TPUs otherwise multiply fp32 in
 bf16 passes, which creates spurious ties), computed block by block on device so that a 25k x 5k
 problem never holds the full matrix. All percentages are in [0, 100].
+
+`hard_group_scores` asks whether a model sees details: it matches images and captions only inside
+groups of scenes that differ in one attribute (synthetic `test_hard`), plus two-alternative trials
+per edited attribute. Its comparisons follow the same tie rule (a tie is a miss) and similarity.
 """
 import functools
 
@@ -341,6 +345,99 @@ def joint_retrieval(image_emb, text_emb, group_ids, is_global, *, mode="effectiv
     ranks = relevant_ranks(queries, gallery, relevance, block_size=block_size)
     out[f"{direction}_mAP@{k}"] = float(100.0 * average_precision_at_k(ranks, k).mean())
     out[f"{direction}_MRR@{k}"] = float(100.0 * reciprocal_rank_at_k(ranks, k).mean())
+  return out
+
+
+HARD_GROUP_KEYS = ("group_t2i_acc", "group_i2t_acc", "group_acc")
+BASE_EDITS = ("", "base")  # `edits` values of a group's base member ("" also: no attribute known)
+
+_group_similarity = jax.jit(jax.vmap(_similarity))
+
+
+def _group_members(groups):
+  """[G, M] record indices of each group (-1 padded) and the group values, in sorted order."""
+  values, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+  single = np.flatnonzero(counts < 2)
+  if single.size:
+    raise ValueError(f"group {values[single[0]].item()!r} (and {single.size - 1} more) has one "
+                     "record; a within-group score needs at least 2")
+  order = np.argsort(inverse.ravel(), kind="stable")
+  return pad_relevance(np.split(order, np.cumsum(counts)[:-1])), values.tolist()
+
+
+def _base_variant_pairs(members, values, edits):
+  """(group, base slot, variant slot, attribute) arrays of every edited member and its base."""
+  pairs = []
+  for g, row in enumerate(members):
+    row = row[row >= 0]
+    bases = [m for m, r in enumerate(row) if edits[r] in BASE_EDITS]
+    variants = [m for m, r in enumerate(row) if edits[r] not in BASE_EDITS]
+    if variants and len(bases) != 1:
+      raise ValueError(f"group {values[g]!r} has edited members but {len(bases)} base members "
+                       f"(edits {[edits[r] for r in row]}); it needs exactly one")
+    pairs.extend((g, bases[0], v, edits[row[v]]) for v in variants)
+  g, b, v, attributes = zip(*pairs) if pairs else ((), (), (), ())
+  return np.array(g, int), np.array(b, int), np.array(v, int), np.array(attributes, str)
+
+
+def hard_group_scores(image_emb, text_emb, groups, edits=None):
+  """Does the model see details? Image-caption matching inside groups of near-identical scenes.
+
+  Each group is a base scene and variants that change one attribute of it, so the gist never tells
+  group members apart, only the details do. Similarity is the float32 dot product (normalise
+  beforehand); a tie counts as a miss, so a collapsed model scores 0, not chance. A model blind to
+  the edits but biased towards some image or caption scores exactly chance: one hit per group, and
+  two of each pair's four trials (each direction asks both members).
+
+  Args:
+    image_emb: [N, E] image embeddings; row i and text_emb row i are record i's pair.
+    text_emb: [N, E] caption embeddings.
+    groups: [N] group of each record (at least 2 records per group).
+    edits: [N] str, the attribute a variant changes, "" or "base" for the base member (one per
+      group that has edited members); None, or "" everywhere, when the attributes are unknown.
+
+  Returns:
+    In %: `group_t2i_acc` (each caption's own image scores strictly above every other image of
+    its group; chance 1/M in a group of M), `group_i2t_acc` (each image's own caption above the
+    group's other captions), `group_acc` (their mean, the headline number), and `2afc_<a>` for
+    each attribute a in edits: over every (base, variant editing a) pair, four two-alternative
+    trials (base caption: base image > variant image; variant caption: variant image > base
+    image; base image: base caption > variant caption; variant image: variant caption > base
+    caption), chance 50%. Directions per attribute are not split: the group keys show that.
+  """
+  image = _as_float32("image embeddings", image_emb)
+  text = _as_float32("text embeddings", text_emb)
+  if image.shape != text.shape:
+    raise ValueError(f"image and text embeddings must pair row by row, got shapes {image.shape} "
+                     f"and {text.shape}")
+  num = image.shape[0]
+  if num == 0:
+    raise ValueError("no records to evaluate")
+  groups = np.asarray(groups)
+  edits = [""] * num if edits is None else list(edits)
+  if groups.shape != (num,) or len(edits) != num:
+    raise ValueError(f"groups {groups.shape} and edits ({len(edits)},) must have one entry per "
+                     f"record ({num},)")
+  bad = [e for e in edits if not isinstance(e, str)]
+  if bad:
+    raise ValueError(f"edits must be strings, got {bad[0]!r}")
+  members, values = _group_members(groups)
+  valid = members >= 0
+  rows = np.maximum(members, 0)
+  sim = jax.device_get(_group_similarity(*jax.device_put((image[rows], text[rows]), _placement())))
+  own = np.diagonal(sim, axis1=1, axis2=2)  # [G, M]: sim[g, i, j] = image i . caption j
+  rivals = valid[:, None, :] & ~np.eye(members.shape[1], dtype=bool)  # [G, i, j]: j is a rival
+  i2t_hit = ~((sim >= own[:, :, None]) & rivals).any(axis=2)
+  t2i_hit = ~((sim >= own[:, None, :]) & np.swapaxes(rivals, 1, 2)).any(axis=1)
+  t2i, i2t = 100.0 * t2i_hit[valid].mean(), 100.0 * i2t_hit[valid].mean()
+  out = {"group_t2i_acc": float(t2i), "group_i2t_acc": float(i2t),
+         "group_acc": float((t2i + i2t) / 2)}
+  g, b, v, attributes = _base_variant_pairs(members, values, edits)
+  base, variant = own[g, b], own[g, v]
+  trials = np.stack([base > sim[g, v, b], variant > sim[g, b, v],
+                     base > sim[g, b, v], variant > sim[g, v, b]], axis=1)
+  for attribute in sorted(set(attributes.tolist())):
+    out[f"2afc_{attribute}"] = float(100.0 * trials[attributes == attribute].mean())
   return out
 
 

@@ -9,6 +9,10 @@ One function serves the trainer's periodic evaluation and the `evaluate` command
   one local pair, the crop of its highest-scoring local pair with that pair's sentence; unlike
   training, a full-image match counts (the crop is then the whole image), as in GOAL's test file.
   -> `metrics.joint_retrieval` in the benchmark's relevance mode.
+- `hard_groups` (synthetic `test_hard`): every record's image and long caption, grouped by the
+  group number in its id, with the attribute its id says it edits (`synthetic.parse_hard_id`) ->
+  `metrics.hard_group_scores`: matching inside each group, and two-alternative accuracy per
+  attribute.
 - `zeroshot`: images of a user folder (ImageFolder layout) against the class prompts -> top-k.
 
 Images and captions go through the training pipeline's evaluation mode (same decoding, geometry
@@ -26,6 +30,7 @@ from goal_jax.data import geometry as geometry_lib
 from goal_jax.data import images as images_lib
 from goal_jax.data import pipeline
 from goal_jax.data import raw
+from goal_jax.data import synthetic
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import metrics
 from goal_jax.evaluation import profiles
@@ -60,18 +65,18 @@ def _resolve_item(item):
   if "/" in item and item.split("/", 1)[0] in profiles.PROFILES:
     profile, name = item.split("/", 1)
     return [(profile, profiles.get_profile(profile).benchmark(name))]
+  found = _find(lambda b: b.name == item)  # before `dataset:split`: names may hold a ':'
+  if len(found) == 1:
+    return found
+  if found:
+    raise ValueError(f"benchmark {item!r} is in several profiles; name one of "
+                     f"{[f'{p}/{b.name}' for p, b in found]}")
   if ":" in item:
     dataset, split = item.split(":", 1)
     if not dataset or not split:
       raise ValueError(f"benchmark {item!r}: expected `dataset:split`")
     found = _find(lambda b: b.task == "retrieval" and (b.dataset, b.split) == (dataset, split))
     return found[:1] or [(None, _adhoc_retrieval(dataset, split))]
-  found = _find(lambda b: b.name == item)
-  if len(found) == 1:
-    return found
-  if found:
-    raise ValueError(f"benchmark {item!r} is in several profiles; name one of "
-                     f"{[f'{p}/{b.name}' for p, b in found]}")
   raise ValueError(f"unknown benchmark {item!r}: use a profile {sorted(profiles.PROFILES)}, "
                    "`profile/benchmark`, a benchmark name or `dataset:split`")
 
@@ -301,6 +306,17 @@ def evaluate_joint(embedder, params, source, benchmark, *, geometry=DEFAULT_GEOM
                                  num_texts=len(groups))
 
 
+def evaluate_hard_groups(embedder, params, source, benchmark, *, geometry=DEFAULT_GEOMETRY,
+                         tokenizer=None) -> dict:
+  """Matching inside each `test_hard` group and 2AFC per attribute; long captions only."""
+  image, text = embed_records(embedder, params, source, geometry=geometry, tokenizer=tokenizer)
+  parsed = [synthetic.parse_hard_id(source[i]["id"]) for i in range(len(source))]
+  groups = np.array([group for group, _ in parsed], np.int64)
+  values = metrics.hard_group_scores(image, text, groups, [edit for _, edit in parsed])
+  return report.benchmark_result(benchmark, values, num_images=len(source),
+                                 num_texts=len(source))
+
+
 def folder_classes(root: str, set_name: str) -> list[str] | None:
   """Class-folder names of an image folder in the label order of zero-shot set `set_name`.
 
@@ -400,7 +416,8 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
                                         benchmark=benchmark, **common)
     else:
       source = sources[benchmark.name]
-      task = {"retrieval": evaluate_retrieval, "joint": evaluate_joint}.get(benchmark.task)
+      task = {"retrieval": evaluate_retrieval, "joint": evaluate_joint,
+              "hard_groups": evaluate_hard_groups}.get(benchmark.task)
       if task is None:
         raise ValueError(f"benchmark {benchmark.name!r} has unknown task {benchmark.task!r}")
       result = task(embedder, params, source, benchmark, **common)
