@@ -59,7 +59,7 @@ def quickstart():
          "JAX on a GPU runtime); locally, `pip install -e .` in the checkout first."),
       code(INSTALL),
       md("## Train\n\n`configs/<method>.py:demo` is the method's recipe shrunk to the demo: a "
-         "64 px CLIP with 8×8 patches, 96 text tokens (Long-CLIP's stretching of the 32 it was "
+         "64 px CLIP with 8×8 patches, 64 text tokens (Long-CLIP's stretching of the 32 it was "
          "pretrained with), the embedded `synthetic` dataset. `goal_jax.demo.run_demo` prepares "
          "the data and the pretrained start (both cached in `~/.cache/goal_jax`), then runs the "
          "same training loop as `python -m goal_jax.train`, which evaluates at the end."),
@@ -78,8 +78,11 @@ if FAST:  # a few steps of each phase: a smoke test whose numbers mean little
   config.log_every, config.checkpoint_every = 2, 6
 result = demo.run_demo(config, WORKDIR, pretrain_steps=pretrain_steps)'''),
       md("## Retrieval\n\nRecall@K of image→text and text→image retrieval on the held-out "
-         "`test` split and on `test_hard`, whose captions differ from each other in one attribute "
-         "of one object: only a model that reads the whole long caption can tell them apart."),
+         "`test` split and over all of `test_hard`; then the question the benchmark is built "
+         "for: inside each `test_hard` group of four scenes that differ in one detail (a colour, "
+         "shape, size, texture, or which shape has which colour), does the model match each "
+         "caption to its own image (chance 25 %), and per edit, does it prefer the right one of "
+         "two (chance 50 %)?"),
       code('''\
 from IPython.display import Markdown, display
 from goal_jax.evaluation import report

@@ -174,7 +174,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
        f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
       timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "| Synthetic hard negatives |" in proc.stdout
-  results = json.load(open(tmp_path / "run" / "eval_150.json"))
-  r1 = results["results"]["Synthetic"]["metrics"]["t2i_R@1"]
+  assert "| Synthetic hard: R@K over split |" in proc.stdout
+  results = json.load(open(tmp_path / "run" / "eval_300.json"))
+  r1 = results["results"]["Synthetic test"]["metrics"]["t2i_R@1"]
   assert 100 / 300 < r1 <= 100  # far above chance (1 in 300)

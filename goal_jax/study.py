@@ -1,0 +1,560 @@
+r"""Does aligning caption details with image regions help? Methods and ablations over seeds.
+
+GOAL and MulCLIP add local objectives (sentence <-> region, word <-> patch) to global contrastive
+fine-tuning and claim better long-caption retrieval. One run of one seed cannot say whether that
+holds: a gap of a few points may be the seed. This command fine-tunes every method
+and ablation from the same pretrained start on the embedded `synthetic` data, over N training
+seeds, and reports each metric as mean (min–max) over seeds. The benchmark that decides is
+`test_hard`'s within-group accuracy: four captions that differ in one detail of one shape (colour,
+shape, size, texture, or which colour goes with which shape), where a model that keeps only the
+gist is at chance (25 %); its 2AFC accuracy per edited attribute says which details a method
+learned.
+
+  python -m goal_jax.study --workdir=/tmp/study                     # 8 runs x 3 seeds
+  python -m goal_jax.study --workdir=/tmp/study --seeds=5           # adds seeds 3 and 4
+  python -m goal_jax.study --workdir=/tmp/study --runs=global,goal --data_seed=1 --steps=300
+  python -m goal_jax.study --workdir=/tmp/study --report_only       # outputs from what finished
+  python -m goal_jax.study --workdir=/tmp/study_ci --tiny           # CI: 2 runs, 4 steps
+
+Each run is one `python -m goal_jax.train` subprocess on `configs/<method>.py:demo,data_seed=D`
+into `<workdir>/<run>/seed<K>` (its output in `train.log` there); `RUNS` below lists them.
+A run whose workdir holds `model/` and its final step's `eval_<step>.json` is done and skipped;
+an unfinished one is rerun and the trainer resumes from its checkpoints. `study_config.json` keeps
+the options that change results (data seed, steps, eval cadence, pretraining steps): a rerun into
+the same directory must repeat them, but may add seeds or runs.
+
+Outputs, rebuilt from every finished run's `eval_<step>.json` files:
+- `study.json`: per run and seed the curve (step -> benchmark -> metric -> value) and, per run,
+  the aggregate over seeds at the final step (benchmark -> metric -> mean, min, max, n);
+- `study.md`: one row per run, test R@1, within-group accuracy and 2AFC per attribute, each cell
+  `mean (min–max)` over seeds (`–`: the run does not report that metric);
+- `study.png`: within-group accuracy against step (mean over seeds, min–max shaded) and test R@1
+  (mean of T2I and I2T).
+
+Cost on 2 CPU cores (measured, 300 steps, evaluation every 50): a run takes 2-3.5 min (global
+and Long-CLIP about 2, GOAL and MulCLIP 2.5-3.5); the four methods at 3 seeds took 32 min and the
+four ablations at 3 seeds 29 min, with other jobs sharing the machine part of the time. The first
+run of a data seed also prepares the data and pretrains the start (about 1 min, cached in
+`$GOAL_JAX_CACHE` for every later run). `--tiny` took 1 m 48 s from an empty cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from goal_jax.evaluation import report
+
+# ------------------------------------------------------------------------------------------------
+# What is compared: one recipe per run, read as "config file + the overrides that make it".
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  config_file: str            # under configs/
+  overrides: tuple[str, ...] = ()
+
+
+_NO_TSL = ("--config.loss.weights.tsl_image=0", "--config.loss.weights.tsl_text=0")
+_NO_WPR = ("--config.loss.weights.wpr_image=0", "--config.loss.weights.wpr_text=0")
+
+RUNS = {
+    "global": Recipe("global_ft.py"),                                  # GOAL's baseline
+    "goal": Recipe("goal.py"),                                         # global + local + TSL
+    "goal_no_tsl": Recipe("goal.py", _NO_TSL),                         # global + local
+    "goal_no_local": Recipe("goal.py", ("--config.loss.weights.local=0",)),  # global + TSL
+    "mulclip": Recipe("mulclip.py"),                                   # global + WPR + SAP
+    "mulclip_no_wpr": Recipe("mulclip.py", _NO_WPR),                   # global + SAP
+    "mulclip_no_sap": Recipe("mulclip.py", ("--config.loss.weights.sap=0",)),  # global + WPR
+    "longclip": Recipe("longclip.py"),                                 # long + PCM short
+}
+
+# ------------------------------------------------------------------------------------------------
+# Where the numbers are in an eval JSON (goal_jax/evaluation/report.py), named once.
+
+TEST_BENCHMARK = "Synthetic test"
+HARD_SPLIT_BENCHMARK = "Synthetic hard: R@K over split"
+WITHIN_GROUP_BENCHMARK = "Synthetic hard: within group"
+TWO_AFC_BENCHMARK = WITHIN_GROUP_BENCHMARK
+T2I_R1, I2T_R1 = "t2i_R@1", "i2t_R@1"
+GROUP_T2I, GROUP_I2T, GROUP_MEAN = "group_t2i_acc", "group_i2t_acc", "group_acc"
+TWO_AFC_ATTRIBUTES = ("colour", "shape", "size", "texture", "binding")
+HEADLINE = (WITHIN_GROUP_BENCHMARK, GROUP_MEAN)
+HEADLINE_CHANCE = 25.0  # one caption of a group of 4: what a gist-only model scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  label: str
+  benchmark: str
+  metric: str
+
+
+TABLE_COLUMNS = (
+    Column("test R@1 T2I", TEST_BENCHMARK, T2I_R1),
+    Column("test R@1 I2T", TEST_BENCHMARK, I2T_R1),
+    Column("within-group T2I", WITHIN_GROUP_BENCHMARK, GROUP_T2I),
+    Column("within-group I2T", WITHIN_GROUP_BENCHMARK, GROUP_I2T),
+    Column("within-group mean", WITHIN_GROUP_BENCHMARK, GROUP_MEAN),
+    *(Column(f"2AFC {a}", TWO_AFC_BENCHMARK, f"2afc_{a}") for a in TWO_AFC_ATTRIBUTES),
+)
+MISSING = "–"
+
+# ------------------------------------------------------------------------------------------------
+# Options.
+
+STUDY_CONFIG = "study_config.json"
+RESULT_OPTIONS = ("data_seed", "steps", "eval_every", "pretrain_steps")  # change the numbers
+TINY = dict(seeds=1, runs=("global", "goal"), steps=4, eval_every=2, pretrain_steps=4)
+
+
+class StudyError(RuntimeError):
+  """The study cannot go on; the message says why (printed as a one-line `error:`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+  workdir: str
+  seeds: int = 3
+  runs: tuple[str, ...] = tuple(RUNS)
+  data_seed: int = 0
+  steps: int = 0           # 0: each config's own
+  eval_every: int = 50
+  pretrain_steps: int = 0  # 0: the demo's default
+  report_only: bool = False
+
+  def result_options(self) -> dict:
+    return {k: getattr(self, k) for k in RESULT_OPTIONS}
+
+
+def check_runs(names) -> tuple[str, ...]:
+  unknown = [n for n in names if n not in RUNS]
+  if unknown:
+    raise StudyError(f"unknown run {unknown[0]!r}; have {', '.join(RUNS)}")
+  return tuple(n for n in RUNS if n in names)  # table order
+
+
+def merged_study_config(stored: dict | None, options: StudyOptions) -> dict:
+  """The study config after this invocation; refuses options that would mix different results.
+
+  Seeds and runs accumulate (adding them is what a longer study does); the result options must
+  match, or the aggregates would average runs of different experiments.
+  """
+  requested = options.result_options()
+  if stored is None:
+    return {**requested, "seeds": list(range(options.seeds)), "runs": list(options.runs)}
+  changed = [k for k in RESULT_OPTIONS if stored.get(k) != requested[k]]
+  if changed:
+    was = ", ".join(f"{k}={stored.get(k)}" for k in changed)
+    now = ", ".join(f"{k}={requested[k]}" for k in changed)
+    raise StudyError(
+        f"{options.workdir} holds a study made with {was} ({STUDY_CONFIG}); this command asks for "
+        f"{now}. Repeat its options (adding --seeds or --runs is fine) or use another --workdir.")
+  seeds = sorted(set(stored["seeds"]) | set(range(options.seeds)))
+  runs = check_runs(set(stored["runs"]) | set(options.runs))
+  return {**requested, "seeds": seeds, "runs": list(runs)}
+
+
+def read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_json(path: str, value) -> None:
+  """Atomic: an interrupted study never leaves half a file behind."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_study_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, STUDY_CONFIG)
+  return read_json(path) if os.path.exists(path) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands.
+
+
+def configs_dir() -> str:
+  """`configs/` of the checkout `goal_jax` is imported from, so any working directory works."""
+  import goal_jax  # noqa: PLC0415 - only its location is needed
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(goal_jax.__file__))),
+                      "configs")
+  if not os.path.isfile(os.path.join(path, "common.py")):
+    raise StudyError(f"no configs/ next to the goal_jax package (looked in {path}); the study "
+                     "needs a source checkout (`pip install -e .` from the repository)")
+  return path
+
+
+def run_dir(workdir: str, run: str, seed: int) -> str:
+  return os.path.join(workdir, run, f"seed{seed}")
+
+
+def train_command(run: str, seed: int, workdir: str, config: dict) -> list[str]:
+  """The `goal_jax.train` argv of one run and seed; 0-valued steps options keep the defaults."""
+  recipe = RUNS[run]
+  command = [
+      sys.executable, "-m", "goal_jax.train",
+      f"--config={os.path.join(configs_dir(), recipe.config_file)}:demo,"
+      f"data_seed={config['data_seed']}",
+      f"--workdir={run_dir(workdir, run, seed)}",
+      f"--config.seed={seed}",
+      f"--config.eval_every={config['eval_every']}",
+  ]
+  if config["steps"]:
+    command.append(f"--config.total_steps={config['steps']}")
+    warmup = own_config(recipe.config_file).optim.warmup_steps
+    command += short_run_overrides(config["steps"], warmup)
+  if config["pretrain_steps"]:
+    command.append(f"--config.demo_data.pretrain_steps={config['pretrain_steps']}")
+  return command + list(recipe.overrides)
+
+
+def short_run_overrides(steps: int, warmup_steps: int) -> list[str]:
+  """A run shorter than the config's warmup (`--tiny`) would never leave it: the cosine schedule
+  refuses that, so the warmup shrinks to a quarter of the run, as the demo's pretraining does."""
+  return [f"--config.optim.warmup_steps={steps // 4}"] if steps <= warmup_steps else []
+
+
+_OWN_CONFIGS = {}
+
+
+def own_config(config_file: str):
+  """The method's demo config, read from the file the subprocess will read."""
+  if config_file not in _OWN_CONFIGS:
+    path = os.path.join(configs_dir(), config_file)
+    spec = importlib.util.spec_from_file_location(f"_study_{config_file[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _OWN_CONFIGS[config_file] = module.get_config("demo")
+  return _OWN_CONFIGS[config_file]
+
+
+def final_step(run: str, config: dict) -> int:
+  """The step a finished run ends at: `--steps`, else the config's own `total_steps`."""
+  if config["steps"]:
+    return config["steps"]
+  steps = int(own_config(RUNS[run].config_file).total_steps)
+  if steps <= 0:
+    raise StudyError(f"configs/{RUNS[run].config_file}:demo sets no total_steps; pass --steps")
+  return steps
+
+
+def launch_training(command: list[str], log_path: str) -> int:
+  """Runs one training to completion, its output into `log_path`; returns the exit code."""
+  with open(log_path, "a", encoding="utf-8") as log:
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def log_tail(path: str, lines: int = 40) -> str:
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      return "".join(f.readlines()[-lines:])
+  except OSError:
+    return "(no log)\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading finished runs (pure: files in, dicts out).
+
+_EVAL_FILE = re.compile(r"eval_(\d+)\.json$")
+MODEL_CONFIG_FILE = "model_config.json"  # goal_jax.models.checkpoint.CONFIG_FILE (no JAX import)
+
+
+def read_curve(directory: str) -> dict[int, dict]:
+  """step -> benchmark -> metric -> value, from every `eval_<step>.json` of one run."""
+  curve = {}
+  for path in glob.glob(os.path.join(directory, "eval_*.json")):
+    match = _EVAL_FILE.search(os.path.basename(path))
+    if match:
+      document = report.read_results(path)
+      curve[int(match.group(1))] = {name: dict(entry["metrics"])
+                                    for name, entry in document["results"].items()}
+  return dict(sorted(curve.items()))
+
+
+def is_done(directory: str, last_step: int) -> bool:
+  """Finished: the final model is saved and the final step was evaluated."""
+  return (os.path.isfile(os.path.join(directory, "model", MODEL_CONFIG_FILE))
+          and os.path.isfile(os.path.join(directory, f"eval_{last_step}.json")))
+
+
+def finished_seeds(workdir: str, run: str, last_step: int) -> list[int]:
+  """Seeds of `run` that finished, including ones an earlier, larger `--seeds` added."""
+  seeds = []
+  for path in glob.glob(os.path.join(workdir, run, "seed*")):
+    name = os.path.basename(path)
+    if name[4:].isdigit() and is_done(path, last_step):
+      seeds.append(int(name[4:]))
+  return sorted(seeds)
+
+
+def metric(point: dict, benchmark: str, name: str) -> float | None:
+  return point.get(benchmark, {}).get(name)
+
+
+def mean_test_r1(point: dict) -> float | None:
+  """Mean of test T2I and I2T R@1: the second panel's one number for test retrieval."""
+  t2i, i2t = metric(point, TEST_BENCHMARK, T2I_R1), metric(point, TEST_BENCHMARK, I2T_R1)
+  return None if t2i is None or i2t is None else (t2i + i2t) / 2
+
+
+def stats(values: list[float]) -> dict:
+  return {"mean": sum(values) / len(values), "min": min(values), "max": max(values),
+          "n": len(values)}
+
+
+def aggregate_points(points: list[dict]) -> dict:
+  """benchmark -> metric -> stats over the points (one per seed) that report the metric."""
+  values = {}
+  for point in points:
+    for benchmark, metrics in point.items():
+      for name, value in metrics.items():
+        values.setdefault(benchmark, {}).setdefault(name, []).append(value)
+  return {benchmark: {name: stats(v) for name, v in metrics.items()}
+          for benchmark, metrics in values.items()}
+
+
+def band(curves: list[dict], value_of) -> dict:
+  """step -> stats of `value_of(point)` over the seeds' curves, on the steps every seed has."""
+  steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  out = {}
+  for step in steps:
+    values = [v for c in curves if (v := value_of(c[step])) is not None]
+    if len(values) == len(curves):
+      out[step] = stats(values)
+  return out
+
+
+def summarize(workdir: str, config: dict) -> dict:
+  """The `study.json` document: curves and final-step aggregates of every finished run."""
+  runs = {}
+  for run in config["runs"]:
+    last = final_step(run, config)
+    curves = {seed: read_curve(run_dir(workdir, run, seed))
+              for seed in finished_seeds(workdir, run, last)}
+    runs[run] = {
+        "config_file": RUNS[run].config_file, "overrides": list(RUNS[run].overrides),
+        "final_step": last,
+        "seeds": {str(seed): {"curve": curve} for seed, curve in curves.items()},
+        "final": aggregate_points([curve[last] for curve in curves.values()]),
+    }
+  return {"schema": "goal_jax.study/1", "options": config, "runs": runs}
+
+
+def seed_curves(summary: dict, run: str) -> list[dict]:
+  """The run's curves with int steps (JSON keeps them as strings once written)."""
+  return [{int(step): point for step, point in s["curve"].items()}
+          for s in summary["runs"][run]["seeds"].values()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def format_cell(cell: dict | None) -> str:
+  if not cell:
+    return MISSING
+  return f"{cell['mean']:.1f} ({cell['min']:.1f}–{cell['max']:.1f})"
+
+
+def markdown_table(summary: dict) -> str:
+  """One row per run; each cell `mean (min–max)` over seeds at the run's final step."""
+  options = summary["options"]
+  lines = [
+      "# Study: local alignment on the synthetic benchmark", "",
+      f"Data seed {options['data_seed']}, steps {options['steps'] or 'per config'}, "
+      f"pretraining steps {options['pretrain_steps'] or 'demo default'}. Cells: mean (min–max) "
+      f"over seeds at the final step, in %; {MISSING}: not reported.", "",
+      "| run | seeds | " + " | ".join(c.label for c in TABLE_COLUMNS) + " |",
+      "|---|---|" + "---|" * len(TABLE_COLUMNS),
+  ]
+  for run, entry in summary["runs"].items():
+    cells = [format_cell(entry["final"].get(c.benchmark, {}).get(c.metric))
+             for c in TABLE_COLUMNS]
+    lines.append(f"| {run} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _figure(rows: int, columns: int, figsize: tuple[float, float]):
+  """Agg on the figure's own canvas, as goal_jax.visualize: no pyplot, no global backend switch."""
+  from matplotlib import figure  # noqa: PLC0415 - only the plot needs matplotlib
+  from matplotlib.backends import backend_agg  # noqa: PLC0415
+  fig = figure.Figure(figsize=figsize)
+  backend_agg.FigureCanvasAgg(fig)
+  return fig, fig.subplots(rows, columns, squeeze=False)
+
+
+def plot_study(summary: dict, path: str) -> None:
+  """Within-group accuracy and test R@1 against step: seeds' mean, min–max shaded, per run."""
+  from matplotlib import ticker  # noqa: PLC0415 - only the plot needs matplotlib
+  panels = (("within-group accuracy (%)", lambda p: metric(p, *HEADLINE), HEADLINE_CHANCE),
+            ("test R@1, mean of T2I and I2T (%)", mean_test_r1, None))
+  fig, axes = _figure(1, len(panels), (6 * len(panels), 4.2))
+  for ax, (title, value_of, chance) in zip(axes[0], panels):
+    for run in summary["runs"]:
+      curves = seed_curves(summary, run)
+      curve = band(curves, value_of)
+      if not curve:
+        continue
+      steps = list(curve)
+      line, = ax.plot(steps, [curve[s]["mean"] for s in steps], marker=".",
+                      label=f"{run} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+      ax.fill_between(steps, [curve[s]["min"] for s in steps], [curve[s]["max"] for s in steps],
+                      color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+      if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, "no finished run reports it", ha="center", va="center",
+              transform=ax.transAxes)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png", dpi=100)
+
+
+def write_outputs(workdir: str, config: dict) -> dict:
+  summary = summarize(workdir, config)
+  write_json(os.path.join(workdir, "study.json"), summary)
+  with open(os.path.join(workdir, "study.md"), "w", encoding="utf-8") as f:
+    f.write(markdown_table(summary))
+  plot_study(summary, os.path.join(workdir, "study.png"))
+  print(f"\n{markdown_table(summary)}\nwrote study.json, study.md, study.png in {workdir}",
+        flush=True)
+  return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# The study.
+
+
+def duration(seconds: float) -> str:
+  """'42s', '1m42s', '1h03m': what a progress line needs, no more."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def headline_text(directory: str, last_step: int) -> str:
+  value = metric(read_curve(directory).get(last_step, {}), *HEADLINE)
+  return f"within-group {MISSING if value is None else f'{value:.1f} %'}"
+
+
+def time_left(durations: list[float], remaining: int) -> str:
+  if not remaining:
+    return "done"
+  if not durations:
+    return "time left: known after the first run"
+  return f"about {duration(sum(durations) / len(durations) * remaining)} left"
+
+
+def run_study(options: StudyOptions, launcher=None) -> dict:
+  """Runs what is not finished (seed by seed, so early seeds compare all runs), then reports."""
+  launcher = launcher or launch_training
+  stored = read_study_config(options.workdir)
+  if options.report_only:  # the stored options and runs, whatever the flags say
+    if stored is None:
+      raise StudyError(f"{options.workdir} holds no {STUDY_CONFIG}: no study to report")
+    return write_outputs(options.workdir, stored)
+  config = merged_study_config(stored, options)
+  write_json(os.path.join(options.workdir, STUDY_CONFIG), config)
+  jobs = [(run, seed) for seed in range(options.seeds) for run in options.runs]
+  pending = sum(not is_done(run_dir(options.workdir, r, s), final_step(r, config))
+                for r, s in jobs)
+  print(f"study in {options.workdir}: {len(jobs)} trainings ({len(options.runs)} runs x "
+        f"{options.seeds} seeds), {len(jobs) - pending} finished already", flush=True)
+  start, durations = time.monotonic(), []
+  for index, (run, seed) in enumerate(jobs, 1):
+    directory, last = run_dir(options.workdir, run, seed), final_step(run, config)
+    print(f"[{index}/{len(jobs)}] {run} seed {seed} ... ", end="", flush=True)
+    if is_done(directory, last):
+      print(f"done already, skipped ({headline_text(directory, last)})", flush=True)
+      continue
+    command = train_command(run, seed, options.workdir, config)
+    log_path = os.path.join(directory, "train.log")
+    os.makedirs(directory, exist_ok=True)
+    began = time.monotonic()
+    code = launcher(command, log_path)
+    if code != 0 or not is_done(directory, last):
+      print(f"failed\n--- {log_path} (last lines) ---\n{log_tail(log_path)}--- command ---\n"
+            f"{' '.join(command)}", flush=True)
+      reason = f"exit code {code}" if code else f"no model/ or eval_{last}.json"
+      raise StudyError(f"{run} seed {seed} failed ({reason}); log: {log_path}")
+    durations.append(time.monotonic() - began)
+    pending -= 1
+    print(f"{duration(durations[-1])}, {headline_text(directory, last)} | elapsed "
+          f"{duration(time.monotonic() - start)}, {time_left(durations, pending)}", flush=True)
+  return write_outputs(options.workdir, config)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: one subdirectory per run.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Number of training seeds: 0..N-1.", lower_bound=1)
+_RUNS = flags.DEFINE_list("runs", list(RUNS), f"Runs to train, of: {', '.join(RUNS)}.")
+_DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Generator seed of the synthetic dataset.")
+_STEPS = flags.DEFINE_integer("steps", 0, "Fine-tuning steps; 0: each config's own.",
+                              lower_bound=0)
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluate every this many steps.",
+                                   lower_bound=1)
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 0,
+                                       "Steps of the demo's pretrained start; 0: its default.",
+                                       lower_bound=0)
+_TINY = flags.DEFINE_bool("tiny", False, "CI setting: 1 seed, global and goal, 4 steps, eval every "
+                          "2, 4 pretraining steps (flags given explicitly still win).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False,
+                                 "Rebuild the outputs from finished runs; train nothing.")
+
+
+def with_tiny_defaults(values: dict, given: set[str]) -> dict:
+  """`--tiny`'s settings for the options in `values` that were not given explicitly."""
+  return {**values, **{k: v for k, v in TINY.items() if k not in given}}
+
+
+def options_from_flags() -> StudyOptions:
+  """The flags, with `--tiny`'s values where a flag was not given explicitly."""
+  values = {name: flags.FLAGS[name].value for name in TINY}
+  if _TINY.value:
+    values = with_tiny_defaults(values, {name for name in TINY if flags.FLAGS[name].present})
+  return StudyOptions(workdir=_WORKDIR.value, data_seed=_DATA_SEED.value,
+                      report_only=_REPORT_ONLY.value, **{**values,
+                                                         "runs": check_runs(values["runs"])})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  try:
+    run_study(options_from_flags())
+  except StudyError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  app.run(main)
