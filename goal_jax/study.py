@@ -52,6 +52,7 @@ import time
 from absl import app
 from absl import flags
 
+from goal_jax import figures
 from goal_jax.evaluation import report
 
 # ------------------------------------------------------------------------------------------------
@@ -391,21 +392,12 @@ def markdown_table(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _figure(rows: int, columns: int, figsize: tuple[float, float]):
-  """Agg on the figure's own canvas, as goal_jax.visualize: no pyplot, no global backend switch."""
-  from matplotlib import figure  # noqa: PLC0415 - only the plot needs matplotlib
-  from matplotlib.backends import backend_agg  # noqa: PLC0415
-  fig = figure.Figure(figsize=figsize)
-  backend_agg.FigureCanvasAgg(fig)
-  return fig, fig.subplots(rows, columns, squeeze=False)
-
-
 def plot_study(summary: dict, path: str) -> None:
   """Within-group accuracy and test R@1 against step: seeds' mean, min–max shaded, per run."""
   from matplotlib import ticker  # noqa: PLC0415 - only the plot needs matplotlib
   panels = (("within-group accuracy (%)", lambda p: metric(p, *HEADLINE), HEADLINE_CHANCE),
             ("test R@1, mean of T2I and I2T (%)", mean_test_r1, None))
-  fig, axes = _figure(1, len(panels), (6 * len(panels), 4.2))
+  fig, axes = figures.new_figure(1, len(panels), (6 * len(panels), 4.2))
   for ax, (title, value_of, chance) in zip(axes[0], panels):
     for run in summary["runs"]:
       curves = seed_curves(summary, run)
@@ -428,9 +420,7 @@ def plot_study(summary: dict, path: str) -> None:
     else:
       ax.text(0.5, 0.5, "no finished run reports it", ha="center", va="center",
               transform=ax.transAxes)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=100)
+  figures.save_figure(fig, path)
 
 
 def write_outputs(workdir: str, config: dict) -> dict:

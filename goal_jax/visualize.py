@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from goal_jax import figures
 from goal_jax.data import geometry as geometry_lib
 from goal_jax.data import images as images_lib
 from goal_jax.data import pipeline
@@ -94,25 +95,6 @@ def sentence_overlays(params, config, image: Image.Image, sentences: list[str], 
   return weights, [attention_maps.map_overlay(w, view, alpha) for w in weights]
 
 
-def _figure(rows: int, columns: int, figsize: tuple[float, float]):
-  """(figure, axes [rows, columns]) drawn by Agg on the figure's own canvas.
-
-  No pyplot: the process-wide backend is never switched (a notebook keeps its inline plots) and
-  no figure is left registered with pyplot.
-  """
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  fig = figure.Figure(figsize=figsize)
-  backend_agg.FigureCanvasAgg(fig)
-  return fig, fig.subplots(rows, columns, squeeze=False)
-
-
-def _save_figure(fig, path: str) -> None:
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=100)
-
-
 def save_png(pixels: np.ndarray, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(pixels).save(path, format="PNG")
@@ -123,13 +105,13 @@ def save_grid(panels: list[np.ndarray], titles: list[str], path: str, columns: i
   columns = min(columns, len(panels))
   rows = math.ceil(len(panels) / columns)
   aspect = panels[0].shape[0] / panels[0].shape[1]
-  fig, axes = _figure(rows, columns, (4 * columns, (4 * aspect + 0.8) * rows))
+  fig, axes = figures.new_figure(rows, columns, (4 * columns, (4 * aspect + 0.8) * rows))
   for ax in axes.flat:
     ax.axis("off")
   for ax, panel, title in zip(axes.flat, panels, titles):
     ax.imshow(panel)
     ax.set_title("\n".join(textwrap.wrap(title, 40)[:4]), fontsize=9)
-  _save_figure(fig, path)
+  figures.save_figure(fig, path)
 
 
 def curve_keys(records: list[dict], pattern: str | None = None) -> list[str]:
@@ -150,7 +132,7 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
     raise ValueError("no metric to plot" + (f" matches {pattern!r}" if pattern else ""))
   columns = min(columns, len(keys))
   rows = math.ceil(len(keys) / columns)
-  fig, axes = _figure(rows, columns, (4.5 * columns, 3 * rows))
+  fig, axes = figures.new_figure(rows, columns, (4.5 * columns, 3 * rows))
   for ax in axes.flat[len(keys):]:
     ax.axis("off")
   for ax, key in zip(axes.flat, keys):
@@ -160,7 +142,7 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
     ax.set_title(key, fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  _save_figure(fig, path)
+  figures.save_figure(fig, path)
   return keys
 
 
