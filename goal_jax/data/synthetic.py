@@ -172,27 +172,33 @@ def _object_square(obj: SceneObject, image_size: int) -> tuple[int, int, int]:
   return int(round(cx - side / 2)), int(round(cy - side / 2)), side
 
 
-def _shape_mask(obj: SceneObject, image_size: int) -> np.ndarray:
-  x0, y0, s = _object_square(obj, image_size)
+def draw_shape(shape: str, x0: int, y0: int, side: int, image_size: int, *, square_inset: int,
+               arm: int) -> np.ndarray:
+  """bool `[S, S]`: `shape` drawn in the square at (x0, y0) of `side` px (both versions use it)."""
   canvas = Image.new("L", (image_size, image_size), 0)
   draw = ImageDraw.Draw(canvas)
-  x1, y1, mid_x, mid_y = x0 + s - 1, y0 + s - 1, x0 + s / 2, y0 + s / 2
-  if obj.shape == "circle":
+  x1, y1, mid_x, mid_y = x0 + side - 1, y0 + side - 1, x0 + side / 2, y0 + side / 2
+  if shape == "circle":
     draw.ellipse((x0, y0, x1, y1), fill=1)
-  elif obj.shape == "square":
-    inset = s // 8
-    draw.rectangle((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=1)
-  elif obj.shape == "triangle":
+  elif shape == "square":
+    draw.rectangle((x0 + square_inset, y0 + square_inset, x1 - square_inset, y1 - square_inset),
+                   fill=1)
+  elif shape == "triangle":
     draw.polygon(((mid_x, y0), (x1, y1), (x0, y1)), fill=1)
-  elif obj.shape == "diamond":
+  elif shape == "diamond":
     draw.polygon(((mid_x, y0), (x1, mid_y), (mid_x, y1), (x0, mid_y)), fill=1)
-  elif obj.shape == "cross":
-    arm = max(2, s // 6)
+  elif shape == "cross":
     draw.rectangle((x0, round(mid_y) - arm, x1, round(mid_y) + arm), fill=1)
     draw.rectangle((round(mid_x) - arm, y0, round(mid_x) + arm, y1), fill=1)
   else:
-    raise ValueError(f"unknown shape {obj.shape!r}")
+    raise ValueError(f"unknown shape {shape!r}")
   return np.asarray(canvas, dtype=bool)
+
+
+def _shape_mask(obj: SceneObject, image_size: int) -> np.ndarray:
+  x0, y0, side = _object_square(obj, image_size)
+  return draw_shape(obj.shape, x0, y0, side, image_size, square_inset=side // 8,
+                    arm=max(2, side // 6))
 
 
 def _texture(obj: SceneObject, image_size: int) -> np.ndarray:
@@ -214,22 +220,31 @@ def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
   return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-def render(scene: Scene, image_size: int = IMAGE_SIZE):
-  """Draws a scene; returns (uint8 image `[S, S, 3]`, the tight box of each drawn object)."""
+def paint(image_size: int, background: tuple[int, int, int], noise_seed: int | None, layers):
+  """Background (+-NOISE_AMPLITUDE noise unless `noise_seed` is None), then each layer
+  `(shape mask, texture mask, colour)` in order, the texture in `shade(colour)`.
+
+  Returns (uint8 image `[S, S, 3]`, the tight box (x1, y1, x2, y2) of each layer's mask).
+  """
   image = np.empty((image_size, image_size, 3), dtype=np.int16)
-  image[:] = BACKGROUNDS[scene.background]
-  if scene.noisy:
-    noise_rng = np.random.default_rng(scene.noise_seed)
+  image[:] = background
+  if noise_seed is not None:
+    noise_rng = np.random.default_rng(noise_seed)
     image += noise_rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, image.shape, dtype=np.int16)
   boxes = []
-  for obj in scene.objects:
-    mask = _shape_mask(obj, image_size)
-    colour = np.array(COLOURS[obj.colour], dtype=np.int16)
-    dark = np.array(shade(COLOURS[obj.colour]), dtype=np.int16)
-    texture = _texture(obj, image_size)
-    image[mask] = np.where(texture[mask][:, None], dark, colour)
+  for mask, texture, colour in layers:
+    light, dark = np.array(colour, dtype=np.int16), np.array(shade(colour), dtype=np.int16)
+    image[mask] = np.where(texture[mask][:, None], dark, light)
     boxes.append(_box_of(mask))
   return np.clip(image, 0, 255).astype(np.uint8), boxes
+
+
+def render(scene: Scene, image_size: int = IMAGE_SIZE):
+  """Draws a scene; returns (uint8 image `[S, S, 3]`, the tight box of each drawn object)."""
+  return paint(image_size, BACKGROUNDS[scene.background],
+               scene.noise_seed if scene.noisy else None,
+               ((_shape_mask(o, image_size), _texture(o, image_size), COLOURS[o.colour])
+                for o in scene.objects))
 
 
 def _relation(a: SceneObject, b: SceneObject) -> str:
@@ -252,7 +267,8 @@ def describe(scene: Scene) -> tuple[str, list[str], list[str]]:
   return summary, objects, relations
 
 
-def _union(a, b):
+def union_box(a, b):
+  """The smallest box holding boxes a and b: a relation sentence's local-pair box."""
   return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
@@ -263,7 +279,7 @@ def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> R
   cells = [cell_box(o.cell, image_size) for o in scene.objects]
   pairs = [LocalPair(box=box, sentence=text, score=score)
            for box, text, score in zip(cells, object_sentences, scene.scores)]
-  pairs += [LocalPair(box=_union(cells[i], cells[j]), sentence=text, score=RELATION_SCORE)
+  pairs += [LocalPair(box=union_box(cells[i], cells[j]), sentence=text, score=RELATION_SCORE)
             for (i, j), text in zip(scene.relations, relation_sentences)]
   caption = " ".join([summary, *object_sentences, *relation_sentences])
   return RawExample(id=example_id, image=image, caption=caption, summary=summary,

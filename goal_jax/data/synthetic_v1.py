@@ -43,12 +43,11 @@ the reader is random-access and reproducible without storing anything.
 """
 import dataclasses
 import math
-import re
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from goal_jax.data import synthetic as shared  # drawing code; the digest test guards v1
 from goal_jax.data.records import LocalPair, RawExample
 
 SPLITS = ("train", "test", "test_hard")
@@ -78,24 +77,10 @@ _COUNTS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 
 
-def shade(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-  """The darker second colour of a striped/dotted/checkered texture."""
-  return tuple(c // 3 for c in colour)
+shade = shared.shade
 
 
-@dataclasses.dataclass(frozen=True)
-class SceneObject:
-  """One shape: its four attributes and where it sits (layout cell + jitter in cell units)."""
-  shape: str
-  colour: str
-  size: str
-  texture: str
-  cell: int
-  jitter: tuple[float, float]
-
-  @property
-  def name(self) -> str:
-    return f"{self.colour} {self.shape}"
+SceneObject = shared.SceneObject  # shape, colour, size, texture, cell, jitter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,26 +149,9 @@ def _object_square(obj: SceneObject, image_size: int) -> tuple[int, int, int]:
 
 
 def _shape_mask(obj: SceneObject, image_size: int) -> np.ndarray:
-  x0, y0, s = _object_square(obj, image_size)
-  canvas = Image.new("L", (image_size, image_size), 0)
-  draw = ImageDraw.Draw(canvas)
-  x1, y1, mid_x, mid_y = x0 + s - 1, y0 + s - 1, x0 + s / 2, y0 + s / 2
-  if obj.shape == "circle":
-    draw.ellipse((x0, y0, x1, y1), fill=1)
-  elif obj.shape == "square":
-    inset = s // 10
-    draw.rectangle((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=1)
-  elif obj.shape == "triangle":
-    draw.polygon(((mid_x, y0), (x1, y1), (x0, y1)), fill=1)
-  elif obj.shape == "diamond":
-    draw.polygon(((mid_x, y0), (x1, mid_y), (mid_x, y1), (x0, mid_y)), fill=1)
-  elif obj.shape == "cross":
-    arm = max(1, s // 6)
-    draw.rectangle((x0, round(mid_y) - arm, x1, round(mid_y) + arm), fill=1)
-    draw.rectangle((round(mid_x) - arm, y0, round(mid_x) + arm, y1), fill=1)
-  else:
-    raise ValueError(f"unknown shape {obj.shape!r}")
-  return np.asarray(canvas, dtype=bool)
+  x0, y0, side = _object_square(obj, image_size)
+  return shared.draw_shape(obj.shape, x0, y0, side, image_size, square_inset=side // 10,
+                           arm=max(1, side // 6))
 
 
 def _texture(obj: SceneObject, image_size: int) -> np.ndarray:
@@ -202,27 +170,12 @@ def _texture(obj: SceneObject, image_size: int) -> np.ndarray:
   raise ValueError(f"unknown texture {obj.texture!r}")
 
 
-def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
-  ys, xs = np.nonzero(mask)
-  return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-
-
 def render(scene: Scene, image_size: int = IMAGE_SIZE):
   """Draws a scene; returns (uint8 image `[S, S, 3]`, the box (x1, y1, x2, y2) of each object)."""
-  image = np.empty((image_size, image_size, 3), dtype=np.int16)
-  image[:] = BACKGROUNDS[scene.background]
-  if scene.noisy:
-    noise_rng = np.random.default_rng(scene.noise_seed)
-    image += noise_rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, image.shape, dtype=np.int16)
-  boxes = []
-  for obj in scene.objects:
-    mask = _shape_mask(obj, image_size)
-    colour = np.array(COLOURS[obj.colour], dtype=np.int16)
-    dark = np.array(shade(COLOURS[obj.colour]), dtype=np.int16)
-    texture = _texture(obj, image_size)
-    image[mask] = np.where(texture[mask][:, None], dark, colour)
-    boxes.append(_box_of(mask))
-  return np.clip(image, 0, 255).astype(np.uint8), boxes
+  return shared.paint(image_size, BACKGROUNDS[scene.background],
+                      scene.noise_seed if scene.noisy else None,
+                      ((_shape_mask(o, image_size), _texture(o, image_size), COLOURS[o.colour])
+                       for o in scene.objects))
 
 
 def _place(obj: SceneObject) -> str:
@@ -249,17 +202,13 @@ def describe(scene: Scene) -> tuple[str, list[str], list[str]]:
   return summary, objects, relations
 
 
-def _union(a, b):
-  return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-
-
 def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> RawExample:
   """Renders and captions a scene; local pairs name their sentence by text."""
   image, boxes = render(scene, image_size)
   summary, object_sentences, relation_sentences = describe(scene)
   pairs = [LocalPair(box=box, sentence=text, score=1.0)
            for box, text in zip(boxes, object_sentences)]
-  pairs += [LocalPair(box=_union(boxes[i], boxes[j]), sentence=text, score=0.5)
+  pairs += [LocalPair(box=shared.union_box(boxes[i], boxes[j]), sentence=text, score=0.5)
             for (i, j), text in zip(scene.relations, relation_sentences)]
   caption = " ".join([summary, *object_sentences, *relation_sentences])
   return RawExample(id=example_id, image=image, caption=caption, summary=summary,
@@ -296,15 +245,7 @@ def example_id(split: str, index: int) -> str:
   return f"{split}_{index:06d}"
 
 
-def hard_group_of(record_id: str) -> int:
-  """Group number of a `test_hard` id (raw or prepared, `synthetic/test_hard_g00012_3` -> 12).
-
-  Evaluation can rank each image's caption among its group's 4 captions (chance = 1/4).
-  """
-  match = re.search(r"test_hard_g(\d+)_\d+$", record_id)
-  if match is None:
-    raise ValueError(f"{record_id!r} is not a synthetic test_hard id")
-  return int(match.group(1))
+hard_group_of = shared.hard_group_of  # `synthetic/test_hard_g00012_3` -> 12
 
 
 def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | None = None,
