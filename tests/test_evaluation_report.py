@@ -154,7 +154,14 @@ def test_markdown_hard_groups_row_marks_attributes_a_run_lacks():
   values = metrics.hard_group_scores(image, image, np.repeat([0, 1], 4))  # ids without attributes
   results = {within.name: report.benchmark_result(within, values, num_images=8, num_texts=8)}
   lines = report.markdown_table(report.results_document(synthetic, results)).splitlines()
-  assert lines[0] == ("| Benchmark | GROUP t2i_acc | GROUP i2t_acc | GROUP acc | 2AFC colour "
-                      "| 2AFC shape | 2AFC size | 2AFC texture | 2AFC binding |")
+  assert lines[0] == ("| Benchmark | within-group T2I | within-group I2T | within-group mean "
+                      "| 2AFC colour | 2AFC shape | 2AFC size | 2AFC texture | 2AFC binding |")
   missing = f" | {report.MISSING}" * 5  # one per attribute column
   assert lines[2] == f"| Synthetic hard: within group | 100.00 | 100.00 | 100.00{missing} |"
+
+
+def test_column_labels_name_the_within_group_metrics_apart_from_recall():
+  assert [report.column_label(k) for k in ("t2i_R@1", "group_t2i_acc", "group_i2t_acc",
+                                           "group_acc", "2afc_binding", "top5")] == [
+      "T2I R@1", "within-group T2I", "within-group I2T", "within-group mean", "2AFC binding",
+      "Top-5"]

@@ -80,10 +80,17 @@ def read_results(path):
   return document
 
 
+_GROUP_LABELS = {"group_t2i_acc": "within-group T2I", "group_i2t_acc": "within-group I2T",
+                 "group_acc": "within-group mean"}
+
+
 def column_label(key):
-  """'t2i_R@1' -> 'T2I R@1', 'i2t_mAP@10' -> 'I2T mAP@10', 'top1' -> 'Top-1'."""
+  """'t2i_R@1' -> 'T2I R@1', 'i2t_mAP@10' -> 'I2T mAP@10', 'top1' -> 'Top-1',
+  'group_acc' -> 'within-group mean', '2afc_shape' -> '2AFC shape'."""
   if key.startswith("top") and key[3:].isdigit():
     return f"Top-{key[3:]}"
+  if key in _GROUP_LABELS:
+    return _GROUP_LABELS[key]
   direction, _, metric = key.partition("_")
   return f"{direction.upper()} {metric}" if metric else key
 
