@@ -9,7 +9,6 @@ import ml_collections
 from ml_collections import config_dict
 
 from goal_jax import config_utils
-from goal_jax import demo
 from goal_jax.data import pipeline
 from goal_jax.training import optimizer
 
@@ -86,8 +85,8 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
 def demo_overrides(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
   """Tiny model, embedded synthetic data, a learning rate for a short run from a weak start."""
   config.demo_data = ml_collections.ConfigDict(dict(
-      seed=args.data_seed,                  # `prepare synthetic --seed`: another draw
-      pretrain_steps=demo.PRETRAIN_STEPS))  # of the cached start (fewer: smoke runs)
+      seed=args.data_seed,  # `prepare synthetic --seed`: another draw
+      pretrain_steps=0))    # of the cached start; 0: goal_jax.demo's (fewer: smoke runs)
   config.model.variant = "demo"
   config.model.dtype = "float32"  # CPUs gain nothing from bf16
   config.input.dataset = "synthetic"

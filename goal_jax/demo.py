@@ -94,7 +94,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str,
   """
   demo_data = config.get("demo_data") or {}
   seed = demo_data.get("seed", 0)
-  pretrain_steps = pretrain_steps or demo_data.get("pretrain_steps", PRETRAIN_STEPS)
+  pretrain_steps = pretrain_steps or demo_data.get("pretrain_steps") or PRETRAIN_STEPS
   data_dir = data_dir_of(seed)
   ensure_synthetic(data_dir, seed)
   config.input.data_dir = config.input.data_dir or data_dir
