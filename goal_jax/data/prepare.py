@@ -54,7 +54,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
   if splits is None:
     splits = []
     for split in reader.available_splits(manual_dir):
-      (splits if _has_items(reader, manual_dir, split) else dropped).append(split)
+      (splits if _has_items(reader, manual_dir, split, generator) else dropped).append(split)
     if not splits:
       raise ValueError(f"{name}: no split has any entry in {manual_dir}")
   else:
@@ -92,8 +92,8 @@ def _generator_options(name, reader, **given) -> dict[str, Any]:
   return {**reader.generator, **given}
 
 
-def _has_items(reader, manual_dir, split) -> bool:
-  items = reader.read(manual_dir, split, **(reader.generator or {}))
+def _has_items(reader, manual_dir, split, generator) -> bool:
+  items = reader.read(manual_dir, split, **generator)
   try:
     return next(iter(items), None) is not None
   finally:
