@@ -105,11 +105,12 @@ def _image_attention(config, params, images):
   return clip.CLIP(config).apply({"params": params}, images, True, method="encode_image")
 
 
-def _assert_outputs_close(a, b, atol):
+def _assert_outputs_close(a, b, atol, rtol=1e-7):
   for got, want in zip(a, b):
     for key in want:
       np.testing.assert_allclose(np.asarray(got[key], np.float32),
-                                 np.asarray(want[key], np.float32), atol=atol, err_msg=key)
+                                 np.asarray(want[key], np.float32), atol=atol, rtol=rtol,
+                                 err_msg=key)
 
 
 def test_scan_equals_loop(tiny):
@@ -213,4 +214,6 @@ def test_cudnn_attention_matches_xla():
   params = clip.init_params(config, jax.random.key(0))
   images, ids = refs.random_inputs(4, config.image_size, config.context_length, seed=2)
   cudnn = _forward(dataclasses.replace(config, attention="cudnn"), params, images, ids)
-  _assert_outputs_close(cudnn, _forward(config, params, images, ids), atol=2e-2)
+  # Two bf16 ULPs (2 * 2**-7 relative): on an H200 the fused kernel's different summation order
+  # moved 1.7 % of token outputs near |2.5| by 0.031, two ULPs there, beyond any fixed atol.
+  _assert_outputs_close(cudnn, _forward(config, params, images, ids), atol=2e-2, rtol=1.6e-2)
