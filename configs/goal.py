@@ -1,13 +1,15 @@
 r"""GOAL (Choi et al., CVPR 2025): global + local InfoNCE + Token Similarity Learning.
 
   python -m goal_jax.train --config=configs/goal.py:demo --workdir=/tmp/goal_demo
-  python -m goal_jax.train --config=configs/goal.py:init=/ckpt/clip_b16,dataset=docci \
+  python -m goal_jax.train --config=configs/goal.py:init=/ckpt/clip_b16,dataset=docci_lism \
       --workdir=/runs/goal_b16_docci
 
 Recipe (research/goal.md §3): AdamW (0.9, 0.999, 1e-8), lr 5e-6 cosine to 0 with no warmup, weight
 decay 0.05 on every parameter, batch 16, 10 epochs, 224 px, 248 tokens (one trainable stretched
 table), loss 1·global + 0.5·local + 1·TSL_image + 1·TSL_text, logit scale learnable and unclamped.
-Local pairs come from LISM (`python -m goal_jax.lism`) or the dataset; one per image (the best).
+Local pairs come from LISM (`python -m goal_jax.lism --dataset=docci ...` writes `docci_lism`) or
+the dataset; one per image (the best). A dataset without any is refused (plain `docci` would train
+global-only); `local_pair_share` in the metrics is the share of batch rows that had one.
 Cost: DOCCI (9,647 images) is ~6.0k steps; the official code takes ~1 h on one RTX 4090 for B/16.
 
 Ablations (GOAL Table 1) are weight overrides:

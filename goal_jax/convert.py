@@ -23,6 +23,9 @@ def parse_args(argv):
   parser.add_argument("--text_context", type=int, default=None,
                       help="stretch the text position table to this many rows (e.g. 248)")
   parser.add_argument("--scan", action="store_true", help="stack layers for nn.scan")
+  parser.add_argument("--variant", default=None,
+                      help="what the file should be (e.g. B/16, L/14): files without a config "
+                      "are then checked for a lost last layer or another architecture")
   parser.add_argument("--vision_heads", type=int, default=None)
   parser.add_argument("--text_heads", type=int, default=None)
   parser.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
@@ -33,7 +36,7 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   params, config = convert_lib.convert(
-      args.source, text_context=args.text_context, scan=args.scan,
+      args.source, text_context=args.text_context, scan=args.scan, variant=args.variant,
       vision_heads=args.vision_heads, text_heads=args.text_heads, activation=args.activation)
   checkpoint.save_model(args.out, params, config)
   print(f"wrote {args.out}: {config}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 
 from absl import logging
 import ml_collections
@@ -55,6 +54,7 @@ def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collection
   """Global InfoNCE on short captions at 32 tokens, from random weights."""
   from configs import global_ft  # noqa: PLC0415 - configs import goal_jax, not the reverse
   config = global_ft.get_config("demo")
+  config.model_init = loop.RANDOM_INIT
   config.model.text_context = PRETRAIN_CONTEXT
   config.input.data_dir = data_dir
   config.input.caption_sentences = SHORT_CAPTION_SENTENCES
@@ -67,8 +67,11 @@ def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collection
   return config
 
 
-def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str:
-  """The pretrained tiny CLIP, trained once and cached under a hash of its config."""
+def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str | None:
+  """The pretrained tiny CLIP, trained once and cached under a hash of its config.
+
+  None when the pretraining was stopped by a termination signal (it resumes on the next call).
+  """
   config = pretrain_config(data_dir, steps)
   key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
   path = os.path.join(cache_dir(), "pretrained", key.hexdigest()[:12])
@@ -78,8 +81,8 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str:
   logging.info("Pretraining the demo's tiny CLIP on short captions into %s", path)
   print(f"[demo] pretraining a tiny CLIP on short captions (cached in {path})", flush=True)
   workdir = path + ".tmp"
-  shutil.rmtree(workdir, ignore_errors=True)
-  loop.run(config, workdir)
+  if loop.run(config, workdir)["preempted"]:
+    return None
   os.replace(workdir, path)
   return model_dir
 
@@ -98,8 +101,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str,
   data_dir = data_dir_of(seed)
   ensure_synthetic(data_dir, seed)
   config.input.data_dir = config.input.data_dir or data_dir
-  config.model_init = config.model_init or ensure_pretrained(config.input.data_dir,
-                                                            pretrain_steps)
+  if not config.model_init:
+    config.model_init = ensure_pretrained(config.input.data_dir, pretrain_steps)
+    if config.model_init is None:
+      return {"preempted": True, "step": 0}
   config.model.text_context = FINETUNE_CONTEXT
   print(f"[demo] fine-tuning with {config.method!r} in {workdir}", flush=True)
   return loop.run(config, workdir)

@@ -36,6 +36,15 @@ def _check_method(method: str) -> None:
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
+def needs_local_pairs(method: str, loss_config: ml_collections.ConfigDict) -> bool:
+  """Whether the method's weighted terms read local pairs (GOAL's local and TSL terms)."""
+  _check_method(method)
+  if method != "goal":
+    return False
+  weights = contrastive.resolve_weights(goal_loss.GOAL_WEIGHTS, _weights(loss_config))
+  return any(weights[k] for k in goal_loss.LOCAL_TERMS)
+
+
 def init_extra_params(method: str, loss_config: ml_collections.ConfigDict,
                       model_config: clip.CLIPConfig, rng: jax.Array) -> dict:
   """Params of the method's own modules (not CLIP's): MulCLIP's two calibration modules."""
@@ -83,7 +92,7 @@ def _goal(params, batch, *, model, loss_config, mesh):
   encode_image, encode_text, heads = _encoders(model, params["clip"])
   weights = contrastive.resolve_weights(goal_loss.GOAL_WEIGHTS, _weights(loss_config))
   size = batch["image"].shape[0]
-  needs_local = any(weights[k] for k in ("local", "tsl_image", "tsl_text"))
+  needs_local = any(weights[k] for k in goal_loss.LOCAL_TERMS)
   if needs_local:  # One forward per tower over [global; local].
     images = encode_image(jnp.concatenate([batch["image"], batch["local_image"]]))
     texts = encode_text(jnp.concatenate([batch["text"], batch["local_text"]]))

@@ -13,7 +13,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from goal_jax import distributed
+from goal_jax.training import checkpointing
 from goal_jax.training import loop
+from goal_jax.training import metrics
+from goal_jax.training import preemption
+from goal_jax.training import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).",
                                           lock_config=True)
@@ -27,16 +31,28 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
   distributed.initialize()  # several processes (TPU pod, GPU cluster): before any JAX use
-  config = _CONFIG.value
   try:
-    if config.get("demo"):
-      from goal_jax import demo  # noqa: PLC0415 - only the demo needs its data and cache logic
-      demo.run_demo(config, _WORKDIR.value)
-    else:
-      loop.run(config, _WORKDIR.value)
-  except loop.SetupError as e:
+    # From here on SIGTERM stops cleanly (exit 0), also during start-up and data preparation.
+    with preemption.PreemptionGuard():
+      result = _train(_CONFIG.value, workdir)
+  except (loop.SetupError, workdir_lock.WorkdirBusyError, metrics.NonFiniteError,
+          checkpointing.CheckpointError) as e:
     raise SystemExit(f"error: {e}") from None
+  except loop.EvaluationError as e:
+    raise SystemExit(f"error: {e}. The trained model is saved in {workdir}/model; evaluate it "
+                     f"with: python -m goal_jax.evaluate --checkpoint={workdir}/model") from None
+  if result.get("preempted"):
+    print(f"Stopped by a termination signal at step {result['step']}; rerun the same command "
+          "to resume.", flush=True)
+
+
+def _train(config, workdir: str) -> dict:
+  if config.get("demo"):
+    from goal_jax import demo  # noqa: PLC0415 - only the demo needs its data and cache logic
+    return demo.run_demo(config, workdir)
+  return loop.run(config, workdir)
 
 
 if __name__ == "__main__":

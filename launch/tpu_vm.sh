@@ -6,7 +6,7 @@
 # Data and workdir must be on GCS so all workers share them.
 #
 #   launch/tpu_vm.sh --name=goal-v4 --zone=us-central2-b --accelerator=v4-32 -- \
-#     --config=configs/goal.py:init=gs://bkt/ckpt/clip_b16,dataset=docci,batch=256 \
+#     --config=configs/goal.py:init=gs://bkt/ckpt/clip_b16,dataset=docci_lism,batch=256 \
 #     --config.input.data_dir=gs://bkt/tfds --workdir=gs://bkt/runs/goal_b16
 #
 # Options:

@@ -283,3 +283,220 @@ def test_ordered_map_keeps_order_bounds_the_window_and_defers_errors(workers):
       results.append(str(e))
   assert results == [i * i if i != 4 else "task 4 failed" for i in range(20)]
   assert sorted(started) == list(range(20))
+
+
+# --- re-preparing: the earlier shards survive a failure, other splits are kept -----------------
+
+
+def _snapshot(data_dir):
+  """Every file under `data_dir` with its bytes: the reference for "left as it was"."""
+  return {p.relative_to(data_dir).as_posix(): p.read_bytes()
+          for p in sorted(pathlib.Path(data_dir).rglob("*")) if p.is_file()}
+
+
+def _stored_short_side(data_dir, split):
+  record = builder.decode_record(builder.load_source("docci", split, data_dir)[0])
+  return min(Image.open(io.BytesIO(record["image"])).size)
+
+
+def test_failed_reprepare_leaves_the_earlier_shards_byte_identical(tmp_path):
+  root, out = tmp_path / "raw", tmp_path / "out"
+  entries = photos.write_raw_layout("docci", root, short_side=64)
+  first = prepare.prepare("docci", out, root, image_short_side=SHORT_SIDE, num_workers=1,
+                          verbose=False)
+  assert list(first["splits"]) == ["train", "test", "test_qual", "qual_dev", "qual_test"]
+  before = _snapshot(out)
+  _truncate_image(root, None)  # train_00001.jpg: a corrupt image, and no --skip_bad
+  with pytest.raises(records.BadRecordError, match="train_00001") as info:
+    prepare.prepare("docci", out, root, image_short_side=SHORT_SIDE, num_workers=1,
+                    verbose=False)
+  assert info.value.reason == records.CORRUPT_IMAGE
+  if sys.version_info >= (3, 11):
+    assert any("--skip_bad" in note for note in info.value.__notes__)
+  assert _snapshot(out) == before  # same files, same bytes; the staging folder is gone
+  assert [p.name for p in (out / "docci").iterdir()] == ["1.0.0"]
+  for split in first["splits"]:
+    source = builder.load_source("docci", split, out)
+    assert [builder.decode_record(source[i])["id"] for i in range(len(source))] == [
+        f"docci/{e.id}" for e in entries if split in e.splits]
+
+
+def test_failed_first_prepare_leaves_nothing(tmp_path):
+  root, out = tmp_path / "raw", tmp_path / "out"
+  photos.write_raw_layout("urban1k", root, short_side=64)
+  (root / "Urban1k" / "image" / "3.jpg").write_bytes(b"not an image")
+  with pytest.raises(records.BadRecordError, match="'3'"):
+    prepare.prepare("urban1k", out, root, image_short_side=SHORT_SIDE, verbose=False)
+  assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("atomic_exchange", [True, False])
+def test_reprepare_of_one_split_keeps_the_others(tmp_path, monkeypatch, atomic_exchange):
+  if not atomic_exchange:  # a filesystem without renameat2: two renames
+    monkeypatch.setattr(builder, "_exchange", lambda a, b: False)
+  root, out = tmp_path / "raw", tmp_path / "out"
+  entries = photos.write_raw_layout("docci", root, short_side=64)
+  prepare.prepare("docci", out, root, image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  before = _snapshot(out / "docci" / "1.0.0")
+  path = root / "docci_descriptions.jsonlines"
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  new_caption = "A brand new caption. It has two sentences."
+  next(x for x in lines if x["example_id"] == "test_00000")["description"] = new_caption
+  _write_lines(path, lines)
+
+  result = prepare.prepare("docci", out, root, splits=["test"], image_short_side=40,
+                           num_workers=1, verbose=False)
+  others = ["train", "test_qual", "qual_dev", "qual_test"]
+  assert list(result["splits"]) == ["test"] and result["kept_splits"] == others
+  assert result["kept_with_other_options"] == {s: {"image_short_side": [SHORT_SIDE, 40]}
+                                              for s in others}
+  after = _snapshot(out / "docci" / "1.0.0")
+  for split in others:  # the kept shards and id lists are the very same bytes
+    for name in before:
+      if name.startswith(f"docci-{split}."):
+        assert after[name] == before[name], name
+  assert not list(out.glob("docci/.preparing-*"))
+  for split in others:
+    source = builder.load_source("docci", split, out)
+    expected = [e for e in entries if split in e.splits]
+    assert len(source) == len(expected)
+    for index, entry in enumerate(expected):
+      _check_record(builder.decode_record(source[index]), "docci", entry)
+  test = builder.load_source("docci", "test", out)
+  assert builder.decode_record(test[0])["caption"] == new_caption
+  assert builder.decode_record(test[1])["id"] == "docci/test_00001"
+  assert _stored_short_side(out, "test") == 40 and _stored_short_side(out, "train") == SHORT_SIDE
+  metadata = builder.prepared_metadata("docci", out)
+  assert set(metadata["reports"]) == {"test", *others}
+  assert metadata["split_options"]["train"]["options"]["image_short_side"] == SHORT_SIDE
+  assert metadata["split_options"]["test"]["options"]["image_short_side"] == 40
+  text = prepare.format_summary(result)
+  assert "kept from the earlier preparation (not prepared again): train, test_qual" in text
+  assert "image_short_side 48 (now 40)" in text
+
+
+# --- text that is not UTF-8, bare carriage returns ---------------------------------------------
+
+
+def _chelsea_not_utf8(root):
+  """Writes a Latin-1 byte into every raw file holding the `chelsea` caption; returns them."""
+  changed = []
+  for path in sorted(p for p in root.rglob("*") if p.suffix in (".json", ".jsonlines", ".txt")):
+    data = path.read_bytes()
+    if b"tabby cat" in data:
+      path.write_bytes(data.replace(b"tabby cat", b"tabb\xe9 cat"))
+      changed.append(path.name)
+  return changed
+
+
+@pytest.mark.parametrize("format_name", photos.FORMATS)
+def test_caption_not_utf8_is_a_named_bad_record(tmp_path, format_name):
+  root = tmp_path / "raw"
+  entries = photos.write_raw_layout(format_name, root, short_side=64)
+  chelsea = next(e for e in entries if e.photo.name == "chelsea")
+  split = chelsea.splits[0]
+  changed = _chelsea_not_utf8(root)
+  assert changed
+  kwargs = dict(splits=[split], image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  with pytest.raises(records.BadRecordError) as info:
+    prepare.prepare(DATASET[format_name], tmp_path / "out", root, **kwargs)
+  error = info.value
+  assert error.reason == records.NOT_UTF8 and error.record_id == chelsea.id
+  assert any(name in error.file for name in changed), (error.file, changed)
+  assert "\\xe9" in str(error) and "tabb\\xe9 cat" in str(error)
+  summary = prepare.prepare(DATASET[format_name], tmp_path / "out", root, skip_bad=True,
+                            **kwargs)
+  counts = summary["splits"][split]
+  assert counts["skipped"] == {records.NOT_UTF8: 1}
+  assert counts["written"] == sum(split in e.splits for e in entries) - 1
+
+
+def test_bare_carriage_return_keeps_the_whole_caption(tmp_path):
+  root = tmp_path / "raw"
+  photos.write_raw_layout("urban1k", root, short_side=64)
+  (root / "Urban1k" / "caption" / "1.txt").write_bytes(
+      b"A red door.\rIt has a brass knob.\r\nA second line that readers must ignore.\r\n")
+  prepare.prepare("urban1k", tmp_path / "out", root, image_short_side=SHORT_SIDE, verbose=False)
+  record = builder.decode_record(builder.load_source("urban1k", "test", tmp_path / "out")[0])
+  assert record["caption"] == "A red door. It has a brass knob."
+  assert [record["caption"][s:e] for s, e in zip(record["sentence_starts"],
+                                                 record["sentence_ends"])] == [
+      "A red door.", "It has a brass knob."]
+
+
+# --- image paths that leave the manual dir ------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_file", ["ABSOLUTE", "../outside.jpg", "sub/../../outside.jpg"])
+def test_image_path_outside_the_manual_dir_is_refused(tmp_path, image_file):
+  root, path, lines = _docci(tmp_path)
+  outside = tmp_path / "outside.jpg"  # a good image: reading it would succeed
+  outside.write_bytes((root / "images" / "train_00001.jpg").read_bytes())
+  image_file = str(outside) if image_file == "ABSOLUTE" else image_file
+  lines[1]["image_file"] = image_file
+  _write_lines(path, lines)
+  kwargs = dict(splits=["train"], image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  with pytest.raises(records.BadRecordError) as info:
+    prepare.prepare("docci", tmp_path / "out", root, **kwargs)
+  error = info.value
+  assert error.reason == records.PATH_OUTSIDE_DATASET and error.record_id == "train_00001"
+  assert error.file.endswith("docci_descriptions.jsonlines:2")
+  assert image_file in str(error) and "--skip_bad" in str(error)
+  summary = prepare.prepare("docci", tmp_path / "out", root, skip_bad=True, **kwargs)
+  assert summary["splits"]["train"]["skipped"] == {records.PATH_OUTSIDE_DATASET: 1}
+  assert summary["splits"]["train"]["written"] == 3
+  ids = [builder.decode_record(r)["id"] for r in builder.load_source("docci", "train",
+                                                                     tmp_path / "out")]
+  assert ids == ["docci/train_00000", "docci/train_00002", "docci/train_00003"]
+
+
+# --- the same image id in two splits ------------------------------------------------------------
+
+
+def test_image_id_in_two_splits_is_a_warning(tmp_path):
+  root, path, lines = _docci(tmp_path)
+  test_line = next(x for x in lines if x["example_id"] == "test_00001")
+  test_line["example_id"] = "train_00002"  # the same id in train and test
+  _write_lines(path, lines)
+  out = tmp_path / "out"
+  kwargs = dict(image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  result = prepare.prepare("docci", out, root, **kwargs)
+  # test_qual holds test by design: only its overlap with train counts.
+  assert result["shared_ids"] == {"count": 1, "pairs": {"train/test": 1, "train/test_qual": 1},
+                                  "examples": ["docci/train_00002"], "unchecked": []}
+  assert ("  warning: 1 image ids appear in more than one split (train/test: 1, "
+          "train/test_qual: 1), e.g. docci/train_00002") in prepare.format_summary(result)
+  # Preparing test alone compares it with the splits kept on disk (their id lists).
+  again = prepare.prepare("docci", out, root, splits=["test"], **kwargs)
+  assert again["shared_ids"]["pairs"] == {"train/test": 1, "train/test_qual": 1}
+  (out / "docci" / "1.0.0" / "docci-train.ids.json").unlink()  # as if prepared before id lists
+  third = prepare.prepare("docci", out, root, splits=["test"], **kwargs)
+  assert third["shared_ids"] == {"count": 0, "pairs": {}, "examples": [], "unchecked": ["train"]}
+  assert "not checked for shared ids (no id list" in prepare.format_summary(third)
+
+
+def test_no_shared_ids_no_warning(tmp_path):
+  photos.write_raw_layout("dci", tmp_path / "raw", short_side=64)
+  result = prepare.prepare("dci", tmp_path / "out", tmp_path / "raw",
+                           image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  assert set(result["splits"]) == {"train", "valid", "test", "goal_test", "full"}
+  # goal_test (photos 2, 5, 8) lies in DCI's train and test: GOAL's list is not DCI's split.
+  assert result["shared_ids"]["pairs"] == {"train/goal_test": 2, "test/goal_test": 1}
+  result = prepare.prepare("dci", tmp_path / "out", tmp_path / "raw", splits=["train", "test"],
+                           image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  assert result["shared_ids"]["count"] == 3  # against goal_test, kept on disk
+
+
+def test_earlier_split_with_other_features_is_not_kept(tmp_path):
+  root, out = tmp_path / "raw", tmp_path / "out"
+  photos.write_raw_layout("docci", root, short_side=64)
+  kwargs = dict(image_short_side=SHORT_SIDE, num_workers=1, verbose=False)
+  prepare.prepare("docci", out, root, splits=["train", "test"], **kwargs)
+  features = out / "docci" / "1.0.0" / "features.json"
+  features.write_text(features.read_text().replace('"caption"', '"old_caption"'))
+  result = prepare.prepare("docci", out, root, splits=["test"], **kwargs)
+  assert result["kept_splits"] == [] and list(result["discarded_splits"]) == ["train"]
+  assert "warning: earlier split train was removed" in prepare.format_summary(result)
+  assert len(builder.load_source("docci", "test", out)) == 3
+  with pytest.raises(ValueError, match="no prepared split 'train'"):
+    builder.load_source("docci", "train", out)

@@ -149,3 +149,123 @@ def test_missing_manual_files_are_named(tmp_path):
     list(READERS["goal_json"].read(tmp_path, "dci_train"))
   with pytest.raises(ValueError, match="manual_dir"):
     list(READERS["urban1k"].read(None, "test"))
+
+
+# --- text files: bare carriage returns, line ends, BOM -----------------------------------------
+
+
+def test_bare_carriage_return_stays_in_the_caption(tmp_path):
+  photos.write_raw_layout("urban1k", tmp_path / "u", short_side=64)
+  captions = tmp_path / "u" / "Urban1k" / "caption"
+  (captions / "1.txt").write_bytes(b"A red door.\rIt has a knob.\r\nIgnored line.\r\n")
+  (captions / "2.txt").write_bytes(b"\xef\xbb\xbfWindows text.\r\nIgnored line.\r\n")
+  got = list(READERS["urban1k"].read(tmp_path / "u", "test"))
+  assert [x.caption for x in got[:2]] == ["A red door.\rIt has a knob.", "Windows text."]
+
+  photos.write_raw_layout("docci", tmp_path / "d", short_side=64)
+  path = tmp_path / "d" / "docci_descriptions.jsonlines"
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  first = json.dumps(lines[0]).replace(lines[0]["description"], "A red door.\rIt has a knob.")
+  assert "\r" in first  # a raw control character inside the JSON string
+  path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join([first] + [json.dumps(x) for x in lines[1:]])
+                   .encode() + b"\r\n")
+  got = list(READERS["docci"].read(tmp_path / "d", "train"))
+  assert all(isinstance(x, records.RawExample) for x in got)
+  assert [x.caption for x in got] == ["A red door.\rIt has a knob."] + [
+      x["description"] for x in lines[1:4]]
+  assert got[1].origin.endswith("docci_descriptions.jsonlines:2")  # lines counted at \n
+
+  photos.write_raw_layout("sharegpt4v", tmp_path / "s", short_side=64)
+  path = tmp_path / "s" / "share-captioner_coco_lcs_sam_1246k_1107.json"
+  items = json.loads(path.read_text())
+  items[0]["conversations"][1]["value"] = "RAWCR"
+  path.write_text(json.dumps(items).replace("RAWCR", "A red door.\rIt has a knob."))
+  assert next(iter(READERS["sharegpt4v"].read(tmp_path / "s", "test"))).caption == (
+      "A red door.\rIt has a knob.")
+
+
+def test_not_utf8_text_reaches_make_record_as_escaped_bytes(tmp_path):
+  photos.write_raw_layout("urban1k", tmp_path, short_side=64)
+  (tmp_path / "Urban1k" / "caption" / "1.txt").write_bytes(b"Caf\xe9 door.\n")
+  example = next(iter(READERS["urban1k"].read(tmp_path, "test")))
+  assert example.caption == "Caf\udce9 door."  # no UnicodeDecodeError while reading
+  with pytest.raises(records.BadRecordError) as info:
+    records.make_record(example, dataset="urban1k")
+  assert info.value.reason == records.NOT_UTF8 and info.value.record_id == "1"
+  assert info.value.file.endswith("1.txt") and "\\xe9 near 'Caf\\xe9 door.'" in str(info.value)
+
+
+# --- file names that would leave the manual dir ------------------------------------------------
+
+
+def _outside_docci(root):
+  path = root / "docci_descriptions.jsonlines"
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  lines[1]["image_file"] = str(root.parent / "outside.jpg")
+  path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+  return "train", "train_00001", "docci_descriptions.jsonlines:2"
+
+
+def _outside_sharegpt4v(root):
+  path = root / "share-captioner_coco_lcs_sam_1246k_1107.json"
+  items = json.loads(path.read_text())
+  items[1]["image"] = "../outside.jpg"
+  path.write_text(json.dumps(items))
+  return "test", items[1]["id"], "share-captioner_coco_lcs_sam_1246k_1107.json[1]"
+
+
+def _outside_coco(root):
+  path = root / "dataset_coco.json"
+  data = json.loads(path.read_text())
+  data["images"][1]["filepath"] = "val2014/../.."
+  data["images"][1]["filename"] = "outside.jpg"
+  path.write_text(json.dumps(data))
+  return "test", "391896", "dataset_coco.json[images][1]"
+
+
+def _outside_dci(root):
+  path = root / "densely_captioned_images" / "splits.json"
+  splits = json.loads(path.read_text())
+  splits["train"][1] = "../../outside.json"
+  path.write_text(json.dumps(splits))
+  return "train", "outside", "splits.json[train][1]"
+
+
+@pytest.mark.parametrize("format_name, mutate", [
+    ("docci", _outside_docci), ("sharegpt4v", _outside_sharegpt4v),
+    ("coco_karpathy", _outside_coco), ("dci", _outside_dci)])
+def test_paths_leaving_the_manual_dir_are_bad_records(tmp_path, format_name, mutate):
+  root = tmp_path / "raw"
+  entries = photos.write_raw_layout(format_name, root, short_side=64)
+  (tmp_path / "outside.jpg").write_bytes(b"must never be read")
+  (tmp_path / "outside.json").write_text("{}")
+  split, record_id, origin = mutate(root)
+  got = list(READERS[FORMAT_TO_DATASET[format_name]].read(root, split))
+  bad = [x for x in got if isinstance(x, records.BadRecord)]
+  assert len(bad) == 1 and got[1] is bad[0]
+  assert bad[0].reason == records.PATH_OUTSIDE_DATASET and bad[0].id == record_id
+  assert bad[0].origin.endswith(origin) and "leaves the dataset folder" in bad[0].detail
+  expected = [e.id for e in entries if split in e.splits]
+  assert [x.id for x in got] == expected[:1] + [record_id] + expected[2:]
+  assert all(pathlib.Path(x.image).is_relative_to(root) for x in got[:1] + got[2:])
+
+
+def test_inside_refuses_absolute_and_parent_paths(tmp_path):
+  assert common.inside(tmp_path, "a/b.jpg", "image") == tmp_path / "a" / "b.jpg"
+  assert common.inside(tmp_path, "./b.jpg", "image") == tmp_path / "b.jpg"
+  for recorded in ("/etc/passwd", "../b.jpg", "a/../../b.jpg", "..\\b.jpg", "C:\\b.jpg", "C:b.jpg",
+                   "\\\\host\\share\\b.jpg"):
+    with pytest.raises(common.FieldError) as info:
+      common.inside(tmp_path, recorded, "image", "r1")
+    assert info.value.reason == records.PATH_OUTSIDE_DATASET and info.value.record_id == "r1"
+  with pytest.raises(common.FieldError) as info:
+    common.inside(tmp_path, "", "image")
+  assert info.value.reason == records.WRONG_FIELD_TYPE
+
+
+def test_remap_path_never_leaves_root(tmp_path):
+  root = tmp_path / "root"
+  (root / "photos").mkdir(parents=True)
+  (tmp_path / "secret.jpg").write_bytes(b"x")  # exists right above root
+  assert common.remap_path("../secret.jpg", root) == root / "secret.jpg"
+  assert common.remap_path(str(tmp_path / "secret.jpg"), root) == root / "secret.jpg"

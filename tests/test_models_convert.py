@@ -1,6 +1,9 @@
 """Checkpoint conversion: OpenAI / Long-CLIP / open_clip / HF layouts against PyTorch references."""
 import functools
+import json
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -242,3 +245,103 @@ def test_bad_sources_and_files(tmp_path, openai_model):
   torch.save([torch.zeros(2)], tmp_path / "list.pt")
   with pytest.raises(ValueError, match="list.pt: expected a state dict, found a list"):
     convert.convert(f"openai:{tmp_path / 'list.pt'}")
+
+
+# --- Layer counts: inferred from the weights, checked against what the source states.
+
+def _without(state, prefix):
+  kept = {k: v for k, v in state.items() if not k.startswith(prefix)}
+  assert len(kept) < len(state)
+  return kept
+
+
+def _hf_copy(hf_dir, tmp_path, edit_config=None, drop=None):
+  """A copy of the HF fixture with config.json edited and/or weights under `drop` removed."""
+  from safetensors.numpy import load_file, save_file as save_numpy
+  out = tmp_path / "hf_copy"
+  shutil.copytree(hf_dir, out)
+  if edit_config:
+    config = json.loads((out / "config.json").read_text())
+    edit_config(config)
+    (out / "config.json").write_text(json.dumps(config))
+  if drop:
+    state = load_file(str(out / "model.safetensors"))
+    save_numpy(_without(state, drop), str(out / "model.safetensors"))
+  return out
+
+
+def test_missing_last_text_layer_is_an_error(tmp_path, openai_model, hf_dir):
+  state = _state(openai_model)  # 2 text layers
+  # The complete file matches its variant.
+  assert _convert_state(tmp_path, state, variant="tiny/8")[1] == clip.get_model_config("tiny/8")
+  # An OpenAI file states no layer count; the named variant does.
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'bad.pt'}: text layer 1 of 2 has no weights (transformer.resblocks.1.*); "
+      "variant 'tiny/8' has text_layers=2. Fix: ")):
+    _convert_state(tmp_path, _without(state, "transformer.resblocks.1."), variant="tiny/8")
+  with pytest.raises(ValueError, match=r"bad.pt: the weights give embed_dim=32 but variant 'demo' "
+                     r"has embed_dim=64; .* Fix: use the config \(or variant\)"):
+    _convert_state(tmp_path, state, variant="demo")  # another model, not a cut one
+  # An HF directory states it in config.json.
+  bad = _hf_copy(hf_dir, tmp_path, drop="text_model.encoder.layers.1.")
+  with pytest.raises(ValueError, match=re.escape(
+      f"{bad / 'model.safetensors'}: text layer 1 of 2 has no weights "
+      f"(text_model.encoder.layers.1.*); {bad / 'config.json'} says "
+      "text_config.num_hidden_layers=2. Fix: the weights and config.json disagree")):
+    convert.convert(f"hf:{bad}")
+
+
+def test_hf_config_must_match_the_weights(tmp_path, hf_dir):
+  def set_text(key, value):
+    return lambda config: config["text_config"].__setitem__(key, value)
+
+  more = _hf_copy(hf_dir, tmp_path / "more", set_text("num_hidden_layers", 3))
+  with pytest.raises(ValueError, match=re.escape(
+      "text layer 2 of 3 has no weights (text_model.encoder.layers.2.*); "
+      f"{more / 'config.json'} says text_config.num_hidden_layers=3")):
+    convert.convert(f"hf:{more}")
+  fewer = _hf_copy(hf_dir, tmp_path / "fewer", set_text("num_hidden_layers", 1))
+  with pytest.raises(ValueError, match=re.escape(
+      "text layer 1 has weights (text_model.encoder.layers.1.*) but "
+      f"{fewer / 'config.json'} says text_config.num_hidden_layers=1")):
+    convert.convert(f"hf:{fewer}")
+  wider = _hf_copy(hf_dir, tmp_path / "wider", set_text("hidden_size", 48))
+  with pytest.raises(ValueError, match=re.escape(
+      f"the weights give text_width=32 but {wider / 'config.json'} says "
+      "text_config.hidden_size=48")):
+    convert.convert(f"hf:{wider}")
+  # A field config.json leaves out has transformers' default (12 layers).
+  default = _hf_copy(hf_dir, tmp_path / "default",
+                     lambda config: config["vision_config"].pop("num_hidden_layers"))
+  with pytest.raises(ValueError, match=re.escape(
+      "vision layer 2 of 12 has no weights (vision_model.encoder.layers.2.*), nor layers 3, 4, "
+      "5, 6, 7, 8, 9, 10, 11; ") + ".*num_hidden_layers \\(transformers' default\\)=12"):
+    convert.convert(f"hf:{default}")
+
+
+def test_layer_gap_is_an_error(tmp_path):
+  torch.manual_seed(4)
+  state = _state(refs.OpenAIStyleCLIP(t_layers=3, v_layers=3).eval())
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'bad.pt'}: text layer 1 of 3 has no weights (transformer.resblocks.1.*) "
+      "although layer 2 has. Fix: the file is incomplete")):
+    _convert_state(tmp_path, _without(state, "transformer.resblocks.1."))
+  with pytest.raises(ValueError, match=re.escape(
+      "vision layer 0 of 3 has no weights (visual.transformer.resblocks.0.*) although layer 2 "
+      "has; text layer 1 of 3")):
+    _convert_state(tmp_path, _without(_without(state, "visual.transformer.resblocks.0."),
+                                      "transformer.resblocks.1."))
+  with pytest.raises(ValueError, match=re.escape(
+      "the text tower has no layers (transformer.resblocks.0.*)")):
+    _convert_state(tmp_path, _without(state, "transformer.resblocks."))
+
+
+def test_key_errors_name_the_file_and_the_fix(tmp_path, openai_model):
+  state = _state(openai_model)
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'bad.pt'}: checkpoint does not match the CLIP model (vision 2x64, text 2x32, "
+      "embed 32): missing keys ['ln_final.bias']. Fix: missing keys mean an incomplete file")):
+    _convert_state(tmp_path, {k: v for k, v in state.items() if k != "ln_final.bias"})
+  with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]\. Fix: unexpected "
+                     r"keys mean another architecture"):
+    _convert_state(tmp_path, {**state, "extra.weight": torch.zeros(2)})

@@ -41,7 +41,8 @@ def data_dir(tmp_path_factory):
 
 
 def config_arg(data_dir, steps):
-  return f"variant=tiny/8,batch={BATCH},dataset=synthetic,data_dir={data_dir},steps={steps}"
+  return (f"variant=tiny/8,batch={BATCH},dataset=synthetic,data_dir={data_dir},steps={steps},"
+          "init=random")
 
 
 def override_flags(config, base, prefix="--config."):

@@ -45,7 +45,8 @@ def data_dir(tmp_path_factory):
 
 def tiny_config(method, data_dir, steps, **loss):
   config = CONFIGS[method].get_config(
-      f"variant=tiny/8,batch={BATCH},dataset=synthetic,data_dir={data_dir},steps={steps}")
+      f"variant=tiny/8,batch={BATCH},dataset=synthetic,data_dir={data_dir},steps={steps},"
+      "init=random")
   config.model.dtype = "float32"
   config.model.text_context = 96
   config.input.sentence_context = 32

@@ -3,9 +3,17 @@
 `train_toy` is a miniature trainer built only from `goal_jax.training` pieces (sharded init,
 optimizer, Grain iterator, Checkpointer, PreemptionGuard, MetricWriter, NonFiniteGuard) under
 `jax.transfer_guard("disallow")`; the SIGTERM test runs it in a subprocess.
+
+The corruption tests damage a copy of two saved steps (32 and 64) the way disks and copy tools do
+and check that resuming falls back to the intact step with its exact values and data position.
 """
 import functools
+import hashlib
+import json
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,3 +235,200 @@ def test_preemption_guard_restores_previous_handler():
     time.sleep(0.01)  # Python runs the handler between bytecodes of the main thread
     assert guard.should_stop(2) and guard.received == signal.SIGTERM
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- Corrupt checkpoints: steps 32 and 64 of a toy state, damaged in a copy, then resumed.
+
+CORRUPTION_STEPS = (32, 64)
+
+
+def toy_state(step):
+  """Values independent of the checkpoint code: what step `step` must restore to."""
+  w = np.random.default_rng(step).normal(size=(64, 64)).astype(np.float32)  # incompressible
+  return {"w": jnp.asarray(w), "step": jnp.asarray(step, jnp.int32)}
+
+
+def batches_drawn(step):
+  return step // 16  # the data position saved with `step`
+
+
+def nth_batch(n):
+  data_iter = make_iterator()
+  for _ in range(n):
+    next(data_iter)
+  return next(data_iter)
+
+
+@pytest.fixture(scope="module")
+def saved_steps(tmp_path_factory):
+  """A checkpoint directory holding steps 32 and 64, each with its data iterator position."""
+  directory = tmp_path_factory.mktemp("pristine") / "checkpoints"
+  data_iter = make_iterator()
+  with checkpointing.Checkpointer(str(directory), save_every=32) as ckpt:
+    for step in CORRUPTION_STEPS:
+      while data_iter.get_state()["next_index"] < batches_drawn(step) * BATCH:
+        next(data_iter)
+      assert ckpt.save(step, toy_state(step), data_iter)
+  return directory
+
+
+def copy_of(saved_steps, tmp_path):
+  directory = tmp_path / "checkpoints"
+  shutil.copytree(saved_steps, directory)
+  return directory
+
+
+def largest_state_file(step_dir):
+  paths = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
+           for name in names]
+  return max(paths, key=os.path.getsize)
+
+
+def flip_bytes(step_dir):
+  path = largest_state_file(step_dir)
+  data = bytearray(open(path, "rb").read())
+  assert len(data) > 4000  # the raw float32 array: a flip changes values, not the framing
+  for i in range(len(data) // 2, len(data) // 2 + 400):
+    data[i] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+def truncate_file(step_dir):
+  path = largest_state_file(step_dir)
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def delete_data_iter(step_dir):
+  shutil.rmtree(step_dir / "data_iter")
+
+
+def cut_json(relative):
+  def cut(step_dir):
+    text = (step_dir / relative).read_text()
+    json.loads(text)  # it was JSON before the cut
+    (step_dir / relative).write_text(text[:len(text) // 2])
+  return cut
+
+
+def restore_or_init(directory, data_iter):
+  abstract = sharding.abstract_state(toy_state(0))
+  with checkpointing.Checkpointer(str(directory), save_every=32) as ckpt:
+    return ckpt.restore_or_init(abstract, lambda: pytest.fail("init_fn called"), data_iter)
+
+
+def unusable_warnings(caplog):
+  return [r.getMessage() for r in caplog.records
+          if r.levelno == logging.WARNING and "is unusable" in r.getMessage()]
+
+
+def test_checksums_are_written_once_steps_are_final(tmp_path):
+  data_iter = make_iterator()
+  with checkpointing.Checkpointer(str(tmp_path), save_every=1, keep=2) as ckpt:
+    assert ckpt.save(1, toy_state(1), data_iter)
+    assert ckpt.save(2, toy_state(2), data_iter)  # waits for step 1, then checksums it
+    assert (tmp_path / "1" / checkpointing.MANIFEST).is_file()
+    assert ckpt.save(3, toy_state(3), data_iter)
+    ckpt.wait_until_finished()
+    # Step 1 went to max_to_keep; checksumming must not have recreated or blocked its deletion.
+    assert sorted(os.listdir(tmp_path)) == ["2", "3"]
+  for step in (2, 3):
+    step_dir = tmp_path / str(step)
+    files = {str(p.relative_to(step_dir)): p for p in step_dir.rglob("*")
+             if p.is_file() and p.name != checkpointing.MANIFEST}
+    assert any(name.startswith("state/") for name in files)
+    assert any(name.startswith("data_iter/") for name in files)
+    want = {name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for name, p in files.items()}
+    assert json.loads((step_dir / checkpointing.MANIFEST).read_text())["files"] == want
+
+
+def test_flipped_bytes_fall_back_to_previous_step_and_keep_the_bad_one(saved_steps, tmp_path,
+                                                                        caplog):
+  directory = copy_of(saved_steps, tmp_path)
+  flip_bytes(directory / "64")
+  abstract = sharding.abstract_state(toy_state(0))
+  data_iter = make_iterator()
+  with checkpointing.Checkpointer(str(directory), save_every=32) as ckpt:
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=rf"checkpoint {directory}/64 is corrupt: state/.* has changed"):
+      ckpt.restore(abstract, step=64)
+    with caplog.at_level(logging.WARNING):
+      state = ckpt.restore_or_init(abstract, lambda: pytest.fail("init_fn called"), data_iter)
+    assert_trees_equal(state, toy_state(32))
+    got, want = next(data_iter), nth_batch(batches_drawn(32))
+    np.testing.assert_array_equal(got["record_index"], want["record_index"])
+    [warning] = unusable_warnings(caplog)
+    assert f"{directory}/64 is unusable" in warning and "sha256 differs" in warning
+    assert f"moved it to {directory}/64.corrupt" in warning and "resuming from step 32" in warning
+    assert "\n" not in warning
+    assert ckpt.all_steps == [32]
+    # The resumed run reaches step 64 again and must be able to save it.
+    assert ckpt.save(64, toy_state(640), data_iter)
+  assert sorted(os.listdir(directory)) == ["32", "64", "64.corrupt"]
+  assert (directory / "64.corrupt" / "state").is_dir()  # kept for the user
+  with caplog.at_level(logging.WARNING):
+    assert_trees_equal(restore_or_init(directory, make_iterator()), toy_state(640))
+  assert len(unusable_warnings(caplog)) == 1  # the new step 64 is intact
+
+
+FAULTS = {  # name: (damage to step 64, what the warning says with checksums, without)
+    "truncated_file": (truncate_file, r"state/.* has \d+ bytes, checksums.json says \d+",
+                       r"OUT_OF_RANGE"),
+    "deleted_data_iter": (delete_data_iter, r"data_iter/.* is missing",
+                          r"has no data iterator state"),
+    "cut_checkpoint_metadata": (cut_json("_CHECKPOINT_METADATA"), r"_CHECKPOINT_METADATA has",
+                                r"_CHECKPOINT_METADATA is not valid JSON"),
+    "cut_data_iter_json": (cut_json("data_iter/process_0-of-1.json"),
+                           r"process_0-of-1.json has", r"process_0-of-1.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no_checksums"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_damaged_latest_step_falls_back(saved_steps, tmp_path, caplog, fault, checksums):
+  directory = copy_of(saved_steps, tmp_path)
+  damage, with_checksums, without_checksums = FAULTS[fault]
+  if not checksums:  # as written by an older version: only what Orbax itself checks
+    for step in CORRUPTION_STEPS:
+      os.remove(directory / str(step) / checkpointing.MANIFEST)
+  damage(directory / "64")
+  data_iter = make_iterator()
+  with caplog.at_level(logging.WARNING):
+    state = restore_or_init(directory, data_iter)
+  assert_trees_equal(state, toy_state(32))
+  np.testing.assert_array_equal(next(data_iter)["record_index"],
+                                nth_batch(batches_drawn(32))["record_index"])
+  [warning] = unusable_warnings(caplog)
+  assert warning.startswith(f"Checkpoint {directory}/64 is unusable (")
+  assert re.search(with_checksums if checksums else without_checksums, warning), warning
+  assert sorted(os.listdir(directory)) == ["32", "64.corrupt"]
+
+
+def test_all_steps_corrupt_is_one_clear_error(saved_steps, tmp_path):
+  directory = copy_of(saved_steps, tmp_path)
+  flip_bytes(directory / "64")
+  truncate_file(directory / "32")
+  os.remove(directory / "32" / checkpointing.MANIFEST)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    restore_or_init(directory, make_iterator())
+  message = str(error.value)
+  assert message.startswith(f"no intact checkpoint in {directory} (tried step 64: state/")
+  assert "sha256 differs" in message and "step 32: ValueError: OUT_OF_RANGE" in message
+  assert "delete these step directories" in message and "use a new workdir" in message
+  assert error.value.__cause__ is None and error.value.__suppress_context__  # no chained traces
+  assert sorted(os.listdir(directory)) == ["32", "64"]  # nothing moved when nothing restored
+
+
+def test_step_without_checksums_still_restores(saved_steps, tmp_path, caplog):
+  directory = copy_of(saved_steps, tmp_path)
+  os.remove(directory / "64" / checkpointing.MANIFEST)
+  data_iter = make_iterator()
+  with caplog.at_level(logging.INFO, logger="absl"):
+    state = restore_or_init(directory, data_iter)
+  assert_trees_equal(state, toy_state(64))
+  np.testing.assert_array_equal(next(data_iter)["record_index"],
+                                nth_batch(batches_drawn(64))["record_index"])
+  assert any(f"{directory}/64 has no checksums.json" in r.getMessage() and r.levelno == logging.INFO
+             for r in caplog.records)
+  assert not unusable_warnings(caplog)
+  assert sorted(os.listdir(directory)) == ["32", "64"]

@@ -72,15 +72,32 @@ def test_runtime_never_imports_torch(tmp_path):
 def test_non_main_process_writes_nothing(tmp_path):
   with metrics.MetricWriter(str(tmp_path / "w"), is_main=False) as writer:
     assert writer.write(1, {"loss": jnp.float32(2.0)}) == {"loss": 2.0}
-    writer.write_config({"lr": 1.0})
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_write_config(tmp_path):
-  import ml_collections  # noqa: PLC0415
-  with metrics.MetricWriter(str(tmp_path)) as writer:
-    writer.write_config(ml_collections.ConfigDict({"lr": 5e-6, "mesh": [("data", -1)]}))
-  assert json.load(open(tmp_path / "config.json")) == {"lr": 5e-6, "mesh": [["data", -1]]}
+def test_resumed_writer_drops_the_steps_after_the_checkpoint(tmp_path):
+  """A crash after step 5 with the checkpoint at 3: the resumed writer keeps steps 1-3 (and the
+  evaluation line of step 3), drops 4, 5 and a line cut by the crash, then appends."""
+  path = tmp_path / "metrics.jsonl"
+  lines = [{"step": s, "loss": 10.0 - s} for s in range(1, 6)]
+  lines.insert(3, {"step": 3, "eval/x": 0.5})
+  path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 6, "lo')
+  with metrics.MetricWriter(str(tmp_path), resume_step=3) as writer:
+    writer.write(4, {"loss": jnp.float32(1.5)})
+  assert metrics.read_metrics(str(path)) == [
+      {"step": 1, "loss": 9.0}, {"step": 2, "loss": 8.0}, {"step": 3, "loss": 7.0},
+      {"step": 3, "eval/x": 0.5}, {"step": 4, "loss": 1.5}]
+  assert metrics.drop_steps_after(str(path), 4) == 0  # nothing to drop: file untouched
+
+
+def test_state_check_names_the_non_finite_leaves():
+  state = {"params": {"a": jnp.ones(3), "b": jnp.array([1.0, np.inf])},
+           "opt_state": {"mu": jnp.array([np.nan])}, "step": jnp.int32(7),
+           "rng": jax.random.key(0)}
+  with pytest.raises(metrics.NonFiniteError,
+                     match=r"step 7: .* in 2 of 3 leaves \(e.g. opt_state/mu, params/b\)"):
+    metrics.assert_state_finite(7, state)
+  metrics.assert_state_finite(7, {**state, "params": {"a": jnp.ones(3)}, "opt_state": {}})
 
 
 def test_assert_finite_names_step_and_ids():

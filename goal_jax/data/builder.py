@@ -5,16 +5,27 @@ One small generic builder class, parameterised by a `DatasetReader` and the data
 Records keep the reader's order (`disable_shuffling`, integer keys): Grain shuffles at read time.
 Everything here works without TensorFlow (TFDS falls back to its numpy shim).
 
+Preparing again is safe: `build` writes into a hidden staging folder next to the shards and swaps it
+in only when every split succeeded, carrying over the splits of the same version that were not
+prepared again (see `build`). Each split also gets `<name>-<split>.ids.json`, its record ids, so a
+later preparation can check other splits for shared images without reading their shards.
+
 Reading: `load_source(name, split, data_dir)` -> TFDS `ArrayRecordDataSource` (len, random access,
 picklable) for `grain.MapDataset.source(...)`; items are dicts of numpy values with str fields as
 `bytes`. `decode_record(item)` turns one into plain Python/numpy types (str as `str`).
 """
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
+import errno
 import functools
+import glob
+import json
 import os
 import pathlib
+import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
@@ -27,6 +38,9 @@ VERSION = "1.0.0"
 RELEASE_NOTES = {"1.0.0": "Pre-segmented long-caption records (DESIGN.md shard record schema).",
                  "2.0.0": "Same records; the embedded `synthetic` generator's version 2."}
 _EXAMPLES_PER_REASON = 5  # ids listed per skip reason in the summary
+_STAGING_PREFIX = ".preparing-"  # `<data_dir>/<name>/.preparing-<version>-*`: a run in progress
+# Options that change what a record holds; a kept split prepared with others is reported.
+RECORD_OPTIONS = ("splitter", "image_short_side", "summary", "jpeg_quality", "generator")
 _STRING_FIELDS = ("id", "caption", "summary", "splitter", "source")
 _ARRAY_FIELDS = {"original_size": np.int32, "sentence_starts": np.int32,
                  "sentence_ends": np.int32, "pair_sentence": np.int32,
@@ -53,9 +67,11 @@ class SplitReport:
     self.skipped = collections.Counter()
     self.skipped_examples = collections.defaultdict(list)
     self.sentences, self.tokens = [], []
+    self.ids: list[str] = []  # written record ids, for the shared-image check across splits
 
-  def add(self, stats: records.CaptionStats):
+  def add(self, stats: records.CaptionStats, record_id: str = ""):
     self.written += 1
+    self.ids.append(record_id)
     self.sentences.append(stats.num_sentences)
     self.tokens.append(stats.num_tokens)
 
@@ -116,11 +132,14 @@ class RecordBuilder:
           record, stats = future.result()
         except records.BadRecordError as e:
           if not options.skip_bad:
+            if hasattr(e, "add_note"):  # Python 3.11+: shown under the traceback
+              e.add_note("Fix or remove the record, or pass --skip_bad to skip it and count it "
+                         "in the summary; the earlier shards (if any) are left as they were.")
             raise
           report.skip(e)
           continue
         yield report.written, record
-        report.add(stats)
+        report.add(stats, record["id"])
     self.info.metadata.setdefault("reports", {})[split] = report.as_dict()
     if not report.written:
       raise ValueError(f"{self.name}/{split}: no record written (skipped: "
@@ -211,20 +230,162 @@ def dataset_version(options: PrepareOptions) -> str:
   return VERSION if version is None else f"{int(version)}.0.0"
 
 
+class BuildReports(dict):
+  """`{split: SplitReport}` of one `build`, with what it did to the splits already on disk.
+
+  Attributes:
+    kept: earlier splits of the same version not prepared again, carried over unchanged.
+    discarded: earlier splits that could not be carried over, with the reason.
+  """
+
+  def __init__(self, reports, kept=(), discarded=None):
+    super().__init__(reports)
+    self.kept, self.discarded = list(kept), dict(discarded or {})
+
+
 def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits,
-          options: PrepareOptions = PrepareOptions()) -> dict[str, SplitReport]:
-  """Writes the shards of `splits` (replacing any earlier preparation); returns split reports."""
+          options: PrepareOptions = PrepareOptions()) -> BuildReports:
+  """Writes the shards of `splits`, swapped in only on success; returns the split reports.
+
+  Why: TFDS deletes a dataset's folder before it regenerates it, so a failed run (say, a corrupt
+  image without `skip_bad`) left nothing, and preparing one split deleted the others. Here TFDS
+  writes into a staging folder `<data_dir>/<name>/.preparing-<version>-*` (a sibling of the
+  version folder, so on the same filesystem). On success the splits of the earlier preparation of
+  this version that were not prepared again are carried into it (shards hard-linked, else copied;
+  split infos, reports, options and id lists merged), and it replaces `<name>/<version>` by one
+  atomic exchange of the two folders where the OS has one (Linux `renameat2`), else by two renames
+  (the old folder is put back if the second fails). On any failure, interruption included, the
+  staging folder is removed and the earlier shards stay as they were, byte for byte.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # ours counts records, skips included
-  builder = builder_class(name, dataset_version(options))(
-      reader=reader, manual_dir=manual_dir, splits=splits, options=options,
-      data_dir=os.fspath(data_dir))
-  with tempfile.TemporaryDirectory() as downloads:
-    builder.download_and_prepare(
-        download_dir=downloads,
-        download_config=tfds.download.DownloadConfig(
-            download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
-  return builder.reports
+  version = dataset_version(options)
+  parent = pathlib.Path(data_dir) / name
+  created = not parent.exists()
+  parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{version}-", dir=parent))
+  try:
+    builder = builder_class(name, version)(
+        reader=reader, manual_dir=manual_dir, splits=splits, options=options,
+        data_dir=os.fspath(staging))
+    with tempfile.TemporaryDirectory() as downloads:
+      builder.download_and_prepare(
+          download_dir=downloads,
+          download_config=tfds.download.DownloadConfig(
+              download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+    fresh = staging / name / version
+    for split, report in builder.reports.items():
+      (fresh / ids_file_name(name, split)).write_text(json.dumps(report.ids), encoding="utf-8")
+    kept, discarded = _carry_over(parent / version, fresh, name)
+    _swap_in(fresh, parent / version, staging)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if created and parent.is_dir() and not any(parent.iterdir()):
+      parent.rmdir()
+  return BuildReports(builder.reports, kept, discarded)
+
+
+def ids_file_name(name: str, split: str) -> str:
+  """The id list of a split: named like its shards, so it travels with them."""
+  return f"{name}-{split}.ids.json"
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _carry_over(old: pathlib.Path, fresh: pathlib.Path,
+                name: str) -> tuple[list[str], dict[str, str]]:
+  """Brings the splits of `old` that `fresh` lacks into `fresh`: shards, split info, metadata.
+
+  TFDS keeps everything a reader needs per split in `dataset_info.json` (its `splits` list: name,
+  shard lengths, file name template) and the shard files themselves; `features.json` is common.
+  So a kept split is its files (`<name>-<split>.*`) plus its entry in that list, and its report,
+  options and id list in `metadata.json`/`*.ids.json`. Returns (kept, {discarded: reason}).
+  """
+  info = _read_json(fresh / "dataset_info.json")
+  metadata = _read_json(fresh / "metadata.json")
+  prepared = [split["name"] for split in info.get("splits", [])]
+  now = {"options": metadata.get("options", {}), "splitter": metadata.get("splitter"),
+         "manual_dir": metadata.get("manual_dir")}
+  split_options = {split: now for split in prepared}
+  kept, discarded = [], {}
+  old_info = _read_json(old / "dataset_info.json")
+  if old_info:
+    old_metadata = _read_json(old / "metadata.json")
+    earlier = {key: old_metadata.get(key) for key in now}
+    same_features = ((old / "features.json").is_file() and (old / "features.json").read_bytes()
+                     == (fresh / "features.json").read_bytes())
+    by_name = {split["name"]: split for split in info.get("splits", [])}
+    merged = []
+    for split_info in old_info.get("splits", []):
+      split = split_info["name"]
+      if split in by_name:
+        merged.append(by_name.pop(split))
+        continue
+      if not same_features:
+        discarded[split] = "its records have other features (an older record schema)"
+        continue
+      for path in sorted(old.glob(f"{glob.escape(name)}-{glob.escape(split)}.*")):
+        _link_or_copy(path, fresh / path.name)
+      merged.append(split_info)
+      if split in old_metadata.get("reports", {}):
+        metadata.setdefault("reports", {})[split] = old_metadata["reports"][split]
+      split_options[split] = old_metadata.get("split_options", {}).get(split, earlier)
+      kept.append(split)
+    info["splits"] = merged + list(by_name.values())
+  metadata["split_options"] = split_options
+  (fresh / "dataset_info.json").write_text(json.dumps(info, indent=4), encoding="utf-8")
+  (fresh / "metadata.json").write_text(json.dumps(metadata, indent=4), encoding="utf-8")
+  return kept, discarded
+
+
+def _link_or_copy(source: pathlib.Path, target: pathlib.Path):
+  """A hard link (no copy of GBs of shards), a copy where the filesystem has none."""
+  try:
+    os.link(source, target)
+  except OSError:
+    shutil.copy2(source, target)
+
+
+def _swap_in(fresh: pathlib.Path, final: pathlib.Path, staging: pathlib.Path):
+  """Puts `fresh` at `final`; the replaced folder lands in `staging` (removed by the caller)."""
+  if not final.exists():
+    os.rename(fresh, final)
+    return
+  if _exchange(fresh, final):
+    return
+  replaced = staging / "replaced"
+  os.rename(final, replaced)
+  try:
+    os.rename(fresh, final)
+  except BaseException:
+    os.rename(replaced, final)
+    raise
+
+
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+  """Swaps two folders in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`).
+
+  Readers of `b` see either the old or the new folder, never none. False where the OS or the
+  filesystem has no such call (the caller then renames twice).
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (OSError, AttributeError):
+    return False
+  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                        ctypes.c_uint]
+  renameat2.restype = ctypes.c_int
+  at_fdcwd, rename_exchange = -100, 2
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  error = ctypes.get_errno()
+  if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+    return False
+  raise OSError(error, os.strerror(error), os.fspath(b))
 
 
 def dataset_dir(name: str, data_dir) -> pathlib.Path:
@@ -248,11 +409,24 @@ def load_source(name: str, split: str, data_dir):
   return builder.as_data_source(split=split)
 
 
-def prepared_metadata(name: str, data_dir) -> dict[str, Any]:
-  """The options and per-split reports stored with a prepared dataset."""
-  import json  # pylint: disable=g-import-not-at-top
-  path = dataset_dir(name, data_dir) / "metadata.json"
-  return json.loads(path.read_text()) if path.is_file() else {}
+def version_dir(name: str, data_dir, version: str | None = None) -> pathlib.Path:
+  """`<data_dir>/<name>/<version>`; the newest prepared version when `version` is None."""
+  return dataset_dir(name, data_dir) if version is None else pathlib.Path(data_dir) / name / version
+
+
+def prepared_metadata(name: str, data_dir, version: str | None = None) -> dict[str, Any]:
+  """The options and per-split reports stored with a prepared dataset (newest version: None).
+
+  `options`/`splitter`/`manual_dir` are those of the latest preparation; `split_options[split]`
+  holds each split's own (a split kept from an earlier run may differ).
+  """
+  return _read_json(version_dir(name, data_dir, version) / "metadata.json")
+
+
+def split_ids(name: str, split: str, data_dir, version: str | None = None) -> list[str] | None:
+  """The record ids of a prepared split, from its id list; None if it has none (older runs)."""
+  path = version_dir(name, data_dir, version) / ids_file_name(name, split)
+  return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def decode_record(raw: dict[str, Any]) -> dict[str, Any]:

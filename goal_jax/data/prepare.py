@@ -7,18 +7,29 @@ r"""Prepare a dataset: raw layout -> pre-segmented ArrayRecord shards, with a su
 
 Without `--split`, every split whose raw files are present is prepared (empty ones are dropped).
 A bad record (missing/corrupt image, empty caption, no sentence, a sentence over the 248-token
-context, a box outside the image, a duplicate id, a wrong field type) stops the run with an error
-naming the dataset, the record and the file; `--skip_bad` skips it and counts it in the summary.
-Preparing again replaces the earlier shards of that dataset version. Generated datasets
+context, a box outside the image, a duplicate id, a wrong field type, text that is not UTF-8, an
+image path that leaves the manual dir) stops the run with an error naming the dataset, the record
+and the file; `--skip_bad` skips it and counts it in the summary.
+
+Preparing again is safe: the shards are written into a staging folder next to the earlier ones and
+swapped in only when every split succeeded, so a failed run leaves the earlier shards as they were.
+Splits of that dataset version not prepared again are kept (the summary lists them, and warns
+when they were prepared with other options). An image id found in two splits (say train and
+test) is a warning in the summary, with the count; splits kept from an earlier run are compared
+too. Splits that share images by design (DOCCI `test_qual` and its parts, DCI `full`) are not
+compared. Generated datasets
 (`synthetic`) take `--seed` (another draw with the same statistics) and `--version` (the
 generator's version, written as the TFDS version `<version>.0.0`; `--version=1` reproduces the
 original benchmark); the options are recorded in the dataset's metadata.
 """
 import json
+import pathlib
 from typing import Any, Sequence
 
 from goal_jax.data import builder as builder_lib
 from goal_jax.data import raw
+
+_SHARED_EXAMPLES = 5  # shared ids named in the summary
 
 
 def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | None = None,
@@ -44,7 +55,12 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
     verbose: print the summary.
 
   Returns:
-    {"dataset", "data_dir", "version", "options", "splits": {split: counts}, "dropped_empty"}.
+    {"dataset", "data_dir", "version", "options", "splits": {split: counts}, "dropped_empty",
+     "kept_splits": earlier splits not prepared again (kept as they were),
+     "kept_with_other_options": {split: {option: [earlier, now]}},
+     "discarded_splits": {split: why an earlier split could not be kept},
+     "shared_ids": {"count": ids in more than one split, "pairs": {"a/b": count},
+                    "examples": [...], "unchecked": kept splits without an id list}}.
   """
   reader = raw.get_reader(name)
   if reader.needs_manual_dir and manual_dir is None:
@@ -67,14 +83,20 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
       generator=generator)
   reports = builder_lib.build(name, reader, data_dir, manual_dir=manual_dir, splits=splits,
                               options=options)
+  version = builder_lib.dataset_version(options)
+  metadata = builder_lib.prepared_metadata(name, data_dir, version)
   result = {
-      "dataset": name, "data_dir": str(builder_lib.dataset_dir(name, data_dir)),
-      "version": builder_lib.dataset_version(options), "options": {
+      "dataset": name, "data_dir": str(pathlib.Path(data_dir) / name / version),
+      "version": version, "options": {
           "splitter": splitter, "image_short_side": options.image_short_side,
           "summary": summary, "skip_bad": skip_bad, "jpeg_quality": jpeg_quality,
           **generator},
       "splits": {split: report.as_dict() for split, report in reports.items()},
       "dropped_empty": dropped,
+      "kept_splits": list(reports.kept),
+      "kept_with_other_options": _other_options(metadata, reports.kept),
+      "discarded_splits": dict(reports.discarded),
+      "shared_ids": _shared_ids(name, reader, data_dir, version, reports),
   }
   if verbose:
     print(format_summary(result))
@@ -100,6 +122,51 @@ def _has_items(reader, manual_dir, split, generator) -> bool:
     getattr(items, "close", lambda: None)()
 
 
+def _other_options(metadata, kept) -> dict[str, dict[str, list[Any]]]:
+  """{kept split: {option: [earlier, now]}} for options that change what a record holds."""
+  split_options = metadata.get("split_options", {})
+  def record_options(entry):
+    options = entry.get("options") or {}
+    return {**{k: options.get(k) for k in builder_lib.RECORD_OPTIONS},
+            "manual_dir": entry.get("manual_dir")}
+  now = record_options(metadata)
+  differ = {}
+  for split in kept:
+    earlier = record_options(split_options.get(split, {}))
+    changed = {k: [earlier[k], now[k]] for k in now if earlier[k] != now[k]}
+    if changed:
+      differ[split] = changed
+  return differ
+
+
+def _shared_ids(name, reader, data_dir, version, reports) -> dict[str, Any]:
+  """Ids written to more than one split (train/test leakage), kept splits included.
+
+  Pairs of splits that hold the same images by design (`DatasetReader.contains`) are skipped.
+  """
+  ids = {split: set(report.ids) for split, report in reports.items()}
+  unchecked = []
+  for split in reports.kept:
+    kept = builder_lib.split_ids(name, split, data_dir, version)
+    if kept is None:
+      unchecked.append(split)
+    else:
+      ids[split] = set(kept)
+  pairs, shared = {}, set()
+  order = {split: index for index, split in enumerate(reader.splits)}
+  names = sorted(ids, key=lambda split: order.get(split, len(order)))  # "train/test", not reverse
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      if reader.share_images(a, b):
+        continue
+      both = ids[a] & ids[b]
+      if both:
+        pairs[f"{a}/{b}"] = len(both)
+        shared |= both
+  return {"count": len(shared), "pairs": pairs,
+          "examples": sorted(shared)[:_SHARED_EXAMPLES], "unchecked": unchecked}
+
+
 def format_summary(result: dict[str, Any]) -> str:
   """Human-readable summary: per split, written, skipped by reason, caption statistics."""
   lines = [f"{result['dataset']} {result['version']} -> {result['data_dir']}"]
@@ -115,6 +182,26 @@ def format_summary(result: dict[str, Any]) -> str:
       lines.append(f"    skipped {count} ({reason}), e.g. {examples}")
   if result["dropped_empty"]:
     lines.append(f"  empty splits not written: {', '.join(result['dropped_empty'])}")
+  if result.get("kept_splits"):
+    lines.append(f"  kept from the earlier preparation (not prepared again): "
+                 f"{', '.join(result['kept_splits'])}")
+  differing = {}  # one line per set of differences
+  for split, changed in result.get("kept_with_other_options", {}).items():
+    what = "; ".join(f"{k} {earlier!r} (now {now!r})" for k, (earlier, now) in changed.items())
+    differing.setdefault(what, []).append(split)
+  for what, splits in differing.items():
+    lines.append(f"  warning: kept split(s) {', '.join(splits)} were prepared with other "
+                 f"options: {what}")
+  for split, why in result.get("discarded_splits", {}).items():
+    lines.append(f"  warning: earlier split {split} was removed: {why}; prepare it again")
+  shared = result.get("shared_ids") or {}
+  if shared.get("count"):
+    pairs = ", ".join(f"{pair}: {count}" for pair, count in shared["pairs"].items())
+    lines.append(f"  warning: {shared['count']} image ids appear in more than one split "
+                 f"({pairs}), e.g. {', '.join(shared['examples'])}")
+  if shared.get("unchecked"):
+    lines.append(f"  not checked for shared ids (no id list, prepared by an older version): "
+                 f"{', '.join(shared['unchecked'])}")
   return "\n".join(lines)
 
 

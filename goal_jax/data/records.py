@@ -31,6 +31,8 @@ UNMATCHED_SENTENCE = "unmatched_sentence"
 DUPLICATE_ID = "duplicate_id"
 WRONG_FIELD_TYPE = "wrong_field_type"
 MISSING_ANNOTATION = "missing_annotation"
+NOT_UTF8 = "not_utf8"
+PATH_OUTSIDE_DATASET = "path_outside_dataset"
 
 # The shard record fields, in DESIGN.md's order.
 FIELDS = ("id", "image", "original_size", "caption", "extra_captions", "summary",
@@ -142,6 +144,7 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
     return BadRecordError(reason, detail, dataset=dataset, record_id=str(example.id), file=file)
 
   _check_types(example, bad)
+  _check_utf8(example, bad)
   if summary not in SUMMARY_RULES:
     raise ValueError(f"summary rule {summary!r} is not one of {SUMMARY_RULES}")
 
@@ -212,6 +215,39 @@ def _check_types(example, bad):
     expect("local pair score", pair.score, (int, float, np.number))
   if not example.id:
     raise bad(WRONG_FIELD_TYPE, "empty id")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_utf8(example, bad):
+  """Text that was not UTF-8 never reaches a shard, nor gets "repaired" by the normaliser.
+
+  Readers decode with `surrogateescape`, so each undecodable byte becomes one lone surrogate
+  (U+DC80..U+DCFF); a JSON `\\udXXX` escape of half a pair is one too. Either would fail (or be
+  replaced by ftfy) when the text is stored, far from the file it came from: here it is a bad
+  record naming the field and the bytes.
+  """
+  texts = [("id", example.id), ("caption", example.caption), ("summary", example.summary or ""),
+           ("source", example.source)]
+  texts += [("extra caption", text) for text in example.extra_captions]
+  texts += [("local pair sentence", pair.sentence) for pair in example.local_pairs
+            if isinstance(pair.sentence, str)]
+  for name, text in texts:
+    found = _SURROGATE.search(text)
+    if found:
+      start = found.start()
+      shown = "".join(_show_char(c) for c in text[max(0, start - 30):start + 10])
+      raise bad(NOT_UTF8, f"the {name} is not UTF-8 text: {_show_char(found.group())} near "
+                f"'{shown}'; re-encode the file as UTF-8, or pass --skip_bad to skip the record")
+
+
+def _show_char(char: str) -> str:
+  """A surrogateescape'd byte as `\\xNN`, another lone surrogate as `\\uNNNN`, else the char."""
+  code = ord(char)
+  if 0xDC80 <= code <= 0xDCFF:
+    return f"\\x{code - 0xDC00:02x}"
+  return f"\\u{code:04x}" if 0xD800 <= code <= 0xDFFF else char
 
 
 def _check_spans(spans, length, bad):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from goal_jax.losses import contrastive
 
 GOAL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}
+LOCAL_TERMS = ("local", "tsl_image", "tsl_text")  # the terms that read a local pair
 # The paper's baselines (research/goal.md §1.7 and Table 1) as weight overrides.
 GLOBAL_FINETUNE_WEIGHTS = {"global": 1.0, "local": 0.0, "tsl_image": 0.0, "tsl_text": 0.0}
 LOCAL_FINETUNE_WEIGHTS = {"global": 0.0, "local": 1.0, "tsl_image": 0.0, "tsl_text": 0.0}
@@ -95,7 +96,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
   """
   w = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
   common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
-  uses_local = any(w[k] for k in ("local", "tsl_image", "tsl_text"))
+  uses_local = any(w[k] for k in LOCAL_TERMS)
   local_valid = batch["local_valid"] if uses_local else None
   terms = {}
   if w["global"]:

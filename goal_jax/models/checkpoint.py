@@ -6,32 +6,70 @@ reads. The config travels with the weights so no command has to guess the archit
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from goal_jax.models import clip
 
 CONFIG_FILE = "model_config.json"
+INFO_FILE = "model_info.json"
 PARAMS_DIR = "params"
 
 
-def save_model(directory: str, params: dict, config: clip.CLIPConfig) -> None:
-  """Writes params (either layout; must match `config.scan`) and the config.
+def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
+               info: dict | None = None, overwrite: bool = False) -> None:
+  """Writes params (either layout; must match `config.scan`), the config and optional `info`.
 
-  On several processes every process must call it (Orbax saves collectively); only process 0
-  writes the config, which comes last, so its presence marks a complete checkpoint.
+  Everything goes to `<directory>.tmp` first, which is renamed into place when complete, so a
+  crash never leaves a half-written model where commands look for one. `overwrite` replaces an
+  existing model (the trainer's, when a finished run is extended); otherwise one is an error.
+  On several processes every process must call it (Orbax saves collectively); process 0 writes
+  the JSON files and renames.
   """
   directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  if os.path.exists(os.path.join(directory, PARAMS_DIR)):
-    raise FileExistsError(f"{directory} already holds a model checkpoint")
+  if os.path.exists(directory) and os.listdir(directory) and not overwrite:
+    raise FileExistsError(f"{directory} already holds a model checkpoint (or other files)")
+  tmp, old = directory + ".tmp", directory + ".old"
+  main = jax.process_index() == 0
+  if main:
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
+    os.makedirs(tmp)
+  _barrier(f"model tmp ready: {directory}")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, PARAMS_DIR), params)
+    checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
-  if jax.process_index() == 0:
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-      json.dump(config.to_dict(), f, indent=2)
+  if main:
+    _write_json(os.path.join(tmp, CONFIG_FILE), config.to_dict())
+    if info is not None:
+      _write_json(os.path.join(tmp, INFO_FILE), info)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(directory):
+      os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  _barrier(f"model saved: {directory}")
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _write_json(path: str, value: dict) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2)
+
+
+def load_info(directory: str) -> dict:
+  """What the writer recorded about the model (the trainer: `{"step": N}`); {} if nothing."""
+  path = os.path.join(directory, INFO_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def load_config(directory: str) -> clip.CLIPConfig:

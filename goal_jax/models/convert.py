@@ -3,7 +3,12 @@
 Every source is first brought to the HF `CLIPModel` layout (separate q/k/v, torch Linear weights),
 the richest naming, and that maps one tensor to one Flax leaf. Loading is strict: a key that maps
 to nothing, a param nobody provided or a shape that disagrees with the inferred config is an
-error that names it (in the source's own naming). Only known buffers are dropped.
+error that names the file and the key (in the source's own naming). Only known buffers are dropped.
+
+Layer counts come from the weights, so a file that lost its last layer would silently convert to a
+shallower model. They are therefore checked against what else the source states: HF's
+config.json (`num_hidden_layers`, widths), the named variant if any, and, always, that the layer
+indices run 0..L-1 without a gap.
 
 Sources are strings: `hf:<dir>`, `openai:<file.pt>`, `open_clip:<file.pt|.bin|.safetensors>`.
 Reading needs no torch except for `.pt`/`.bin` files (imported lazily).
@@ -114,14 +119,24 @@ def _nest(flat: dict[str, Any]) -> dict:
 
 
 class SourceNames(dict):
-  """HF key -> the key it came from; keys the source lacks are named by `fallback`."""
+  """HF key -> the key it came from; keys the source lacks are named by `fallback`.
 
-  def __init__(self, fallback=lambda name: name):
+  `file` names where the weights came from, so errors can say which file to fix.
+  """
+
+  def __init__(self, fallback=lambda name: name, file: str = "checkpoint"):
     super().__init__()
     self.fallback = fallback
+    self.file = file
 
   def __call__(self, hf_name: str) -> str:
     return self[hf_name] if hf_name in self else self.fallback(hf_name)
+
+  def layer_prefix(self, tower: str, layer: int) -> str:
+    """The source's name prefix for a layer of `tower` ("vision_model"/"text_model")."""
+    name = self(f"{tower}.encoder.layers.{layer}.layer_norm1.weight")
+    cut = name.rfind(f".{layer}.")
+    return name[:cut + len(f".{layer}.")] if cut >= 0 else name
 
 
 # --- OpenAI / open_clip / Long-CLIP -> HF layout.
@@ -171,7 +186,8 @@ def openai_name(hf_name: str) -> str:
   return f"{prefix}transformer.resblocks.{layer}.{inner}"
 
 
-def openai_to_hf(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], "SourceNames"]:
+def openai_to_hf(state: dict[str, np.ndarray],
+                 file: str = "checkpoint") -> tuple[dict[str, np.ndarray], "SourceNames"]:
   """OpenAI/open_clip/Long-CLIP keys -> HF keys. Returns (HF dict, HF key -> source key).
 
   Unknown keys pass through unchanged, so the strict check reports them by their own name.
@@ -184,7 +200,7 @@ def openai_to_hf(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], "
       raise ValueError("positional_embedding_res without positional_embedding")
     state["positional_embedding"] = positions.merge_longclip_positions(
         state["positional_embedding"], residual)
-  out, origin = {}, SourceNames(fallback=openai_name)
+  out, origin = {}, SourceNames(fallback=openai_name, file=file)
 
   def put(hf_name, value, source):
     out[hf_name], origin[hf_name] = value, source
@@ -278,6 +294,12 @@ def read_file(path: str) -> dict[str, np.ndarray]:
 
 def read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict]:
   """(state dict, config.json) of an HF CLIPModel directory (single or sharded safetensors)."""
+  state, hf_config, _ = _read_hf_dir(directory)
+  return state, hf_config
+
+
+def _read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict, str]:
+  """(state dict, config.json, which weights file(s)) of an HF CLIPModel directory."""
   config_path = os.path.join(directory, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{directory} is not an HF model directory: no config.json")
@@ -291,14 +313,17 @@ def read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict]:
     state = {}
     for shard in shards:
       state.update(read_safetensors(os.path.join(directory, shard)))
+    weights = f"{directory}/{{{','.join(shards)}}}" if len(shards) > 1 else \
+        os.path.join(directory, shards[0])
   elif os.path.isfile(single):
-    state = read_safetensors(single)
+    state, weights = read_safetensors(single), single
   elif os.path.isfile(os.path.join(directory, "pytorch_model.bin")):
-    state = read_torch_file(os.path.join(directory, "pytorch_model.bin"))
+    weights = os.path.join(directory, "pytorch_model.bin")
+    state = read_torch_file(weights)
   else:
     raise FileNotFoundError(f"{directory}: no model.safetensors, safetensors index or "
                             "pytorch_model.bin")
-  return state, hf_config
+  return state, hf_config, weights
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -310,23 +335,138 @@ def parse_source(source: str) -> tuple[str, str]:
   return fmt, path
 
 
-def read_source(source: str) -> tuple[dict[str, np.ndarray], "SourceNames", dict]:
-  """Reads a source into the HF layout: (state, HF key -> source key, known config fields)."""
+def read_source(source: str) -> tuple[dict[str, np.ndarray], "SourceNames", dict, list]:
+  """Reads a source into the HF layout.
+
+  Returns:
+    (state, HF key -> source key, config fields the source states that shapes cannot tell,
+    architecture facts the source states, as `(CLIPConfig field, value, where)`, to check the
+    weights against).
+  """
   fmt, path = parse_source(source)
   if fmt == "hf":
-    state, hf_config = read_hf_dir(path)
-    return _drop_buffers(state), SourceNames(), _fields_from_hf_config(hf_config)
+    state, hf_config, weights = _read_hf_dir(path)
+    return (_drop_buffers(state), SourceNames(file=weights), _fields_from_hf_config(hf_config),
+            _stated_by_hf_config(hf_config, os.path.join(path, "config.json")))
   state = read_file(path)
   state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-  state, origin = openai_to_hf(_drop_buffers(state))
-  return state, origin, {}
+  state, origin = openai_to_hf(_drop_buffers(state), file=path)
+  return state, origin, {}, []
 
 
 def _drop_buffers(state: dict) -> dict:
   return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in DROPPED_BUFFERS}
 
 
-# --- Config inference.
+# --- Config inference and the checks against what the source states.
+
+# transformers' CLIP defaults: they apply where a config.json leaves a field out.
+_HF_DEFAULTS = {
+    "vision_config": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072,
+                          patch_size=32),
+    "text_config": dict(num_hidden_layers=12, hidden_size=512, intermediate_size=2048),
+    "": dict(projection_dim=512),
+}
+_HF_STATED = [  # (CLIPConfig field, config.json section ("" = top level), key)
+    ("vision_layers", "vision_config", "num_hidden_layers"),
+    ("text_layers", "text_config", "num_hidden_layers"),
+    ("vision_width", "vision_config", "hidden_size"),
+    ("text_width", "text_config", "hidden_size"),
+    ("vision_mlp_dim", "vision_config", "intermediate_size"),
+    ("text_mlp_dim", "text_config", "intermediate_size"),
+    ("patch_size", "vision_config", "patch_size"),
+    ("embed_dim", "", "projection_dim"),
+]
+# Fields a named variant fixes that the weights' shapes show (heads and activation they do not).
+_VARIANT_CHECKED = ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers",
+                    "vision_mlp_dim", "text_width", "text_layers", "text_mlp_dim")
+_LAYERS = (("vision_model", "vision_layers", "vision"), ("text_model", "text_layers", "text"))
+
+
+def _stated_by_hf_config(hf_config: dict, config_path: str) -> list[tuple[str, int, str]]:
+  """The architecture a config.json states, as (CLIPConfig field, value, where)."""
+  stated = []
+  for field, section, key in _HF_STATED:
+    values = (hf_config.get(section) or {}) if section else hf_config
+    if not isinstance(values, dict):
+      continue
+    value = values.get(key, _HF_DEFAULTS[section][key])
+    shown = f"{section}.{key}" if section else key
+    if key not in values:
+      shown += " (transformers' default)"
+    stated.append((field, int(value), f"{config_path} says {shown}={value}"))
+  return stated
+
+
+def _stated_by_variant(variant: str) -> list[tuple[str, int, str]]:
+  if variant not in clip.VARIANTS:
+    raise ValueError(f"unknown model variant {variant!r}; known: {sorted(clip.VARIANTS)}")
+  return [(field, clip.VARIANTS[variant][field], f"variant {variant!r} has {field}="
+           f"{clip.VARIANTS[variant][field]}") for field in _VARIANT_CHECKED]
+
+
+def _listing(numbers: list[int]) -> str:
+  return ", ".join(map(str, numbers))
+
+
+def check_layers(state: dict[str, np.ndarray], origin: "SourceNames",
+                 stated: list[tuple[str, int, str]] = ()) -> None:
+  """Each tower's layers must be 0..L-1 with no gap, L as the source states it (if it does).
+
+  Only whole layers are checked here; a layer missing some of its weights is reported key by
+  key by `hf_to_params`.
+  """
+  problems, fixes = [], set()
+  for tower, field, label in _LAYERS:
+    found = sorted({int(m.group(2)) for m in map(_HF_BLOCK.match, state)
+                    if m and m.group(1) == tower})
+    claims = [(value, where) for name, value, where in stated if name == field]
+    if not claims and not found:
+      problems.append(f"the {label} tower has no layers ({origin.layer_prefix(tower, 0)}*)")
+    for count, where in claims or [(found[-1] + 1 if found else 0, None)]:
+      absent = [i for i in range(count) if i not in found]
+      extra = [i for i in found if i >= count]
+      if absent:
+        i = absent[0]
+        text = f"{label} layer {i} of {count} has no weights ({origin.layer_prefix(tower, i)}*)"
+        if absent[1:]:
+          text += f", nor layers {_listing(absent[1:])}"
+        if where:
+          text += f"; {where}"
+          fixes.add(where)
+        else:  # a gap: a later layer has weights
+          text += f" although layer {found[-1]} has"
+        problems.append(text)
+      if extra:
+        layers = f"layers {_listing(extra)} have" if extra[1:] else f"layer {extra[0]} has"
+        problems.append(f"{label} {layers} weights ({origin.layer_prefix(tower, extra[0])}*) "
+                        f"but {where}")
+        fixes.add(where)
+  if problems:
+    if any("config.json" in where for where in fixes):
+      fix = ("the weights and config.json disagree: re-download or re-export the model, or "
+             "correct config.json if the weights are complete")
+    elif fixes:
+      fix = ("it is not a complete checkpoint of that variant: re-download or re-export it, or "
+             "name the variant it is")
+    else:
+      fix = "the file is incomplete (cut download or partial export): re-download or re-export it"
+    raise ValueError(f"{origin.file}: {'; '.join(problems)}. Fix: {fix}")
+
+
+def check_stated(config: clip.CLIPConfig, origin: "SourceNames",
+                 stated: list[tuple[str, int, str]]) -> None:
+  """Widths, MLP sizes, patch and embedding size from the shapes must match what the source states.
+
+  Layer counts are `check_layers`' job.
+  """
+  problems = [f"the weights give {field}={getattr(config, field)} but {where}"
+              for field, value, where in stated
+              if not field.endswith("_layers") and getattr(config, field) != value]
+  if problems:
+    raise ValueError(f"{origin.file}: {'; '.join(problems)}. Fix: use the config (or variant) "
+                     "that belongs to these weights")
+
 
 def _fields_from_hf_config(hf_config: dict) -> dict:
   """Fields the shapes cannot tell: heads, activation, LayerNorm epsilon."""
@@ -396,11 +536,15 @@ def hf_to_params(state: dict[str, np.ndarray], config: clip.CLIPConfig,
   flat, problems = {}, []
   unexpected = sorted({origin(k) for k in state if _hf_rule(k) is None
                        or _hf_rule(k)[0] not in expected})
+  fixes = []
   if unexpected:
-    problems.append(f"unexpected keys {unexpected}")
+    problems.append(f"unexpected keys {_some(unexpected)}")
+    fixes.append("unexpected keys mean another architecture (or a wrapper prefix): convert a "
+                 "CLIP ViT in one of the formats " + ", ".join(FORMATS))
   missing = sorted({origin(k) for k in _hf_names(config) if k not in state})
   if missing:
-    problems.append(f"missing keys {missing}")
+    problems.append(f"missing keys {_some(missing)}")
+    fixes.append("missing keys mean an incomplete file: re-download or re-export it")
   for name, value in state.items():
     rule = _hf_rule(name)
     if rule is None or rule[0] not in expected:
@@ -414,9 +558,16 @@ def hf_to_params(state: dict[str, np.ndarray], config: clip.CLIPConfig,
       continue
     flat[path] = np.asarray(to_flax(np.asarray(value, np.float32), target))
   if problems:
-    raise ValueError("checkpoint does not match the CLIP model "
-                     f"({_describe(config)}): " + "; ".join(problems))
+    fix = f". Fix: {'; '.join(fixes)}" if fixes else ""
+    raise ValueError(f"{origin.file}: checkpoint does not match the CLIP model "
+                     f"({_describe(config)}): " + "; ".join(problems) + fix)
   return _nest(flat)
+
+
+def _some(names: list[str], limit: int = 10) -> str:
+  """The first `limit` names (a list repr), and how many more."""
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return f"{names[:limit]}{more}"
 
 
 def params_to_hf(params: dict) -> dict[str, np.ndarray]:
@@ -446,16 +597,26 @@ def _describe(config: clip.CLIPConfig) -> str:
 
 
 def convert(source: str, text_context: int | None = None, scan: bool = False,
-            **overrides) -> tuple[dict, clip.CLIPConfig]:
+            variant: str | None = None, **overrides) -> tuple[dict, clip.CLIPConfig]:
   """Reads `source` ('hf:dir', 'openai:file', 'open_clip:file') into (params, config).
 
   `text_context` stretches the text position table (Long-CLIP, keep 20) when it is longer than
-  the checkpoint's; `overrides` set config fields the shapes cannot tell (e.g. `text_heads`,
-  `activation="gelu"` for open_clip models trained without QuickGELU).
+  the checkpoint's; `variant` (e.g. "B/16") names what the file should be, so a file with a lost
+  layer or another architecture is an error (files without a config cannot tell otherwise);
+  `overrides` set config fields the shapes cannot tell (e.g. `text_heads`, `activation="gelu"`
+  for open_clip models trained without QuickGELU).
   """
-  state, origin, fields = read_source(source)
+  state, origin, fields, stated = read_source(source)
+  if variant is not None:
+    stated = stated + _stated_by_variant(variant)
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  config = infer_config(state, origin, **{**fields, **overrides})
+  try:
+    config = infer_config(state, origin, **{**fields, **overrides})
+  except ValueError:
+    check_layers(state, origin, stated)  # e.g. layer 0 missing: say so rather than which key
+    raise
+  check_stated(config, origin, stated)  # another model entirely: say that before its layers
+  check_layers(state, origin, stated)
   params = hf_to_params(state, config, origin)
   if text_context is not None and text_context != config.context_length:
     params, config = stretch_text_context(params, config, text_context)

@@ -30,7 +30,12 @@ from goal_jax.training import metrics as metrics_lib
 from goal_jax.training import optimizer as optimizer_lib
 from goal_jax.training import preemption
 from goal_jax.training import progress
+from goal_jax.training import resume
 from goal_jax.training import sharding
+from goal_jax.training import workdir_lock
+
+
+RANDOM_INIT = "random"  # `config.model_init` value asking for random weights
 
 
 class SetupError(RuntimeError):
@@ -53,11 +58,19 @@ def model_config_from(config: ml_collections.ConfigDict,
 def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPConfig | None]:
   """Host params from `config.model_init` (a `goal_jax.convert` output), stretched to the context.
 
-  Without `model_init` the run starts from random weights, which only makes sense for
-  pretraining (the demo's first phase); a configured but missing checkpoint is an error.
+  Fine-tuning starts from a pretrained CLIP, so an empty `model_init` is an error rather than a
+  silent start from random weights; `model_init="random"` asks for those explicitly (the
+  demo's pretraining). A configured but missing checkpoint is an error too.
   """
-  if not config.model_init:
+  if config.model_init == RANDOM_INIT:
+    logging.warning("model_init=random: training from randomly initialised weights")
     return None, None
+  if not config.model_init:
+    raise SetupError(
+        "no init checkpoint: fine-tuning starts from a pretrained CLIP. Convert one with\n"
+        "  python -m goal_jax.convert hf:/path/to/clip-vit-base-patch16 /ckpt/clip_b16\n"
+        "and pass init=/ckpt/clip_b16 (--config=configs/<method>.py:init=...) or "
+        "--config.model_init=...; init=random trains from random weights")
   path = config.model_init
   if not os.path.isfile(os.path.join(path, model_checkpoint.CONFIG_FILE)):
     raise SetupError(
@@ -140,6 +153,8 @@ def make_train_step(loss_fn, tx, schedule):
                "logit_scale": jnp.exp(params["clip"]["logit_scale"]),
                "lr": schedule(state["step"]),
                "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
+    if "local_valid" in batch:  # how much of the batch fed the local terms
+      scalars["local_pair_share"] = jnp.mean(batch["local_valid"].astype(jnp.float32))
     new_state = {"params": params, "opt_state": opt_state, "step": step, "rng": state["rng"]}
     return new_state, scalars
 
@@ -171,12 +186,23 @@ def plan_state(params: Any, rng: jax.Array, tx, mesh: jax.sharding.Mesh, strateg
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains to `total_steps` (or until preempted); returns the last metrics and evaluation."""
+  """Trains to `total_steps` (or until preempted); returns the last metrics and evaluation.
+
+  The workdir is locked for the whole run, and SIGTERM is caught from the first line: during
+  start-up it ends the run before the first step (exit 0, nothing to save), later it saves.
+  """
   os.makedirs(workdir, exist_ok=True)
+  with preemption.PreemptionGuard() as preempted, \
+      workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _run(config, workdir, preempted)
+
+
+def _run(config, workdir, preempted) -> dict[str, Any]:
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   init_params, init_config = load_init_params(config)
   model_config = model_config_from(config, init_config)
   num_records = check_data(config)
+  check_local_pairs(config)
   total_steps = total_steps_of(config, num_records)
   data_config = input_config(config, model_config)
 
@@ -192,85 +218,138 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True)
   data_iter = iter(dataset)
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints)
-  state = checkpointer.restore_or_init(abstract, init_state, data_iter)
-  del params, init_params
+  is_main = jax.process_index() == 0
+  result = {"metrics": {}, "evaluation": {}, "model_config": model_config, "workdir": workdir,
+            "preempted": False}
+  # Closed on every exit, so a save in flight completes even when a step raises.
+  with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                  save_every=config.checkpoint_every,
+                                  keep=config.keep_checkpoints) as checkpointer:
+    state = checkpointer.restore_or_init(abstract, init_state, data_iter)
+    del params, init_params
+    start = result["step"] = int(jax.device_get(state["step"]))
+    if preempted.should_stop(start):
+      logging.warning("Termination signal during start-up: exiting before step %d", start + 1)
+      result["preempted"] = True
+      return result
+    try:
+      resume.check_and_record(workdir, config, start, write=is_main)
+    except resume.ResumeConfigError as e:
+      raise SetupError(str(e)) from None
 
-  loss_fn = objectives.make_loss_fn(config.method, model_config, config.loss, mesh)
-  batch_sharding = pipeline.batch_sharding(mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
-                       out_shardings=(state_shardings, replicated))
+    loss_fn = objectives.make_loss_fn(config.method, model_config, config.loss, mesh)
+    batch_sharding = pipeline.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+                         out_shardings=(state_shardings, replicated))
+    evaluator = make_evaluator(config, model_config)
+    guard = metrics_lib.NonFiniteGuard()
+    chrono = progress.Chrono(total_steps, config.input.batch_size)
+    with metrics_lib.MetricWriter(workdir, log_every=config.log_every,
+                                  tensorboard=config.tensorboard,
+                                  resume_step=start) as writer, \
+        progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
+        jax.set_mesh(mesh):
+      for step in range(start + 1, total_steps + 1):
+        host_batch = next(data_iter)
+        record_ids = host_batch.pop("record_index")
+        batch = pipeline.make_global_batch(host_batch, batch_sharding)
+        state, scalars = train_step(state, batch)
+        guard(step, scalars, record_ids)  # checks the previous step: no stall
+        if writer.due(step, total_steps):
+          result["metrics"] = writer.write(step, {**scalars, **chrono.tick(step)})
+          bar.update(step, loss=result["metrics"]["loss"])
+        if evaluator and config.eval_every and step % config.eval_every == 0 and step < total_steps:
+          with chrono.paused():
+            result["evaluation"] = evaluator(state["params"]["clip"], step, writer)
+        stop = preempted.should_stop(step)
+        if stop or step == total_steps or step % config.checkpoint_every == 0:
+          # Never save a state that cannot be resumed: the last loss, then every updated leaf.
+          guard.flush()
+          metrics_lib.assert_state_finite(step, state)
+          checkpointer.save(step, state, data_iter, force=True)
+        if stop:
+          logging.warning("Preempted at step %d: saved, exiting", step)
+          result["preempted"] = True
+          break
+      result["step"] = int(jax.device_get(state["step"]))
+      if result["step"] == total_steps:
+        # The model first: an evaluation that fails must not cost it.
+        save_final_model(workdir, state, model_config, total_steps)
+        if evaluator and not result["preempted"]:
+          result["evaluation"] = evaluator(state["params"]["clip"], total_steps, writer,
+                                           final=True)
+  return result
 
-  start = int(jax.device_get(state["step"]))
-  writer = metrics_lib.MetricWriter(workdir, log_every=config.log_every,
-                                    tensorboard=config.tensorboard)
-  writer.write_config(config)
-  guard = metrics_lib.NonFiniteGuard()
-  chrono = progress.Chrono(total_steps, config.input.batch_size)
-  bar = progress.ProgressBar(total_steps, start, enabled=config.progress_bar)
-  evaluator = make_evaluator(config, model_config)
-  last, evaluation = {}, {}
-  with jax.set_mesh(mesh), preemption.PreemptionGuard() as preempted:
-    for step in range(start + 1, total_steps + 1):
-      host_batch = next(data_iter)
-      record_ids = host_batch.pop("record_index")
-      batch = pipeline.make_global_batch(host_batch, batch_sharding)
-      state, scalars = train_step(state, batch)
-      guard(step, scalars, record_ids)  # checks the previous step: no stall
-      if writer.due(step, total_steps):
-        last = writer.write(step, {**scalars, **chrono.tick(step)})
-        bar.update(step, loss=last["loss"])
-      if evaluator and config.eval_every and step % config.eval_every == 0 and step < total_steps:
-        with chrono.paused():
-          evaluation = evaluator(state["params"]["clip"], step, writer)
-      stop = preempted.should_stop(step)
-      if stop or step == total_steps or step % config.checkpoint_every == 0:
-        guard.flush()  # never write a non-finite state
-        checkpointer.save(step, state, data_iter, force=True)
-      if stop:
-        logging.warning("Preempted at step %d: saved, exiting", step)
-        break
-    else:
-      if evaluator:
-        evaluation = evaluator(state["params"]["clip"], total_steps, writer)
-  bar.close()
-  checkpointer.close()
-  writer.close()
-  save_final_model(workdir, state, model_config, total_steps)
-  return {"metrics": last, "evaluation": evaluation, "step": int(jax.device_get(state["step"])),
-          "model_config": model_config, "workdir": workdir}
+
+def check_local_pairs(config: ml_collections.ConfigDict) -> None:
+  """A method whose terms read local pairs refuses a dataset without any (it would silently
+  train global-only); a dataset where only some records have one is logged."""
+  if not objectives.needs_local_pairs(config.method, config.loss):
+    return
+  name, split = config.input.dataset, config.input.split
+  with_pair, seen = pipeline.local_pair_share(
+      data_builder.load_source(name, split, config.input.data_dir))
+  if not with_pair:
+    raise SetupError(
+        f"dataset {name!r} split {split!r} has no local pairs (none in {seen} records read), so "
+        f"{config.method}'s local and TSL terms would all be 0. Mine them with LISM:\n"
+        f"  python -m goal_jax.lism --data_dir={config.input.data_dir} --dataset={name} "
+        f"--split={split} --checkpoint=/path/to/converted_clip\n"
+        f"and train on dataset={name}_lism; or train global-only with configs/global_ft.py")
+  logging.info("%s: %d of %d records read have a local pair", name, with_pair, seen)
 
 
 def save_final_model(workdir: str, state, model_config: clip.CLIPConfig, total_steps: int):
   """The finished CLIP as a model checkpoint (`evaluate`, `export_hf` and later runs read it).
 
+  The model records its step (`model_info.json`) and is replaced when the run was extended past
+  it; it is written to a temporary folder renamed into place, so it is whole or absent.
   Every process takes part: Orbax's save synchronises all of them (process 0 alone would wait
-  forever), and gathering sharded (FSDP) params is a collective too. Process 0 decides whether a
-  model is already there, so all processes take the same branch. The params are saved as host
+  forever), and gathering sharded (FSDP) params is a collective too. Process 0 decides whether
+  the model is current, so all processes take the same branch. The params are saved as host
   arrays (unsharded), which any topology can read back.
   """
-  if int(jax.device_get(state["step"])) != total_steps:
+  step = int(jax.device_get(state["step"]))
+  if step != total_steps:
     return
   out = os.path.join(workdir, "model")
-  done = os.path.exists(os.path.join(out, model_checkpoint.CONFIG_FILE))
-  if multihost_utils.broadcast_one_to_all(np.array(done)):
+  current = model_checkpoint.load_info(out).get("step") == step and os.path.isfile(
+      os.path.join(out, model_checkpoint.CONFIG_FILE))
+  if multihost_utils.broadcast_one_to_all(np.array(current)):
     return
   params = multihost_utils.process_allgather(state["params"]["clip"], tiled=True)
-  model_checkpoint.save_model(out, params, model_config)
+  model_checkpoint.save_model(out, params, model_config, info={"step": step}, overwrite=True)
+  logging.info("Model of step %d written to %s", step, out)
+
+
+class EvaluationError(RuntimeError):
+  """The evaluation after training failed; the model was saved before it."""
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig):
-  """`evaluate(clip_params, step, writer) -> results` over `config.evals.benchmarks`, or None."""
+  """`evaluate(clip_params, step, writer, final=False) -> results` over the benchmarks, or None.
+
+  An evaluation during training that fails is logged and training goes on; the one after
+  training raises `EvaluationError` (the trainer has saved the model by then).
+  """
   benchmarks = config.evals.benchmarks
   if not benchmarks:
     return None
   from goal_jax.evaluation import report  # noqa: PLC0415 - only runs that evaluate need it
   from goal_jax.evaluation import runner  # noqa: PLC0415
 
-  def evaluate(clip_params, step, writer):
+  def evaluate(clip_params, step, writer, final=False):
+    try:
+      return run_benchmarks(clip_params, step, writer)
+    except Exception as e:  # noqa: BLE001 - any failure: reported, never fatal to the model
+      if final:
+        raise EvaluationError(f"evaluation at step {step} failed: {type(e).__name__}: {e}") from e
+      logging.error("Evaluation at step %d failed (training goes on): %s: %s", step,
+                    type(e).__name__, e)
+      return {}
+
+  def run_benchmarks(clip_params, step, writer):
     results = runner.evaluate_benchmarks(
         clip_params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
         batch_size=config.evals.batch_size)

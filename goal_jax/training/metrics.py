@@ -1,4 +1,4 @@
-"""Scalar metrics to `metrics.jsonl` (and TensorBoard), and a guard against non-finite losses.
+"""Scalar metrics to `metrics.jsonl` (and TensorBoard), and guards against non-finite values.
 
 Device values are fetched only when a log step is due, in one explicit `jax.device_get`, so the
 host never stalls the step pipeline in between and the code runs under
@@ -10,8 +10,12 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from goal_jax.training import paths
 
 
 def _summary_writer_class():
@@ -35,11 +39,13 @@ class MetricWriter:
   """Appends `{"step": s, name: value, ...}` lines to `<workdir>/metrics.jsonl`.
 
   Only process 0 writes; other processes still fetch (the same global values) so every host
-  takes the same path. Appending keeps the history of a preempted-and-resumed run in one file.
+  takes the same path. Appending keeps the history of a preempted-and-resumed run in one file;
+  a run resumed at `resume_step` first drops the lines of later steps, which the interrupted run
+  wrote after its last checkpoint and the resumed run writes again.
   """
 
   def __init__(self, workdir: str, *, log_every: int = 50, tensorboard: bool = False,
-               is_main: bool | None = None):
+               is_main: bool | None = None, resume_step: int | None = None):
     self.log_every = log_every
     self.is_main = jax.process_index() == 0 if is_main is None else is_main
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -47,6 +53,11 @@ class MetricWriter:
     self._tb = None
     if self.is_main:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        dropped = drop_steps_after(self.path, resume_step)
+        if dropped:
+          logging.warning("Resuming at step %d: dropped %d lines of %s written after that "
+                          "checkpoint (they are trained again)", resume_step, dropped, self.path)
       self._file = open(self.path, "a", encoding="utf-8")
       if tensorboard:
         self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
@@ -67,13 +78,6 @@ class MetricWriter:
       self._tb.flush()
     return host
 
-  def write_config(self, config: Any) -> None:
-    """Saves the run's config as `config.json` next to the metrics (process 0 only)."""
-    if self.is_main:
-      as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-      with open(os.path.join(os.path.dirname(self.path), "config.json"), "w") as f:
-        json.dump(as_dict, f, indent=2, sort_keys=True, default=repr)
-
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
@@ -87,6 +91,31 @@ class MetricWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def drop_steps_after(path: str, step: int) -> int:
+  """Rewrites `metrics.jsonl` without the lines of steps after `step`; returns how many went.
+
+  The rewrite goes to a temporary file renamed over the old one, so a crash keeps either file
+  whole. A line that does not parse (cut by a crash mid-write) is dropped too.
+  """
+  if not os.path.isfile(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):
+      pass
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return len(lines) - len(kept)
 
 
 def read_metrics(path: str) -> list[dict[str, float]]:
@@ -105,6 +134,31 @@ def assert_finite(step: int, values: Mapping[str, float], record_ids: Sequence[A
   if bad:
     ids = [x.item() if hasattr(x, "item") else x for x in np.asarray(record_ids).ravel()]
     raise NonFiniteError(f"step {step}: non-finite {bad}; batch record ids: {ids}")
+
+
+@jax.jit
+def _finite_leaves(tree: Any) -> list[jax.Array]:
+  return [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+          if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def assert_state_finite(step: int, state: Any) -> None:
+  """Raises `NonFiniteError` if any float leaf of the train state holds a NaN or an infinity.
+
+  A step's loss is computed from the params *before* its update, so a finite loss does not
+  prove the updated state finite (an overflowing learning rate breaks the params while the loss
+  looks fine); a checkpoint of such a state would fail every restart. Called before each save.
+  """
+  names = [paths.path_str(p) for p, x in jax.tree_util.tree_leaves_with_path(state)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  finite = np.asarray(jax.device_get(_finite_leaves(state)), bool)
+  if not finite.all():
+    bad = [name for name, ok in zip(names, finite) if not ok]
+    raise NonFiniteError(
+        f"step {step}: the updated train state has non-finite values in {len(bad)} of "
+        f"{len(names)} leaves (e.g. {', '.join(bad[:3])}) although the loss was finite; not "
+        "checkpointed, so the last checkpoint stays the newest. Lower the learning rate or set "
+        "--config.optim.grad_clip_norm")
 
 
 class NonFiniteGuard:

@@ -12,8 +12,16 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
+_received: int | None = None  # the signal, shared by nested guards (the command's and a run's)
+_depth = 0
+
+
 class PreemptionGuard:
   """Context manager that records termination signals instead of dying on them.
+
+  Guards nest: the command holds one over its whole life (so a signal during start-up or data
+  preparation is kept, not fatal) and each training run holds its own; a signal seen by any of
+  them stops the run. The outermost guard starts with a clean slate.
 
   On several processes every host must stop at the same step, so the decision comes from JAX's
   distributed preemption sync point (`jax.distributed.initialize` installs its own SIGTERM
@@ -22,29 +30,40 @@ class PreemptionGuard:
 
   def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
     self.signals = tuple(signals)
-    self.received: int | None = None
     self._previous = {}
 
+  @property
+  def received(self) -> int | None:
+    return _received
+
   def __enter__(self):
+    global _depth, _received
+    if _depth == 0:
+      _received = None
+    _depth += 1
     if jax.process_count() == 1:
       for sig in self.signals:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def __exit__(self, *exc):
+    global _depth
+    _depth -= 1
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
 
-  def _handle(self, signum, frame):
+  @staticmethod
+  def _handle(signum, frame):
+    global _received
     del frame
-    if self.received is None:
+    if _received is None:
       logging.warning("Received %s: will save and exit after the current step.",
                       signal.Signals(signum).name)
-    self.received = signum
+    _received = signum
 
   def should_stop(self, step: int) -> bool:
     """True once a termination signal arrived; all processes agree on the step."""
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self.received is not None
+    return _received is not None

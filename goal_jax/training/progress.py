@@ -71,3 +71,9 @@ class ProgressBar:
 
   def close(self) -> None:
     self._bar.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

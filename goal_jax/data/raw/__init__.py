@@ -28,12 +28,20 @@ class DatasetReader:
       `prepare` without `--split` prepares these.
     generator: for generated datasets, the generator options `read` takes and their defaults
       (`prepare --seed/--version`); None for datasets read from files.
+    contains: split -> the splits that share its images by design (a union split and its
+      parts, two views of the same images); `prepare` warns about an image id in two splits
+      (train/test leakage) for every other pair.
   """
   splits: tuple[str, ...]
   read: ReadFn
   needs_manual_dir: bool = True
   available: Callable[[pathlib.Path | None], tuple[str, ...]] | None = None
   generator: dict | None = None
+  contains: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+  def share_images(self, a: str, b: str) -> bool:
+    """Whether splits `a` and `b` hold the same images by design (no leakage warning)."""
+    return a in self.contains.get(b, ()) or b in self.contains.get(a, ())
 
   def available_splits(self, manual_dir) -> tuple[str, ...]:
     return self.available(manual_dir) if self.available else self.splits
@@ -56,9 +64,10 @@ def _lazy_available(module: str) -> Callable[[pathlib.Path | None], tuple[str, .
 
 READERS: dict[str, DatasetReader] = {
     "docci": DatasetReader(("train", "test", "test_qual", "qual_dev", "qual_test"),
-                           _lazy("raw.docci")),
+                           _lazy("raw.docci"), contains={"test_qual": ("test", "qual_test")}),
     "dci": DatasetReader(("train", "valid", "test", "goal_test", "full"), _lazy("raw.dci"),
-                         available=_lazy_available("raw.dci")),
+                         available=_lazy_available("raw.dci"),
+                         contains={"full": ("train", "valid", "test", "goal_test")}),
     "urban1k": DatasetReader(("test",), _lazy("raw.urban1k")),
     "sharegpt4v": DatasetReader(("train", "test"), _lazy("raw.sharegpt4v")),
     "coco_karpathy": DatasetReader(("train", "val", "test", "restval"),
@@ -68,7 +77,8 @@ READERS: dict[str, DatasetReader] = {
     "goal_json": DatasetReader(
         ("docci_test", "dci_test", "urban1k_test", "sharegpt4v_test", "coco_test",
          "flickr30k_test", "dci_train", "docci_train", "dci_train_global", "docci_train_global"),
-        _lazy("raw.goal_json"), available=_lazy_available("raw.goal_json")),
+        _lazy("raw.goal_json"), available=_lazy_available("raw.goal_json"),
+        contains={"dci_train_global": ("dci_train",), "docci_train_global": ("docci_train",)}),
     # Embedded datasets (no manual dir).
     "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
                                needs_manual_dir=False, generator={"seed": 0, "version": 2}),

@@ -1,4 +1,13 @@
-"""Helpers shared by the raw readers: JSON streaming, typed field access, path remapping."""
+r"""Helpers shared by the raw readers: JSON streaming, typed field access, paths, text files.
+
+Text rules shared by every reader: files are decoded as UTF-8 (a BOM is dropped) with
+`surrogateescape`, so a byte that is not UTF-8 reaches `records.make_record`, which makes the
+record bad (`not_utf8`, naming the file) instead of the whole file failing with a bare
+`UnicodeDecodeError`. Lines end at `\n` only (`\r\n` too): a bare `\r` inside a caption is kept
+(the caption normaliser makes it a space) rather than cutting the caption, and JSON strings may
+hold raw control characters (`strict=False`) for the same reason. File names taken from metadata
+go through `inside`: absolute paths and `..` are refused as bad records.
+"""
 import json
 import os
 import pathlib
@@ -7,14 +16,17 @@ from typing import Any, Callable, Iterable, Iterator
 from goal_jax.data import records
 
 _CHUNK = 1 << 20
+# How every text file is opened (see the module docstring): BOM dropped, bad bytes kept, no
+# newline translation.
+TEXT_ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
 
 
 class FieldError(ValueError):
-  """An annotation entry with a missing field or a field of the wrong type."""
+  """An annotation entry with a missing field, a field of the wrong type, or a bad value."""
 
-  def __init__(self, detail: str, record_id: str = ""):
+  def __init__(self, detail: str, record_id: str = "", reason: str = records.WRONG_FIELD_TYPE):
     super().__init__(detail)
-    self.record_id = record_id
+    self.record_id, self.reason = record_id, reason
 
 
 def get(entry: Any, key: str | int, types, record_id: str = "") -> Any:
@@ -49,8 +61,8 @@ def read_entries(entries: Iterable[tuple[str, Any]],
     try:
       example = parse(entry, where)
     except FieldError as e:
-      yield records.BadRecord(id=e.record_id or where, origin=where,
-                              reason=records.WRONG_FIELD_TYPE, detail=str(e))
+      yield records.BadRecord(id=e.record_id or where, origin=where, reason=e.reason,
+                              detail=str(e))
       continue
     if example is not None:
       yield example
@@ -59,16 +71,16 @@ def read_entries(entries: Iterable[tuple[str, Any]],
 def load_json(path: pathlib.Path) -> Any:
   """The parsed file, with the path in the error when it does not parse."""
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    with open(path, **TEXT_ENCODING) as f:
+      return json.load(f, strict=False)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON: {e}") from e
 
 
 def iter_json_array(path: pathlib.Path) -> Iterator[Any]:
   """Streams the items of a (possibly GB-sized) top-level JSON array without loading it whole."""
-  decoder = json.JSONDecoder()
-  with open(path, encoding="utf-8") as f:
+  decoder = json.JSONDecoder(strict=False)
+  with open(path, **TEXT_ENCODING) as f:
     buffer, position, eof = f.read(_CHUNK), 0, False
 
     def fill(position):
@@ -117,6 +129,40 @@ def iter_json_array(path: pathlib.Path) -> Iterator[Any]:
       position = skip_space(position + 1)
 
 
+def decode_text(data: bytes) -> str:
+  """File bytes as text by the rules above (BOM dropped, undecodable bytes kept as surrogates)."""
+  return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
+
+
+def iter_lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+  r"""(line number, text) of a text file split at `\n` only (a bare `\r` stays in its line)."""
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      yield number, decode_text(line)
+
+
+def inside(root: pathlib.Path, recorded: str, what: str, record_id: str = "") -> pathlib.Path:
+  r"""`root / recorded` for a file name taken from metadata; refuses one that leaves `root`.
+
+  Why: a metadata file must not make preparation read (and store in a shard) a file outside the
+  dataset. Refused, as a `path_outside_dataset` bad record: absolute (`/x`, `C:\x`,
+  `\\host\x`, `C:x`), or with a `..` part, `/` or `\` being separators. Symlinks under
+  `root` are followed: they are the documented way to put image folders there. An empty name
+  is a `wrong_field_type` bad record.
+  """
+  posix, windows = pathlib.PurePosixPath(recorded), pathlib.PureWindowsPath(recorded)
+  if not recorded or posix.parts in ((), (".",)):
+    raise FieldError(f"{what} is empty", record_id)
+  absolute = posix.is_absolute() or bool(windows.drive or windows.root)
+  if absolute or ".." in windows.parts:
+    raise FieldError(
+        f"{what} {recorded!r} leaves the dataset folder {root} "
+        f"({'an absolute path' if absolute else 'a `..` part'}): file names in the metadata must "
+        "be relative to it; fix the entry, or pass --skip_bad to skip the record",
+        record_id, records.PATH_OUTSIDE_DATASET)
+  return root.joinpath(*posix.parts)
+
+
 def find_file(manual_dir: pathlib.Path, names: Iterable[str], what: str) -> pathlib.Path:
   """The first of `names` present in `manual_dir`; the error lists what was expected."""
   names = tuple(names)
@@ -140,7 +186,8 @@ def remap_path(recorded: str, root: pathlib.Path) -> pathlib.Path:
 
   Rule: the longest trailing part of the recorded path that exists under `root` wins
   (`DCI/photos/sa_1.jpg`, then `photos/sa_1.jpg`, then `sa_1.jpg`). When none exists, the
-  basename under `root` is returned, so the missing file is named in the error.
+  basename under `root` is returned, so the missing file is named in the error. The result never
+  leaves `root`: the recorded path's root, `.` and `..` parts are dropped before the lookup.
   """
   parts = [p for p in pathlib.PurePosixPath(recorded.replace("\\", "/")).parts
            if p not in ("/", ".", "..")]

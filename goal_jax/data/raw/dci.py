@@ -9,6 +9,8 @@ Layout of the manual dir (`densely_captioned_images/` itself, or a folder holdin
                            (`[{filename, caption}]`, joined to DCI by image file name)
 The caption is `extra_caption` (what GOAL, TULIP and FG-CLIP use); an empty one is a bad record
 (203 of 7,805). The summary is `short_caption`. `full` is every annotation file, sorted (TFDS reserves the split name `all`).
+File names from `splits.json` must stay inside the annotation folder (`common.inside`); an image
+is looked up by its base name in `photos/`, so it cannot leave the dataset either.
 """
 import functools
 import pathlib
@@ -82,11 +84,17 @@ def _entries(files):
 def _listed_files(root, annotations, split):
   listed = common.get(common.load_json(root / SPLITS_FILE), split, list)
   files = []
-  for name in listed:
+  for number, name in enumerate(listed):
     if not isinstance(name, str):
       raise ValueError(f"{root / SPLITS_FILE}: {split} lists {name!r}, expected file names "
                        "(numeric indices into an unsorted directory listing are not supported)")
-    files.append(annotations / (name if name.endswith(".json") else f"{name}.json"))
+    name = name if name.endswith(".json") else f"{name}.json"
+    try:
+      files.append(common.inside(annotations, name, f"{SPLITS_FILE} entry"))
+    except common.FieldError as e:
+      where = f"{root / SPLITS_FILE}[{split}][{number}]"
+      files.append(records.BadRecord(pathlib.PurePosixPath(name).stem or where, where,
+                                     e.reason, str(e)))
   return files
 
 
@@ -135,8 +143,9 @@ def _parse(entry, where: str, root: pathlib.Path):
   image = common.get(entry, "image", str, pathlib.Path(where).stem)
   image_name = pathlib.PurePosixPath(image).name
   record_id = pathlib.PurePosixPath(image_name).stem
+  path = common.inside(root / "photos", image_name, "image", record_id or where)
   return records.RawExample(
-      id=record_id, image=str(root / "photos" / image_name),
+      id=record_id, image=str(path),
       caption=common.get(entry, "extra_caption", str, record_id),
       summary=common.get(entry, "short_caption", str, record_id),
       source=f"photos/{image_name}", origin=where)

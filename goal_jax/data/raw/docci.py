@@ -1,10 +1,11 @@
-"""DOCCI: `docci_descriptions.jsonlines` (example_id, split, image_file, description) + images/.
+r"""DOCCI: `docci_descriptions.jsonlines` (example_id, split, image_file, description) + images/.
 
 Layout of the manual dir (Google's release, unpacked):
   docci_descriptions.jsonlines
   images/<example_id>.jpg
 `test_qual` is `test` then `qual_test` (5,100 images): GOAL's DOCCI test set. FineLIP and
-FAST-GOAL evaluate on `test` (5,000).
+FAST-GOAL evaluate on `test` (5,000). Lines end at `\n` (a bare `\r` in a description stays in
+it); `image_file` must stay inside `images/` (`common.inside`).
 """
 import json
 import pathlib
@@ -26,15 +27,17 @@ def read_examples(manual_dir, split: str) -> Iterator[records.RawExample | recor
 
 
 def _lines(path: pathlib.Path):
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{number}"
-      try:
-        yield where, json.loads(line)
-      except json.JSONDecodeError as e:
-        yield where, common.FieldError(f"line is not valid JSON: {e}")
+  for number, line in common.iter_lines(path):
+    if not line.strip():
+      continue
+    where = f"{path}:{number}"
+    try:
+      yield where, json.loads(line, strict=False)
+    except json.JSONDecodeError as e:
+      undecodable = any("\udc80" <= c <= "\udcff" for c in line)
+      yield where, common.FieldError(
+          f"line is not valid JSON{' (and not UTF-8)' if undecodable else ''}: {e}",
+          reason=records.NOT_UTF8 if undecodable else records.WRONG_FIELD_TYPE)
 
 
 def _parse(entry, where: str, split: str, root: pathlib.Path):
@@ -44,7 +47,8 @@ def _parse(entry, where: str, split: str, root: pathlib.Path):
   if common.get(entry, "split", str, example_id) != split:
     return None
   image_file = common.get(entry, "image_file", str, example_id)
+  image = common.inside(root / "images", image_file, "image_file", example_id)
   return records.RawExample(
-      id=example_id, image=str(root / "images" / image_file),
+      id=example_id, image=str(image),
       caption=common.get(entry, "description", str, example_id),
       source=f"images/{image_file}", origin=where)

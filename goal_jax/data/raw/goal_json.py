@@ -25,7 +25,8 @@ Paths in these files are verbatim from the authors' machines (`../DCI/...`, `cha
 Rule: the longest trailing part of the recorded path that exists under the manual dir is used
 (`common.remap_path`), so put (or symlink) the images under the manual dir keeping at least their
 file names, e.g. `<manual_dir>/photos/sa_1543972.jpg` or `<manual_dir>/images/test_00000.jpg`.
-The record id is the image file stem.
+Absolute paths and `..` are therefore expected here, and harmless: the lookup never leaves the
+manual dir. The record id is the image file stem.
 """
 import pathlib
 from typing import Iterator

@@ -4,7 +4,8 @@ Layout of the manual dir:
   COCO:   dataset_coco.json, val2014/COCO_val2014_<12d>.jpg, train2014/...  (`filepath/filename`)
   Flickr: dataset_flickr30k.json, flickr30k-images/<id>.jpg (or the images directly there)
 One record per image, built from the `raw` sentences: the first is the caption, the next four the
-`extra_captions` (the usual 1-versus-5 protocol keeps five; a sixth is dropped).
+`extra_captions` (the usual 1-versus-5 protocol keeps five; a sixth is dropped). `filepath` and
+`filename` must stay inside the manual dir (`common.inside`: no absolute path, no `..`).
 """
 import pathlib
 from typing import Iterator
@@ -46,7 +47,8 @@ def _parse(entry, where, split, root, image_root):
   folder = entry.get("filepath", "")
   if not isinstance(folder, str):
     raise common.FieldError("field 'filepath' should be str", record_id)
-  image = image_root / folder / filename
+  image = common.inside(image_root, f"{folder}/{filename}" if folder else filename,
+                        "filepath/filename", record_id)
   sentences = common.get(entry, "sentences", list, record_id)[:CAPTIONS_PER_IMAGE]
   raws = [common.get(s, "raw", str, record_id) for s in sentences]
   return records.RawExample(  # no sentence at all -> empty caption, a bad record

@@ -9,7 +9,8 @@ Each item's `image` is a path relative to the manual dir (symlink the image root
 caption is `conversations[1].value` with newlines turned into spaces (Long-CLIP). Items [:1000] are
 `test` (ShareGPT4V-1k, Long-CLIP's evaluation), the rest `train`. The file is streamed, so `test`
 reads only its first 1,000 items. Missing images (common with partial SA-1B downloads) are bad
-records: skip them with `--skip_bad`.
+records: skip them with `--skip_bad`. An `image` path that is absolute or has `..` is a bad record
+(`common.inside`): nothing is read from outside the manual dir.
 """
 import itertools
 import pathlib
@@ -55,6 +56,7 @@ def _parse(entry, where: str, root: pathlib.Path):
   conversations = common.get(entry, "conversations", list, record_id)
   answer = common.get(conversations, 1, dict, record_id)
   caption = common.get(answer, "value", str, record_id)
+  path = common.inside(root, image, "image", record_id)
   return records.RawExample(
-      id=record_id, image=str(root / image), caption=caption.replace("\n", " "),
+      id=record_id, image=str(path), caption=caption.replace("\n", " "),
       source=pathlib.PurePosixPath(image).as_posix(), origin=where)

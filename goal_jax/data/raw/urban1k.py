@@ -1,7 +1,9 @@
-"""Urban1k (Long-CLIP): `caption/<k>.txt` (the caption is its first line) <-> `image/<k>.jpg`.
+r"""Urban1k (Long-CLIP): `caption/<k>.txt` (the caption is its first line) <-> `image/<k>.jpg`.
 
 The manual dir is the unzipped `Urban1k/` folder or the folder holding it. Records come in numeric
-order of k (1..1000), the order of GOAL's `urban_dataset_test.json`.
+order of k (1..1000), the order of GOAL's `urban_dataset_test.json`. The first line ends at the
+first `\n` (`\r\n` too): a bare `\r` inside the caption is kept (the normaliser makes it a space).
+A file that is not UTF-8 is a `not_utf8` bad record (see `common`).
 """
 import pathlib
 from typing import Iterator
@@ -27,8 +29,7 @@ def read_examples(manual_dir, split: str = "test") -> Iterator[records.RawExampl
     raise FileNotFoundError(f"Urban1k: no caption/ folder in {root}")
   files = sorted(captions.glob("*.txt"), key=_numeric_key)
   for path in files:
-    with open(path, encoding="utf-8") as f:
-      first_line = f.readline().rstrip("\r\n")
+    first_line = common.decode_text(path.read_bytes()).split("\n", 1)[0].removesuffix("\r")
     yield records.RawExample(
         id=path.stem, image=str(root / "image" / f"{path.stem}.jpg"), caption=first_line,
         source=f"image/{path.stem}.jpg", origin=str(path))

@@ -1,0 +1,88 @@
+"""`images.open_rgb` on every Pillow mode: each file is written by Pillow, read back by us, and
+compared with a pixel computed by hand from the rule in `images._to_rgb`'s docstring."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from goal_jax.data import images
+
+
+def _file(image: Image.Image, fmt: str, **save) -> bytes:
+  out = io.BytesIO()
+  image.save(out, format=fmt, **save)
+  return out.getvalue()
+
+
+def _palette_image():
+  image = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+  image.putpalette([255, 0, 0, 0, 0, 255])  # 0: red (made transparent), 1: blue
+  return image
+
+
+# (mode read back, file bytes, expected RGB pixels row by row). Expected values by hand:
+#   16-bit: round(v * 255 / 65535): 30000 -> 116.73 -> 117, 65535 -> 255, 1000 -> 3.89 -> 4.
+#   int32 over 65535: round(v * 255 / (2**31 - 1)): 2**30 -> 127.50000006 -> 128; negatives -> 0.
+#   float <= 1: round(v * 255): 0.2 -> 51; float > 1: clip(v, 0, 255): 2.6 -> 3, 300 -> 255.
+#   CMYK (0, 128, 255, 64): R = 255 * 191 / 255 = 191, G = 127 * 191 / 255 = 95.1 -> 95, B = 0.
+CASES = {
+    "I;16 png": ("I;16", _file(Image.fromarray(np.array([[30000, 65535, 0, 1000]], np.uint16)),
+                               "PNG"), [[117, 117, 117], [255] * 3, [0] * 3, [4] * 3]),
+    "I;16B tiff": ("I;16B", _file(Image.new("I;16B", (1, 1), 30000), "TIFF"), [[117] * 3]),
+    "I 16-bit range": ("I", _file(Image.fromarray(np.array([[30000, -5]], np.int32)), "TIFF"),
+                       [[117] * 3, [0] * 3]),
+    "I 32-bit range": ("I", _file(Image.fromarray(np.array([[2**30, 2**31 - 1, 70000, -9]],
+                                                           np.int32)), "TIFF"),
+                       [[128] * 3, [255] * 3, [0] * 3, [0] * 3]),
+    "F in [0, 1]": ("F", _file(Image.fromarray(np.array([[0.2, 1.0, 0.0]], np.float32)), "TIFF"),
+                    [[51] * 3, [255] * 3, [0] * 3]),
+    "F in [0, 255]": ("F", _file(Image.fromarray(np.array([[2.6, 300.0, -4.0]], np.float32)),
+                                 "TIFF"), [[3] * 3, [255] * 3, [0] * 3]),
+    "I;16 transparency": ("I;16", _file(Image.fromarray(np.array([[30000, 500]], np.uint16)),
+                                        "PNG", transparency=500), [[117] * 3, [255] * 3]),
+    "LA": ("LA", _file(Image.fromarray(np.array([[[100, 0], [100, 255]]], np.uint8), "LA"),
+                       "PNG"), [[255] * 3, [100] * 3]),
+    "RGBA": ("RGBA", _file(Image.fromarray(np.array([[[10, 20, 30, 0], [10, 20, 30, 255]]],
+                                                    np.uint8), "RGBA"), "PNG"),
+             [[255] * 3, [10, 20, 30]]),
+    "P transparency": ("P", _file(_palette_image(), "PNG", transparency=0),
+                       [[255, 255, 255], [0, 0, 255]]),
+    "L transparency": ("L", _file(Image.fromarray(np.array([[10, 200]], np.uint8)), "PNG",
+                                  transparency=10), [[255] * 3, [200] * 3]),
+    "CMYK": ("CMYK", _file(Image.new("CMYK", (1, 1), (0, 128, 255, 64)), "TIFF"), [[191, 95, 0]]),
+    "L": ("L", _file(Image.fromarray(np.array([[77]], np.uint8)), "PNG"), [[77] * 3]),
+    "1": ("1", _file(Image.fromarray(np.array([[0, 255]], np.uint8)).convert("1"), "PNG"),
+          [[0] * 3, [255] * 3]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_open_rgb_converts_every_mode_by_its_rule(case):
+  mode, data, expected = CASES[case]
+  with Image.open(io.BytesIO(data)) as opened:
+    assert opened.mode == mode  # the file really holds this mode
+  rgb = images.open_rgb(data)
+  assert rgb.mode == "RGB"
+  np.testing.assert_array_equal(np.asarray(rgb), np.asarray([expected], np.uint8))
+
+
+def test_partial_alpha_is_blended_onto_white():
+  data = _file(Image.fromarray(np.array([[[100, 128]]], np.uint8), "LA"), "PNG")
+  # 100 * 128/255 + 255 * 127/255 = 177.2 (Pillow's integer blend may round either way)
+  np.testing.assert_allclose(np.asarray(images.open_rgb(data)), [[[177.2] * 3]], atol=1)
+
+
+def test_float_image_with_nan_is_undecodable():
+  data = _file(Image.fromarray(np.array([[0.5, np.nan]], np.float32)), "TIFF")
+  with pytest.raises(images.ImageDecodeError, match="NaN"):
+    images.open_rgb(data)
+
+
+def test_16_bit_png_is_stored_grey_not_white(tmp_path):
+  path = tmp_path / "grey16.png"
+  Image.fromarray(np.full((20, 30), 30000, np.uint16)).save(path)
+  jpeg, size = images.encode_resized(path, short_side=10)
+  stored = images.decode(jpeg)
+  assert size == (20, 30) and stored.shape == (10, 15, 3)
+  np.testing.assert_allclose(stored, 117, atol=1)  # a flat JPEG: at most 1 off after coding
