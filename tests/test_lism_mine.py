@@ -191,6 +191,32 @@ def test_killed_job_resumes_to_the_one_shot_output(prepared, scorer, tmp_path, m
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_a_failed_output_write_keeps_the_earlier_output(prepared, scorer, tmp_path, monkeypatch):
+  """TFDS deletes a dataset before regenerating it; the output is staged, so a write that fails
+  (here: the third record) leaves the earlier `synthetic_lism` readable and unchanged."""
+  data_dir = _copy_source(prepared, tmp_path)
+  mine.run(data_dir, "synthetic", "train", scorer, "colour", OPTIONS, verbose=False)
+  before = _pairs("synthetic_lism", "train", data_dir)
+  original = mine._MinedRecords._generate_examples
+
+  def fails_midway(self, split):
+    for i, item in enumerate(original(self, split)):
+      if i == 2:
+        raise OSError("disk full")
+      yield item
+
+  monkeypatch.setattr(mine._MinedRecords, "_generate_examples", fails_midway)
+  with pytest.raises(OSError, match="disk full"):
+    mine.write_output(data_dir, "synthetic_lism")
+  after = _pairs("synthetic_lism", "train", data_dir)
+  assert len(after) == len(before) > 2
+  for a, b in zip(after, before):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not [p for p in os.listdir(os.path.join(data_dir, "synthetic_lism"))
+              if p.startswith(".preparing")]
+
+
 def test_other_settings_are_refused_and_selection_changes_re_mine_nothing(prepared, scorer,
                                                                           tmp_path):
   data_dir = _copy_source(prepared, tmp_path)

@@ -16,6 +16,7 @@ picklable) for `grain.MapDataset.source(...)`; items are dicts of numpy values w
 """
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -257,32 +258,45 @@ def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits
   (the old folder is put back if the second fails). On any failure, interruption included, the
   staging folder is removed and the earlier shards stay as they were, byte for byte.
   """
+  version = dataset_version(options)
+  with staged_version_dir(name, version, data_dir) as staging:
+    builder = builder_class(name, version)(
+        reader=reader, manual_dir=manual_dir, splits=splits, options=options,
+        data_dir=os.fspath(staging))
+    generate(builder)
+    fresh = staging / name / version
+    for split, report in builder.reports.items():
+      (fresh / ids_file_name(name, split)).write_text(json.dumps(report.ids), encoding="utf-8")
+    kept, discarded = _carry_over(pathlib.Path(data_dir) / name / version, fresh, name)
+  return BuildReports(builder.reports, kept, discarded)
+
+
+def generate(builder) -> None:
+  """Runs a TFDS builder's generation (no downloads: the records come from its reader)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # ours counts records, skips included
-  version = dataset_version(options)
+  with tempfile.TemporaryDirectory() as downloads:
+    builder.download_and_prepare(
+        download_dir=downloads,
+        download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+
+
+@contextlib.contextmanager
+def staged_version_dir(name: str, version: str, data_dir) -> Iterator[pathlib.Path]:
+  """Yields a staging data_dir; `<staging>/<name>/<version>`, once the block ends without an
+  error, replaces `<data_dir>/<name>/<version>` (see `build`). The staging folder always goes."""
   parent = pathlib.Path(data_dir) / name
   created = not parent.exists()
   parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{version}-", dir=parent))
   try:
-    builder = builder_class(name, version)(
-        reader=reader, manual_dir=manual_dir, splits=splits, options=options,
-        data_dir=os.fspath(staging))
-    with tempfile.TemporaryDirectory() as downloads:
-      builder.download_and_prepare(
-          download_dir=downloads,
-          download_config=tfds.download.DownloadConfig(
-              download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
-    fresh = staging / name / version
-    for split, report in builder.reports.items():
-      (fresh / ids_file_name(name, split)).write_text(json.dumps(report.ids), encoding="utf-8")
-    kept, discarded = _carry_over(parent / version, fresh, name)
-    _swap_in(fresh, parent / version, staging)
+    yield staging
+    _swap_in(staging / name / version, parent / version, staging)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     if created and parent.is_dir() and not any(parent.iterdir()):
       parent.rmdir()
-  return BuildReports(builder.reports, kept, discarded)
 
 
 def ids_file_name(name: str, split: str) -> str:

@@ -452,8 +452,6 @@ def complete_splits(data_dir, out: str) -> dict[str, pathlib.Path]:
 
 def write_output(data_dir, out: str) -> dict[str, dict[str, Any]]:
   """(Re)writes dataset `<out>` from every complete work folder; returns per-split summaries."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   folders = complete_splits(data_dir, out)
   if not folders:
     raise FileNotFoundError(f"no complete LISM work folder under {work_root(data_dir, out)}")
@@ -474,14 +472,10 @@ def write_output(data_dir, out: str) -> dict[str, dict[str, Any]]:
   # The source's metadata (preparation options, reports) still describes these records.
   metadata = {**builder.prepared_metadata(dataset, data_dir), "source_dataset": dataset,
               "lism": lism}
-  tfds.disable_progress_bar()
-  out_builder = _builder_class(out)(splits=splits, metadata=metadata,
-                                    data_dir=os.fspath(data_dir))
-  with tempfile.TemporaryDirectory() as downloads:
-    out_builder.download_and_prepare(
-        download_dir=downloads,
-        download_config=tfds.download.DownloadConfig(
-            download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  # Staged and swapped in only when complete: a failed write keeps the earlier output.
+  with builder.staged_version_dir(out, builder.VERSION, data_dir) as staging:
+    builder.generate(_builder_class(out)(splits=splits, metadata=metadata,
+                                         data_dir=os.fspath(staging)))
   return {split: info["summary"] for split, info in lism.items()}
 
 
