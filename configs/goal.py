@@ -29,4 +29,7 @@ def get_config(arg=None):
   args = common.parse(arg)
   config = common.base_config("goal", args)
   config.loss.weights = ml_collections.ConfigDict(goal_loss.GOAL_WEIGHTS)
+  # TSL against its own crop only, as the official code ("diagonal"), or the paper's Eq. 14
+  # read as an n×n batch matrix against the identity ("matrix").
+  config.loss.tsl_form = "diagonal"
   return config

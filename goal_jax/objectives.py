@@ -108,6 +108,7 @@ def _goal(params, batch, *, model, loss_config, mesh):
     return goal_loss.goal_objective(
         image_out, text_out, local_image_out, local_text_out, local_batch, heads=heads,
         logit_scale=params["clip"]["logit_scale"], weights=weights,
+        tsl_form=loss_config.get("tsl_form", "diagonal"),
         axis_name=axis_name, **_contrastive_options(loss_config))
 
   return contrastive.data_parallel(objective, mesh)(

@@ -209,3 +209,48 @@ def test_sharded_objective_equals_dense():
   with jax.set_mesh(mesh):
     actual = jax.jit(grad_fn)(*shard_batch((outs, batch), mesh), params, 2.0)
   assert_trees_close(actual, dense_value_and_grad())
+
+
+def test_tsl_matrix_form_by_hand():
+  """Eq. 14 read literally: MSE of the 2x2 similarity matrix against the identity.
+
+  Pooled regions (identity head): sample 0 -> (4, 2)/|.| = (2, 1)/sqrt(5); sample 1 -> (0, 1).
+  Targets: (1, 0) and (0, 1). Similarities: [[2/sqrt5, 1/sqrt5], [0, 1]].
+  """
+  tokens = np.array([[[3.0, 4.0], [5.0, 0.0]], [[0.0, 2.0], [0.0, 0.0]]], np.float32)
+  mask = np.array([[True, True], [True, False]])
+  target = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  a, b = 2 / math.sqrt(5), 1 / math.sqrt(5)
+  expected = ((a - 1) ** 2 + b ** 2 + 0.0 + 0.0) / 4
+  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target, form="matrix"), expected)
+  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target),  # the diagonal
+               ((a - 1) ** 2 + 0.0) / 2)
+  # An invalid sample leaves its row and its column: only sample 0's own cell is left.
+  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target,
+                                     valid=np.array([True, False]), form="matrix"), (a - 1) ** 2)
+
+
+def test_tsl_matrix_form_sharded_equals_dense():
+  """Rows sharded over 4 devices, columns gathered: value and gradients as on one device."""
+  mesh = make_mesh()
+  outs, batch, params = make_inputs()
+  tokens, target = outs["image"]["tokens"][:, 1:], outs["local_image"]["embedding"]
+  mask, valid = batch["local_patch_mask"], batch["local_valid"]
+  image_head = functools.partial(head, params["image"])
+
+  def dense(tokens, target):
+    return goal.token_similarity(tokens, mask, image_head, target, valid, form="matrix")
+
+  def sharded(tokens, target, mask, valid):
+    run = contrastive.data_parallel(
+        lambda t, g, m, v, axis_name: goal.token_similarity(t, m, image_head, g, v, axis_name,
+                                                            form="matrix"), mesh)
+    return run(tokens, target, mask, valid)
+
+  want = jax.jit(jax.value_and_grad(dense, argnums=(0, 1)))(tokens, target)
+  with jax.set_mesh(mesh):
+    got = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(
+        *shard_batch((tokens, target, mask, valid), mesh))
+  assert_trees_close(got, want)
+  diagonal = goal.token_similarity(tokens, mask, image_head, target, valid)
+  assert not np.allclose(want[0], diagonal)  # the off-diagonal cells count

@@ -118,6 +118,25 @@ def test_ablation_switch_changes_exactly_its_term(method, data_dir):
     np.testing.assert_allclose(full_loss - loss, weight * full_terms[term], rtol=1e-4, atol=1e-5)
 
 
+def test_tsl_matrix_form_changes_only_the_tsl_terms(data_dir):
+  """`config.loss.tsl_form=matrix` reaches the loss: the TSL terms change, global/local do not."""
+  model_config = clip.get_model_config("tiny/8", context_length=96)
+  data = pipeline.default_config()
+  data.update(dict(dataset="synthetic", batch_size=BATCH, image_size=32, patch_size=8,
+                   text_context=96, fields=objectives.FIELDS["goal"]))
+  batch = next(iter(pipeline.make_dataset(data, data_dir, train=True)))
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "record_index"}
+  params = {"clip": clip.init_params(model_config, jax.random.key(0))}
+  config = tiny_config("goal", data_dir, steps=1)
+  _, diagonal = objectives.make_loss_fn("goal", model_config, config.loss)(params, batch)
+  config.loss.tsl_form = "matrix"
+  _, matrix = objectives.make_loss_fn("goal", model_config, config.loss)(params, batch)
+  for name in ("global", "local"):
+    np.testing.assert_allclose(matrix[name], diagonal[name], rtol=1e-6)
+  for name in ("tsl_image", "tsl_text"):
+    assert not np.isclose(matrix[name], diagonal[name], rtol=1e-3), name
+
+
 def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
   """4 steps straight == 2 steps, a preemption (save and exit), and 2 resumed steps."""
   config = tiny_config("goal", data_dir, steps=4)

@@ -54,24 +54,46 @@ def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
   return total / jnp.maximum(count, 1.0)
 
 
+TSL_FORMS = ("diagonal", "matrix")
+
+
 def token_similarity(tokens: jax.Array, mask: jax.Array, head: Callable[[jax.Array], jax.Array],
                      target: jax.Array, valid: jax.Array | None = None,
-                     axis_name: str | None = None) -> jax.Array:
-  """One TSL term: mean over samples of (cos(norm(head(masked_mean(tokens))), target) − 1)².
+                     axis_name: str | None = None, form: str = "diagonal") -> jax.Array:
+  """One TSL term between each pooled region and the embedding of its own crop (or sentence).
 
-  Diagonal only, as the official code (the paper's n×n wording is not what ran, goal.md §1.5);
-  no temperature; gradients reach both the pooled tokens and the target embedding. Samples that
-  are invalid or whose mask is empty leave the mean.
+  `form="diagonal"` (the default, what the official code runs): the mean over samples of
+  (cos(norm(head(masked_mean(tokens))), target) − 1)². `form="matrix"`: the paper's Eq. 14 read
+  literally, MSE between the n×n batch similarity matrix (each pooled region against every
+  target of the global batch) and the identity, so a region is also pushed away from the other
+  samples' crops. No temperature in either; gradients reach both the pooled tokens and the
+  target embedding. Samples that are invalid or whose mask is empty leave the mean (their row
+  and, in the matrix form, their column).
   """
   if tokens.shape[:-1] != mask.shape:
     raise ValueError(f"TSL: tokens {tokens.shape} and mask {mask.shape} disagree; the patch mask "
                      "must index patch tokens 1..N (CLS excluded) and the span mask text tokens")
+  if form not in TSL_FORMS:
+    raise ValueError(f"TSL form {form!r}: expected one of {TSL_FORMS}")
   pooled = contrastive.l2_normalize(head(masked_mean(tokens, mask)).astype(jnp.float32))
-  cosine = jnp.sum(pooled * target.astype(jnp.float32), axis=-1)
+  target = target.astype(jnp.float32)
   keep = jnp.any(mask, axis=-1)
   if valid is not None:
     keep = keep & valid.astype(bool)
-  return contrastive.batch_mean(jnp.square(cosine - 1.0), keep, axis_name)
+  if form == "diagonal":
+    cosine = jnp.sum(pooled * target, axis=-1)
+    return contrastive.batch_mean(jnp.square(cosine - 1.0), keep, axis_name)
+  # Rows: this device's samples; columns: every target of the global batch.
+  columns = contrastive.gather(target, axis_name)
+  column_keep = contrastive.gather(keep, axis_name)
+  cosine = jnp.einsum("rd,cd->rc", pooled, columns, precision=contrastive.PRECISION)
+  rows = jnp.arange(pooled.shape[0]) + contrastive.row_offset(pooled.shape[0], axis_name)
+  identity = (rows[:, None] == jnp.arange(columns.shape[0])[None, :]).astype(jnp.float32)
+  cell_keep = keep[:, None] & column_keep[None, :]
+  total = contrastive.global_sum(jnp.sum(jnp.where(cell_keep, jnp.square(cosine - identity),
+                                                   0.0)), axis_name)
+  cells = contrastive.global_sum(jnp.sum(cell_keep.astype(jnp.float32)), axis_name)
+  return total / jnp.maximum(cells, 1.0)
 
 
 def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
@@ -79,7 +101,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
                    local_text_out: Mapping[str, jax.Array] | None,
                    batch: Mapping[str, Any], *, heads: Heads | None, logit_scale: jax.Array,
                    weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0,
-                   max_scale: float | None = None,
+                   max_scale: float | None = None, tsl_form: str = "diagonal",
                    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GOAL's loss. See the module docstring for what each argument holds.
 
@@ -87,6 +109,8 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
     weights: overrides of `GOAL_WEIGHTS` (`global`, `local`, `tsl_image`, `tsl_text`); a term
       whose weight is 0 is not computed and its inputs may be `None`.
     label_smoothing, max_scale: passed to both InfoNCE terms (GOAL: 0 and unclamped).
+    tsl_form: `diagonal` (the official code) or `matrix` (Eq. 14 read literally); see
+      `token_similarity`.
     axis_name: set when running inside `data_parallel` / `shard_map`. Global and local rows are
       gathered separately (the official code gathers `[global; local]` and splits, which mixes
       them on more than one GPU, goal.md §1.4).
@@ -108,9 +132,9 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
   if w["tsl_image"]:
     terms["tsl_image"] = token_similarity(
         image_out["tokens"][:, 1:], batch["local_patch_mask"], heads.image,
-        local_image_out["embedding"], local_valid, axis_name)
+        local_image_out["embedding"], local_valid, axis_name, tsl_form)
   if w["tsl_text"]:
     terms["tsl_text"] = token_similarity(
         text_out["tokens"], batch["local_span_mask"], heads.text,
-        local_text_out["embedding"], local_valid, axis_name)
+        local_text_out["embedding"], local_valid, axis_name, tsl_form)
   return contrastive.weighted_total(terms, w), terms
