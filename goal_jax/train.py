@@ -19,14 +19,26 @@ from goal_jax.training import metrics
 from goal_jax.training import preemption
 from goal_jax.training import workdir_lock
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and evaluation results.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "A method config and its knobs, e.g. configs/goal.py:init=/ckpt/clip_b16,dataset=docci_lism "
+    "(the README's 'Methods and configs' lists the knobs). Any field is set with "
+    "--config.<field>=<value>, e.g. --config.optim.lr=1e-5; --print_config lists them all.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The run's folder: checkpoints/, metrics.jsonl, config.json, eval_<step>.json, "
+    "tensorboard/, model/. Rerunning the same command there resumes.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (after the knobs and --config.* "
+    "overrides) and exit without training.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO

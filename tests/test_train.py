@@ -198,3 +198,36 @@ def test_demo_command_runs_end_to_end(tmp_path):
   results = json.load(open(tmp_path / "run" / "eval_300.json"))
   r1 = results["results"]["Synthetic test"]["metrics"]["t2i_R@1"]
   assert 100 / 300 < r1 <= 100  # far above chance (1 in 300)
+
+
+def test_the_trainer_says_what_it_did(data_dir, tmp_path, capsys, monkeypatch):
+  """Start, resume, model and evaluation paths are printed as lines of their own."""
+  config = tiny_config("global", data_dir, steps=2)
+  config.evals.benchmarks = config.evals.profile_name = "synthetic"
+  original = preemption.PreemptionGuard.should_stop
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop",
+                      lambda self, step: step == 1 or original(self, step))
+  loop.run(config, str(tmp_path))
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", original)
+  first = capsys.readouterr().out
+  assert (f"[train] global on synthetic/train (8 records), batch 8, 2 steps; model tiny/8 from "
+          f"random; workdir {tmp_path}\n") in first
+  assert "resumed" not in first and "written" not in first
+  loop.run(config, str(tmp_path))
+  lines = capsys.readouterr().out.splitlines()
+  assert f"[train] resumed from step 1 ({tmp_path}/checkpoints/1)" in lines
+  assert f"[train] model of step 2 written to {tmp_path}/model" in lines
+  table = lines.index(f"[train] evaluation of step 2 written to {tmp_path}/eval_2.json")
+  assert lines[table - 1] == "" and lines[table - 2].startswith("|")  # the results table
+  assert os.path.isfile(tmp_path / "eval_2.json")
+
+
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "goal_jax.train", "--config=configs/goal.py:init=random,batch=4",
+       "--config.optim.lr=0.25", "--print_config", f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "method: goal" in proc.stdout and "  lr: 0.25" in proc.stdout
+  assert "  batch_size: 4" in proc.stdout and "model_init: random" in proc.stdout
+  assert not os.path.exists(tmp_path / "run")

@@ -108,6 +108,14 @@ VARIANTS = {
 }
 
 
+def variant_of(config: CLIPConfig) -> str | None:
+  """The name of the variant with `config`'s architecture (context and compute knobs aside)."""
+  for name, fields in VARIANTS.items():
+    if all(getattr(config, key) == value for key, value in fields.items()):
+      return name
+  return None
+
+
 def get_model_config(name: str, **overrides) -> CLIPConfig:
   """Config of a named variant ("B/16", "L/14", "tiny/8", ...) with field overrides."""
   if name not in VARIANTS:

@@ -200,6 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _run(config, workdir, preempted) -> dict[str, Any]:
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   init_params, init_config = load_init_params(config)
+  if init_config is not None:  # the init decides the architecture; config.json says which
+    config.model.variant = clip.variant_of(init_config) or "custom (see model_init)"
   model_config = model_config_from(config, init_config)
   num_records = check_data(config)
   check_local_pairs(config)
@@ -237,6 +239,12 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
     except resume.ResumeConfigError as e:
       raise SetupError(str(e)) from None
 
+    say(f"{config.method} on {config.input.dataset}/{config.input.split} ({num_records} "
+        f"records), batch {config.input.batch_size}, {total_steps} steps; model "
+        f"{config.model.variant} from {config.model_init}; workdir {workdir}")
+    if start:
+      say(f"resumed from step {start} ({checkpointer.step_dir(start)})")
+
     loss_fn = objectives.make_loss_fn(config.method, model_config, config.loss, mesh)
     batch_sharding = pipeline.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -247,39 +255,48 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
     chrono = progress.Chrono(total_steps, config.input.batch_size)
     with metrics_lib.MetricWriter(workdir, log_every=config.log_every,
                                   tensorboard=config.tensorboard,
-                                  resume_step=start) as writer, \
-        progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
-        jax.set_mesh(mesh):
-      for step in range(start + 1, total_steps + 1):
-        host_batch = next(data_iter)
-        record_ids = host_batch.pop("record_index")
-        batch = pipeline.make_global_batch(host_batch, batch_sharding)
-        state, scalars = train_step(state, batch)
-        guard(step, scalars, record_ids)  # checks the previous step: no stall
-        if writer.due(step, total_steps):
-          result["metrics"] = writer.write(step, {**scalars, **chrono.tick(step)})
-          bar.update(step, loss=result["metrics"]["loss"])
-        if evaluator and config.eval_every and step % config.eval_every == 0 and step < total_steps:
-          with chrono.paused():
-            result["evaluation"] = evaluator(state["params"]["clip"], step, writer)
-        stop = preempted.should_stop(step)
-        if stop or step == total_steps or step % config.checkpoint_every == 0:
-          # Never save a state that cannot be resumed: the last loss, then every updated leaf.
-          guard.flush()
-          metrics_lib.assert_state_finite(step, state)
-          checkpointer.save(step, state, data_iter, force=True)
-        if stop:
-          logging.warning("Preempted at step %d: saved, exiting", step)
-          result["preempted"] = True
-          break
+                                  resume_step=start) as writer:
+      with progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
+          jax.set_mesh(mesh):
+        for step in range(start + 1, total_steps + 1):
+          host_batch = next(data_iter)
+          record_ids = host_batch.pop("record_index")
+          batch = pipeline.make_global_batch(host_batch, batch_sharding)
+          state, scalars = train_step(state, batch)
+          guard(step, scalars, record_ids)  # checks the previous step: no stall
+          if writer.due(step, total_steps):
+            result["metrics"] = writer.write(step, {**scalars, **chrono.tick(step)})
+            bar.update(step, loss=result["metrics"]["loss"])
+          if (evaluator and config.eval_every and step % config.eval_every == 0
+              and step < total_steps):
+            with chrono.paused():
+              result["evaluation"] = evaluator(state["params"]["clip"], step, writer,
+                                               echo=bar.write)
+          stop = preempted.should_stop(step)
+          if stop or step == total_steps or step % config.checkpoint_every == 0:
+            # Never save a state that cannot be resumed: the last loss, then every updated leaf.
+            guard.flush()
+            metrics_lib.assert_state_finite(step, state)
+            checkpointer.save(step, state, data_iter, force=True)
+          if stop:
+            logging.warning("Preempted at step %d: saved, exiting", step)
+            result["preempted"] = True
+            break
       result["step"] = int(jax.device_get(state["step"]))
       if result["step"] == total_steps:
         # The model first: an evaluation that fails must not cost it.
-        save_final_model(workdir, state, model_config, total_steps)
+        if save_final_model(workdir, state, model_config, total_steps):
+          say(f"model of step {total_steps} written to {os.path.join(workdir, 'model')}")
         if evaluator and not result["preempted"]:
           result["evaluation"] = evaluator(state["params"]["clip"], total_steps, writer,
-                                           final=True)
+                                           final=True, echo=say)
   return result
+
+
+def say(text: str) -> None:
+  """A line for the person running the command (process 0 only): what happened, where it went."""
+  if jax.process_index() == 0:
+    print(f"[train] {text}", flush=True)
 
 
 def check_local_pairs(config: ml_collections.ConfigDict) -> None:
@@ -300,8 +317,10 @@ def check_local_pairs(config: ml_collections.ConfigDict) -> None:
   logging.info("%s: %d of %d records read have a local pair", name, with_pair, seen)
 
 
-def save_final_model(workdir: str, state, model_config: clip.CLIPConfig, total_steps: int):
-  """The finished CLIP as a model checkpoint (`evaluate`, `export_hf` and later runs read it).
+def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
+                     total_steps: int) -> bool:
+  """Writes the finished CLIP as a model checkpoint (`evaluate`, `export_hf`, later runs read
+  it); returns whether it wrote one (False: not finished, or the model is already current).
 
   The model records its step (`model_info.json`) and is replaced when the run was extended past
   it; it is written to a temporary folder renamed into place, so it is whole or absent.
@@ -312,15 +331,15 @@ def save_final_model(workdir: str, state, model_config: clip.CLIPConfig, total_s
   """
   step = int(jax.device_get(state["step"]))
   if step != total_steps:
-    return
+    return False
   out = os.path.join(workdir, "model")
   current = model_checkpoint.load_info(out).get("step") == step and os.path.isfile(
       os.path.join(out, model_checkpoint.CONFIG_FILE))
   if multihost_utils.broadcast_one_to_all(np.array(current)):
-    return
+    return False
   params = multihost_utils.process_allgather(state["params"]["clip"], tiled=True)
   model_checkpoint.save_model(out, params, model_config, info={"step": step}, overwrite=True)
-  logging.info("Model of step %d written to %s", step, out)
+  return True
 
 
 class EvaluationError(RuntimeError):
@@ -339,9 +358,9 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
   from goal_jax.evaluation import report  # noqa: PLC0415 - only runs that evaluate need it
   from goal_jax.evaluation import runner  # noqa: PLC0415
 
-  def evaluate(clip_params, step, writer, final=False):
+  def evaluate(clip_params, step, writer, final=False, echo=print):
     try:
-      return run_benchmarks(clip_params, step, writer)
+      return run_benchmarks(clip_params, step, writer, echo)
     except Exception as e:  # noqa: BLE001 - any failure: reported, never fatal to the model
       if final:
         raise EvaluationError(f"evaluation at step {step} failed: {type(e).__name__}: {e}") from e
@@ -349,7 +368,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
                     type(e).__name__, e)
       return {}
 
-  def run_benchmarks(clip_params, step, writer):
+  def run_benchmarks(clip_params, step, writer, echo):
     results = runner.evaluate_benchmarks(
         clip_params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
         batch_size=config.evals.batch_size)
@@ -358,9 +377,10 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
     writer.write(step, flat)
     document = report.results_document(config.evals.profile_name, results, {"step": step})
     if jax.process_index() == 0:
-      report.write_results(os.path.join(writer_dir(writer), f"eval_{step}.json"),
-                           config.evals.profile_name, results, {"step": step})
-      print(report.markdown_table(document), flush=True)
+      path = os.path.join(writer_dir(writer), f"eval_{step}.json")
+      report.write_results(path, config.evals.profile_name, results, {"step": step})
+      echo(f"\n{report.markdown_table(document)}\n[train] evaluation of step {step} written "
+           f"to {path}")
     return results
 
   return evaluate

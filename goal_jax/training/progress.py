@@ -69,6 +69,11 @@ class ProgressBar:
     self._bar.update(step - self._step)
     self._step = step
 
+  def write(self, text: str) -> None:
+    """Prints `text` on stdout above the bar (which is redrawn below it), not glued to it."""
+    self._bar.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
   def close(self) -> None:
     self._bar.close()
 
