@@ -219,6 +219,7 @@ def test_the_trainer_says_what_it_did(data_dir, tmp_path, capsys, monkeypatch):
   assert f"[train] model of step 2 written to {tmp_path}/model" in lines
   table = lines.index(f"[train] evaluation of step 2 written to {tmp_path}/eval_2.json")
   assert lines[table - 1] == "" and lines[table - 2].startswith("|")  # the results table
+  assert "[train] " not in lines  # no empty [train] line before it
   assert os.path.isfile(tmp_path / "eval_2.json")
 
 

@@ -289,7 +289,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
           say(f"model of step {total_steps} written to {os.path.join(workdir, 'model')}")
         if evaluator and not result["preempted"]:
           result["evaluation"] = evaluator(state["params"]["clip"], total_steps, writer,
-                                           final=True, echo=say)
+                                           final=True)
   return result
 
 
@@ -358,7 +358,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
   from goal_jax.evaluation import report  # noqa: PLC0415 - only runs that evaluate need it
   from goal_jax.evaluation import runner  # noqa: PLC0415
 
-  def evaluate(clip_params, step, writer, final=False, echo=print):
+  def evaluate(clip_params, step, writer, final=False, echo=functools.partial(print, flush=True)):
     try:
       return run_benchmarks(clip_params, step, writer, echo)
     except Exception as e:  # noqa: BLE001 - any failure: reported, never fatal to the model
