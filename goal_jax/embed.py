@@ -7,7 +7,8 @@ Rows are L2-normalised float32 embeddings. Images: every image file directly in 
 sorted name order; the names are written next to the output (`img_files.txt`, one per line) so
 row i is named. Texts: one per line (blank lines are an error), tokenised at the model's context
 or `--context_length` (longer texts are truncated, keeping EOT). Batches are sharded over all
-devices (`jax.devices()`).
+devices (`jax.devices()`). The model computes in float32 whatever dtype it was trained in, so the
+rows match the HF export's (`--dtype=bfloat16` for speed).
 """
 import argparse
 import os
@@ -19,7 +20,6 @@ import numpy as np
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import zeroshot
-from goal_jax.models import checkpoint
 
 
 def parse_args(argv):
@@ -35,6 +35,7 @@ def parse_args(argv):
                       help="text tokens per row (default: the model's context)")
   parser.add_argument("--geometry", choices=("center_crop", "squash"),
                       default=runner.DEFAULT_GEOMETRY)
+  embedding.add_dtype_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -78,7 +79,7 @@ def files_list_path(out: str) -> str:
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  params, config = checkpoint.load_model(args.checkpoint)
+  params, config = embedding.load_model(args.checkpoint, args.dtype)
   embedder = embedding.Embedder(config, batch_size=args.batch_size)
   if args.images:
     names = list_images(args.images)

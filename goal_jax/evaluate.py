@@ -11,17 +11,19 @@ benchmark names, or `dataset:split` of any prepared split (see `evaluation/runne
 must be prepared first (`python -m goal_jax.data.prepare ...`; the error names the command).
 Zero-shot classification reads an ImageFolder (`DIR/<class>/<image>`, class folders named by label
 number, class name, or WordNet id for ImageNet) with the shipped class names and prompts.
+The model computes in float32 whatever dtype it was trained in (`--dtype` to change; the results'
+metadata records it).
 """
 import argparse
 import sys
 
 import jax
 
+from goal_jax.evaluation import embedding
 from goal_jax.evaluation import profiles
 from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import zeroshot
-from goal_jax.models import checkpoint
 
 
 def parse_args(argv):
@@ -38,6 +40,7 @@ def parse_args(argv):
   parser.add_argument("--zeroshot_folder", default=None, help="ImageFolder for zero-shot")
   parser.add_argument("--zeroshot_classes", default=None, choices=sorted(zeroshot.ZEROSHOT_SETS),
                       help="class names and prompts of --zeroshot_folder")
+  embedding.add_dtype_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -55,7 +58,7 @@ def main(argv=None):
                      f"profiles: {sorted(profiles.PROFILES)}")
   try:
     profile, _ = runner.resolve_benchmarks(items)
-    params, config = checkpoint.load_model(args.checkpoint)
+    params, config = embedding.load_model(args.checkpoint, args.dtype)
     results = runner.evaluate_benchmarks(
         params, config, items, args.data_dir, batch_size=args.batch_size,
         geometry=args.geometry, zeroshot_folders=folders, verbose=True)

@@ -26,8 +26,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "--config.<field>=<value>, e.g. --config.optim.lr=1e-5; --print_config lists them all.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "The run's folder: checkpoints/, metrics.jsonl, config.json, eval_<step>.json, "
-    "tensorboard/, model/. Rerunning the same command there resumes.")
+    "workdir", None, "The run's folder: checkpoints/, metrics.jsonl, config.json, "
+    "eval_<step>.json, tensorboard/, model/. Rerunning the same command there resumes.")
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the resolved config (after the knobs and --config.* "
     "overrides) and exit without training.")

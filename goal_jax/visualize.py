@@ -12,7 +12,8 @@ central square with `center_crop`. `--heatmap_out` also writes the bare colour m
 `sentences`: per sentence of the caption, the softmax over patches of cos(sentence, patch) /
 temperature (what MulCLIP's SAP aggregates): a grid at `--out` plus one PNG per sentence
 (`<out>_s<i>.png`). `curves`: every scalar of `metrics.jsonl` against the step (or `--keys`).
-The maps of an untrained model are noise.
+The maps of an untrained model are noise. The model computes in float32 whatever dtype it was
+trained in (`--dtype` to change).
 """
 import argparse
 import functools
@@ -32,7 +33,6 @@ from goal_jax.data import images as images_lib
 from goal_jax.data import pipeline
 from goal_jax.evaluation import attention_maps
 from goal_jax.evaluation import embedding
-from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import metrics as metrics_lib
@@ -157,6 +157,7 @@ def parse_args(argv):
     sub.add_argument("--out", required=True, help="output PNG")
     sub.add_argument("--geometry", choices=("squash", "center_crop"), default=DEFAULT_GEOMETRY)
     sub.add_argument("--alpha", type=float, default=0.5, help="heat map opacity")
+    embedding.add_dtype_argument(sub)
   commands.choices["attention"].add_argument("--heatmap_out", help="also write the bare heat map")
   sentences = commands.choices["sentences"]
   text = sentences.add_mutually_exclusive_group(required=True)
@@ -184,7 +185,7 @@ def main(argv=None):
     keys = plot_curves(metrics_lib.read_metrics(path), args.out, args.keys)
     print(f"wrote {args.out}: {len(keys)} curves")
     return
-  params, config = checkpoint.load_model(args.checkpoint)
+  params, config = embedding.load_model(args.checkpoint, args.dtype)
   image = images_lib.open_rgb(args.image)
   if args.command == "attention":
     overlaid, heat = attention_overlay(params, config, image, args.geometry, args.alpha)

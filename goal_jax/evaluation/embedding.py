@@ -10,7 +10,13 @@ the mesh and gathers the embeddings back replicated, so:
 
 Embeddings are the model's `embedding` outputs: L2-normalised in float32 whatever the compute
 dtype (DESIGN.md model contract), returned as float32 numpy arrays.
+
+The compute dtype is the command's choice, not the checkpoint's: a model trained in bfloat16 saves
+`dtype: bfloat16` in its config, yet `embed`, `evaluate` and `visualize` compute in float32 unless
+told otherwise (`--dtype`, `load_model`), so their outputs match the float32 HF export.
 """
+import argparse
+import dataclasses
 import functools
 import math
 from typing import Any, Iterable, Mapping
@@ -20,10 +26,28 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.training import sharding as sharding_lib
 
 TOWERS = ("image", "text")  # batch keys that are encoded; every other key passes through
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+  """The `--dtype` flag every inference command shares (one help text, one default)."""
+  parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default=DEFAULT_DTYPE,
+                      help="compute dtype (default float32, whatever dtype the checkpoint was "
+                      "trained in; float32 matches the HF export)")
+
+
+def load_model(directory: str, dtype: str = DEFAULT_DTYPE) -> tuple[dict, clip.CLIPConfig]:
+  """`checkpoint.load_model` computing in `dtype`: the saved config's dtype is a training knob."""
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+  params, config = checkpoint.load_model(directory)
+  return params, dataclasses.replace(config, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=None)
