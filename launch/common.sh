@@ -70,6 +70,27 @@ add_attention_override() {
     TRAIN_ARGS+=(--config.model.attention="$1")
 }
 
+# Makes the config file of `--config=FILE[:ARGS]` absolute: a relative FILE is the user's own when
+# it exists from here, else this checkout's (configs/goal.py). The scripts do not cd into the
+# checkout, so every other relative path (workdir, data, init) means what it says where the user
+# typed it; PYTHONPATH (see checkout_pythonpath) finds this checkout's goal_jax.
+resolve_config_path() {
+  local i spec file
+  for i in "${!TRAIN_ARGS[@]}"; do
+    [[ "${TRAIN_ARGS[$i]}" == --config=* ]] || continue
+    spec="${TRAIN_ARGS[$i]#--config=}"
+    file="${spec%%:*}"
+    if [[ "$file" != /* && ! -e "$file" && -e "$REPO_ROOT/$file" ]]; then
+      TRAIN_ARGS[i]="--config=$REPO_ROOT/$spec"
+    fi
+  done
+}
+
+# PYTHONPATH with this checkout first, so `python -m goal_jax.train` runs it from any directory.
+checkout_pythonpath() {
+  echo "$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
 # The jax version setup.cfg pins (jax[tpu] / jax[cuda12] must match it).
 pinned_jax_version() {
   sed -n 's/^ *jax==\([0-9.]*\)$/\1/p' "$REPO_ROOT/setup.cfg"

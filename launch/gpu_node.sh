@@ -22,12 +22,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 gpus="" attention="cudnn" mem_fraction="0.9" xla_flags="" python="python3" install=0
 parse_options "gpus= attention= mem_fraction= xla_flags= python= install" "$@"
 add_attention_override "$attention"
+resolve_config_path
 
 if ((install)); then
   run "$python" -m pip install -q -e "$REPO_ROOT" "jax[cuda12]==$(pinned_jax_version)"
 fi
 environment=(XLA_FLAGS="$(gpu_xla_flags "$xla_flags")"
-             XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction" GOAL_JAX_DISTRIBUTED=0)
+             XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction" GOAL_JAX_DISTRIBUTED=0
+             PYTHONPATH="$(checkout_pythonpath)")
 [[ -z "$gpus" ]] || environment+=(CUDA_VISIBLE_DEVICES="$gpus")
-run cd "$REPO_ROOT"
 run env "${environment[@]}" "$python" -m goal_jax.train "${TRAIN_ARGS[@]}"

@@ -30,6 +30,7 @@ mem_fraction= xla_flags= python=" "$@"
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node must be a positive integer"
 add_attention_override "$attention"
+resolve_config_path
 
 directives=(--job-name="$job_name" --nodes="$nodes" --ntasks-per-node=1
             --gpus-per-node="$gpus_per_node" --exclusive --output="$job_name-%j.out")
@@ -41,7 +42,7 @@ batch_script() {
   echo "#!/usr/bin/env bash"
   printf '#SBATCH %s\n' "${directives[@]}"
   echo "set -euo pipefail"
-  echo "cd $(quote "$REPO_ROOT")"
+  echo "export $(quote "PYTHONPATH=$(checkout_pythonpath)")"
   echo "export $(quote "XLA_FLAGS=$(gpu_xla_flags "$xla_flags")")"
   echo "export XLA_PYTHON_CLIENT_MEM_FRACTION=$(quote "$mem_fraction")"
   echo "srun --kill-on-bad-exit=1 $(quote "$python" -m goal_jax.train "${TRAIN_ARGS[@]}")"

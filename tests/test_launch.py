@@ -20,10 +20,10 @@ def _pinned_jax():
     return re.search(r"^\s*jax==([0-9.]+)$", f.read(), re.M).group(1)
 
 
-def _launch(script, *args, env=None, check=True):
-  env = {**os.environ, "XLA_FLAGS": "", **(env or {})}
+def _launch(script, *args, env=None, check=True, cwd=REPO_ROOT):
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": "", **(env or {})}
   proc = subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True,
-                        text=True, timeout=60, env=env)
+                        text=True, timeout=60, env=env, cwd=cwd)
   if check:
     assert proc.returncode == 0, proc.stderr
   return proc
@@ -148,11 +148,11 @@ def test_gpu_node_dry_run():
   proc = _launch("gpu_node.sh", "--dry_run", "--install", "--gpus=0,1",
                  "--xla_flags=--xla_dump_to=/d", "--", *TRAIN_ARGS,
                  env={"XLA_FLAGS": "--xla_gpu_autotune_level=0"})
-  install, cd, run = _commands(proc.stdout)
+  install, run = _commands(proc.stdout)
   assert install == ["python3", "-m", "pip", "install", "-q", "-e", REPO_ROOT,
                      f"jax[cuda12]=={_pinned_jax()}"]
-  assert cd == ["cd", REPO_ROOT]
   env, train = _gpu_env_and_train(run)
+  assert env["PYTHONPATH"] == REPO_ROOT
   assert env["XLA_FLAGS"].split() == ["--xla_gpu_enable_latency_hiding_scheduler=true",
                                       "--xla_gpu_enable_triton_gemm=false",
                                       "--xla_gpu_autotune_level=0", "--xla_dump_to=/d"]
@@ -172,6 +172,23 @@ def test_gpu_node_runs_with_the_users_override(tmp_path):
   assert lines[1:] == ["-m", "goal_jax.train", *TRAIN_ARGS, "--config.model.attention=xla"]
 
 
+def test_gpu_node_keeps_relative_paths_where_the_user_is(tmp_path):
+  """Run from another directory: the checkout's config is found, relative paths stay relative
+  to the user's directory (the script no longer cds into the checkout)."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"\necho "path=$PYTHONPATH"\n'
+                  'printf "%s\\n" "$@"\n')
+  fake.chmod(0o755)
+  (tmp_path / "mine.py").write_text("")
+  for config, expected in (("configs/goal.py:demo", f"{REPO_ROOT}/configs/goal.py:demo"),
+                           ("mine.py:demo", "mine.py:demo")):
+    proc = _launch("gpu_node.sh", f"--python={fake}", "--", f"--config={config}",
+                   "--workdir=runs/a", cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [f"cwd={tmp_path}", f"path={REPO_ROOT}"]
+    assert lines[2:6] == ["-m", "goal_jax.train", f"--config={expected}", "--workdir=runs/a"]
+
+
 def test_slurm_dry_run_prints_a_valid_batch_script(tmp_path):
   proc = _launch("slurm.sh", "--dry_run", "--nodes=2", "--gpus_per_node=4", "--partition=gpu",
                  "--time=2:00:00", "--python=/shared/venv/bin/python", "--", *TRAIN_ARGS)
@@ -187,6 +204,7 @@ def test_slurm_dry_run_prints_a_valid_batch_script(tmp_path):
                   "goal_jax.train", *TRAIN_ARGS, "--config.model.attention=cudnn"]
   exports = dict(c[1].split("=", 1) for c in commands if c[0] == "export")
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in exports["XLA_FLAGS"].split()
+  assert exports["PYTHONPATH"] == REPO_ROOT and not any(c[0] == "cd" for c in commands)
   assert proc.stdout.rstrip().endswith("sbatch")
 
 
