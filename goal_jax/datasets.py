@@ -1,0 +1,80 @@
+r"""List the prepared datasets under a data_dir: splits, sizes, splitter and local pairs.
+
+  python -m goal_jax.datasets --data_dir=/tfds
+
+One row per split: the dataset and its version, the records, the sentence splitter that segmented
+the captions (GOAL's reproduction needs `goal`), and the share of records with a usable local pair
+(read from up to `--sample` records spread over the split; GOAL's local terms need them, and
+`python -m goal_jax.lism` mines them into `<dataset>_lism`). Nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from goal_jax.data import builder
+from goal_jax.data import pipeline
+
+
+def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
+  """A dict per prepared split: dataset, version, split, records, splitter, local pairs."""
+  rows = []
+  for name in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []:
+    try:
+      version_dir = builder.dataset_dir(name, data_dir)
+    except FileNotFoundError:
+      continue  # not a prepared dataset (LISM work folders, other files)
+    metadata = builder.prepared_metadata(name, data_dir)
+    for split in _splits(version_dir):
+      source = builder.load_source(name, split, data_dir)
+      with_pair, seen = pipeline.local_pair_share(source, max_records=sample)
+      options = metadata.get("split_options", {}).get(split, metadata).get("options", {})
+      rows.append({"dataset": name, "version": version_dir.name, "split": split,
+                   "records": len(source), "splitter": options.get("splitter", "?"),
+                   "local_pairs": with_pair / seen if seen else 0.0, "sampled": seen,
+                   "source_dataset": metadata.get("source_dataset", "")})
+  return rows
+
+
+def _splits(version_dir) -> list[str]:
+  with open(version_dir / "dataset_info.json", encoding="utf-8") as f:
+    return [split["name"] for split in json.load(f).get("splits", [])]
+
+
+def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:
+  if not rows:
+    return (f"no prepared dataset under {data_dir}; make one with\n"
+            f"  python -m goal_jax.data.prepare NAME --manual_dir=/raw/NAME --data_dir={data_dir}")
+  header = f"{'dataset':<20} {'version':<8} {'split':<14} {'records':>8}  {'splitter':<10} " \
+           "local pairs"
+  lines = [f"prepared datasets under {data_dir}:", header]
+  for r in rows:
+    pairs = ("none" if not r["local_pairs"] else
+             f"{100 * r['local_pairs']:.0f}% of {r['sampled']} read")
+    mined = f" (LISM on {r['source_dataset']})" if r["source_dataset"] else ""
+    lines.append(f"{r['dataset']:<20} {r['version']:<8} {r['split']:<14} {r['records']:>8}  "
+                 f"{r['splitter']:<10} {pairs}{mined}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict[str, Any]]:
+  parser = argparse.ArgumentParser(prog="python -m goal_jax.datasets", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data_dir", default="~/tensorflow_datasets",
+                      help="where `prepare` and `lism` wrote the shards")
+  parser.add_argument("--sample", type=int, default=64,
+                      help="records read per split to count local pairs")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  data_dir = os.path.expanduser(args.data_dir)
+  if not os.path.isdir(data_dir):
+    parser.error(f"--data_dir={args.data_dir} is not a directory")
+  rows = inventory(data_dir, args.sample)
+  print(format_rows(rows, data_dir))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

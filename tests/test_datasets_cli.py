@@ -1,0 +1,38 @@
+"""`python -m goal_jax.datasets`: what is prepared under a data_dir, as a user reads it."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+from goal_jax.data import synthetic
+from test_train import REPO, prepare_synthetic
+
+
+def test_lists_splits_sizes_splitter_and_local_pairs(tmp_path, monkeypatch):
+  data_dir = prepare_synthetic(str(tmp_path / "tfds"), 8)
+  original = synthetic.read_examples
+  monkeypatch.setattr(synthetic, "read_examples", lambda *a, **k: (
+      dataclasses.replace(e, local_pairs=()) for e in original(*a, **k)))
+  prepare_synthetic(str(tmp_path / "other"), 8)
+  os.rename(tmp_path / "other" / "synthetic", tmp_path / "tfds" / "plain")
+  (tmp_path / "tfds" / "notes.txt").write_text("not a dataset")
+  proc = subprocess.run([sys.executable, "-m", "goal_jax.datasets", f"--data_dir={data_dir}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+  assert rows == [
+      ["plain", "2.0.0", "train", "8", "sentencex", "none"],
+      ["plain", "2.0.0", "test", "8", "sentencex", "none"],
+      ["plain", "2.0.0", "test_hard", "8", "sentencex", "none"],
+      ["synthetic", "2.0.0", "train", "8", "sentencex", "100%", "of", "8", "read"],
+      ["synthetic", "2.0.0", "test", "8", "sentencex", "100%", "of", "8", "read"],
+      ["synthetic", "2.0.0", "test_hard", "8", "sentencex", "100%", "of", "8", "read"]]
+
+
+def test_empty_or_missing_data_dir(tmp_path):
+  run = lambda d: subprocess.run([sys.executable, "-m", "goal_jax.datasets", f"--data_dir={d}"],
+                                 cwd=REPO, capture_output=True, text=True, timeout=300)
+  empty = run(tmp_path)
+  assert empty.returncode == 0 and "no prepared dataset under" in empty.stdout
+  missing = run(tmp_path / "nope")
+  assert missing.returncode == 2 and "is not a directory" in missing.stderr.splitlines()[-1]
