@@ -13,18 +13,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_URL = "https://github.com/goal-jax/goal_jax"  # where the package is published
 
 INSTALL = f'''\
-import importlib.util, shutil, subprocess, sys
+import glob, importlib.util, os, subprocess, sys
 
 def pip(*packages):
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
 
 if importlib.util.find_spec("goal_jax") is None:  # Colab, or a fresh environment
-  pip("git+{REPO_URL}")
-  if shutil.which("nvidia-smi"):  # a GPU runtime: the CUDA build of the pinned jax
-    from importlib.metadata import version
-    pip(f"jax[cuda12]=={{version('jax')}}")
+  from importlib.metadata import PackageNotFoundError, requires, version
+  from packaging.version import Version
+  # The package alone first: its pinned jax would replace the runtime's own CUDA/TPU build.
+  pip("--no-deps", "git+{REPO_URL}")
+  needs = [r.split(";")[0].strip() for r in requires("goal_jax") if "extra ==" not in r]
+  pinned = next(r.split("==")[1] for r in needs if r.startswith("jax=="))
+  try:
+    kept = Version(version("jax")) >= Version(pinned)  # Colab's jax, new enough: keep it
+  except PackageNotFoundError:
+    kept = False
+  pip(*[r for r in needs if not r.startswith("jax==")])
+  if not kept:
+    tpu = glob.glob("/dev/accel*") or "COLAB_TPU_ADDR" in os.environ
+    gpu = subprocess.run(["which", "nvidia-smi"], capture_output=True).returncode == 0
+    extra = "[tpu]" if tpu else "[cuda12]" if gpu else ""
+    pip(f"jax{{extra}}=={{pinned}}")
 import jax
-print(jax.devices())'''
+print("jax", jax.__version__, jax.devices())'''
 
 
 def _notebook(cells):
@@ -55,8 +67,9 @@ def quickstart():
          "numbers then mean little)."),
       _parameters('FAST = False\nMETHOD = "goal"  # goal, mulclip, global or longclip\n'
                   'WORKDIR = "/tmp/goal_jax_quickstart"'),
-      md("## Install\n\nOn Colab this installs the package from GitHub (and the CUDA build of "
-         "JAX on a GPU runtime); locally, `pip install -e .` in the checkout first."),
+      md("## Install\n\nOn Colab (CPU, GPU or TPU runtime) this installs the package from GitHub "
+         "and keeps the runtime's own JAX when it is at least the pinned version (else it installs "
+         "the pinned one, for CUDA or TPU); locally, `pip install -e .` in the checkout first."),
       code(INSTALL),
       md("## Train\n\n`configs/<method>.py:demo` is the method's recipe shrunk to the demo: a "
          "64 px CLIP with 8×8 patches, 64 text tokens (Long-CLIP's stretching of the 32 it was "
@@ -133,14 +146,41 @@ def byo_checkpoint_docci():
          "`openai/clip-vit-base-patch16`: `config.json` and `model.safetensors` or "
          "`pytorch_model.bin`) and DOCCI "
          "(`docci_descriptions.jsonlines` and the `images/` folder from "
-         "https://google.github.io/docci/). Use a GPU or TPU runtime: GOAL's recipe (B/16, batch "
-         "16, 10 epochs) is about 6k steps."),
-      _parameters('HF_CHECKPOINT = "/content/clip-vit-base-patch16"\n'
-                  'DOCCI_DIR = "/content/docci"\n'
-                  'WORK = "/content/goal_jax_work"\n'
+         "https://google.github.io/docci/); the cell after the install fetches both where they "
+         "are missing. Use a GPU or TPU runtime: GOAL's recipe (B/16, batch 16, 10 epochs) is "
+         "about 6k steps. On Colab `WORK` (converted checkpoint, prepared shards, runs) lives on "
+         "Google Drive, so a disconnect costs nothing: run the notebook again and training "
+         "resumes from its last checkpoint."),
+      _parameters('HF_CHECKPOINT = "/content/clip-vit-base-patch16"  # local disk: fetched below\n'
+                  'DOCCI_DIR = "/content/docci"  # local disk (7.1 GB of images): fetched below\n'
+                  'WORK = "/content/drive/MyDrive/goal_jax"  # survives a disconnect\n'
                   'METHOD = "goal"  # goal or mulclip\n'
                   'BATCH, EPOCHS = 16, 10'),
       code(INSTALL),
+      md("## 0. Weights, DOCCI and a workdir that survives\n\nMounts Google Drive when `WORK` "
+         "is on it, then downloads what is missing: `openai/clip-vit-base-patch16` from the "
+         "Hugging Face Hub, and DOCCI's descriptions and images (CC BY 4.0) from Google's bucket, "
+         "the images unpacked as they stream in."),
+      code('''\
+import tarfile, urllib.request
+
+if WORK.startswith("/content/drive") and "google.colab" in sys.modules:
+  from google.colab import drive
+  drive.mount("/content/drive")
+os.makedirs(WORK, exist_ok=True)
+if not os.path.isfile(f"{HF_CHECKPOINT}/config.json"):
+  from huggingface_hub import snapshot_download
+  snapshot_download("openai/clip-vit-base-patch16", local_dir=HF_CHECKPOINT,
+                    allow_patterns=["*.json", "*.safetensors", "*.txt"])
+DOCCI_URL = "https://storage.googleapis.com/docci/data"
+os.makedirs(DOCCI_DIR, exist_ok=True)
+if not os.path.isfile(f"{DOCCI_DIR}/docci_descriptions.jsonlines"):
+  urllib.request.urlretrieve(f"{DOCCI_URL}/docci_descriptions.jsonlines",
+                             f"{DOCCI_DIR}/docci_descriptions.jsonlines")
+if not os.path.isdir(f"{DOCCI_DIR}/images"):  # -> images/<example_id>.jpg
+  with urllib.request.urlopen(f"{DOCCI_URL}/docci_images.tar.gz") as stream:
+    tarfile.open(fileobj=stream, mode="r|gz").extractall(DOCCI_DIR, filter="data")
+print(len(os.listdir(f"{DOCCI_DIR}/images")), "DOCCI images")'''),
       code('''\
 import importlib, os, subprocess, sys
 CONFIGS = os.path.dirname(importlib.import_module("configs").__file__)

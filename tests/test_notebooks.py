@@ -109,3 +109,37 @@ def test_quickstart_executes(tmp_path, monkeypatch):
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 2  # training curves and the attention figure
   assert os.path.isdir(tmp_path / "run" / "model")
+
+
+_INSTALL_PROBE = """
+import importlib.metadata, importlib.util, json, subprocess, sys
+calls = []
+real_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "goal_jax" else real_find_spec(name, *a)
+def fake_run(args, **kwargs):
+  calls.append(list(args[4:]) if args[1:3] == ["-m", "pip"] else ["which"])
+  return subprocess.CompletedProcess(args, 1)
+subprocess.run = fake_run
+real_version = importlib.metadata.version
+importlib.metadata.version = lambda name: JAX if name == "jax" else real_version(name)
+importlib.metadata.requires = lambda name: ["jax==0.10.2", "flax==0.12.8", 'torch; extra == "torch"']
+exec(compile(SOURCE.split("import jax\\n")[0], "install", "exec"))
+print(json.dumps(calls))
+"""
+
+
+@pytest.mark.parametrize("runtime_jax, last_call", [
+    ("0.11.2", ["-q", "flax==0.12.8"]),  # Colab's newer jax is kept
+    ("0.9.0", ["-q", "jax==0.10.2"]),  # too old: the pinned one (no GPU/TPU here)
+])
+def test_install_cell_keeps_a_new_enough_preinstalled_jax(runtime_jax, last_call):
+  source = _generator().INSTALL
+  script = f"JAX = {runtime_jax!r}\nSOURCE = {source!r}\n" + _INSTALL_PROBE
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  calls = __import__("json").loads(proc.stdout.splitlines()[-1])
+  pips = [c for c in calls if c != ["which"]]
+  assert pips[0] == ["-q", "--no-deps", f"git+{_generator().REPO_URL}"]
+  assert pips[1] == ["-q", "flax==0.12.8"]  # the requirements but jax, extras left out
+  assert pips[-1] == last_call and len(pips) == (2 if runtime_jax == "0.11.2" else 3)
