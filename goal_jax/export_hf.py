@@ -2,23 +2,36 @@
 
   python -m goal_jax.export_hf /ckpt/goal_b16 /export/goal_b16_hf
 
-Writes config.json (by hand, so no transformers import), model.safetensors and the CLIP tokenizer
-files; `transformers.CLIPModel.from_pretrained(OUT)` then gives the same embeddings. Text pooling
-matches as long as each sequence holds one EOT token (HF takes the first EOT, goal_jax the argmax).
+Writes config.json (by hand, so no transformers import), model.safetensors, the image processor's
+preprocessor_config.json and the CLIP tokenizer files, so `CLIPModel.from_pretrained(OUT)` with
+`CLIPProcessor.from_pretrained(OUT)` (or the Auto classes) gives `python -m goal_jax.embed`'s
+embeddings to 1e-5 (both default to the `center_crop` geometry; `--geometry=squash` exports the
+other). Pixels match with the processor's PIL backend, which transformers picks when torchvision
+is not installed; with torchvision, pass `backend="pil"` to `from_pretrained`, since the default
+torchvision resize resamples a few pixels one or more uint8 levels off PIL's. Text pooling matches
+as long as each sequence holds one EOT token (HF takes the first EOT, goal_jax the argmax). An
+output that is not empty is refused before any work unless `--overwrite`, which replaces it.
 """
 import argparse
 import json
 import math
 import os
+import shutil
 import sys
 
 from safetensors.numpy import save_file
 
+from goal_jax import convert as convert_cli
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.models import convert as convert_lib
 
 SOT_TOKEN = 49406
+GEOMETRIES = ("center_crop", "squash")
+_PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what `geometry.resize_image` resizes with
+# `pipeline.MEAN_RGB` / `STD_RGB` as OpenAI writes them (a test checks they agree in float32).
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def hf_config(config: clip.CLIPConfig) -> dict:
@@ -40,19 +53,57 @@ def hf_config(config: clip.CLIPConfig) -> dict:
               torch_dtype="float32", text_config=text, vision_config=vision)
 
 
-def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True) -> list[str]:
-  """Writes the HF directory; returns the written file paths."""
+def preprocessor_config(config: clip.CLIPConfig, geometry: str = "center_crop") -> dict:
+  """The preprocessor_config.json of a `CLIPImageProcessor` that makes goal_jax's model input.
+
+  `center_crop` is `geometry.resize_image`'s: shortest edge to S, the long edge to
+  `int(S * long / short)`, PIL bicubic, the central window at offset `(resized - S) // 2`; HF's
+  processor computes both the same way. `squash` resizes straight to S x S.
+  """
+  if geometry not in GEOMETRIES:
+    raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
+  side = config.image_size
+  square = {"height": side, "width": side}
+  return dict(image_processor_type="CLIPImageProcessor", processor_class="CLIPProcessor",
+              do_convert_rgb=True, do_resize=True,
+              size={"shortest_edge": side} if geometry == "center_crop" else square,
+              resample=_PIL_BICUBIC, do_center_crop=geometry == "center_crop", crop_size=square,
+              do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+              image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+
+
+def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
+           overwrite: bool = False, geometry: str = "center_crop") -> list[str]:
+  """Writes the HF directory (complete, or not at all); returns the written file paths.
+
+  The files go to `<out_dir>.tmp`, renamed into place at the end, so `overwrite` replaces an old
+  export wholesale (no stale shard or tokenizer file survives) and a crash leaves none half-done.
+  """
+  convert_cli.check_output(out_dir, overwrite, checkpoint_dir)
+  if geometry not in GEOMETRIES:
+    raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
   params, config = checkpoint.load_model(checkpoint_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
-  with open(paths[0], "w") as f:
+  out_dir = os.path.abspath(out_dir)
+  tmp, old = out_dir + ".tmp", out_dir + ".old"
+  shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-export
+  os.makedirs(tmp)
+  names = ["config.json", "model.safetensors", "preprocessor_config.json"]
+  with open(os.path.join(tmp, names[0]), "w") as f:
     json.dump(hf_config(config), f, indent=2)
-  save_file(convert_lib.params_to_hf(params), paths[1], metadata={"format": "pt"})
+  save_file(convert_lib.params_to_hf(params), os.path.join(tmp, names[1]),
+            metadata={"format": "pt"})
+  with open(os.path.join(tmp, names[2]), "w") as f:
+    json.dump(preprocessor_config(config, geometry), f, indent=2)
   if with_tokenizer:
     from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
-    paths += tokenizer.get_tokenizer().write_hf_tokenizer_files(
-        out_dir, model_max_length=config.context_length)
-  return paths
+    names += [os.path.basename(p) for p in tokenizer.get_tokenizer().write_hf_tokenizer_files(
+        tmp, model_max_length=config.context_length)]
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.exists(out_dir):
+    os.rename(out_dir, old)
+  os.rename(tmp, out_dir)
+  shutil.rmtree(old, ignore_errors=True)
+  return [os.path.join(out_dir, n) for n in names]
 
 
 def main(argv=None):
@@ -61,8 +112,16 @@ def main(argv=None):
   parser.add_argument("checkpoint", help="model checkpoint directory (convert/train output)")
   parser.add_argument("out", help="HF directory to write")
   parser.add_argument("--no_tokenizer", action="store_true", help="skip the tokenizer files")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  parser.add_argument("--geometry", choices=GEOMETRIES, default="center_crop",
+                      help="the image geometry the processor reproduces (as `embed --geometry`)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  for path in export(args.checkpoint, args.out, with_tokenizer=not args.no_tokenizer):
+  try:
+    paths = export(args.checkpoint, args.out, with_tokenizer=not args.no_tokenizer,
+                   overwrite=args.overwrite, geometry=args.geometry)
+  except (FileNotFoundError, ValueError) as e:  # a bad checkpoint or output: no traceback needed
+    raise SystemExit(f"error: {e}") from e
+  for path in paths:
     print(f"wrote {path}")
 
 

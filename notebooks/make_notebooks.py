@@ -225,9 +225,10 @@ run("goal_jax.train",
 run("goal_jax.evaluate", f"--checkpoint={RUN}/model", "--benchmarks=docci:test",
     f"--data_dir={DATA}", f"--out={RUN}/eval_docci.json")'''),
       md("## 5. Export to Hugging Face\n\nA `CLIPModel` directory (config, safetensors, "
-         "tokenizer) that `transformers` loads as is, with the 248-token text positions."),
+         "tokenizer, image processor) that `transformers` loads as is, with the 248-token text "
+         "positions; `CLIPProcessor.from_pretrained` reads it too."),
       code('''\
-run("goal_jax.export_hf", f"{RUN}/model", f"{WORK}/{METHOD}_hf")
+run("goal_jax.export_hf", f"{RUN}/model", f"{WORK}/{METHOD}_hf", "--overwrite")
 try:
   import transformers
   model = transformers.CLIPModel.from_pretrained(f"{WORK}/{METHOD}_hf")

@@ -1,4 +1,6 @@
 """`python -m goal_jax.embed` on a tiny image folder and a text file, against direct model.apply."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -85,3 +87,33 @@ def test_bad_inputs(ckpt, tmp_path):
   with pytest.raises(ValueError, match="holds no image"):
     embed.main([f"--checkpoint={path}", f"--images={tmp_path / 'empty'}",
                 f"--out={tmp_path / 'x.npy'}"])
+
+
+def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
+  """A model saved as bfloat16 (as training saves it) embeds in float32 unless --dtype says."""
+  path, params, config = ckpt
+  bf16_path = tmp_path / "bf16"
+  checkpoint.save_model(bf16_path, params, dataclasses.replace(config, dtype="bfloat16"))
+  folder = tmp_path / "images"
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for index in range(3):
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+  text_file = tmp_path / "texts.txt"
+  text_file.write_text("A red circle on a grey background.\nTwo cats sleep on a sofa.\n")
+
+  def run(model, source, *extra):
+    out = tmp_path / "out.npy"
+    embed.main([f"--checkpoint={model}", source, f"--out={out}", *extra])
+    return np.load(out)
+
+  for source in (f"--images={folder}", f"--texts={text_file}"):
+    fp32 = run(path, source)
+    np.testing.assert_array_equal(run(bf16_path, source), fp32)
+    np.testing.assert_array_equal(run(bf16_path, source, "--dtype=float32"), fp32)
+    bf16 = run(bf16_path, source, "--dtype=bfloat16")
+    np.testing.assert_array_equal(run(path, source, "--dtype=bfloat16"), bf16)
+    assert 1e-4 < np.abs(bf16 - fp32).max() < 0.05  # bfloat16 rounding, not another model
+  with pytest.raises(SystemExit):
+    embed.parse_args([f"--checkpoint={path}", f"--texts={text_file}", "--out=x.npy",
+                      "--dtype=int8"])

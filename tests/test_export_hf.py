@@ -1,12 +1,19 @@
 """export_hf: checkpoint -> HF CLIPModel dir that transformers loads with the same outputs."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import _torch_refs as refs  # tests/ is on sys.path under pytest.
+from goal_jax import embed
 from goal_jax import export_hf
+from goal_jax.data import geometry, pipeline
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.models import convert
@@ -48,3 +55,116 @@ def test_convert_export_convert_is_identity(tmp_path):
   written = json.loads((tmp_path / "hf_out" / "config.json").read_text())
   assert written["projection_dim"] == config.embed_dim
   assert written["vision_config"]["num_attention_heads"] == 4
+
+
+# Odd sizes on both sides of square, so the resized long edge truncates (301x517 at 224 is
+# 224x384.6 -> 384) and the crop offset rounds down (odd leftover): both follow the same rule.
+ODD_SIZES = [(301, 517), (517, 301), (40, 56), (33, 33), (225, 226), (1000, 333)]
+
+
+def _photo(h, w, seed):
+  """A smooth random-phase picture (like a photo, unlike noise) of h x w pixels."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:h, 0:w]
+  phase = rng.uniform(0, 6.3, (3, 1, 1))
+  pixels = 127.5 + 120 * np.sin(x / rng.uniform(5, 40) + phase) * np.cos(y / rng.uniform(5, 40))
+  return Image.fromarray(pixels.transpose(1, 2, 0).astype(np.uint8))  # [3, h, w] -> [h, w, 3]
+
+
+def _pil_image_processor(directory):
+  from transformers import AutoImageProcessor
+  return AutoImageProcessor.from_pretrained(directory, backend="pil")
+
+
+@pytest.mark.parametrize("geometry_name", export_hf.GEOMETRIES)
+def test_image_processor_makes_the_pipelines_pixels(tmp_path, geometry_name):
+  """HF's CLIPImageProcessor (PIL backend) from our preprocessor_config = goal_jax's model input."""
+  config = clip.get_model_config("B/16")
+  (tmp_path / "preprocessor_config.json").write_text(
+      json.dumps(export_hf.preprocessor_config(config, geometry_name)))
+  processor = _pil_image_processor(tmp_path)
+  for seed, (h, w) in enumerate(ODD_SIZES):
+    image = _photo(h, w, seed)
+    want = pipeline.normalize_image(geometry.resize_image(image, 224, geometry_name))
+    got = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    assert got.shape == want.shape == (224, 224, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{h}x{w}")
+  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_MEAN), pipeline.MEAN_RGB)
+  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_STD), pipeline.STD_RGB)
+
+
+def test_clip_processor_and_model_reproduce_goal_jax_embed(tmp_path):
+  """The HF user's path: CLIPProcessor + CLIPModel on the export = `goal_jax.embed` at fp32.
+
+  The checkpoint says bfloat16 (as a trained model's does): `embed` still computes in float32.
+  Resized size and crop offset agree on every size; the resampling agrees with the processor's
+  PIL backend (named here: with torchvision installed transformers defaults to a torch bicubic
+  resize that rounds some pixels 1-2 levels off PIL's, ~1e-3 in the embeddings).
+  """
+  from transformers import AutoProcessor, CLIPModel, CLIPProcessor
+  config = clip.get_model_config("tiny/8", context_length=96, dtype="bfloat16")
+  params = refs.random_params(clip.abstract_params(config), seed=11)
+  checkpoint.save_model(tmp_path / "ckpt", params, config)
+  export_hf.main([str(tmp_path / "ckpt"), str(tmp_path / "hf")])
+  assert (tmp_path / "hf" / "preprocessor_config.json").is_file()
+  folder = tmp_path / "images"
+  folder.mkdir()
+  sizes = [(301, 517), (517, 301), (40, 56), (33, 33)]
+  for index, (h, w) in enumerate(sizes):
+    _photo(h, w, index).save(folder / f"{index}.png")
+  texts = ["A red circle on a grey background.", "Two cats sleep on a sofa, next to a rug.",
+           "a photo of a dog"]
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+  embed.main([f"--checkpoint={tmp_path / 'ckpt'}", f"--images={folder}",
+              f"--out={tmp_path / 'img.npy'}"])
+  embed.main([f"--checkpoint={tmp_path / 'ckpt'}", f"--texts={tmp_path / 'texts.txt'}",
+              f"--out={tmp_path / 'txt.npy'}"])
+
+  for loaded in (CLIPProcessor.from_pretrained(tmp_path / "hf"),
+                 AutoProcessor.from_pretrained(tmp_path / "hf")):  # what HF users reach for
+    assert loaded.image_processor.crop_size["height"] == config.image_size
+    assert loaded.tokenizer.model_max_length == 96
+  processor = CLIPProcessor.from_pretrained(tmp_path / "hf", backend="pil")
+  model = CLIPModel.from_pretrained(tmp_path / "hf").eval()
+  images = [Image.open(folder / f"{i}.png") for i in range(len(sizes))]
+  inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    out = model(**inputs)
+  np.testing.assert_allclose(out.image_embeds.numpy(), np.load(tmp_path / "img.npy"), atol=1e-5)
+  np.testing.assert_allclose(out.text_embeds.numpy(), np.load(tmp_path / "txt.npy"), atol=1e-5)
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+
+
+def test_existing_output_needs_overwrite_and_is_replaced(tmp_path, capsys):
+  config = clip.get_model_config("tiny/8")
+  checkpoint.save_model(tmp_path / "ckpt", refs.random_params(clip.abstract_params(config)),
+                        config)
+  out = tmp_path / "hf"
+  out.mkdir()
+  (out / "stale.bin").write_text("an older export's file")
+  # Refused before any work: the checkpoint is not even read (here it does not exist).
+  with pytest.raises(SystemExit) as refused:
+    export_hf.main([str(tmp_path / "absent"), str(out)])
+  assert str(refused.value) == f"error: output {out} is not empty; pass --overwrite to replace it"
+  export_hf.main([str(tmp_path / "ckpt"), str(out), "--overwrite", "--no_tokenizer"])
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors",
+                                     "preprocessor_config.json"]
+  assert not os.path.exists(f"{out}.tmp") and not os.path.exists(f"{out}.old")
+  assert f"wrote {out / 'preprocessor_config.json'}" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="error: the output .* is the source"):
+    export_hf.main([str(tmp_path / "ckpt"), str(tmp_path / "ckpt"), "--overwrite"])
+  with pytest.raises(SystemExit, match="error: .*absent is not a model checkpoint"):
+    export_hf.main([str(tmp_path / "absent"), str(tmp_path / "new")])
+
+
+def test_command_errors_are_one_line(tmp_path):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "x").write_text("")
+  result = _run("goal_jax.export_hf", tmp_path / "ckpt", tmp_path / "out")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"error: output {tmp_path / 'out'} is not empty; pass --overwrite to replace it"]

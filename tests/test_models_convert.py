@@ -345,3 +345,76 @@ def test_key_errors_name_the_file_and_the_fix(tmp_path, openai_model):
   with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]\. Fix: unexpected "
                      r"keys mean another architecture"):
     _convert_state(tmp_path, {**state, "extra.weight": torch.zeros(2)})
+
+
+# --- The command: bare sources, the output rule, one-line errors.
+
+def test_cli_takes_a_bare_hf_directory_or_weights_file(tmp_path, hf_dir, openai_model):
+  """A directory with config.json is HF; a bare file is the OpenAI/open_clip layout (one reader)."""
+  convert_cli.main([str(hf_dir), str(tmp_path / "bare")])
+  want, want_config = convert.convert(f"hf:{hf_dir}")
+  got, got_config = checkpoint.load_model(tmp_path / "bare")
+  assert got_config == want_config
+  _assert_same_params(got, want)
+  torch.save(_state(openai_model), tmp_path / "model.pt")
+  save_file(_state(openai_model), str(tmp_path / "open_clip.safetensors"))
+  want, _ = convert.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
+  for name in ("model.pt", "open_clip.safetensors"):
+    convert_cli.main([str(tmp_path / name), str(tmp_path / f"from_{name}"), "--vision_heads=4",
+                      "--text_heads=2"])
+    _assert_same_params(checkpoint.load_model(tmp_path / f"from_{name}")[0], want)
+
+
+def test_cli_refuses_ambiguous_or_wrong_sources(tmp_path, hf_dir):
+  weights = hf_dir / "model.safetensors"
+  with pytest.raises(SystemExit) as error:
+    convert_cli.main([str(weights), str(tmp_path / "out")])
+  assert str(error.value) == (f"error: {weights} is the weights file of the HF model directory "
+                              f"{hf_dir}; pass the directory")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit, match=r"^error: .*empty is a directory without config.json"):
+    convert_cli.main([str(tmp_path / "empty"), str(tmp_path / "out")])
+  with pytest.raises(SystemExit, match=r"^error: no such file or directory: .*absent"):
+    convert_cli.main([str(tmp_path / "absent"), str(tmp_path / "out")])
+  convert_cli.main([str(hf_dir), str(tmp_path / "ckpt")])
+  with pytest.raises(SystemExit, match=r"^error: .*ckpt is already a goal_jax model checkpoint"):
+    convert_cli.main([str(tmp_path / "ckpt"), str(tmp_path / "out")])
+  with pytest.raises(SystemExit, match=r"^error: the output .* is the source"):
+    convert_cli.main([str(hf_dir), str(hf_dir), "--overwrite"])
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_checks_the_output_first_and_overwrites_on_request(tmp_path, hf_dir, monkeypatch,
+                                                               capsys):
+  out = tmp_path / "ckpt"
+  out.mkdir()
+  (out / "stale.txt").write_text("from an earlier run")
+  calls = []
+  real_convert = convert.convert
+  monkeypatch.setattr(convert, "convert", lambda *a, **k: calls.append(a) or real_convert(*a, **k))
+  with pytest.raises(SystemExit) as error:
+    convert_cli.main([str(hf_dir), str(out)])
+  assert str(error.value) == f"error: output {out} is not empty; pass --overwrite to replace it"
+  assert not calls  # refused before reading a single weight
+  convert_cli.main([str(hf_dir), str(out), "--overwrite", "--text_context=96"])
+  assert len(calls) == 1 and sorted(os.listdir(out)) == ["model_config.json", "params"]
+  assert checkpoint.load_config(out).context_length == 96
+  assert capsys.readouterr().out.startswith(f"wrote {out}: ")
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit, match=r"^error: output .*file exists and is not a directory$"):
+    convert_cli.main([str(hf_dir), str(tmp_path / "file"), "--overwrite"])
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, openai_model):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  state = {k: v for k, v in _state(openai_model).items() if k != "ln_final.bias"}
+  torch.save(state, tmp_path / "bad.pt")
+  result = subprocess.run([sys.executable, "-m", "goal_jax.convert", str(tmp_path / "bad.pt"),
+                           str(tmp_path / "out"), "--vision_heads=4", "--text_heads=2"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'bad.pt'}: checkpoint does "
+                                                 "not match the CLIP model")
+  assert "missing keys ['ln_final.bias']" in lines[0] and not (tmp_path / "out").exists()

@@ -207,3 +207,25 @@ def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path, monkeypat
   # 4.5 x 3 in at 100 dpi; 2 panels of 4 x (4 * 50/70 + 0.8) in (Agg truncates to pixels).
   assert Image.open(tmp_path / "curves.png").size == (450, 300)
   assert Image.open(tmp_path / "grid.png").size == (800, int(100 * (4 * 50 / 70 + 0.8)))
+
+
+def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
+  """A model saved as bfloat16 draws the float32 model's maps unless --dtype=bfloat16."""
+  path, params, config, image_path = ckpt
+  bf16_path = tmp_path / "bf16"
+  checkpoint.save_model(bf16_path, params, dataclasses.replace(config, dtype="bfloat16"))
+
+  def heat(model, *extra):
+    out, heat_out = tmp_path / "attn.png", tmp_path / "heat.png"
+    visualize.main(["attention", f"--checkpoint={model}", f"--image={image_path}",
+                    f"--out={out}", f"--heatmap_out={heat_out}", *extra])
+    return np.asarray(Image.open(heat_out), np.int32)
+
+  fp32 = heat(path)
+  np.testing.assert_array_equal(heat(bf16_path), fp32)
+  bf16 = heat(bf16_path, "--dtype=bfloat16")
+  np.testing.assert_array_equal(heat(path, "--dtype=bfloat16"), bf16)
+  assert np.abs(bf16 - fp32).max() > 0, "bfloat16 gave the float32 maps"
+  sentences = ["sentences", f"--checkpoint={bf16_path}", f"--image={image_path}",
+               f"--out={tmp_path / 's.png'}", "--caption=A gradient.", "--dtype=bfloat16"]
+  assert visualize.parse_args(sentences).dtype == "bfloat16"
