@@ -16,18 +16,28 @@ Ablations (GOAL Table 1) are weight overrides:
   global fine-tuning  --config.loss.weights.local=0 --config.loss.weights.tsl_image=0
                       --config.loss.weights.tsl_text=0   (or configs/global_ft.py)
   w/o TSL             --config.loss.weights.tsl_image=0 --config.loss.weights.tsl_text=0
-Reproducing the released code's quirks: `--config.input.span_mode=goal` (its +1 token shift) and
-`--config.input.box_mode=goal` (its naive box stretch); the defaults are the corrected forms.
+Reproducing the released code (https://github.com/PerceptualAI-Lab/GOAL): `reproduce=goal` sets
+`config.input.compat=goal`, every behaviour of its `goal_loss_finetuning.py` at once (span rule
+with its truncation fallback, HF text normalisation, boxes cut on a 16-pixel grid and divided by
+the JSON's crop size); `reproduce=goal_fixed` is the authors' later `goal.py`, boxes divided by
+the true image size. Either needs shards prepared with `--splitter=goal` and refuses others. The
+defaults are the corrected forms; README "Where we differ from the official GOAL code" lists each
+behaviour and its own field (`--config.input.span_mode=goal`, ...) for ablations.
 """
 import ml_collections
 
 from configs import common
+from goal_jax.data import pipeline
 from goal_jax.losses import goal as goal_loss
 
 
 def get_config(arg=None):
-  args = common.parse(arg)
+  args = common.parse(arg, reproduce="")  # "", "goal" or "goal_fixed": config.input.compat
   config = common.base_config("goal", args)
+  if args.reproduce and args.reproduce not in pipeline.COMPAT:
+    raise ValueError(f"config arg reproduce={args.reproduce!r}: expected one of "
+                     f"{sorted(pipeline.COMPAT)}")
+  config.input.compat = args.reproduce
   config.loss.weights = ml_collections.ConfigDict(goal_loss.GOAL_WEIGHTS)
   # TSL against its own crop only, as the official code ("diagonal"), or the paper's Eq. 14
   # read as an n×n batch matrix against the identity ("matrix").

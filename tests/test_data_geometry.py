@@ -91,6 +91,48 @@ def test_grid_comes_from_model_config():
     assert mask.shape == (256,) and mask.sum() == 1 and mask[0]
 
 
+def test_goal_grid_hard_coded_16_scrambles_l14():
+  """GOAL's call site cuts boxes on a 16-pixel grid for every model; on L/14 (16 x 16 tokens) it
+  reads the 14-grid's flat indices from the 16-grid's token sequence."""
+  # Square 448 image, box -> (32, 48, 96, 80) in the input. 16-pixel cells: cols [2, 6),
+  # rows [3, 5) of the 14 x 14 grid, flat r * 14 + c = 44..47 and 58..61. On the 16 x 16 grid
+  # those are row 2, cols 12..15 and row 3, cols 10..13, not the box's place.
+  box, hw = (64, 96, 192, 160), (448, 448)
+  mask = geometry.box_to_patch_mask(box, hw, mode="goal", goal_patch=16, **L14)
+  assert mask.shape == (256,)
+  assert np.flatnonzero(mask).tolist() == [44, 45, 46, 47, 58, 59, 60, 61]
+  expected = np.zeros((16, 16), bool)
+  expected[2, 12:16] = expected[3, 10:14] = True
+  np.testing.assert_array_equal(mask.reshape(16, 16), expected)
+  # The model's own grid (the default) puts it where the box is: rows 3..5, cols 2..6 of 16.
+  np.testing.assert_array_equal(geometry.box_to_patch_mask(box, hw, mode="goal", **L14),
+                                _mask(16, (3, 6), (2, 7)))
+  # On B/16 the hard-coded grid is the model's: nothing changes.
+  np.testing.assert_array_equal(
+      geometry.box_to_patch_mask(box, hw, mode="goal", goal_patch=16, **B16),
+      geometry.box_to_patch_mask(box, hw, mode="goal", **B16))
+  # B/32 at 224 has 7 x 7 tokens: GOAL's 14-grid index 44 does not exist there (its code fails).
+  with pytest.raises(ValueError, match="does not fit the model's 7 x 7"):
+    geometry.box_to_patch_mask(box, hw, image_size=224, patch_size=32, mode="goal", goal_patch=16)
+
+
+def test_goal_box_divided_by_json_crop_size():
+  """The released code divides the box by its JSON's width/height (the crop's size)."""
+  # Wide 300 x 600 image, box (300, 60, 420, 150), crop 90 high x 120 wide. By the crop size:
+  # x1' = round(300 * 224 / 120) = 560 -> 223, y1' = round(60 * 224 / 90) = round(149.3) = 149,
+  # x2' = 784 -> 224, y2' = round(373.3) -> 224: cols [13, 14), rows [9, 14) of 14.
+  box = (300, 60, 420, 150)
+  by_crop = geometry.box_to_patch_mask(box, WIDE, mode="goal", goal_norm_hw=(90, 120), **B16)
+  np.testing.assert_array_equal(by_crop, _mask(14, (9, 14), (13, 14)))
+  # By the true image size (the authors' later fix, and the default): rows 2..6, cols 7..9.
+  by_image = geometry.box_to_patch_mask(box, WIDE, mode="goal", **B16)
+  np.testing.assert_array_equal(by_image, _mask(14, (2, 7), (7, 10)))
+  np.testing.assert_array_equal(
+      geometry.box_to_patch_mask(box, WIDE, mode="goal", goal_norm_hw=WIDE, **B16), by_image)
+  with pytest.raises(ValueError, match="goal_norm_hw must be a positive"):
+    geometry.box_to_patch_mask(box, WIDE, mode="goal", goal_norm_hw=(0, 120), **B16)
+
+
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="multiple of patch_size"):
     geometry.box_to_patch_mask((0, 0, 1, 1), (10, 10), image_size=224, patch_size=15)

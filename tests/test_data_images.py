@@ -86,3 +86,55 @@ def test_16_bit_png_is_stored_grey_not_white(tmp_path):
   stored = images.decode(jpeg)
   assert size == (20, 30) and stored.shape == (10, 15, 3)
   np.testing.assert_allclose(stored, 117, atol=1)  # a flat JPEG: at most 1 off after coding
+
+
+def _smooth(height, width):
+  """A smooth colour image (JPEG keeps it within a few levels)."""
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  return np.stack([128 + 100 * np.sin(x / 37), 128 + 100 * np.cos(y / 29),
+                   128 + 60 * np.sin((x + y) / 53)], -1).astype(np.uint8)
+
+
+def test_detail_copy_is_never_upscaled_and_keeps_the_aspect():
+  pixels = _smooth(300, 200)
+  tiles, layout = images.encode_detail(pixels, short_side=1024)  # larger than the image
+  assert tuple(layout) == (300, 200, images.DETAIL_TILE) and len(tiles) == 2  # 2 rows x 1 col
+  whole = images.decode_detail(tiles, layout)
+  assert whole.size == (200, 300)
+  assert np.abs(np.asarray(whole).astype(int) - pixels).mean() < 3
+  tiles, layout = images.encode_detail(pixels, short_side=100)
+  assert tuple(layout) == (150, 100, images.DETAIL_TILE)  # 3:2 kept
+  reference = np.asarray(Image.fromarray(pixels).resize((100, 150), Image.BICUBIC)).astype(int)
+  assert np.abs(np.asarray(images.decode_detail(tiles, layout)) - reference).mean() < 3
+  # DOCCI-sized: 2,000 x 1,600 at short side 1,024 -> 1,280 x 1,024, 5 x 4 tiles.
+  tiles, layout = images.encode_detail(np.zeros((2000, 1600, 3), np.uint8), short_side=1024)
+  assert tuple(layout) == (1280, 1024, 256) and len(tiles) == 20
+  # No larger than the stored image: no tiles, the stored image is the detail copy.
+  assert images.encode_detail(pixels, short_side=0, stored_hw=(300, 200))[0] == []
+  with pytest.raises(ValueError, match="multiple of 16"):
+    images.encode_detail(pixels, tile=100)
+
+
+def test_crop_detail_decodes_only_the_overlapped_tiles_at_the_scale_needed():
+  pixels = _smooth(1000, 800)
+  tiles, layout = images.encode_detail(pixels)  # 4 rows x 4 columns of 256 px
+  whole = images.decode_detail(tiles, layout)
+  window = (100, 300, 700, 900)  # 600 x 600
+  np.testing.assert_array_equal(np.asarray(images.crop_detail(tiles, layout, window)),
+                                np.asarray(whole.crop(window)))
+  # DCT scaling: the largest of 1/2, 1/4, 1/8 keeping the short side >= the model's side.
+  assert images.crop_detail(tiles, layout, window, min_short_side=224).size == (300, 300)
+  assert images.crop_detail(tiles, layout, window, min_short_side=300).size == (300, 300)
+  assert images.crop_detail(tiles, layout, window, min_short_side=301).size == (600, 600)
+  # 1/8, widened to whole scaled pixels: floor(100 / 8) = 12 .. ceil(700 / 8) = 88.
+  assert images.crop_detail(tiles, layout, window, min_short_side=60).size == (76, 76)
+  halved = np.asarray(images.crop_detail(tiles, layout, window, min_short_side=224)).astype(int)
+  assert np.abs(halved - np.asarray(whole.crop(window).reduce(2))).mean() < 3
+  # Tiles outside the window are never decoded; one inside that does not decode is an error.
+  broken = list(tiles)
+  broken[0] = b"not a jpeg"  # rows 0..255, columns 0..255
+  images.crop_detail(broken, layout, (300, 300, 500, 500))
+  with pytest.raises(images.ImageDecodeError, match="tile 0"):
+    images.crop_detail(broken, layout, (200, 200, 300, 300))
+  with pytest.raises(images.ImageDecodeError, match="does not match"):
+    images.crop_detail(tiles[:-1], layout, window)

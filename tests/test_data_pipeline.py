@@ -353,3 +353,91 @@ def test_prepared_synthetic_shards_end_to_end(tmp_path, monkeypatch):
   row = pipeline.process(builder.decode_record(source[5]), config)
   for key, value in row.items():
     np.testing.assert_array_equal(merged[key][5], value, err_msg=key)
+
+
+# --- local crops from the detail copy (full resolution) -----------------------------------------
+
+PHOTO_HW = (2000, 1600)  # a DOCCI-sized photo (h x w)
+STRIPE_BOX = (1000.0, 1000.0, 1064.0, 1064.0)  # 64 x 64, across four 256-px detail tiles
+
+
+def _striped_photo():
+  """Grey 128, with 2-px black and white vertical stripes inside STRIPE_BOX. In the 256-px copy
+  (scale 0.16) the box is ~10 px and each stripe 0.32 px: they average to flat grey there."""
+  pixels = np.full((*PHOTO_HW, 3), 128, np.uint8)
+  x1, y1, x2, y2 = (int(v) for v in STRIPE_BOX)
+  columns = np.arange(x1, x2)
+  pixels[y1:y2, x1:x2] = np.where((columns // 2) % 2 == 0, 255, 0)[None, :, None]
+  return pixels
+
+
+def _striped_record(**options):
+  from goal_jax.data import builder, records  # pylint: disable=g-import-not-at-top
+  example = records.RawExample(
+      id="striped", image=_striped_photo(), caption="A grey photo. A small striped patch.",
+      local_pairs=(records.LocalPair(STRIPE_BOX, 1, 1.0),))
+  record, _ = records.make_record(example, dataset="test", **options)
+  return builder.decode_record(record)
+
+
+def _column_profile(local_image):
+  """Mean pixel value of each column of a normalised model input (undoing the normalisation)."""
+  return (local_image * (STD * 255.0) + MEAN * 255.0).mean(axis=(0, 2))
+
+
+# The hand-computed expectation: columns 1000, 1001 white, 1002, 1003 black, and so on.
+STRIPES = np.where((np.arange(1000, 1064) // 2) % 2 == 0, 255.0, 0.0)
+
+
+def test_local_crop_from_a_2000px_photo_keeps_the_stripes_the_256px_copy_loses():
+  config = _config(image_size=64, patch_size=16, fields="goal")  # squash: the 64-px box is 1:1
+  detailed = _striped_record()
+  assert tuple(detailed["detail_layout"]) == (*PHOTO_HW, 256)
+  assert Image.open(io.BytesIO(detailed["image"])).size == (256, 320)  # the global image
+  profile = _column_profile(pipeline.process(detailed, config)["local_image"])
+  np.testing.assert_allclose(profile, STRIPES, atol=10)  # JPEG's error (measured: 1)
+  assert np.abs(profile[:-2] - profile[2:]).mean() > 200  # stripe contrast; by hand: 255
+  # The same record without a detail copy crops the 256-px copy: the stripes are gone.
+  small = _striped_record(detail=False)
+  assert tuple(small["detail_layout"]) == (0, 0, 0) and small["image"] == detailed["image"]
+  flat = _column_profile(pipeline.process(small, config)["local_image"])
+  assert np.abs(flat[:-2] - flat[2:]).mean() < 10  # by hand: 0 (the stripes average out)
+  assert np.abs(flat - STRIPES).mean() > 100  # by hand: ~127.5 from every column
+
+
+def test_older_shards_without_detail_fields_load_and_crop_the_small_copy(tmp_path, monkeypatch):
+  """Shards written before the detail copy existed (no such features) still load and train."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from goal_jax.data import builder, detail, raw, records  # pylint: disable=g-import-not-at-top
+  features, make_record = records.features, records.make_record
+
+  def older_features():
+    return tfds.features.FeaturesDict({k: v for k, v in features().items()
+                                       if not k.startswith("detail_")})
+
+  def older_record(*args, **kwargs):
+    record, stats = make_record(*args, **kwargs)
+    return {k: v for k, v in record.items() if not k.startswith("detail_")}, stats
+
+  example = records.RawExample(
+      id="striped", image=_striped_photo(), caption="A grey photo. A small striped patch.",
+      local_pairs=(records.LocalPair(STRIPE_BOX, 1, 1.0),))
+  reader = raw.DatasetReader(("test",), lambda _, split: iter([example]),
+                             needs_manual_dir=False)
+  monkeypatch.setattr(records, "features", older_features)
+  monkeypatch.setattr(records, "make_record", older_record)
+  builder.build("older", reader, tmp_path, splits=["test"])
+  monkeypatch.undo()
+  source = builder.load_source("older", "test", tmp_path)
+  assert "detail_tiles" not in source[0] and "detail_layout" not in source[0]
+  assert detail.survey(source) == detail.Survey(seen=1, small_copy=1, with_pair=1,
+                                                small_copy_pairs=1)
+  before = detail.small_copy_crops()
+  config = _config(image_size=64, patch_size=16, fields="goal", batch_size=1, dataset="older")
+  batch = next(iter(pipeline.make_dataset(config, str(tmp_path), split="test", train=False,
+                                          process_index=0, process_count=1)))
+  assert detail.small_copy_crops() == before + 1  # counted (and logged once per process)
+  # By hand: the box in the 256 x 320 copy (scale 0.16) is x, y 160..170.24 -> pixels 160..171.
+  stored = Image.open(io.BytesIO(bytes(source[0]["image"]))).convert("RGB")
+  crop = stored.crop((160, 160, 171, 171)).resize((64, 64), Image.BICUBIC)
+  np.testing.assert_allclose(batch["local_image"][0], _normalised(np.asarray(crop)), atol=1e-5)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goal_jax.data import builder, photos, prepare, records
+from goal_jax.data import builder, images, photos, prepare, records
 from goal_jax.text import tokenizer
 
 SHORT_SIDE = 48  # stored images; the fixture's raw images have short side 64
@@ -52,6 +52,10 @@ def _check_record(record, dataset, entry):
   image = Image.open(io.BytesIO(record["image"]))
   assert image.format == "JPEG"
   assert (image.height, image.width) == _expected_stored_size(*entry.size, SHORT_SIDE)
+  # The detail copy (local crops, LISM) holds the original pixels, as tiles, for every format.
+  assert tuple(record["detail_layout"]) == (*entry.size, images.DETAIL_TILE)
+  detail = images.decode_detail(record["detail_tiles"], record["detail_layout"])
+  assert (detail.height, detail.width) == entry.size
   assert not record["source"].startswith("/") and record["source"]
   assert len(record["pair_sentence"]) == len(entry.local_pairs)
   for k, pair in enumerate(entry.local_pairs):
@@ -500,3 +504,27 @@ def test_earlier_split_with_other_features_is_not_kept(tmp_path):
   assert len(builder.load_source("docci", "test", out)) == 3
   with pytest.raises(ValueError, match="no prepared split 'train'"):
     builder.load_source("docci", "train", out)
+
+
+def test_detail_copy_options(tmp_path):
+  """`--detail_short_side` sizes the detail copy (never upscaled, aspect kept); `--nodetail`
+  stores none; a detail copy smaller than the stored image is refused."""
+  root = tmp_path / "raw"
+  entries = {f"docci/{e.id}": e for e in photos.write_raw_layout("docci", root, short_side=64)}
+  kwargs = dict(image_short_side=SHORT_SIDE, splits=["test"], num_workers=1, verbose=False)
+  for options, side in (({"detail_short_side": 56}, 56), ({"detail_short_side": 1024}, None)):
+    result = prepare.prepare("docci", tmp_path / str(side), root, **options, **kwargs)
+    assert result["options"]["detail_short_side"] == options["detail_short_side"]
+    source = builder.load_source("docci", "test", tmp_path / str(side))
+    for index in range(len(source)):
+      record = builder.decode_record(source[index])
+      size = entries[record["id"]].size
+      expected = _expected_stored_size(*size, side) if side else size
+      assert tuple(record["detail_layout"][:2]) == expected
+      detail = images.decode_detail(record["detail_tiles"], record["detail_layout"])
+      assert (detail.height, detail.width) == expected
+  prepare.prepare("docci", tmp_path / "none", root, detail=False, **kwargs)
+  record = builder.decode_record(builder.load_source("docci", "test", tmp_path / "none")[0])
+  assert record["detail_tiles"] == [] and tuple(record["detail_layout"]) == (0, 0, 0)
+  with pytest.raises(ValueError, match="below the stored image"):
+    prepare.prepare("docci", tmp_path / "bad", root, detail_short_side=40, **kwargs)

@@ -89,6 +89,8 @@ def test_goal_json_pairs_use_original_pixels_not_crop_size(tmp_path):
   data = json.loads((tmp_path / "datasets" / "DCI_segment_sim_bbox_del_org.json").read_text())
   segment = data[0]["segment"][0]["bbox_coordinates"]
   assert example.local_pairs[0].box == (segment["x1"], segment["y1"], segment["x2"], segment["y2"])
+  # The JSON's width/height (the crop size) is kept only for reproducing GOAL's HEAD box rule.
+  assert example.local_pairs[0].norm_size == (segment["height"], segment["width"])
   assert not example.local_pairs[0].sentence.endswith(".")  # GOAL strips the period
   assert example.local_pairs[-1].is_full_image  # the `original_image.jpg` segment
   assert example.id == entries[1].id == "astronaut"

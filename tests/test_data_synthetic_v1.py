@@ -152,6 +152,10 @@ def test_prepared_records_resolve_every_pair():
       assert sentences[index].rstrip(".") == pair.sentence.rstrip(".")
 
 
+OLD_LOCAL_PAIR = dataclasses.make_dataclass(
+    "LocalPair", ["box", "sentence", "score", "is_full_image"], frozen=True)
+
+
 def test_version_1_is_frozen_byte_for_byte():
   """The first 8 records of each split hash to what `synthetic` v1 wrote before v2 replaced it
   (checked against that commit), so results on version 1 stay reproducible."""
@@ -159,7 +163,10 @@ def test_version_1_is_frozen_byte_for_byte():
   digest = hashlib.sha256()
   for split in synthetic.SPLITS:
     for ex in itertools.islice(synthetic.read_examples(split=split), 8):
-      for part in (ex.id.encode(), ex.caption.encode(), ex.image.tobytes(),
-                   repr(ex.local_pairs).encode()):
+      assert all(p.norm_size is None for p in ex.local_pairs)
+      # The pairs as `LocalPair` printed them when the digest was taken (before `norm_size`).
+      pairs = repr(tuple(OLD_LOCAL_PAIR(p.box, p.sentence, p.score, p.is_full_image)
+                         for p in ex.local_pairs))
+      for part in (ex.id.encode(), ex.caption.encode(), ex.image.tobytes(), pairs.encode()):
         digest.update(part)
   assert digest.hexdigest() == "92974400cada7b78ca4bbacd21de4470cbd29edb3a3db7c0892bfaf6b4c2b542"

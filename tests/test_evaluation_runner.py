@@ -237,10 +237,19 @@ def test_local_pair_prefers_the_best_pair_including_full_image(data_dir):
   np.testing.assert_array_equal(local["image"], np.asarray(_decode(record["image"])))
   boxed = runner.local_pair_record(_with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]],
                                                [3.0, 2.0], [False, True], [0, 2]))
+  # The crop is cut from the detail copy (the original 512 px pixels, JPEG tiles).
+  original = photos.load_rgb(photos.PHOTOS[0])[10:512, 20:370]
+  assert boxed["image"].shape == original.shape == (502, 350, 3)
+  assert np.abs(boxed["image"].astype(int) - original).mean() < 3
+  # A record without a detail copy (older shards) crops its stored copy.
+  older = {k: v for k, v in record.items() if not k.startswith("detail_")}
+  boxed_older = runner.local_pair_record(_with_pairs(older, [[20, 10, 370, 512]], [3.0],
+                                                     [False], [0]))
   scale = 64 / 512  # stored / original; crop widened to whole stored pixels
   window = (math.floor(20 * scale), math.floor(10 * scale), math.ceil(370 * scale),
             math.ceil(512 * scale))
-  np.testing.assert_array_equal(boxed["image"], np.asarray(_decode(record["image"]).crop(window)))
+  np.testing.assert_array_equal(boxed_older["image"],
+                                np.asarray(_decode(record["image"]).crop(window)))
   assert boxed["caption"] == record["caption"][record["sentence_starts"][0]:
                                                record["sentence_ends"][0]]
   assert runner.local_pair_record(_with_pairs(record, [], [], [], [])) is None
@@ -403,3 +412,20 @@ def test_zeroshot_folder_classes_by_number_and_wnid(tmp_path):
   (tmp_path / "bad" / "kitten").mkdir(parents=True)
   with pytest.raises(ValueError, match="neither label numbers nor the cifar10 class names"):
     runner.folder_classes(str(tmp_path / "bad"), "cifar10")
+
+
+def test_evaluate_computes_in_float32_unless_told(data_dir, model, tmp_path):
+  """A checkpoint saved as bfloat16 (as training saves it) is scored in float32 by default."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  params, config = model
+  ckpt = tmp_path / "bf16"
+  bf16_config = dataclasses.replace(config, dtype="bfloat16")
+  checkpoint.save_model(ckpt, params, bf16_config)
+  common = ["--benchmarks=photos:test", f"--data_dir={data_dir}", f"--batch_size={BATCH}"]
+  for extra, used in (([], config), (["--dtype=bfloat16"], bf16_config)):
+    out = tmp_path / "results.json"
+    evaluate.main([f"--checkpoint={ckpt}", f"--out={out}", *common, *extra])
+    document = report.read_results(out)
+    expected = runner.evaluate_benchmarks(params, used, "photos:test", data_dir, batch_size=BATCH)
+    assert document["results"] == expected
+    assert document["metadata"]["model"]["dtype"] == used.dtype

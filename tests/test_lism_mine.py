@@ -265,16 +265,29 @@ def test_long_sentences_are_truncated_counted_and_kept(prepared, scorer, tmp_pat
   assert summary["images_with_pairs"] == NUM_IMAGES
 
 
-def test_segmenter_boxes_map_back_to_original_pixels(prepared, scorer, tmp_path):
-  """A registered segmenter's stored-pixel boxes reach the shards in original pixels (x2)."""
+@pytest.mark.parametrize("detail_options, seen_side", [
+    ({}, 96),  # the detail copy: the original pixels
+    ({"detail_short_side": 64}, 64),  # a smaller detail copy: boxes scale by 1.5
+    ({"detail": False}, STORED_SIDE),  # no detail copy (as older shards): the 48 px copy, x2
+])
+def test_segmenter_boxes_map_back_to_original_pixels(prepared, scorer, tmp_path, detail_options,
+                                                     seen_side):
+  """A segmenter sees the detail copy (else the stored one); its boxes reach the shards in
+  original pixels."""
   from goal_jax.lism import segmenters  # pylint: disable=g-import-not-at-top
-  data_dir = _copy_source(prepared, tmp_path)
+  if detail_options:
+    data_dir = str(tmp_path)
+    prepare.prepare("synthetic", data_dir, splits=("test",), image_short_side=STORED_SIDE,
+                    splitter="goal", version=1, verbose=False, **detail_options)
+  else:
+    data_dir = _copy_source(prepared, tmp_path)
 
   def fixed():
     def segment(image, record):
       del record
-      assert image.shape == (STORED_SIDE, STORED_SIDE, 3)
-      return segmenters.Segmentation(np.array([(6, 12, 30, 36), (0, 0, 47, 47)], np.float32))
+      assert image.shape == (seen_side, seen_side, 3)
+      at_48 = np.array([(6, 12, 30, 36), (0, 0, 47, 47)], np.float32)  # drawn at 48 px
+      return segmenters.Segmentation(at_48 * seen_side / STORED_SIDE)
     return segment
 
   segmenters.register_segmenter("test_fixed", fixed)
@@ -292,6 +305,46 @@ def test_segmenter_boxes_map_back_to_original_pixels(prepared, scorer, tmp_path)
   assert (12.0, 24.0, 60.0, 72.0) in boxes
 
 
+def test_candidate_crops_come_from_the_detail_copy_of_a_2000px_photo():
+  """What the scorer sees: the crop of a 64-px box with 2-px stripes keeps them when cut from the
+  detail copy (the original pixels), and is flat grey when cut from the 256 px copy."""
+  from goal_jax.data import records  # pylint: disable=g-import-not-at-top
+  from goal_jax.lism import segmenters  # pylint: disable=g-import-not-at-top
+  pixels = np.full((2000, 1600, 3), 128, np.uint8)
+  pixels[1000:1064, 1000:1064] = np.where((np.arange(1000, 1064) // 2) % 2 == 0, 255,
+                                          0)[None, :, None]
+  example = records.RawExample(id="striped", image=pixels, caption="Grey. A striped patch.")
+  seen = []
+
+  def spy():
+    def segment(image, record):
+      del record
+      seen.append(image.shape[:2])
+      s = image.shape[0] / 2000  # the box in the pixels of the image seen
+      return segmenters.Segmentation(np.array([[1000, 1000, 1064, 1064]], np.float32) * s)
+    return segment
+
+  options = dataclasses.replace(
+      OPTIONS, segmenter="test_spy", num_workers=1,
+      candidates=selection.CandidateOptions(min_area=0.0, max_area=0.8, max_candidates=4))
+  segmenters.register_segmenter("test_spy", spy)
+  try:
+    works = {}
+    for name, detail in (("detail", True), ("small", False)):
+      record, _ = records.make_record(example, dataset="test", detail=detail)
+      works[name] = next(mine.prepare_works([record], [0], options, 64))
+  finally:
+    segmenters._REGISTRY.pop("test_spy")  # pylint: disable=protected-access
+  assert seen == [(2000, 1600), (320, 256)]
+  for work in works.values():  # the same box, in original pixels, after the full image
+    np.testing.assert_allclose(work.payload.boxes[1], [1000, 1000, 1064, 1064], atol=1e-3)
+  stripes = np.where((np.arange(64) // 2) % 2 == 0, 255.0, 0.0)  # by hand, 1:1 at 64 px
+  sharp = works["detail"].crops[1].astype(float).mean(axis=(0, 2))
+  np.testing.assert_allclose(sharp, stripes, atol=10)
+  flat = works["small"].crops[1].astype(float).mean(axis=(0, 2))
+  assert np.abs(flat[:-2] - flat[2:]).mean() < 10 and np.abs(flat - stripes).mean() > 100
+
+
 def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
   """`python -m goal_jax.lism` end to end: a random tiny/8 checkpoint, Felzenszwalb, topk."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -304,7 +357,8 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
   summary_json = tmp_path / "summary.json"
   argv = ["lism", f"--data_dir={data_dir}", "--dataset=synthetic", "--split=test",
           f"--checkpoint={tmp_path / 'ckpt'}", "--selection=topk", "--top_k=2",
-          "--segmenter_options=scale=200,levels=2", "--chunk_images=3", "--crop_batch=64",
+          "--segmenter_options=scale=200,levels=2,short_side=48", "--chunk_images=3",
+          "--crop_batch=64",
           "--max_candidates=40",
           "--text_batch=16", f"--summary_json={summary_json}", "--out=mined"]
   flags.FLAGS.unparse_flags()
@@ -321,6 +375,6 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
     boxes = record["pair_box"]
     assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= width)
     assert np.all(boxes[:, 3] <= height)
-    # Felzenszwalb on the 48 px copy, mapped to 96 px originals: even coordinates.
+    # Felzenszwalb on a 48 px copy of the 96 px detail copy, mapped back: even coordinates.
     np.testing.assert_array_equal(boxes % 2, 0)
   assert '"pairs"' in summary_json.read_text()

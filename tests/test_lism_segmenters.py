@@ -80,7 +80,8 @@ def test_oracle_returns_the_record_boxes_in_original_pixels():
 def test_registry_parses_typed_options_and_accepts_new_segmenters():
   assert {"felzenszwalb", "slic", "sam", "oracle"} <= set(segmenters.segmenter_names())
   options = segmenters.parse_options("felzenszwalb", "scale=250,min_size=30")
-  assert options == {"scale": 250.0, "levels": 3, "sigma": 0.8, "min_size": 30}
+  assert options == {"scale": 250.0, "levels": 3, "sigma": 0.8, "min_size": 30,
+                     "short_side": 256}
   assert isinstance(options["min_size"], int)
   with pytest.raises(ValueError, match="unknown field 'scael'"):
     segmenters.parse_options("felzenszwalb", "scael=3")

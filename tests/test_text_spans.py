@@ -1,4 +1,4 @@
-"""Span masks: hand-checked positions, GOAL's released index rule, truncation."""
+"""Span masks: hand-checked positions, GOAL's released index rule and its fallbacks, truncation."""
 import numpy as np
 import pytest
 
@@ -35,10 +35,18 @@ def test_caption_tokens_as_hand_listed(tok):
     ("goal", "exact", 8, [[1, 2, 3], [5, 6]]),
     ("goal", "goal", 8, [[2, 3, 4], [6]]),
     ("sentencex", "exact", 8, [[1, 2, 3, 4], [5, 6]]),
-    # Context 5: positions 1..3 hold 'a red car'; sentence 2 is truncated away.
+    # Context 5: positions 1..3 hold 'a red car'; sentence 2 is truncated away. Exact: empty.
+    # GOAL: its start 2 + 4 ('a red car .') = 6 >= 5, so it pools the last n = 6 positions before
+    # EOT's (4), clipped at 1: 'a red car', sentence 1's tokens.
     ("goal", "exact", 5, [[1, 2, 3], []]),
-    ("goal", "goal", 5, [[2, 3], []]),
-    ("sentencex", "goal", 5, [[2, 3], []]),
+    ("goal", "goal", 5, [[2, 3], [1, 2, 3]]),
+    # sentencex keeps the periods, so no piece equals a sentence: GOAL finds the prefix by
+    # `str.find` ('' and 'A red car. '), n counts the '.' too.
+    ("sentencex", "goal", 77, [[2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12]]),
+    ("sentencex", "goal", 5, [[2, 3], [1, 2, 3]]),
+    # Context 7: positions 1..5 hold 'a red car . it', EOT at 6. Sentence 2 starts at 6 = L - 1,
+    # so [6, min(6 + 6, 6)) is empty and GOAL falls back to [1, min(1 + 6, 7)): EOT included.
+    ("goal", "goal", 7, [[2, 3, 4], [1, 2, 3, 4, 5, 6]]),
 ])
 def test_hand_checked(tok, splitter, mode, context_length, expected):
   sentence_offsets = sentences.split_sentences(CAPTION, splitter)
@@ -73,18 +81,16 @@ def _long_caption(n_sentences=40):
 
 
 def _goal_code_positions(caption, k, context_length, encode):
-  """GOAL's `get_text_tokens_from_segment` index rule, written from its source (goal.md §1.5).
-
-  Returns None where GOAL falls back to other tokens (we give an all-False row instead).
-  """
+  """GOAL's `get_text_tokens_from_segment` index rule, written from its source (goal.md §1.5),
+  for GOAL's own pieces (k: the piece's index), with both fallbacks."""
   pieces = [s.strip() for s in " ".join(caption.split()).split(".") if s.strip()]
   n_seg = len(encode(pieces[k]))
   prefix = ". ".join(pieces[:k]) + (". " if k > 0 else "")
   start = len(encode(prefix)) + 2  # GOAL counts the prefix tokenised with SOT and EOT.
-  if start >= context_length:
-    return None
+  if start >= context_length:  # Truncated away: the last n_seg positions before EOT's.
+    return list(range(max(1, context_length - 1 - n_seg), context_length - 1))
   end = min(start + n_seg, context_length - 1)
-  return list(range(start, end)) or None
+  return list(range(start, end)) or list(range(1, min(1 + n_seg, context_length)))
 
 
 @pytest.mark.parametrize("context_length", [77, 248])
@@ -95,21 +101,34 @@ def test_goal_mode_equals_goal_code(tok, context_length):
   sentence_offsets = sentences.split_goal(caption)
   goal = spans.caption_span_masks(caption, sentence_offsets, context_length, "goal", tok)
   exact = spans.caption_span_masks(caption, sentence_offsets, context_length, "exact", tok)
-  empty_rows, cut_rows = 0, 0
+  past_rows, cut_rows = 0, 0
   for k, (start, end) in enumerate(sentence_offsets):
     expected = _goal_code_positions(caption, k, context_length, tok.encode)
-    assert _positions(goal[k:k + 1])[0] == (expected or []), k
-    empty_rows += expected is None
+    assert _positions(goal[k:k + 1])[0] == expected, k
     # Exact positions hold the sentence's own ids, cut where the context ends.
     sentence_ids = tok.encode(caption[start:end])
     kept = batch.ids[0, exact[k]].tolist()
     assert kept == sentence_ids[:len(kept)], k
     cut_rows += 0 < len(kept) < len(sentence_ids)
-  assert 0 < empty_rows < len(sentence_offsets) and cut_rows == 1
+    if not kept:  # Truncated away: exact leaves it empty, GOAL pools the context's last tokens.
+      past_rows += 1
+      assert expected[-1] == context_length - 2 and len(expected) == len(sentence_ids)
+    else:  # Otherwise GOAL's span is the exact one, one position later (cut at L - 2).
+      shifted = [p + 1 for p in np.flatnonzero(exact[k]) if p + 1 < context_length - 1]
+      if len(kept) == len(sentence_ids):
+        assert expected == shifted, k
+  assert 0 < past_rows < len(sentence_offsets) and cut_rows == 1
   # Positions 1 .. L-2 are all caption tokens: each in one sentence, or a '.' between them.
   periods = batch.ids[0, 1:context_length - 1] == tok.encode(".")[0]
   np.testing.assert_array_equal(exact.sum(0)[1:context_length - 1], ~periods)
   assert not goal[:, 0].any() and not goal[:, context_length - 1].any()
+
+
+def test_goal_span_takes_the_first_equal_piece(tok):
+  # GOAL looks a sentence up by its text, so a repeated sentence gets the first one's span.
+  caption = "A dog. A cat. A dog."
+  masks = spans.caption_span_masks(caption, sentences.split_goal(caption), 77, "goal", tok)
+  assert _positions(masks) == [[2, 3], [5, 6], [2, 3]]  # a dog . a cat . a dog .
 
 
 def test_exact_mode_tiles_caption_with_sentencex(tok):
@@ -128,10 +147,12 @@ def test_exact_mode_tiles_caption_with_sentencex(tok):
       "Two bikes lean on a rail… The sky is grey!"]
 
 
-def test_bad_input():
+def test_bad_input(tok):
   assert spans.span_masks([(0, 1)], [], 77).shape == (0, 77)
   with pytest.raises(ValueError, match="unknown span mode"):
-    spans.span_masks([(0, 1)], [(0, 1)], 77, mode="shifted")
+    spans.caption_span_masks("A b.", [(0, 1)], 77, mode="shifted", tokenizer=tok)
+  with pytest.raises(ValueError, match="context_length"):
+    spans.caption_span_masks("A b.", [(0, 1)], 2, mode="goal", tokenizer=tok)
   with pytest.raises(ValueError, match=r"sentence 1 has end < start"):
     spans.span_masks([(0, 1)], [(0, 1), (5, 2)], 77)
   with pytest.raises(ValueError, match="context_length"):

@@ -169,6 +169,43 @@ def test_ascii_fast_paths_agree_with_full_path():
             == unicode_words.findall(lowered)), repr(text)
 
 
+HF_RAW = "He said \u201chi\u201d  &amp; left.\n"
+
+
+def test_hf_normal_form_hand_checked(tok):
+  """GOAL tokenises with HF's fast tokenizer: NFC and whitespace only, so curly quotes stay."""
+  assert tokenizer_lib.normalize_text(HF_RAW) == 'He said "hi" & left.'
+  assert tokenizer_lib.normalize_text_hf(HF_RAW) == "He said \u201chi\u201d &amp; left."
+  assert tokenizer_lib.normalize_text_hf("cafe\u0301") == "caf\u00e9"  # NFC composes
+  pieces = lambda ids: [tok._tokens[i] for i in ids]  # pylint: disable=protected-access
+  assert pieces(tok.encode(HF_RAW)) == [
+      "he</w>", "said</w>", '"</w>', "hi</w>", '"</w>', "&</w>", "left</w>", ".</w>"]
+  # Each curly quote is two byte tokens (UTF-8 e2 80 9c / e2 80 9d -> 'âĢ' + 'ľ' / 'Ŀ'), and
+  # the entity stays three tokens: every later position moves by 4.
+  assert pieces(tok.encode(HF_RAW, normalize="hf")) == [
+      "he</w>", "said</w>", "\u00e2\u0122", "\u013e</w>", "hi</w>", "\u00e2\u0122", "\u013f</w>",
+      "&</w>", "amp</w>", ";</w>", "left</w>", ".</w>"]
+  row = tok([HF_RAW], 16, normalize="hf", pad_id=tokenizer_lib.EOT_ID).ids[0]
+  assert row[:14].tolist() == ([tokenizer_lib.SOT_ID] + tok.encode(HF_RAW, normalize="hf")
+                               + [tokenizer_lib.EOT_ID])
+  assert row[14:].tolist() == [tokenizer_lib.EOT_ID] * 2  # HF pads with EOT
+  with pytest.raises(ValueError, match="unknown text normalisation"):
+    tok.encode("a", normalize="nfkc")
+
+
+def test_hf_normal_form_equals_live_hf_fast_tokenizer(tok):
+  pytest.importorskip("transformers")
+  hf = make_tokenizer_cases.hf_reference_tokenizer()
+  texts = [HF_RAW, "\u2018Caf\u00e9\u2019 \u2014 na\u0131\u0308ve\u2026 co\u00f6perate",
+           "A sign reads \u201cNO PARKING.\u201d Overhead", "\uff21\uff22 fullwidth, \u00bd cup"]
+  # Known exception: Python lowercases a final capital sigma to 'ς', HF's Rust to 'σ'.
+  texts += [case["text"] for case in TABLE if "\u03a3" not in case["text"]]
+  for text in texts:
+    ours = tok([text], 77, normalize="hf", pad_id=tokenizer_lib.EOT_ID).ids[0].tolist()
+    theirs = hf(text, truncation=True, max_length=77, padding="max_length")["input_ids"]
+    assert ours == theirs, repr(text)
+
+
 def test_decode_round_trip(tok):
   assert tok.decode(tok.encode("A photo of a cat.")) == "a photo of a cat ."
   batch = tok(["Caf\u00e9 \U0001f355 !~"], context_length=10)

@@ -41,7 +41,8 @@ RELEASE_NOTES = {"1.0.0": "Pre-segmented long-caption records (DESIGN.md shard r
 _EXAMPLES_PER_REASON = 5  # ids listed per skip reason in the summary
 _STAGING_PREFIX = ".preparing-"  # `<data_dir>/<name>/.preparing-<version>-*`: a run in progress
 # Options that change what a record holds; a kept split prepared with others is reported.
-RECORD_OPTIONS = ("splitter", "image_short_side", "summary", "jpeg_quality", "generator")
+RECORD_OPTIONS = ("splitter", "image_short_side", "summary", "jpeg_quality", "generator",
+                  "detail", "detail_short_side")
 _STRING_FIELDS = ("id", "caption", "summary", "splitter", "source")
 _ARRAY_FIELDS = {"original_size": np.int32, "sentence_starts": np.int32,
                  "sentence_ends": np.int32, "pair_sentence": np.int32,
@@ -58,6 +59,8 @@ class PrepareOptions:
   skip_bad: bool = False
   num_workers: int = 0  # threads for image work; 0 = min(8, cpu count)
   generator: dict = dataclasses.field(default_factory=dict)  # embedded data: seed, version
+  detail: bool = True  # store the detail copy for local crops and LISM (`goal_jax.data.detail`)
+  detail_short_side: int = 0  # its short side; 0 = the original pixels (never upscaled)
 
 
 class SplitReport:
@@ -153,7 +156,8 @@ def _tasks(dataset: str, items, options: PrepareOptions) -> Iterator[Callable[[]
   make = functools.partial(
       records.make_record, dataset=dataset, splitter=options.splitter,
       image_short_side=options.image_short_side, summary=options.summary,
-      jpeg_quality=options.jpeg_quality)
+      jpeg_quality=options.jpeg_quality, detail=options.detail,
+      detail_short_side=options.detail_short_side)
   for item in items:
     if isinstance(item, records.BadRecord):
       yield functools.partial(_raise, records.BadRecordError(
@@ -447,10 +451,18 @@ def decode_record(raw: dict[str, Any]) -> dict[str, Any]:
   """A shard item (or a `make_record` output) as plain types: str, bytes, numpy arrays."""
   out = {key: _to_str(raw[key]) for key in _STRING_FIELDS}
   out["image"] = bytes(raw["image"])
+  # Shards older than the detail copy have no such fields: read as "no detail copy".
+  out["detail_tiles"] = [bytes(tile) for tile in raw.get("detail_tiles", ())]
+  out["detail_layout"] = np.asarray(raw.get("detail_layout", (0, 0, 0)), np.int32).reshape(3)
   out["extra_captions"] = [_to_str(c) for c in raw["extra_captions"]]
   for key, dtype in _ARRAY_FIELDS.items():
     out[key] = np.asarray(raw[key], dtype).reshape(-1)
   out["pair_box"] = np.asarray(raw["pair_box"], np.float32).reshape(-1, 4)
+  # Fields newer than some shards: absent reads as "none" (an empty raw caption, no JSON size).
+  out["raw_caption"] = _to_str(raw.get("raw_caption", ""))
+  norm = raw.get("pair_norm_size")
+  out["pair_norm_size"] = (np.zeros((len(out["pair_sentence"]), 2), np.float32) if norm is None
+                           else np.asarray(norm, np.float32).reshape(-1, 2))
   return {key: out[key] for key in records.FIELDS}
 
 

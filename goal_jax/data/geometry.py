@@ -15,8 +15,18 @@ one of two modes:
 - `exact`: through the geometry actually applied (stored resize, model resize, crop offsets),
   clipped to the visible window; a patch is in the set when the box covers part of it with
   positive area.
-- `goal`: GOAL's naive stretch (`x * S / W`, `y * S / H` with the true image size, rounded and
-  clamped, research goal.md §1.5 steps 1-2), which ignores the centre crop. Kept to reproduce GOAL.
+- `goal`: GOAL's naive stretch (`x * S / W`, `y * S / H`, rounded and clamped, as
+  `get_patch_tokens_from_bbox` in https://github.com/PerceptualAI-Lab/GOAL
+  `goal_loss_finetuning.py`), which ignores the centre crop. Kept to reproduce GOAL. Two more of
+  its choices are arguments of this mode:
+  - `goal_norm_hw`: what the box is divided by. The released code (HEAD) divides by the JSON's
+    `bbox_coordinates` width/height, which LISM wrote as the crop's size; the authors' later
+    `goal.py` divides by the true image size (the default here).
+  - `goal_patch`: the patch side of the grid the box is cut on. The released call site passes
+    `patch_size=16` for every model, so for ViT-L/14 at 224 px it computes indices
+    `r * 14 + c` on a 14 x 14 grid and reads those positions of the model's 16 x 16 token
+    sequence (spatially scrambled). `goal_patch=16` does the same: the 14-grid's flat indices
+    are set in the model's `G * G` mask.
 
 Neither mode returns an empty set, since the mean over no tokens is NaN: a box that maps to
 nothing visible (degenerate, or cropped away) falls back to the patch under its centre, clamped
@@ -111,6 +121,18 @@ def _mask_from_ranges(rows: tuple[int, int], cols: tuple[int, int], grid: int) -
   return mask.reshape(-1)
 
 
+def _indices_mask(rows, cols, cut_grid: int, grid: int) -> np.ndarray:
+  """Flat indices `r * cut_grid + c` of a box cut on another grid, set in the model's mask."""
+  r, c = np.meshgrid(np.arange(*rows), np.arange(*cols), indexing="ij")
+  indices = (r * cut_grid + c).reshape(-1)
+  if indices.max() >= grid * grid:
+    raise ValueError(f"patch index {int(indices.max())} of a {cut_grid} x {cut_grid} grid does not "
+                     f"fit the model's {grid} x {grid} patches (GOAL's code would fail there too)")
+  mask = np.zeros((grid * grid,), dtype=bool)
+  mask[indices] = True
+  return mask
+
+
 def _centre_fallback(cx: float, cy: float, patch_size: int, grid: int) -> np.ndarray:
   col = min(max(math.floor(cx / patch_size), 0), grid - 1)
   row = min(max(math.floor(cy / patch_size), 0), grid - 1)
@@ -124,9 +146,9 @@ def _exact_output_box(box, original_hw, image_size, geometry, stored_hw):
   return x1, y1, x2, y2
 
 
-def _goal_output_box(box, original_hw, image_size):
+def _goal_output_box(box, norm_hw, image_size):
   """GOAL's stretch: scale by S/W, S/H, round (half to even, as Python's round), clamp."""
-  h, w = original_hw
+  h, w = norm_hw
   s = image_size
   x1 = min(max(round(box[0] * s / w), 0), s - 1)
   y1 = min(max(round(box[1] * s / h), 0), s - 1)
@@ -137,7 +159,8 @@ def _goal_output_box(box, original_hw, image_size):
 
 def box_to_patch_mask(box_xyxy: Sequence[float], original_hw: Sequence[int], image_size: int,
                       patch_size: int, geometry: str = "squash", mode: str = "exact", *,
-                      stored_hw: Sequence[int] | None = None) -> np.ndarray:
+                      stored_hw: Sequence[int] | None = None, goal_patch: int = 0,
+                      goal_norm_hw: Sequence[float] | None = None) -> np.ndarray:
   """The patches a box covers, as a flat row-major bool mask `[G * G]` (never empty).
 
   Args:
@@ -149,6 +172,10 @@ def box_to_patch_mask(box_xyxy: Sequence[float], original_hw: Sequence[int], ima
     mode: "exact" (through the real geometry) or "goal" (GOAL's naive stretch, ignores `geometry`).
     stored_hw: (height, width) of the stored copy the pipeline resizes, when it differs from the
       original (the crop offsets are computed on it, as the pipeline does).
+    goal_patch: `goal` mode: the patch side of the grid the box is cut on (0: `patch_size`;
+      GOAL's released code: 16 for every model). Its flat indices must fit the model's grid.
+    goal_norm_hw: `goal` mode: the (height, width) the box is divided by (None: `original_hw`;
+      GOAL's released code: its JSON's crop size).
   """
   original_hw = _check_hw(original_hw, "original_hw")
   grid = grid_size(image_size, patch_size)
@@ -167,12 +194,19 @@ def box_to_patch_mask(box_xyxy: Sequence[float], original_hw: Sequence[int], ima
   elif mode == "goal":
     if geometry not in GEOMETRIES:
       raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
-    x1, y1, x2, y2 = _goal_output_box(box, original_hw, image_size)
+    norm_hw = original_hw if goal_norm_hw is None else tuple(float(v) for v in goal_norm_hw)
+    if not all(v > 0 for v in norm_hw):
+      raise ValueError(f"goal_norm_hw must be a positive (height, width), got {goal_norm_hw}")
+    x1, y1, x2, y2 = _goal_output_box(box, norm_hw, image_size)
+    cut = goal_patch or patch_size
+    cut_grid = image_size // cut  # As GOAL: `num_patches = image_size // patch_size`.
     centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-    cols = (x1 // patch_size, -(-x2 // patch_size))
-    rows = (y1 // patch_size, -(-y2 // patch_size))
+    cols = (x1 // cut, -(-x2 // cut))
+    rows = (y1 // cut, -(-y2 // cut))
     if cols[1] <= cols[0] or rows[1] <= rows[0]:
       return _centre_fallback(*centre, patch_size, grid)
+    if cut != patch_size:
+      return _indices_mask(rows, cols, cut_grid, grid)
   else:
     raise ValueError(f"unknown box mode {mode!r}; expected one of {BOX_MODES}")
   return _mask_from_ranges(rows, cols, grid)

@@ -1,7 +1,9 @@
 """Image decoding, verification and pre-resizing for the shards.
 
 Shards hold a JPEG whose short side is `image_short_side` (default 256, never upscaled) plus the
-original (height, width), because boxes stay in original pixels. Pixels are taken as stored (no
+original (height, width), because boxes stay in original pixels, and a detail copy for local
+crops, cut into JPEG tiles so a crop decodes only what it covers (`encode_detail`, `crop_detail`;
+why: `goal_jax.data.detail`). Pixels are taken as stored (no
 EXIF rotation), as the PyTorch loaders of GOAL and Long-CLIP see them, so boxes mined there agree.
 Every Pillow mode becomes 8-bit RGB by a stated rule (`_to_rgb`): 16-bit, 32-bit and float grey
 are rescaled, not clipped to white.
@@ -17,6 +19,12 @@ from PIL import Image
 Image.MAX_IMAGE_PIXELS = 200_000_000
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _UINT16_MAX, _INT32_MAX = 65535, 2**31 - 1
+# Side of a detail tile (`encode_detail`): a multiple of 16, JPEG's largest block, so a tile's
+# blocks are the whole image's and DCT scaling by 1/2..1/8 gives whole pixels. On 1,600 x 2,000
+# photos a crop of a box 0.2 of the width took 3.8 / 1.4 / 2.8 ms with 128 / 256 / 512 px tiles
+# (2-core CPU), for 22 / 6 / 2 % more bytes than one JPEG: smaller tiles cost more per tile than
+# they save, larger ones decode more pixels outside the box.
+DETAIL_TILE = 256
 
 
 class ImageDecodeError(ValueError):
@@ -142,6 +150,91 @@ def encode_resized(image: Any, *, short_side: int | None = 256,
   out = io.BytesIO()
   decoded.save(out, format="JPEG", quality=quality)
   return out.getvalue(), (height, width)
+
+
+def encode_detail(image: Any, *, short_side: int | None = None,
+                  stored_hw: tuple[int, int] | None = None, quality: int = 90,
+                  tile: int = DETAIL_TILE) -> tuple[list[bytes], np.ndarray]:
+  """The detail copy of an image: JPEG tiles, and its layout `(height, width, tile side)`.
+
+  The copy's short side is `short_side` (None or 0: the original pixels; never upscaled), so its
+  aspect is the original's. It is cut into `tile x tile` JPEGs, row-major, the last row and column
+  padded by repeating the edge pixels, so every tile has the same size and a crop decodes only the
+  tiles it overlaps (`crop_detail`). When the copy would be no larger than the stored image
+  (`stored_hw`), no tile is written and the layout is `(height, width, 0)`: the stored image
+  already holds every pixel there is.
+  """
+  if tile <= 0 or tile % 16:
+    raise ValueError(f"the detail tile side must be a positive multiple of 16, got {tile}")
+  height, width = original_size(image)
+  detail_hw = resized_size(height, width, short_side or None)
+  if stored_hw is not None and tuple(stored_hw) == detail_hw:
+    return [], np.array([*detail_hw, 0], np.int32)
+  decoded = open_rgb(image, min_short_side=short_side or None)
+  if decoded.size != detail_hw[::-1]:
+    decoded = decoded.resize(detail_hw[::-1], Image.Resampling.BICUBIC)
+  h, w = detail_hw
+  rows, cols = -(-h // tile), -(-w // tile)
+  pixels = np.pad(np.asarray(decoded), ((0, rows * tile - h), (0, cols * tile - w), (0, 0)),
+                  mode="edge")
+  tiles = []
+  for r in range(rows):
+    for c in range(cols):
+      out = io.BytesIO()
+      Image.fromarray(pixels[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]).save(
+          out, format="JPEG", quality=quality)
+      tiles.append(out.getvalue())
+  return tiles, np.array([h, w, tile], np.int32)
+
+
+def crop_detail(tiles, layout, window: tuple[int, int, int, int], *,
+                min_short_side: int | None = None) -> Image.Image:
+  """The pixels `window` (left, top, right, bottom, in detail pixels) of a tiled detail copy.
+
+  Only the tiles the window overlaps are decoded. With `min_short_side`, they are decoded with
+  JPEG's DCT scaling by the largest of 1/2, 1/4 and 1/8 that keeps the window's short side at
+  least `min_short_side` (the model's input side): a crop much larger than the model needs costs
+  a fraction of a full decode, and is never smaller than the model's input.
+
+  Raises:
+    ImageDecodeError: for a layout that does not match the tiles, or a tile that does not decode.
+  """
+  height, width, tile = (int(v) for v in layout)
+  rows, cols = -(-height // max(tile, 1)), -(-width // max(tile, 1))
+  if tile <= 0 or tile % 8 or height <= 0 or width <= 0 or len(tiles) != rows * cols:
+    raise ImageDecodeError(f"detail layout {tuple(int(v) for v in layout)} does not match "
+                           f"{len(tiles)} tiles")
+  left, top, right, bottom = (int(v) for v in window)
+  if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+    raise ValueError(f"window {window} is not inside the {width}x{height} detail copy")
+  scale = 1
+  while (min_short_side and scale < 8
+         and min(right - left, bottom - top) / (2 * scale) >= min_short_side):
+    scale *= 2
+  part = tile // scale
+  r0, r1, c0, c1 = top // tile, (bottom - 1) // tile, left // tile, (right - 1) // tile
+  canvas = Image.new("RGB", ((c1 - c0 + 1) * part, (r1 - r0 + 1) * part))
+  for r in range(r0, r1 + 1):
+    for c in range(c0, c1 + 1):
+      try:
+        with Image.open(io.BytesIO(tiles[r * cols + c])) as opened:
+          if scale > 1:
+            opened.draft("RGB", (part, part))
+          decoded = opened.convert("RGB")
+      except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"detail tile {r * cols + c} does not decode: {e}") from e
+      if decoded.size != (part, part):
+        raise ImageDecodeError(f"detail tile {r * cols + c} is {decoded.size}, expected "
+                               f"{(part, part)}")
+      canvas.paste(decoded, ((c - c0) * part, (r - r0) * part))
+  x0, y0 = c0 * tile, r0 * tile
+  return canvas.crop(((left - x0) // scale, (top - y0) // scale,
+                      -(-(right - x0) // scale), -(-(bottom - y0) // scale)))
+
+
+def decode_detail(tiles, layout) -> Image.Image:
+  """The whole detail copy as one RGB image (`layout[:2]` pixels)."""
+  return crop_detail(tiles, layout, (0, 0, int(layout[1]), int(layout[0])))
 
 
 def decode(jpeg: bytes) -> np.ndarray:

@@ -355,9 +355,12 @@ def _write_goal_json(root, short_side):
                                "width": x2 - x1, "height": y2 - y1}})
     training.append({"original_filename": f"../DCI/photos/{photo.name}.jpg",
                      "original_caption": photo.caption, "segment": segments})
-    expected_pairs = tuple(
-        LocalPair(tuple(float(int(round(v))) for v in p.box), p.sentence.rstrip("."), 20.0 + k,
-                  p.is_full_image) for k, p in enumerate(pairs))
+    expected_pairs = []
+    for k, p in enumerate(pairs):
+      x1, y1, x2, y2 = (float(int(round(v))) for v in p.box)
+      expected_pairs.append(LocalPair((x1, y1, x2, y2), p.sentence.rstrip("."), 20.0 + k,
+                                      p.is_full_image, norm_size=(y2 - y1, x2 - x1)))
+    expected_pairs = tuple(expected_pairs)
     entries.append(_entry(photo, photo.name, ("docci_test",), size))
     entries.append(_entry(photo, photo.name, ("dci_train",), size, pairs=expected_pairs))
   _write_json(root / "docci_test.json", listing)

@@ -13,6 +13,11 @@ Field groups (`config.fields`, a preset or comma-separated groups) skip work a m
 `global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
 patch_mask), `local` (GOAL's local pair). Presets: global, goal = global+local,
 mulclip = global+summary+sentences, all. `record_index` and `valid` are always present.
+
+Reproduction (`config.compat`, README "Where we differ from the official GOAL code"): the
+defaults are the corrected behaviours; `compat=goal` sets every field that reproduces GOAL's
+released code at once (`COMPAT`): `span_mode`, `text_norm`, `box_mode`, `box_grid_patch`,
+`box_norm`, `geometry`; `make_dataset` then refuses shards not split with GOAL's rule.
 """
 import io
 from typing import Any, Callable, Mapping, Sequence
@@ -23,7 +28,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from goal_jax.data import detail
 from goal_jax.data import geometry
+from goal_jax.text import sentences as text_sentences
 from goal_jax.text import spans as text_spans
 from goal_jax.text import tokenizer as text_tokenizer
 
@@ -41,6 +48,19 @@ FIELD_PRESETS = {
     "all": FIELD_GROUPS,
 }
 SPAN_MODES = ("exact", "goal")
+TEXT_NORMS = ("clip", "hf")
+BOX_NORMS = ("image", "json")
+# Reproduction switches: each value sets these fields (https://github.com/PerceptualAI-Lab/GOAL).
+# `goal`: the released `goal_loss_finetuning.py` (HEAD 2db3d4a); `goal_fixed`: the authors' later
+# `goal.py` (4c04bc8, Aug 2025), which divides boxes by the true image size instead. Both need
+# shards split with GOAL's rule (`prepare --splitter=goal`), which `check_source` verifies.
+COMPAT = {
+    "goal": dict(span_mode="goal", text_norm="hf", box_mode="goal", box_grid_patch=16,
+                 box_norm="json", geometry="center_crop"),
+    "goal_fixed": dict(span_mode="goal", text_norm="hf", box_mode="goal", box_grid_patch=16,
+                       box_norm="image", geometry="center_crop"),
+}
+COMPAT_SPLITTER = "goal"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -56,8 +76,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.max_sentences = 8
   config.caption_sentences = 0  # > 0: `text` is the caption's first N sentences (short captions)
   config.geometry = "center_crop"  # or "squash"
-  config.span_mode = "exact"  # or "goal": GOAL's +1-shifted spans
+  config.span_mode = "exact"  # or "goal": GOAL's span rule (+1 shift, truncation fallback)
   config.box_mode = "exact"  # or "goal": GOAL's naive stretch of boxes onto the grid
+  config.text_norm = "clip"  # or "hf": the caption normalised as GOAL's HF tokenizer does
+  config.box_grid_patch = 0  # box_mode=goal: patch side boxes are cut with (0: the model's)
+  config.box_norm = "image"  # box_mode=goal: divide boxes by the image size, or "json" (crop)
+  config.compat = ""  # "goal": every behaviour of GOAL's released code; "goal_fixed": (COMPAT)
   config.fields = "all"  # preset (global, goal, mulclip, all) or groups joined by ","
   config.num_workers = 0  # > 0: Grain multiprocessing prefetch
   config.read_threads = 2
@@ -76,6 +100,28 @@ def field_groups(fields: str) -> frozenset[str]:
     raise ValueError(f"config.fields={fields!r}: unknown {sorted(unknown)}; use a preset "
                      f"{sorted(FIELD_PRESETS)} or groups from {FIELD_GROUPS} joined by ','")
   return groups | {"global"}
+
+
+def resolve_compat(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The behaviour fields in force: the config's, with those `config.compat` sets (`COMPAT`).
+
+  A field left at its default takes the compat value; a field set to a third value conflicts
+  and is an error (for an ablation of one behaviour, leave compat empty and set the fields).
+  """
+  defaults = default_config()
+  compat = config.get("compat", "") or ""
+  fields = {k: config.get(k, defaults[k]) for k in COMPAT["goal"]}
+  if not compat:
+    return {"compat": "", **fields}
+  if compat not in COMPAT:
+    raise ValueError(f"config.compat={compat!r}: expected '' or one of {sorted(COMPAT)}")
+  for key, value in COMPAT[compat].items():
+    if fields[key] not in (value, defaults[key]):
+      raise ValueError(f"config.compat={compat} sets {key}={value!r}, but config.{key}="
+                       f"{fields[key]!r}: drop one (to change one behaviour, leave compat empty "
+                       f"and set the fields one by one: {COMPAT[compat]})")
+    fields[key] = value
+  return {"compat": compat, **fields}
 
 
 def normalize_image(pixels: np.ndarray) -> np.ndarray:
@@ -148,16 +194,37 @@ class ProcessContext:
     if self.caption_sentences and self.groups & {"sentences", "local"}:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
                        "span-based fields (sentences, local), whose spans index the whole caption")
-    self.geometry = config["geometry"]
-    self.span_mode = config["span_mode"]
-    self.box_mode = config["box_mode"]
+    behaviour = resolve_compat(config)
+    self.compat = behaviour["compat"]
+    self.geometry = behaviour["geometry"]
+    self.span_mode = behaviour["span_mode"]
+    self.box_mode = behaviour["box_mode"]
+    self.text_norm = behaviour["text_norm"]
+    self.box_grid_patch = int(behaviour["box_grid_patch"])
+    self.box_norm = behaviour["box_norm"]
     if self.geometry not in geometry.GEOMETRIES:
       raise ValueError(f"config.geometry={self.geometry!r}: expected one of {geometry.GEOMETRIES}")
     if self.span_mode not in SPAN_MODES:
       raise ValueError(f"config.span_mode={self.span_mode!r}: expected one of {SPAN_MODES}")
     if self.box_mode not in geometry.BOX_MODES:
       raise ValueError(f"config.box_mode={self.box_mode!r}: expected one of {geometry.BOX_MODES}")
+    if self.text_norm not in TEXT_NORMS:
+      raise ValueError(f"config.text_norm={self.text_norm!r}: expected one of {TEXT_NORMS}")
+    if self.box_norm not in BOX_NORMS:
+      raise ValueError(f"config.box_norm={self.box_norm!r}: expected one of {BOX_NORMS}")
+    if self.box_mode != "goal" and (self.box_grid_patch or self.box_norm != "image"):
+      raise ValueError("config.box_grid_patch and config.box_norm=json are parts of GOAL's box "
+                       "rule: they need config.box_mode=goal")
+    if self.box_grid_patch < 0:
+      raise ValueError(f"config.box_grid_patch={self.box_grid_patch}: expected 0 (the model's "
+                       "patch size) or a patch side in pixels")
+    self.pad_id = text_tokenizer.EOT_ID if self.text_norm == "hf" else 0  # HF pads with EOT
     self._tokenizer = tokenizer  # None: the shared one, looked up per process (picklable)
+
+  @property
+  def reads_reproduction_fields(self) -> bool:
+    """Whether records need what only some preparations give (`check_source`)."""
+    return bool(self.compat or self.text_norm == "hf" or self.box_norm == "json")
 
   @property
   def tokenizer(self):
@@ -165,11 +232,27 @@ class ProcessContext:
 
   def tokens(self, texts: Sequence[str], context: int) -> np.ndarray:
     # Stored text is already in normal form; normalising again could move tokens off the offsets.
-    return self.tokenizer(list(texts), context_length=context, normalize=False).ids
+    return self.tokenizer(list(texts), context_length=context, normalize=False,
+                          pad_id=self.pad_id).ids
 
-  def patch_mask(self, box, original_hw, stored_hw) -> np.ndarray:
+  def patch_mask(self, box, original_hw, stored_hw, norm_hw=None) -> np.ndarray:
+    """The box's patches; `norm_hw`: what GOAL's rule divides it by (`pair_norm_hw`)."""
     return geometry.box_to_patch_mask(box, original_hw, self.image_size, self.patch_size,
-                                      self.geometry, self.box_mode, stored_hw=stored_hw)
+                                      self.geometry, self.box_mode, stored_hw=stored_hw,
+                                      goal_patch=self.box_grid_patch, goal_norm_hw=norm_hw)
+
+  def pair_norm_hw(self, record: Mapping[str, Any], pair: int):
+    """None (the true image size), or with `box_norm=json` the pair's JSON (height, width)."""
+    if self.box_norm != "json":
+      return None
+    sizes = np.asarray(record.get("pair_norm_size", np.zeros((0, 2))), np.float32).reshape(-1, 2)
+    if len(sizes) != len(record["pair_sentence"]) or not np.all(sizes[pair] > 0):
+      raise ValueError(
+          "config.box_norm=json (compat=goal) divides boxes by the width/height of GOAL's released "
+          "training JSON, and this record's local pair has none: only `goal_json` dci_train / "
+          "docci_train prepared by this version store it. Use config.input.compat=goal_fixed "
+          "(true image size, the authors' later fix) for other local pairs")
+    return tuple(float(v) for v in sizes[pair])
 
   def model_image(self, image: Image.Image) -> np.ndarray:
     return normalize_image(geometry.resize_image(image, self.image_size, self.geometry))
@@ -188,11 +271,13 @@ def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, s
   box = np.asarray(record["pair_box"][best], np.float64)
   sentence = int(record["pair_sentence"][best])
   start, end = int(record["sentence_starts"][sentence]), int(record["sentence_ends"][sentence])
-  crop = image.crop(geometry.crop_box(box, original_hw, stored_hw))
+  # From the full-resolution detail copy when the record has one, as GOAL crops the original.
+  crop = detail.local_crop(record, box, image, min_short_side=ctx.image_size)
   return {"local_image": ctx.model_image(crop),
           "local_text": ctx.tokens([record["caption"][start:end]], lc)[0],
           "local_span_mask": span_masks[sentence],
-          "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw),
+          "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw,
+                                             ctx.pair_norm_hw(record, best)),
           "local_valid": np.array(True)}
 
 
@@ -209,7 +294,8 @@ def _sentence_fields(record, ctx: ProcessContext, span_masks, original_hw, store
   for k in range(n):
     best = _best_pair(record, k)
     if best is not None:
-      patch_mask[k] = ctx.patch_mask(record["pair_box"][best], original_hw, stored_hw)
+      patch_mask[k] = ctx.patch_mask(record["pair_box"][best], original_hw, stored_hw,
+                                     ctx.pair_norm_hw(record, best))
   return {"sentences": ctx.tokens(texts + [""] * (m - n), ls),
           "sentence_valid": np.arange(m) < n,
           "span_mask": span_mask,
@@ -224,6 +310,88 @@ def _caption_text(record: Mapping[str, Any], num_sentences: int) -> str:
   return record["caption"][:int(ends[num_sentences - 1])]
 
 
+def _reproduction_problem(record: Mapping[str, Any], ctx: ProcessContext) -> str | None:
+  """Why `ctx` cannot reproduce GOAL on this record's data (None: it can)."""
+  if ctx.compat and record["splitter"].partition("@")[0] != COMPAT_SPLITTER:
+    return (f"config.compat={ctx.compat} reproduces GOAL's spans, which are defined on GOAL's "
+            f"sentence pieces, but these records were split with {record['splitter']!r}")
+  if ctx.text_norm == "hf" and not record.get("raw_caption"):
+    return ("config.text_norm=hf (compat) needs the caption as read, which records prepared "
+            "before it was stored lack")
+  return None
+
+
+def _reproduction_view(record: Mapping[str, Any], ctx: ProcessContext) -> Mapping[str, Any]:
+  """The record as the reproduction switches see it: with `text_norm=hf`, the caption in HF's
+  normal form and its sentences re-split by the record's splitter (same count, so the local
+  pairs' sentence indices still hold). The summary and extra captions keep the stored form."""
+  problem = _reproduction_problem(record, ctx)
+  if problem:
+    dataset = str(record.get("id", "")).partition("/")[0] or "DATASET"
+    raise ValueError(f"{problem}. Prepare it again:\n  "
+                     f"{prepare_command(dataset, '<split>', '<data_dir>')}")
+  if ctx.text_norm != "hf":
+    return record
+  caption = text_tokenizer.normalize_text_hf(record["raw_caption"])
+  if caption == record["caption"]:
+    return record
+  offsets = text_sentences.split_sentences(caption, record["splitter"])
+  if len(offsets) != len(record["sentence_starts"]):
+    raise ValueError(f"config.text_norm=hf: the caption in HF's form splits into {len(offsets)} "
+                     f"sentences, the stored one into {len(record['sentence_starts'])}, so the "
+                     f"local pairs' sentence indices would not hold: {caption[:80]!r}")
+  return {**record, "caption": caption,
+          "sentence_starts": np.asarray([s for s, _ in offsets], np.int32),
+          "sentence_ends": np.asarray([e for _, e in offsets], np.int32)}
+
+
+def prepare_command(dataset: str, split: str, data_dir, manual_dir: str = "") -> str:
+  """The `prepare` command whose shards `compat` accepts (GOAL's splitter; LISM again if mined)."""
+  base = dataset[:-len("_lism")] if dataset.endswith("_lism") else dataset
+  command = (f"python -m goal_jax.data.prepare {base} --manual_dir={manual_dir or '/path/to/raw'} "
+             f"--data_dir={data_dir} --split={split} --splitter={COMPAT_SPLITTER}")
+  if base != dataset:
+    command += (f"\n  python -m goal_jax.lism --data_dir={data_dir} --dataset={base} "
+                f"--split={split} --checkpoint=/path/to/converted_clip")
+  return command
+
+
+def check_source(config, source, *, dataset: str = "", split: str = "", data_dir=None,
+                 decode: Callable[[Any], dict] | None = None, max_records: int = 16) -> None:
+  """Refuses, at start-up, data the reproduction switches cannot reproduce GOAL on.
+
+  Reads up to `max_records` records spread through `source`: with `compat` they must have been
+  split by GOAL's rule, with `text_norm=hf` store the raw caption, and with `box_norm=json` carry
+  the JSON box size on their best local pair. The error gives the command that makes such data.
+  """
+  ctx = config if isinstance(config, ProcessContext) else ProcessContext(config)
+  if not ctx.reads_reproduction_fields or not len(source):
+    return
+  indices = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_records)).astype(int))
+  manual_dir = ""
+  if data_dir is not None:
+    try:
+      from goal_jax.data import builder  # pylint: disable=g-import-not-at-top
+      manual_dir = builder.prepared_metadata(dataset, data_dir).get("manual_dir", "")
+    except Exception:  # noqa: BLE001 - the command just keeps a placeholder
+      pass
+  dataset = dataset or (config.get("dataset", "") if hasattr(config, "get") else "")
+  command = prepare_command(dataset or "DATASET", split or "SPLIT", data_dir or "/path/to/shards",
+                            manual_dir)
+  for index in indices:
+    record = decode(source[int(index)]) if decode is not None else source[int(index)]
+    where = f"{dataset or 'source'}/{split or '?'} record {record.get('id', index)!r}"
+    problem = _reproduction_problem(record, ctx)
+    if problem:
+      raise ValueError(f"{where}: {problem}. Prepare it again:\n  {command}")
+    best = _best_pair(record)
+    if best is not None:
+      try:
+        ctx.pair_norm_hw(record, best)
+      except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
 def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.ndarray]:
   """One decoded shard record -> one example of the batch contract (without `record_index`).
 
@@ -234,6 +402,7 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
   """
   ctx = config if isinstance(config, ProcessContext) else ProcessContext(config, tokenizer)
   _check_record(record)
+  record = _reproduction_view(record, ctx)
   image = decode_image(record["image"])
   stored_hw = (image.height, image.width)
   original_hw = tuple(int(v) for v in record["original_size"])
@@ -349,6 +518,8 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
     source = builder.load_source(config.dataset, split, data_dir)
     decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
   transform = ProcessRecord(config, tokenizer, decode, where=where)
+  check_source(config, source, dataset=config.dataset, split=split, data_dir=data_dir,
+               decode=decode)
   if train:
     if len(source) < config.batch_size:
       raise ValueError(f"split {split!r} has {len(source)} records: fewer than one batch of "

@@ -11,6 +11,12 @@ context, a box outside the image, a duplicate id, a wrong field type, text that 
 image path that leaves the manual dir) stops the run with an error naming the dataset, the record
 and the file; `--skip_bad` skips it and counts it in the summary.
 
+Each record stores its image twice: a small copy for the global pair (`--image_short_side`, 256),
+and a detail copy (`--detail`, on by default) that GOAL's local crops and LISM read: the original
+pixels (`--detail_short_side` caps its short side) as 256-pixel JPEG tiles, so a crop decodes only
+the tiles its box overlaps (`goal_jax.data.detail`). `--nodetail` skips it, for data that only
+MulCLIP or global fine-tuning reads.
+
 Preparing again is safe: the shards are written into a staging folder next to the earlier ones and
 swapped in only when every split succeeded, so a failed run leaves the earlier shards as they were.
 Splits of that dataset version not prepared again are kept (the summary lists them, and warns
@@ -28,6 +34,7 @@ from typing import Any, Sequence
 
 from goal_jax.data import builder as builder_lib
 from goal_jax.data import raw
+from goal_jax.data import records
 
 _SHARED_EXAMPLES = 5  # shared ids named in the summary
 
@@ -36,6 +43,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
             image_short_side: int | None = 256, splitter: str = "sentencex",
             summary: str = "auto", skip_bad: bool = False, jpeg_quality: int = 90,
             num_workers: int = 0, seed: int | None = None, version: int | None = None,
+            detail: bool = True, detail_short_side: int = 0,
             verbose: bool = True) -> dict[str, Any]:
   """Writes the shards of dataset `name` under `<data_dir>/<name>/` and returns the summary.
 
@@ -52,6 +60,9 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
     jpeg_quality: JPEG quality of the stored images.
     num_workers: threads decoding and resizing images (0: up to 8).
     seed, version: generator seed and version of a generated dataset (default its reader's).
+    detail: also store the detail copy that GOAL's local crops and LISM read
+      (`goal_jax.data.detail`); MulCLIP and global fine-tuning need none.
+    detail_short_side: its short side: 0 keeps the original pixels; never upscaled.
     verbose: print the summary.
 
   Returns:
@@ -62,6 +73,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
      "shared_ids": {"count": ids in more than one split, "pairs": {"a/b": count},
                     "examples": [...], "unchecked": kept splits without an id list}}.
   """
+  records.check_detail_side(detail, detail_short_side, image_short_side)
   reader = raw.get_reader(name)
   if reader.needs_manual_dir and manual_dir is None:
     raise ValueError(f"{name} needs --manual_dir: the folder with its raw files")
@@ -80,7 +92,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
   options = builder_lib.PrepareOptions(
       splitter=splitter, image_short_side=image_short_side or None, summary=summary,
       jpeg_quality=jpeg_quality, skip_bad=skip_bad, num_workers=num_workers,
-      generator=generator)
+      generator=generator, detail=detail, detail_short_side=detail_short_side or 0)
   reports = builder_lib.build(name, reader, data_dir, manual_dir=manual_dir, splits=splits,
                               options=options)
   version = builder_lib.dataset_version(options)
@@ -90,7 +102,7 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
       "version": version, "options": {
           "splitter": splitter, "image_short_side": options.image_short_side,
           "summary": summary, "skip_bad": skip_bad, "jpeg_quality": jpeg_quality,
-          **generator},
+          "detail": detail, "detail_short_side": options.detail_short_side, **generator},
       "splits": {split: report.as_dict() for split, report in reports.items()},
       "dropped_empty": dropped,
       "kept_splits": list(reports.kept),
@@ -216,7 +228,8 @@ def main(argv):
       argv[1], f.data_dir, f.manual_dir, splits=f.split or None,
       image_short_side=f.image_short_side, splitter=f.splitter, summary=f.summary,
       skip_bad=f.skip_bad, jpeg_quality=f.jpeg_quality, num_workers=f.num_workers,
-      seed=f.seed, version=f.version, verbose=True)
+      seed=f.seed, version=f.version, detail=f.detail,
+      detail_short_side=f.detail_short_side, verbose=True)
   if f.summary_json:
     with open(f.summary_json, "w", encoding="utf-8") as out:
       json.dump(result, out, indent=2)
@@ -228,6 +241,9 @@ def _define_flags():
   flags.DEFINE_string("manual_dir", None, "folder with the raw dataset files")
   flags.DEFINE_list("split", [], "splits to prepare (default: all present)")
   flags.DEFINE_integer("image_short_side", 256, "pre-resize short side; 0 keeps the original")
+  flags.DEFINE_bool("detail", True, "also store the full-resolution detail copy that GOAL's "
+                    "local crops and LISM read (--nodetail: none, for MulCLIP/global only)")
+  flags.DEFINE_integer("detail_short_side", 0, "detail copy short side; 0 keeps the original")
   flags.DEFINE_string("splitter", "sentencex", "sentence splitter: sentencex, or goal")
   flags.DEFINE_enum("summary", "auto", ["auto", "first_sentence", "field", "none"],
                     "summary rule")

@@ -35,9 +35,10 @@ NOT_UTF8 = "not_utf8"
 PATH_OUTSIDE_DATASET = "path_outside_dataset"
 
 # The shard record fields, in DESIGN.md's order.
-FIELDS = ("id", "image", "original_size", "caption", "extra_captions", "summary",
-          "sentence_starts", "sentence_ends", "splitter", "pair_sentence", "pair_box",
-          "pair_score", "pair_is_full_image", "source")
+FIELDS = ("id", "image", "original_size", "detail_tiles", "detail_layout", "caption",
+          "extra_captions", "summary", "sentence_starts", "sentence_ends", "splitter",
+          "pair_sentence", "pair_box", "pair_score", "pair_is_full_image", "source",
+          "raw_caption", "pair_norm_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,9 @@ class LocalPair:
   sentence: int | str  # sentence index, or the sentence text (matched at preparation)
   score: float = 0.0
   is_full_image: bool = False
+  # (height, width) the source divides this box by: GOAL's JSON `bbox_coordinates` height/width
+  # (LISM's crop size; its released code divides by it). None: the source gives none.
+  norm_size: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +101,10 @@ def features():
       "id": text(),
       "image": tensor(shape=(), dtype=np.object_),  # JPEG bytes: decoding is the pipeline's job
       "original_size": tensor(shape=(2,), dtype=np.int32),
+      # The detail copy for local crops and LISM (`goal_jax.data.detail`): JPEG tiles, row-major,
+      # and (height, width, tile side); no tiles with tile side 0, zeros without a copy.
+      "detail_tiles": tensor(shape=(None,), dtype=np.object_),
+      "detail_layout": tensor(shape=(3,), dtype=np.int32),
       "caption": text(),
       "extra_captions": tfds.features.Sequence(text()),
       "summary": text(),
@@ -108,6 +116,8 @@ def features():
       "pair_score": tensor(shape=(None,), dtype=np.float32),
       "pair_is_full_image": tensor(shape=(None,), dtype=np.bool_),
       "source": text(),
+      "raw_caption": text(),  # the reader's caption before normalisation (GOAL's HF form)
+      "pair_norm_size": tensor(shape=(None, 2), dtype=np.float32),  # 0: none (`LocalPair`)
   })
 
 
@@ -121,7 +131,8 @@ def splitter_tag(splitter: str) -> str:
 
 def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex",
                 image_short_side: int | None = 256, summary: str = "auto",
-                jpeg_quality: int = 90) -> tuple[dict[str, Any], CaptionStats]:
+                jpeg_quality: int = 90, detail: bool = True,
+                detail_short_side: int | None = None) -> tuple[dict[str, Any], CaptionStats]:
   """Turns one raw example into a shard record (DESIGN.md schema) and its caption stats.
 
   Args:
@@ -132,6 +143,9 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
     summary: `auto` (the reader's summary, else the first sentence), `first_sentence`, `field`
       (the reader's summary or empty) or `none` (empty).
     jpeg_quality: quality of the re-encoded JPEG.
+    detail: also store the detail copy that local crops and LISM read (`goal_jax.data.detail`).
+    detail_short_side: its short side (None or 0: the original pixels; never upscaled); not
+      below `image_short_side`.
 
   Raises:
     BadRecordError: with one of the reasons above.
@@ -147,6 +161,7 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
   _check_utf8(example, bad)
   if summary not in SUMMARY_RULES:
     raise ValueError(f"summary rule {summary!r} is not one of {SUMMARY_RULES}")
+  check_detail_side(detail, detail_short_side, image_short_side)
 
   caption = tokenizer.normalize_text(example.caption)
   if not caption:
@@ -165,6 +180,12 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
   try:
     jpeg, original_size = images.encode_resized(
         example.image, short_side=image_short_side, quality=jpeg_quality)
+    # The stored `image` is the same with or without a detail copy: only local crops change.
+    tiles, detail_layout = [], np.zeros((3,), np.int32)
+    if detail:
+      tiles, detail_layout = images.encode_detail(
+          example.image, short_side=detail_short_side, quality=jpeg_quality,
+          stored_hw=images.resized_size(*original_size, image_short_side))
   except FileNotFoundError as e:
     raise bad(MISSING_IMAGE, f"image not found: {e.filename or e}") from e
   except images.ImageDecodeError as e:
@@ -179,6 +200,8 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
       "id": f"{dataset}/{example.id}",
       "image": jpeg,
       "original_size": np.asarray(original_size, np.int32),
+      "detail_tiles": tiles,
+      "detail_layout": detail_layout,
       "caption": caption,
       "extra_captions": [tokenizer.normalize_text(c) for c in example.extra_captions],
       "summary": _summary(example, caption, spans, summary, tokenizer.normalize_text),
@@ -190,9 +213,22 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
       "pair_score": np.asarray([p.score for p in example.local_pairs], np.float32),
       "pair_is_full_image": np.asarray([p.is_full_image for p in example.local_pairs], bool),
       "source": example.source,
+      "raw_caption": example.caption,
+      "pair_norm_size": np.asarray([p.norm_size or (0.0, 0.0) for p in example.local_pairs],
+                                   np.float32).reshape(-1, 2),
   }
   num_tokens = len(tok.encode(caption, normalize=False)) + 2
   return record, CaptionStats(len(spans), num_tokens)
+
+
+def check_detail_side(detail: bool, detail_short_side: int | None,
+                      image_short_side: int | None) -> None:
+  """A detail copy smaller than the stored image would make crops worse, not better."""
+  if detail and detail_short_side and (not image_short_side
+                                       or detail_short_side < image_short_side):
+    raise ValueError(f"detail_short_side={detail_short_side} is below the stored image's short "
+                     f"side ({image_short_side or 'original'}): use 0 (original pixels) or a "
+                     "larger side, or no detail copy")
 
 
 def _check_types(example, bad):

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from goal_jax.data import builder
+from goal_jax.data import detail as detail_lib
 from goal_jax.data import geometry as geometry_lib
 from goal_jax.data import images as images_lib
 from goal_jax.data import pipeline
@@ -175,18 +176,21 @@ def best_local_pair(record: Mapping[str, Any]) -> int | None:
 
 
 def local_pair_record(record: Mapping[str, Any]) -> dict[str, Any] | None:
-  """A record whose image is its best local pair's crop and whose caption is that sentence."""
+  """A record whose image is its best local pair's crop and whose caption is that sentence.
+
+  The crop comes from the record's detail copy when it has one (the original pixels, as GOAL's
+  test crops), else from its stored image (`goal_jax.data.detail`).
+  """
   best = best_local_pair(record)
   if best is None:
     return None
   image = pipeline.decode_image(record["image"])
   if not record["pair_is_full_image"][best]:
-    box = record["pair_box"][best]
-    image = image.crop(geometry_lib.crop_box(box, record["original_size"],
-                                             (image.height, image.width)))
+    image = detail_lib.local_crop(record, record["pair_box"][best], image)
   sentence = int(record["pair_sentence"][best])
   text = record["caption"][record["sentence_starts"][sentence]:record["sentence_ends"][sentence]]
   return {**record, "image": np.asarray(image), "original_size": np.array(image.size[::-1]),
+          "detail_tiles": [], "detail_layout": detail_lib.NO_DETAIL,
           "caption": text, "extra_captions": [], "summary": text,
           "sentence_starts": np.array([0], np.int32),
           "sentence_ends": np.array([len(text)], np.int32),

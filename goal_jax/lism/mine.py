@@ -1,7 +1,7 @@
 """The LISM job: prepared shards -> region-sentence matches -> a `<name>_lism` dataset.
 
-    shard record -> decode -> segment (stored image) -> candidates (original pixels, full image
-    first) -> crops + sentence tokens  [host threads]
+    shard record -> decode -> segment (detail copy) -> candidates (original pixels, full image
+    first) -> crops of the detail copy + sentence tokens  [host threads]
                 -> packed steps -> embed, score, per-sentence argmax  [devices, `scoring`]
                 -> chunk files (every `chunk_images` images)  [work folder]
     all chunks -> selection -> records with new local pairs -> `<data_dir>/<out>/`  [TFDS]
@@ -24,12 +24,17 @@ selection). Records are the source's, byte for byte (same JPEG, caption, offsets
 `pair_sentence`, `pair_box` (original pixels), `pair_score` and `pair_is_full_image` replaced. The
 trainer reads it with the normal pipeline: `--config.input.dataset=<out>`.
 
-Differences from GOAL's scripts (research goal.md §1.2): segmentation and crops use the STORED
-copy (short side `image_short_side` at preparation; prepare with a larger side, or 0 for original
-pixels, to crop as finely as GOAL); a sentence over 77 tokens is truncated and counted, where GOAL
-skips the whole image; boxes are the segments' own, with no template matching; sentences are the
-stored splitter's (`--splitter=goal` at preparation gives GOAL's period-free pieces). One process
-only: the steps use all its local devices.
+Images: the segmenter sees, and candidates are cut from, the record's detail copy (the original
+pixels by default, `goal_jax.data.detail`), as GOAL segments and crops the original; a segmenter
+may segment a smaller copy of it (`felzenszwalb` and `slic` do, `short_side`) and maps its boxes
+back. Records prepared without a detail copy fall back to the stored copy (short side 256): the
+job logs how many of a sample have none, and the work config records the source's image options.
+
+Differences from GOAL's scripts (GOAL's `LISM/`, https://github.com/PerceptualAI-Lab/GOAL): a
+sentence over 77 tokens is truncated and counted, where GOAL skips the whole image; boxes are the
+segments' own, with no template matching; sentences are the stored splitter's
+(`--splitter=goal` at preparation gives GOAL's period-free pieces). One process only: the steps
+use all its local devices.
 """
 import dataclasses
 import functools
@@ -42,9 +47,11 @@ import shutil
 import time
 from typing import Any, Iterator
 
+from absl import logging
 import numpy as np
 
 from goal_jax.data import builder
+from goal_jax.data import detail
 from goal_jax.data import records
 from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
@@ -120,7 +127,7 @@ def _prepare_image(index: int, raw: dict, *, segment, options: MineOptions, imag
   try:
     record = builder.decode_record(raw)
     record_id = record["id"]
-    image = pipeline.decode_image(record["image"])
+    image = detail.full_image(record, pipeline.decode_image(record["image"]))
     pixels = np.asarray(image)
     original_hw = tuple(int(v) for v in record["original_size"])
     segmentation = segment(pixels, record)
@@ -213,7 +220,16 @@ def matching_config(data_dir, dataset: str, split: str, num_records: int, option
       "candidates": dataclasses.asdict(options.candidates),
       "crop_geometry": options.crop_geometry, "text_context": options.text_context,
       "chunk_images": options.chunk_images, "scorer": scorer_id,
+      "source_images": source_image_options(data_dir, dataset, split),
   }
+
+
+def source_image_options(data_dir, dataset: str, split: str) -> dict[str, Any]:
+  """The preparation options of the source split that fix the pixels LISM segments and crops."""
+  metadata = builder.prepared_metadata(dataset, data_dir)
+  options = metadata.get("split_options", {}).get(split, metadata).get("options") or {}
+  return {key: options.get(key)
+          for key in ("image_short_side", "jpeg_quality", "detail", "detail_short_side")}
 
 
 def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: bool) -> None:
@@ -283,6 +299,12 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
     raise ValueError(f"text_context {options.text_context} exceeds the scorer's context "
                      f"{scorer.context_length}")
   source = builder.load_source(dataset, split, data_dir)
+  found = detail.survey(source, max_records=128)
+  if found.small_copy:
+    logging.warning(
+        "%s/%s: %d of %d records read have no detail copy: LISM segments and crops their small "
+        "stored copy, not the original pixels. Prepare the dataset again (the detail copy is on "
+        "by default) to mine as GOAL does.", dataset, split, found.small_copy, found.seen)
   folder = work_root(data_dir, out) / split
   _open_work_folder(folder, matching_config(data_dir, dataset, split, len(source), options,
                                             scorer_id), restart)

@@ -136,4 +136,5 @@ def pairs(best_candidate, best_score, boxes, options: SelectionOptions = Selecti
       "pair_box": np.asarray(boxes, np.float32).reshape(-1, 4)[candidates],
       "pair_score": np.asarray(best_score, np.float32)[chosen],
       "pair_is_full_image": candidates == FULL_IMAGE,
+      "pair_norm_size": np.zeros((len(chosen), 2), np.float32),  # mined boxes: no JSON size
   }

@@ -5,22 +5,22 @@ caption token t sits at position 1 + t, then EOT. With truncation EOT takes posi
 only positions 1 .. L - 2 can hold caption tokens.
 
 Modes:
-- `exact`: the positions of the caption tokens whose character range overlaps the sentence's.
-- `goal`: GOAL's released code (`get_text_tokens_from_segment`), reproduced. It takes as start the
-  token count of the caption prefix tokenised *with* SOT and EOT, one more than the sentence's real
-  first position, and keeps as many tokens as the sentence has: the exact span shifted by +1
-  position. So it drops the sentence's first token and includes the token that follows it,
-  typically the '.' that GOAL's splitter cut off (or EOT, for a last sentence with no period).
-  The research notes (goal.md §1.5) measured this +1 shift on 100 % of 1,091 DCI sentences.
-  Like GOAL, the shifted span stops at position L - 2. Unlike GOAL, a span left empty is
-  all-False (the pipeline marks the sentence invalid); GOAL then falls back to other tokens (the
-  last n before L - 1 when the sentence starts at or after L, else positions 1 .. n).
-
-In both modes a sentence truncated away gets an all-False row and a partly truncated one keeps
-its surviving tokens.
+- `exact` (default): the positions of the caption tokens whose character range overlaps the
+  sentence's. A sentence truncated away gets an all-False row (the pipeline drops it from TSL) and
+  a partly truncated one keeps its surviving tokens.
+- `goal`: the span rule of GOAL's released code, `get_text_tokens_from_segment` in
+  https://github.com/PerceptualAI-Lab/GOAL `goal_loss_finetuning.py` (unchanged in the authors'
+  later `goal.py`), followed step by step, fallbacks included (`goal_span`). On GOAL's own
+  pieces (`--splitter=goal`) it is the exact span shifted by +1 position: the prefix length it
+  starts from counts SOT and EOT, so it drops the sentence's first token and takes the token that
+  follows, typically the '.' GOAL's splitter cut off (research goal.md §1.5 measured this on
+  100 % of 1,091 DCI sentences). Where the sentence starts at or past position L - 1 (truncated
+  away) it pools the last n tokens before position L - 1, other sentences' tokens; the exact
+  mode leaves that row empty instead.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +38,8 @@ def _as_ranges(ranges, what: str) -> np.ndarray:
 
 def span_masks(token_offsets: Sequence[tuple[int, int]],
                sentence_offsets: Sequence[tuple[int, int]],
-               context_length: int, mode: str = "exact") -> np.ndarray:
-  """Which positions of the tokenised caption belong to each sentence.
+               context_length: int) -> np.ndarray:
+  """Which positions of the tokenised caption belong to each sentence (the `exact` mode).
 
   Args:
     token_offsets: (start, end) character range of every caption token, untruncated, as returned
@@ -47,15 +47,11 @@ def span_masks(token_offsets: Sequence[tuple[int, int]],
       leading bytes of character `start`, counts as covering that character.
     sentence_offsets: (start, end) character range of each sentence in the same text.
     context_length: L, the tokenised caption's length (SOT and EOT included).
-    mode: "exact" or "goal" (module docstring).
 
   Returns:
     bool [M, L]; row m marks sentence m's positions; all False if none survive truncation.
   """
-  if mode not in MODES:
-    raise ValueError(f"unknown span mode {mode!r}; expected one of {MODES}")
-  if context_length < 3:
-    raise ValueError(f"context_length must be >= 3 to hold a caption token, got {context_length}")
+  _check_context(context_length)
   tokens = _as_ranges(token_offsets, "token")
   sentences = _as_ranges(sentence_offsets, "sentence")
   kept = tokens[:context_length - 2]  # Tokens at positions 1 .. L - 2.
@@ -63,20 +59,84 @@ def span_masks(token_offsets: Sequence[tuple[int, int]],
   token_end = np.maximum(kept[:, 1], kept[:, 0] + 1)[None, :]
   overlaps = (token_start < sentences[:, 1:]) & (token_end > sentences[:, :1])  # [M, T_kept]
   masks = np.zeros((len(sentences), context_length), bool)
-  shift = 1 if mode == "exact" else 2
-  width = min(len(kept), context_length - 1 - shift)  # Nothing lands past position L - 2.
-  masks[:, shift:shift + width] = overlaps[:, :width]
+  masks[:, 1:1 + len(kept)] = overlaps
+  return masks
+
+
+def _check_context(context_length: int) -> None:
+  if context_length < 3:
+    raise ValueError(f"context_length must be >= 3 to hold a caption token, got {context_length}")
+
+
+def goal_span(caption: str, sentence: str, context_length: int, encode) -> tuple[int, int]:
+  """GOAL's `get_text_tokens_from_segment`: the positions [start, end) it pools for `sentence`.
+
+  Step by step as the released code does it (https://github.com/PerceptualAI-Lab/GOAL,
+  `goal_loss_finetuning.py`):
+  1. collapse whitespace in both texts; split the caption on every '.', strip, drop empty pieces;
+  2. the sentence found among the pieces (the first equal one, index k): the prefix is the first
+     k pieces joined by ". ", plus ". " when k > 0; not found: the caption before its first
+     occurrence (`str.find`);
+  3. start = token count of the prefix tokenised with SOT and EOT; n = the sentence's token count
+     without them;
+  4. start >= L: [max(1, L - 1 - n), L - 1), the last n positions before EOT's; else
+     [start, min(start + n, L - 1));
+  5. an empty range falls back to [1, min(1 + n, L)).
+
+  Args:
+    caption: the long caption, in the normal form the model's ids were made from.
+    sentence: the sentence's text (a substring of `caption`).
+    context_length: L.
+    encode: text -> ids without SOT/EOT, of text already in normal form.
+  """
+  text = " ".join(caption.split())
+  segment = " ".join(sentence.split())
+  pieces = [p.strip() for p in text.split(".") if p.strip()]
+  if segment in pieces:
+    k = pieces.index(segment)
+    prefix = ". ".join(pieces[:k]) + (". " if k > 0 else "")
+  else:
+    found = text.find(segment)
+    if found < 0:
+      raise ValueError(f"sentence {segment[:60]!r} is not in the caption {text[:60]!r}")
+    prefix = text[:found]
+  n = len(encode(segment))
+  start = len(encode(prefix)) + 2
+  if start >= context_length:
+    end = context_length - 1
+    start = max(1, end - n)
+  else:
+    end = min(start + n, context_length - 1)
+  if end <= start:
+    start, end = 1, min(1 + n, context_length)
+  return start, end
+
+
+def goal_span_masks(caption: str, sentence_offsets: Sequence[tuple[int, int]],
+                    context_length: int, tokenizer) -> np.ndarray:
+  """`goal_span` of every sentence, as bool [M, L] masks."""
+  _check_context(context_length)
+  sentences = _as_ranges(sentence_offsets, "sentence")
+  encode = functools.partial(tokenizer.encode, normalize=False)
+  masks = np.zeros((len(sentences), context_length), bool)
+  for row, (s, e) in enumerate(sentences):
+    start, end = goal_span(caption, caption[s:e], context_length, encode)
+    masks[row, start:end] = True
   return masks
 
 
 def caption_span_masks(caption: str, sentence_offsets: Sequence[tuple[int, int]],
                        context_length: int, mode: str = "exact", tokenizer=None) -> np.ndarray:
-  """`span_masks` for a caption in normal form (`tokenizer.normalize_text`), tokenised here.
+  """Span masks of a caption already in normal form, tokenised here (mode: module docstring).
 
-  The masks match `tokenizer(caption, context_length, normalize=False)`: the ids it indexes.
+  The masks index `tokenizer(caption, context_length, normalize=False)`: the ids they pool.
   """
+  if mode not in MODES:
+    raise ValueError(f"unknown span mode {mode!r}; expected one of {MODES}")
   if tokenizer is None:
     from goal_jax.text import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
     tokenizer = tokenizer_lib.get_tokenizer()
+  if mode == "goal":
+    return goal_span_masks(caption, sentence_offsets, context_length, tokenizer)
   _, token_offsets = tokenizer.encode_with_offsets(caption)
-  return span_masks(token_offsets, sentence_offsets, context_length, mode)
+  return span_masks(token_offsets, sentence_offsets, context_length)

@@ -12,6 +12,11 @@ Two steps, kept apart so that character offsets are stable:
   store captions in this form; sentence offsets index it.
 - encoding: lowercase, CLIP's pre-tokenisation regex, BPE with a word-level cache.
 
+`normalize_text_hf` is the other normal form, that of HF's `CLIPTokenizerFast` (NFC, whitespace,
+lower case; no ftfy, no unescaping), which GOAL's released code tokenises with. The BPE is the
+same, so on the same normalised text the ids agree; the forms differ on curly quotes (ftfy makes
+them ASCII, HF keeps them as two byte tokens each), mojibake and HTML entities.
+
 Speed: 10,000 distinct captions of ~130 words (~700 characters, ~175 tokens) to [10000, 248],
 one process, CPU seconds (the shared 2-core box was at load ~7, so wall time ran 2-3x higher):
 - ASCII captions: 1.5 s (fast path: no ftfy; the word cache is warm after a few hundred captions);
@@ -31,6 +36,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from typing import NamedTuple, Sequence
 
 import ftfy
@@ -76,6 +82,32 @@ def normalize_text(text: str) -> str:
   return _WHITESPACE.sub(" ", text).strip()
 
 
+def normalize_text_hf(text: str) -> str:
+  """HF `CLIPTokenizerFast`'s normal form without the lowercasing: NFC, whitespace collapse, strip.
+
+  What GOAL's released code feeds the model (it tokenises with `transformers.AutoProcessor`,
+  https://github.com/PerceptualAI-Lab/GOAL `goal_loss_finetuning.py`). Offsets into it stay
+  stable, like `normalize_text`'s; encoding it with `normalize=False` gives HF's ids, except
+  after a capital sigma ending a word (Python lowercases it to 'ς', HF's Rust to 'σ').
+  """
+  return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+NORMALIZERS = {"clip": normalize_text, "hf": normalize_text_hf}
+
+
+def _normalizer(normalize: bool | str):
+  """`normalize` as a function or None: True is "clip" (OpenAI's), False none, else by name."""
+  if normalize is True:
+    return normalize_text
+  if normalize is False:
+    return None
+  if normalize not in NORMALIZERS:
+    raise ValueError(f"unknown text normalisation {normalize!r}; expected True, False or one of "
+                     f"{sorted(NORMALIZERS)}")
+  return NORMALIZERS[normalize]
+
+
 def _word_pattern(lowered: str):
   return _ASCII_WORD_PATTERN if lowered.isascii() else _WORD_PATTERN
 
@@ -115,7 +147,8 @@ class TokenBatch(NamedTuple):
   """Fixed-shape token ids for a batch of texts.
 
   Attributes:
-    ids: int32 [N, L]: SOT, tokens, EOT, then 0-padding. A truncated row ends with EOT at L-1.
+    ids: int32 [N, L]: SOT, tokens, EOT, then padding (`pad_id`, default 0). A truncated row
+      ends with EOT at L-1.
     lengths: int32 [N]: number of non-pad positions, SOT and EOT included.
     truncated: bool [N]: the text had more than L-2 tokens.
   """
@@ -189,17 +222,19 @@ class ClipTokenizer:
 
   # --- public API -----------------------------------------------------------------------------
 
-  def encode(self, text: str, normalize: bool = True) -> list[int]:
+  def encode(self, text: str, normalize: bool | str = True) -> list[int]:
     """Token ids of `text` without SOT/EOT (OpenAI `SimpleTokenizer.encode`).
 
     Args:
       text: any text.
-      normalize: apply `normalize_text` first (OpenAI does). Pass False for text that is already
+      normalize: apply `normalize_text` first (True or "clip": OpenAI does), or
+        `normalize_text_hf` ("hf": HF's fast tokenizer does). Pass False for text that is already
         in normal form (stored captions), so the ids agree with `encode_with_offsets` even on
         rare texts where normalising twice differs (triple-escaped HTML).
     """
-    if normalize:
-      text = normalize_text(text)
+    normalizer = _normalizer(normalize)
+    if normalizer is not None:
+      text = normalizer(text)
     lowered = text.lower()
     cache, ids = self._cache, []
     for word in _word_pattern(lowered).findall(lowered):
@@ -232,13 +267,17 @@ class ClipTokenizer:
     return ids, offsets
 
   def __call__(self, texts: str | Sequence[str], context_length: int = 77,
-               normalize: bool = True) -> TokenBatch:
-    """Tokenise a batch to `[N, context_length]`: SOT ... EOT, 0-padded, EOT kept on truncation."""
+               normalize: bool | str = True, pad_id: int = 0) -> TokenBatch:
+    """Tokenise a batch to `[N, context_length]`: SOT ... EOT, padded, EOT kept on truncation.
+
+    `normalize` as in `encode`. `pad_id`: 0 as OpenAI's tokenizer; HF pads with EOT (49407).
+    The model pools at the first EOT, so either pad gives the same pooled embedding.
+    """
     if isinstance(texts, str):
       texts = [texts]
     if context_length < 2:
       raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
-    ids = np.zeros((len(texts), context_length), np.int32)
+    ids = np.full((len(texts), context_length), pad_id, np.int32)
     lengths = np.zeros((len(texts),), np.int32)
     truncated = np.zeros((len(texts),), bool)
     room = context_length - 2

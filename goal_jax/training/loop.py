@@ -21,6 +21,7 @@ import numpy as np
 
 from goal_jax import objectives
 from goal_jax.data import builder as data_builder
+from goal_jax.data import detail as data_detail
 from goal_jax.data import pipeline
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import clip
@@ -207,6 +208,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   check_local_pairs(config)
   total_steps = total_steps_of(config, num_records)
   data_config = input_config(config, model_config)
+  check_reproduction(data_config, config.input.data_dir)
 
   rng = jax.random.key(config.seed)
   clip_rng, extra_rng = jax.random.split(jax.random.fold_in(rng, 1))
@@ -301,12 +303,13 @@ def say(text: str) -> None:
 
 def check_local_pairs(config: ml_collections.ConfigDict) -> None:
   """A method whose terms read local pairs refuses a dataset without any (it would silently
-  train global-only); a dataset where only some records have one is logged."""
+  train global-only); a dataset where only some records have one is logged, and so are records
+  whose local crops would come from the small stored copy (no detail copy: `data.detail`)."""
   if not objectives.needs_local_pairs(config.method, config.loss):
     return
   name, split = config.input.dataset, config.input.split
-  with_pair, seen = pipeline.local_pair_share(
-      data_builder.load_source(name, split, config.input.data_dir))
+  found = data_detail.survey(data_builder.load_source(name, split, config.input.data_dir))
+  with_pair, seen = found.with_pair, found.seen
   if not with_pair:
     raise SetupError(
         f"dataset {name!r} split {split!r} has no local pairs (none in {seen} records read), so "
@@ -315,6 +318,28 @@ def check_local_pairs(config: ml_collections.ConfigDict) -> None:
         f"--split={split} --checkpoint=/path/to/converted_clip\n"
         f"and train on dataset={name}_lism; or train global-only with configs/global_ft.py")
   logging.info("%s: %d of %d records read have a local pair", name, with_pair, seen)
+  if found.small_copy_pairs:
+    logging.warning(
+        "%s: %d of the %d records read with a local pair have no detail copy: their local crops "
+        "come from the small stored copy (short side 256 by default), not the original pixels as "
+        "in GOAL. Prepare the dataset again (the detail copy is on by default) and re-run LISM.",
+        name, found.small_copy_pairs, with_pair)
+
+
+def check_reproduction(data_config: ml_collections.ConfigDict, data_dir: str) -> None:
+  """The reproduction switches (`config.input.compat`, ...) refuse data they cannot reproduce
+  GOAL on (not split with GOAL's rule, no raw captions, no JSON box sizes), with the command
+  that makes such data, before any compilation."""
+  try:
+    ctx = pipeline.ProcessContext(data_config)
+    if not ctx.reads_reproduction_fields:
+      return
+    pipeline.check_source(
+        ctx, data_builder.load_source(data_config.dataset, data_config.split, data_dir),
+        dataset=data_config.dataset, split=data_config.split, data_dir=data_dir,
+        decode=data_builder.decode_record)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
 
 
 def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,

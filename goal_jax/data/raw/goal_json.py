@@ -18,8 +18,10 @@ A list entry is `{filename, caption}`. A training entry is `{original_filename, 
 segment: [{filename, caption, similarity_score, bbox_coordinates: {x1, y1, x2, y2, width,
 height}}]}`: every segment becomes a `LocalPair` (sentence text, matched to the split caption at
 preparation; box x1, y1, x2, y2 in original pixels; score = similarity_score; full image when the
-crop file is LISM's `original_image.jpg`). bbox `width`/`height` are the CROP size: ignored, the
-true image size comes from the image.
+crop file is LISM's `original_image.jpg`). bbox `width`/`height` are the CROP size (LISM's
+`make_bbox.py` writes them so): kept as the pair's `norm_size`, which only the reproduction of
+the released code's box normalisation reads (`config.input.box_norm=json`); everything else uses
+the true image size, from the image.
 
 Paths in these files are verbatim from the authors' machines (`../DCI/...`, `chage/path/to/...`).
 Rule: the longest trailing part of the recorded path that exists under the manual dir is used
@@ -94,8 +96,15 @@ def _parse(entry, where: str, root: pathlib.Path):
 def _local_pair(segment, record_id: str) -> records.LocalPair:
   box = common.get(segment, "bbox_coordinates", dict, record_id)
   crop = common.get(segment, "filename", str, record_id)
+  norm_size = None
+  if "width" in box or "height" in box:
+    norm_size = tuple(float(common.get(box, k, _NUMBER, record_id)) for k in ("height", "width"))
+    if not all(v > 0 for v in norm_size):
+      raise common.FieldError(f"bbox_coordinates height/width {norm_size} must be positive",
+                              record_id, reason=records.BAD_BOX)
   return records.LocalPair(
       box=tuple(float(common.get(box, k, _NUMBER, record_id)) for k in ("x1", "y1", "x2", "y2")),
       sentence=common.get(segment, "caption", str, record_id),
       score=float(common.get(segment, "similarity_score", _NUMBER, record_id)),
-      is_full_image=pathlib.PurePosixPath(crop.replace("\\", "/")).name == FULL_IMAGE_CROP)
+      is_full_image=pathlib.PurePosixPath(crop.replace("\\", "/")).name == FULL_IMAGE_CROP,
+      norm_size=norm_size)
