@@ -3,9 +3,11 @@ r"""List the prepared datasets under a data_dir: splits, sizes, splitter and loc
   python -m goal_jax.datasets --data_dir=/tfds
 
 One row per split: the dataset and its version, the records, the sentence splitter that segmented
-the captions (GOAL's reproduction needs `goal`), and the share of records with a usable local pair
-(read from up to `--sample` records spread over the split; GOAL's local terms need them, and
-`python -m goal_jax.lism` mines them into `<dataset>_lism`). Nothing is written.
+the captions (GOAL's reproduction needs `goal`), where local crops come from (`full`: original
+pixels, from the detail copy or an image stored at full size; `small`: the 256 px copy of shards
+prepared without one), and the share of records with a usable local pair (GOAL's local terms need
+them; `python -m goal_jax.lism` mines them into `<dataset>_lism`). Both are read from up to
+`--sample` records spread over the split. Nothing is written.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 from typing import Any
 
 from goal_jax.data import builder
-from goal_jax.data import pipeline
+from goal_jax.data import detail
 
 
 def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
@@ -30,11 +32,14 @@ def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
     metadata = builder.prepared_metadata(name, data_dir)
     for split in _splits(version_dir):
       source = builder.load_source(name, split, data_dir)
-      with_pair, seen = pipeline.local_pair_share(source, max_records=sample)
+      found = detail.survey(source, max_records=sample)
       options = metadata.get("split_options", {}).get(split, metadata).get("options", {})
       rows.append({"dataset": name, "version": version_dir.name, "split": split,
                    "records": len(source), "splitter": options.get("splitter", "?"),
-                   "local_pairs": with_pair / seen if seen else 0.0, "sampled": seen,
+                   "local_pairs": found.with_pair / found.seen if found.seen else 0.0,
+                   "sampled": found.seen,
+                   "crops": ("full" if not found.small_copy else
+                             "small" if found.small_copy == found.seen else "mixed"),
                    "source_dataset": metadata.get("source_dataset", "")})
   return rows
 
@@ -48,15 +53,15 @@ def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:
   if not rows:
     return (f"no prepared dataset under {data_dir}; make one with\n"
             f"  python -m goal_jax.data.prepare NAME --manual_dir=/raw/NAME --data_dir={data_dir}")
-  header = f"{'dataset':<20} {'version':<8} {'split':<14} {'records':>8}  {'splitter':<10} " \
-           "local pairs"
+  header = (f"{'dataset':<20} {'version':<8} {'split':<14} {'records':>8}  {'splitter':<10} "
+            f"{'crops':<6} local pairs")
   lines = [f"prepared datasets under {data_dir}:", header]
   for r in rows:
     pairs = ("none" if not r["local_pairs"] else
              f"{100 * r['local_pairs']:.0f}% of {r['sampled']} read")
     mined = f" (LISM on {r['source_dataset']})" if r["source_dataset"] else ""
     lines.append(f"{r['dataset']:<20} {r['version']:<8} {r['split']:<14} {r['records']:>8}  "
-                 f"{r['splitter']:<10} {pairs}{mined}")
+                 f"{r['splitter']:<10} {r['crops']:<6} {pairs}{mined}")
   return "\n".join(lines)
 
 

@@ -21,12 +21,12 @@ def test_lists_splits_sizes_splitter_and_local_pairs(tmp_path, monkeypatch):
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [line.split() for line in proc.stdout.splitlines()[2:]]
   assert rows == [
-      ["plain", "2.0.0", "train", "8", "sentencex", "none"],
-      ["plain", "2.0.0", "test", "8", "sentencex", "none"],
-      ["plain", "2.0.0", "test_hard", "8", "sentencex", "none"],
-      ["synthetic", "2.0.0", "train", "8", "sentencex", "100%", "of", "8", "read"],
-      ["synthetic", "2.0.0", "test", "8", "sentencex", "100%", "of", "8", "read"],
-      ["synthetic", "2.0.0", "test_hard", "8", "sentencex", "100%", "of", "8", "read"]]
+      ["plain", "2.0.0", "train", "8", "sentencex", "full", "none"],
+      ["plain", "2.0.0", "test", "8", "sentencex", "full", "none"],
+      ["plain", "2.0.0", "test_hard", "8", "sentencex", "full", "none"],
+      ["synthetic", "2.0.0", "train", "8", "sentencex", "full", "100%", "of", "8", "read"],
+      ["synthetic", "2.0.0", "test", "8", "sentencex", "full", "100%", "of", "8", "read"],
+      ["synthetic", "2.0.0", "test_hard", "8", "sentencex", "full", "100%", "of", "8", "read"]]
 
 
 def test_empty_or_missing_data_dir(tmp_path):

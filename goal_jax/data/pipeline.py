@@ -151,15 +151,6 @@ def _best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | 
   return int(np.argmax(np.where(usable, scores, -np.inf)))
 
 
-def local_pair_share(source, max_records: int = 512) -> tuple[int, int]:
-  """(records with a usable local pair, records looked at) over up to `max_records` spread
-  evenly through `source`: whether a dataset can feed GOAL's local terms, read in a second."""
-  count = len(source)
-  indices = np.unique(np.linspace(0, count - 1, min(count, max_records)).astype(int))
-  with_pair = sum(_best_pair(source[int(i)]) is not None for i in indices)
-  return int(with_pair), len(indices)
-
-
 def _check_record(record: Mapping[str, Any]) -> None:
   """Structural checks whose failure would otherwise surface as a shape error deep in `process`."""
   starts, ends = np.asarray(record["sentence_starts"]), np.asarray(record["sentence_ends"])
