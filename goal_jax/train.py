@@ -7,11 +7,10 @@ r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP) from one 
 `--config.x=y` overrides any field. The loop is `goal_jax.training.loop.run`; the `demo` arg runs
 `goal_jax.demo` (embedded data, a cached tiny pretrained CLIP, then this method's fine-tuning).
 """
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from goal_jax import cli
 from goal_jax import distributed
 from goal_jax.training import checkpointing
 from goal_jax.training import loop
@@ -35,14 +34,12 @@ _PRINT_CONFIG = flags.DEFINE_bool(
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
   if _PRINT_CONFIG.value:
     print(_CONFIG.value)
     return
   if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+    cli.fail("--workdir is required: the run's folder (rerunning there resumes)", code=2)
   workdir = _WORKDIR.value
   distributed.initialize()  # several processes (TPU pod, GPU cluster): before any JAX use
   try:
@@ -68,4 +65,4 @@ def _train(config, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

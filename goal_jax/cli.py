@@ -1,0 +1,76 @@
+"""What every `python -m goal_jax.<command>` shares: absl flags, quiet logs, one-line errors.
+
+One flag library (absl: `train` needs it for `ml_collections` configs) and one word per concept,
+listed in the README's "Command reference": `--checkpoint` is a model directory a command reads,
+`--out` a path it writes, `--data_dir` the prepared shards (default `~/tensorflow_datasets`),
+`--text_context` a token count, `--threads` threads and `--workers` processes.
+
+An expected failure (bad input, a missing file, a typo in a flag or config field) prints one
+`error: ...` line with the fix and exits 1 (2 for a command-line mistake); a traceback means a
+bug. Libraries' chatter (TFDS's download banner, Orbax's INFO lines, JAX's backend probing) is
+silenced unless `--verbosity` is given.
+"""
+from __future__ import annotations
+
+import logging as py_logging
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+
+class Error(Exception):
+  """An expected failure of a command: its message (with the fix) is all the user sees."""
+
+
+def quiet_logs() -> None:
+  """Warnings and errors only, unless the user asked for `--verbosity`."""
+  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.WARNING)
+  for name in ("jax._src.xla_bridge", "absl", "orbax", "tensorflow_datasets"):
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.ERROR)  # "Unable to init tpu"
+
+
+def fail(message: str, code: int = 1):
+  """Prints `error: message` to stderr and exits with `code`."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  raise SystemExit(code)
+
+
+def _flag_error_message(error: Exception) -> str:
+  """absl wraps a config file's exception (with its traceback) in the flag error: keep its
+  last line, which names what is wrong."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  last = lines[-1] if lines else str(error)
+  return last.split(": ", 1)[1] if last.split(":", 1)[0].endswith("Error") else last
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{_flag_error_message(e)} (--help lists the flags)", code=2)
+  except (AttributeError, KeyError) as e:  # a --config.<field> override naming no field
+    text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+    fail(f"unknown config field {text} (--print_config lists the fields)", code=2)
+
+
+def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException], ...] = (),
+        argv: Sequence[str] | None = None) -> None:
+  """Runs `main(argv)` under absl with quiet logs; `Error` and the `expected` exception types
+  become one `error:` line (exit 1) instead of a traceback."""
+
+  def wrapped(args):
+    quiet_logs()
+    try:
+      return main(args)
+    except (Error, *expected) as e:  # noqa: B030 - a tuple of types built at run time
+      fail(str(e) or type(e).__name__)
+
+  app.run(wrapped, argv=list(argv) if argv is not None else None, flags_parser=_parse_flags)
