@@ -1,12 +1,16 @@
 """The evaluation runner end to end on prepared fixtures, against plain single-device references."""
 import io
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from _cli import run_command
 from goal_jax import evaluate
 from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
 from goal_jax.evaluation import embedding, metrics, profiles, report, runner, zeroshot
@@ -108,9 +112,17 @@ def test_extra_captions_map_to_their_image(data_dir, model):
   records = _records(data_dir, "coco_karpathy", "test")
   ref_image, ref_text, owners = _reference(params, config, records)
   assert len(owners) == 20 and np.bincount(owners).tolist() == [5, 5, 5, 5]
-  # `coco_karpathy:test` names the Long-CLIP profile's "COCO 5k", which insists on 5,000 images.
-  with pytest.raises(ValueError, match="expects 5000 images"):
-    runner.evaluate_benchmarks(params, config, ["coco_karpathy:test"], data_dir, batch_size=BATCH)
+  # `coco_karpathy:test` names the Long-CLIP profile's "COCO 5k", whose protocol has 5,000
+  # images: 4 still run, and the result and its table row say it is not that protocol.
+  results = runner.evaluate_benchmarks(params, config, ["coco_karpathy:test"], data_dir,
+                                       batch_size=BATCH)
+  (name, coco), = results.items()
+  assert coco["ad_hoc"].startswith("4 images in coco_karpathy:test; the paper's protocol uses 5000")
+  assert coco["metrics"] == pytest.approx(
+      metrics.retrieval_recall(ref_image, ref_text, owners, ks=profiles.LONGCLIP_KS))
+  profile, _ = runner.resolve_benchmarks(["coco_karpathy:test"])
+  table = runner.markdown_table(report.results_document(profile, results), profile)
+  assert f"| {name} (ad hoc*) |" in table and f"*{name}: 4 images in" in table
   ks = profiles.LONGCLIP_KS
   benchmark = profiles.Benchmark("coco", "retrieval", "coco_karpathy", "test", ks,
                                  profiles.recall_columns(ks))
@@ -328,15 +340,33 @@ def test_evaluate_command(data_dir, model, tmp_path, capsys):
   ckpt = tmp_path / "ckpt"
   checkpoint.save_model(ckpt, params, config)
   out = tmp_path / "results.json"
-  evaluate.main([f"--checkpoint={ckpt}", "--benchmarks=synthetic", f"--data_dir={data_dir}",
-                 f"--out={out}", f"--batch_size={BATCH}"])
+  assert run_command(evaluate, f"--checkpoint={ckpt}", "--benchmarks=synthetic",
+                     f"--data_dir={data_dir}", f"--out={out}", f"--batch_size={BATCH}") == 0
   document = report.read_results(out)
   expected = runner.evaluate_benchmarks(params, config, "synthetic", data_dir, batch_size=BATCH)
   assert document["profile"] == "synthetic" and document["results"] == expected
   assert document["metadata"]["model"] == config.to_dict()
   assert report.markdown_table(document) in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="error: dataset 'urban1k' is not prepared"):
-    evaluate.main([f"--checkpoint={ckpt}", "--benchmarks=urban1k:test", f"--data_dir={data_dir}"])
+  assert run_command(evaluate, f"--checkpoint={ckpt}", "--benchmarks=urban1k:test",
+                     f"--data_dir={data_dir}") == 1
+  assert capsys.readouterr().err.startswith("error: dataset 'urban1k' is not prepared")
+
+
+@pytest.mark.parametrize("args, code, start", [
+    (["--checkpoint=CKPT", "--benchmarks=synthetic"], 1, "error: CKPT is not a model checkpoint"),
+    (["--checkpoint=CKPT", "--benchmark=synthetic"], 2,
+     "error: Unknown command line flag 'benchmark'. Did you mean: benchmarks ?"),
+    (["--benchmarks=synthetic"], 2, "error: --checkpoint is required"),
+])
+def test_evaluate_mistakes_print_one_error_line(tmp_path, args, code, start):
+  """As a user runs it: a missing checkpoint or a mistyped flag, no traceback."""
+  ckpt = str(tmp_path / "absent")
+  result = subprocess.run(
+      [sys.executable, "-m", "goal_jax.evaluate", *(a.replace("CKPT", ckpt) for a in args)],
+      capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == code and len(lines) == 1, result.stderr
+  assert lines[0].startswith(start.replace("CKPT", ckpt))
 
 
 class _ColourEmbedder:
@@ -424,7 +454,7 @@ def test_evaluate_computes_in_float32_unless_told(data_dir, model, tmp_path):
   common = ["--benchmarks=photos:test", f"--data_dir={data_dir}", f"--batch_size={BATCH}"]
   for extra, used in (([], config), (["--dtype=bfloat16"], bf16_config)):
     out = tmp_path / "results.json"
-    evaluate.main([f"--checkpoint={ckpt}", f"--out={out}", *common, *extra])
+    assert run_command(evaluate, f"--checkpoint={ckpt}", f"--out={out}", *common, *extra) == 0
     document = report.read_results(out)
     expected = runner.evaluate_benchmarks(params, used, "photos:test", data_dir, batch_size=BATCH)
     assert document["results"] == expected

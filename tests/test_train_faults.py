@@ -257,3 +257,23 @@ def test_sigterm_during_start_up_exits_0_with_a_message(data_dir, tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert model_checkpoint.load_info(str(workdir / "model")) == {"step": 1}
+
+
+def test_any_checkpoint_of_a_run_reads_as_a_model_and_a_workdir_says_where_they_are(data_dir,
+                                                                                     tmp_path):
+  """`load_model(<workdir>/checkpoints/<step>)` gives that step's CLIP (a 2-step run's model for
+  step 2, the final model for step 3); the workdir itself is refused naming both."""
+  config = tiny_config("global", data_dir, steps=3)
+  config.checkpoint_every = 1
+  workdir = str(tmp_path / "run")
+  loop.run(config, workdir)
+  loop.run(tiny_config("global", data_dir, steps=2), str(tmp_path / "two"))
+  step = lambda n: os.path.join(workdir, "checkpoints", str(n))
+  assert_same_params(jax.tree.leaves(model_checkpoint.load_model(step(2))[0]),
+                     model_params(str(tmp_path / "two")))
+  assert_same_params(jax.tree.leaves(model_checkpoint.load_model(step(3))[0]),
+                     model_params(workdir))
+  with pytest.raises(FileNotFoundError,
+                     match=rf"(?s)its final model is {workdir}/model; a checkpoint of it is "
+                           rf"{step(3)} \(steps 1, 2, 3\)"):
+    model_checkpoint.load_model(workdir)

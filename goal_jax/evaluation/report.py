@@ -21,18 +21,25 @@ SCHEMA = "goal_jax.evaluation/1"
 MISSING = "–"
 
 
-def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None):
-  """One `results` entry: the benchmark's identity, its sizes and its metrics."""
+def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None, ad_hoc=None):
+  """One `results` entry: the benchmark's identity, its sizes and its metrics.
+
+  `ad_hoc`: why the run is not the paper's protocol (a split of another size), kept in the
+  entry and marked in the table; the size check is then the caller's (it was done before).
+  """
   metrics = {str(k): float(v) for k, v in metrics.items()}
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:
     raise ValueError(f"benchmark {benchmark.name!r}: metric {bad[0]} is not finite")
-  if benchmark.num_images is not None and num_images is not None \
+  if ad_hoc is None and benchmark.num_images is not None and num_images is not None \
       and num_images != benchmark.num_images:
     raise ValueError(f"benchmark {benchmark.name!r} expects {benchmark.num_images} images "
                      f"({benchmark.dataset}:{benchmark.split}), got {num_images}")
-  return {"task": benchmark.task, "dataset": benchmark.dataset, "split": benchmark.split,
-          "num_images": num_images, "num_texts": num_texts, "metrics": metrics}
+  entry = {"task": benchmark.task, "dataset": benchmark.dataset, "split": benchmark.split,
+           "num_images": num_images, "num_texts": num_texts, "metrics": metrics}
+  if ad_hoc:
+    entry["ad_hoc"] = ad_hoc
+  return entry
 
 
 def results_document(profile, results, metadata=None):
@@ -128,7 +135,11 @@ def markdown_table(document, profile=None):
       tables.append(_table(rows, columns))
       rows = []
     columns = benchmark.columns
-    rows.append((benchmark.name, document["results"][benchmark.name]["metrics"]))
+    entry = document["results"][benchmark.name]
+    name = f"{benchmark.name} (ad hoc*)" if entry.get("ad_hoc") else benchmark.name
+    rows.append((name, entry["metrics"]))
   if rows:
     tables.append(_table(rows, columns))
-  return "\n\n".join(tables) + "\n"
+  notes = [f"*{name}: {entry['ad_hoc']}" for name, entry in document["results"].items()
+           if entry.get("ad_hoc")]
+  return "\n\n".join(tables + (["\n".join(notes)] if notes else [])) + "\n"

@@ -2,6 +2,11 @@
 
 This is what `convert` writes, what the trainer loads as its initialisation and what `export_hf`
 reads. The config travels with the weights so no command has to guess the architecture.
+
+A trainer's intermediate checkpoint, `<workdir>/checkpoints/<step>`, reads as a model too: its
+CLIP params come out of the train state, and its architecture from `<workdir>/model_config.json`,
+which the trainer writes at start. So `evaluate`, `embed`, `visualize` and `export_hf` take any
+step of a run, not only its final `<workdir>/model`.
 """
 import dataclasses
 import json
@@ -17,6 +22,7 @@ from goal_jax.models import clip
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "model_info.json"
 PARAMS_DIR = "params"
+TRAIN_STATE_DIR = "state"  # a trainer checkpoint step: <workdir>/checkpoints/<step>/state
 
 
 def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
@@ -72,10 +78,53 @@ def load_info(directory: str) -> dict:
     return json.load(f)
 
 
+def save_config(directory: str, config: clip.CLIPConfig) -> None:
+  """Writes `<directory>/model_config.json` (the trainer: its workdir's, for its checkpoints)."""
+  _write_json(os.path.join(directory, CONFIG_FILE), config.to_dict())
+
+
+def _train_workdir(directory: str) -> str | None:
+  """The workdir of a trainer checkpoint step `<workdir>/checkpoints/<step>`, else None."""
+  parent = os.path.dirname(os.path.abspath(directory))
+  if os.path.isdir(os.path.join(directory, TRAIN_STATE_DIR)) and \
+      os.path.basename(parent) == "checkpoints":
+    return os.path.dirname(parent)
+  return None
+
+
+def _not_a_model(directory: str) -> str:
+  """Why `directory` is not a model checkpoint, and which folder near it is."""
+  message = f"{directory} is not a model checkpoint"
+  workdir = _train_workdir(directory)
+  if workdir is not None:
+    return (f"{message}: a training checkpoint whose workdir {workdir} has no {CONFIG_FILE} "
+            "(runs from before this version do not write it); use that run's final "
+            f"{workdir}/model")
+  hints = []
+  if os.path.isfile(os.path.join(directory, "model", CONFIG_FILE)):
+    hints.append(f"its final model is {os.path.join(directory, 'model')}")
+  steps = sorted((int(name) for name in _listdir(os.path.join(directory, "checkpoints"))
+                  if name.isdigit()))
+  if steps:
+    hints.append(f"a checkpoint of it is {os.path.join(directory, 'checkpoints', str(steps[-1]))} "
+                 f"(steps {', '.join(map(str, steps))})")
+  if hints:
+    return f"{message}. It is a training workdir: {'; '.join(hints)}"
+  return f"{message}. Make one with `python -m goal_jax.convert` or `python -m goal_jax.train`"
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
 def load_config(directory: str) -> clip.CLIPConfig:
+  """The architecture of a model checkpoint, or of a trainer checkpoint step (its workdir's)."""
   path = os.path.join(directory, CONFIG_FILE)
+  workdir = _train_workdir(directory)
+  if not os.path.isfile(path) and workdir is not None:
+    path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{directory} is not a model checkpoint: no {CONFIG_FILE}")
+    raise FileNotFoundError(_not_a_model(directory))
   with open(path) as f:
     return clip.CLIPConfig.from_dict(json.load(f))
 
@@ -91,9 +140,25 @@ def load_model(directory: str, scan: bool | None = None,
   config = load_config(directory)
   if abstract_params is None:
     abstract_params = clip.abstract_params(config)
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), abstract_params)
+  if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), abstract_params)
+  elif _train_workdir(directory) is not None:
+    params = _restore_train_params(os.path.join(directory, TRAIN_STATE_DIR), abstract_params)
+  else:  # e.g. a training workdir, which holds the model_config.json of its checkpoints
+    raise FileNotFoundError(_not_a_model(directory))
   if scan is not None and scan != config.scan:
     params = clip.to_param_layout(jax.device_get(params), scan)
     config = dataclasses.replace(config, scan=scan)
   return params, config
+
+
+def _restore_train_params(state_dir: str, abstract_params) -> dict:
+  """The CLIP params out of a trainer's train state, reading nothing else (optimizer moments
+  are twice the params' size)."""
+  target = {"params": {"clip": abstract_params}}
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  return restored["params"]["clip"]

@@ -69,15 +69,16 @@ def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPC
   if not config.model_init:
     raise SetupError(
         "no init checkpoint: fine-tuning starts from a pretrained CLIP. Convert one with\n"
-        "  python -m goal_jax.convert hf:/path/to/clip-vit-base-patch16 /ckpt/clip_b16\n"
+        "  python -m goal_jax.convert --source=/path/to/clip-vit-base-patch16 "
+        "--out=/ckpt/clip_b16\n"
         "and pass init=/ckpt/clip_b16 (--config=configs/<method>.py:init=...) or "
         "--config.model_init=...; init=random trains from random weights")
   path = config.model_init
   if not os.path.isfile(os.path.join(path, model_checkpoint.CONFIG_FILE)):
     raise SetupError(
         f"config.model_init={path!r} is not a converted model checkpoint. Make one with\n"
-        f"  python -m goal_jax.convert hf:/path/to/clip-vit-base-patch16 {path}\n"
-        "(or openai:<file.pt> / open_clip:<file>), or pass --config.model_init=<dir>.")
+        f"  python -m goal_jax.convert --source=/path/to/clip-vit-base-patch16 --out={path}\n"
+        "(or --source=<file.pt> / open_clip:<file>), or pass --config.model_init=<dir>.")
   params, init_config = model_checkpoint.load_model(path, scan=config.model.scan)
   params = jax.device_get(params)
   table = params["text"]["positional_embedding"]
@@ -112,7 +113,7 @@ def check_data(config: ml_collections.ConfigDict) -> int:
   except Exception as e:  # noqa: BLE001 - any failure to open means "not prepared"
     raise SetupError(
         f"dataset {name!r} split {split!r} is not prepared under {data_dir!r} ({e}). Prepare it:\n"
-        f"  python -m goal_jax.data.prepare {name} --manual_dir=/path/to/raw/{name} "
+        f"  python -m goal_jax.data.prepare --dataset={name} --manual_dir=/path/to/raw/{name} "
         f"--data_dir={data_dir}") from e
 
 
@@ -240,6 +241,8 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       resume.check_and_record(workdir, config, start, write=is_main)
     except resume.ResumeConfigError as e:
       raise SetupError(str(e)) from None
+    if is_main:  # what `load_model(<workdir>/checkpoints/<step>)` reads the architecture from
+      model_checkpoint.save_config(workdir, model_config)
 
     say(f"{config.method} on {config.input.dataset}/{config.input.split} ({num_records} "
         f"records), batch {config.input.batch_size}, {total_steps} steps; model "
