@@ -17,7 +17,7 @@ ARG_DEFAULTS = dict(
     demo=False,       # tiny model on the embedded synthetic data, a few minutes on a CPU
     variant="B/16",   # model variant when no init checkpoint names one
     init="",          # a `python -m goal_jax.convert` output; required outside the demo
-    dataset="docci",  # prepared dataset name (`python -m goal_jax.data.prepare NAME ...`)
+    dataset="docci",  # prepared dataset name (`python -m goal_jax.data.prepare --dataset=NAME`)
     data_dir="~/tensorflow_datasets",
     batch=16,
     epochs=10.0,

@@ -37,20 +37,19 @@ peak = the device's dense bf16 peak (`--peak_tflops` overrides; none on CPU).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import importlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import flags
 import jax
 import numpy as np
 
+from goal_jax import cli
 from goal_jax import objectives
 from goal_jax.data import pipeline
 from goal_jax.models import clip
@@ -643,61 +642,81 @@ def format_targets(checks: Sequence[dict[str, Any]], device: str) -> str:
   return "\n".join(lines)
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.bench", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  split = lambda text: [x for x in text.split(",") if x]
-  parser.add_argument("--variant", type=split, default=["B/16"], help="e.g. B/16,L/14 or tiny/8")
-  parser.add_argument("--batch", type=lambda t: [int(x) for x in split(t)], default=[64],
-                      help="global batch sizes, e.g. 16,64,256")
-  parser.add_argument("--methods", type=split, default=["global", "goal", "mulclip"],
-                      help=f"from {sorted(METHOD_CONFIGS)}")
-  parser.add_argument("--steps", type=int, default=10, help="timed steps")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
-  parser.add_argument("--attention", choices=("xla", "cudnn"), default=None,
-                      help="default: cudnn on GPUs, else xla")
-  parser.add_argument("--dtype", default=None,
-                      help="compute dtype; default bfloat16 (float32 when timing on a CPU)")
-  parser.add_argument("--remat", choices=("", "full", "dots"), default="")
-  parser.add_argument("--scan", action="store_true", help="nn.scan over layers")
-  parser.add_argument("--analyze_only", action="store_true",
-                      help="count FLOPs (analytic, XLA's) and saved activations without running; "
-                      "any variant, also on a CPU")
-  parser.add_argument("--reference", action="store_true",
-                      help="also time PyTorch: HF SDPA (+torch.compile) and an official-style GOAL")
-  parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile reference")
-  parser.add_argument("--peak_tflops", type=float, default=None,
-                      help="per-device peak for MFU (default: from the device kind)")
-  parser.add_argument("--json_out", default=None, help="write rows and targets as JSON here")
-  args = parser.parse_args(argv)
-  unknown = sorted(set(args.methods) - set(METHOD_CONFIGS))
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_list("variant", ["B/16"], "E.g. B/16,L/14 or tiny/8.")
+  flags.DEFINE_list("batch", ["64"], "Global batch sizes, e.g. 16,64,256.")
+  flags.DEFINE_list("methods", ["global", "goal", "mulclip"], f"Of {sorted(METHOD_CONFIGS)}.")
+  flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
+  flags.DEFINE_integer("warmup", 2, "Untimed steps (the first compiles).", lower_bound=0)
+  flags.DEFINE_enum("attention", None, ("xla", "cudnn"), "Default: cudnn on GPUs, else xla.")
+  flags.DEFINE_string("dtype", None,
+                      "Compute dtype; default bfloat16 (float32 when timing on a CPU).")
+  flags.DEFINE_enum("remat", "", ("", "full", "dots"), "Activation rematerialisation.")
+  flags.DEFINE_bool("scan", False, "nn.scan over layers.")
+  flags.DEFINE_bool("analyze_only", False, "Count FLOPs (analytic, XLA's) and saved activations "
+                    "without running; any variant, also on a CPU.")
+  flags.DEFINE_bool("reference", False, "Also time PyTorch: HF SDPA (+torch.compile) and an "
+                    "official-style GOAL.")
+  flags.DEFINE_bool("no_compile", False, "Skip the torch.compile reference.")
+  flags.DEFINE_float("peak_tflops", None,
+                     "Per-device peak for MFU (default: from the device kind).")
+  flags.DEFINE_string("json_out", None, "Write rows and targets as JSON here.")
+
+
+def _batches(values: Sequence[str]) -> list[int]:
+  try:
+    batches = [int(v) for v in values]
+  except ValueError:
+    cli.fail(f"--batch takes integers joined by ',', got {','.join(values)}", code=2)
+  if not batches or min(batches) < 1:
+    cli.fail(f"--batch takes positive integers, got {','.join(values)}", code=2)
+  return batches
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  unknown = sorted(set(FLAGS.methods) - set(METHOD_CONFIGS))
   if unknown:
-    parser.error(f"--methods: unknown {unknown}; known: {sorted(METHOD_CONFIGS)}")
-  return args
+    cli.fail(f"--methods: unknown {unknown}; known: {sorted(METHOD_CONFIGS)}", code=2)
+  run_bench(FLAGS.variant, _batches(FLAGS.batch), FLAGS.methods, steps=FLAGS.steps,
+            warmup=FLAGS.warmup, attention=FLAGS.attention, dtype=FLAGS.dtype,
+            remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
+            reference=FLAGS.reference, compile_reference=not FLAGS.no_compile,
+            peak=FLAGS.peak_tflops, json_out=FLAGS.json_out)
 
 
-def main(argv=None) -> dict[str, Any]:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def run_bench(variants: Sequence[str], batches: Sequence[int], methods: Sequence[str], *,
+              steps: int = 10, warmup: int = 2, attention: str | None = None,
+              dtype: str | None = None, remat: str = "", scan: bool = False,
+              analyze_only: bool = False, reference: bool = False,
+              compile_reference: bool = True, peak: float | None = None,
+              json_out: str | None = None) -> dict[str, Any]:
+  """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
   device = jax.devices()[0]
   platform = device.platform
-  attention = args.attention or ("cudnn" if platform == "gpu" else "xla")
+  attention = attention or ("cudnn" if platform == "gpu" else "xla")
   # Analysis describes the accelerator run (bf16) even on a CPU, where timing runs in f32.
-  dtype = args.dtype or ("float32" if platform == "cpu" and not args.analyze_only else "bfloat16")
-  peak = args.peak_tflops or peak_tflops(device)
+  dtype = dtype or ("float32" if platform == "cpu" and not analyze_only else "bfloat16")
+  peak = peak or peak_tflops(device)
   print(f"device: {jax.device_count()} x {device.device_kind} ({platform}); attention {attention}, "
         f"dtype {dtype}, peak {peak or '?'} TFLOP/s per device", flush=True)
   rows = []
-  for variant in args.variant:
-    for batch in args.batch:
-      for method in args.methods:
-        rows.append(bench_method(method, variant, batch, steps=args.steps, warmup=args.warmup,
-                                 attention=attention, dtype=dtype, remat=args.remat,
-                                 scan=args.scan, peak=peak, time_it=not args.analyze_only))
+  for variant in variants:
+    for batch in batches:
+      for method in methods:
+        rows.append(bench_method(method, variant, batch, steps=steps, warmup=warmup,
+                                 attention=attention, dtype=dtype, remat=remat,
+                                 scan=scan, peak=peak, time_it=not analyze_only))
         print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-      if args.reference and not args.analyze_only:
+      if reference and not analyze_only:
         config = method_config("global", variant, batch, attention=attention, dtype=dtype)
-        rows += bench_reference(variant, batch, steps=args.steps, warmup=args.warmup,
-                                compile_model=not args.no_compile, peak=peak,
+        rows += bench_reference(variant, batch, steps=steps, warmup=warmup,
+                                compile_model=compile_reference, peak=peak,
                                 jax_config=loop.model_config_from(config, None))
   checks = target_checks(rows)
   print()
@@ -708,11 +727,12 @@ def main(argv=None) -> dict[str, Any]:
   result = {"device": device.device_kind, "device_count": jax.device_count(),
             "attention": attention, "dtype": dtype, "peak_tflops": peak,
             "rows": [r.to_dict() for r in rows], "targets": checks}
-  if args.json_out:
-    with open(args.json_out, "w") as f:
+  if json_out:
+    with open(json_out, "w") as f:
       json.dump(result, f, indent=2)
   return result
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=(ValueError,))  # an unknown variant, method or batch

@@ -1,10 +1,11 @@
-"""Convert a PyTorch CLIP checkpoint into a goal_jax model checkpoint.
+r"""Convert a PyTorch CLIP checkpoint into a goal_jax model checkpoint.
 
-  python -m goal_jax.convert /models/clip-vit-base-patch16 /ckpt/b16_248 --text_context=248
-  python -m goal_jax.convert ViT-L-14.pt /ckpt/l14 --scan
-  python -m goal_jax.convert open_clip_model.safetensors /ckpt/oc --activation=gelu
+  python -m goal_jax.convert --source=/models/clip-vit-base-patch16 --out=/ckpt/b16_248 \
+      --text_context=248
+  python -m goal_jax.convert --source=ViT-L-14.pt --out=/ckpt/l14 --scan
+  python -m goal_jax.convert --source=open_clip_model.safetensors --out=/ckpt/oc --activation=gelu
 
-The source is an HF `CLIPModel` directory (it holds `config.json`) or one OpenAI / Long-CLIP /
+`--source` is an HF `CLIPModel` directory (it holds `config.json`) or one OpenAI / Long-CLIP /
 open_clip weights file (`.pt`, `.bin`, `.safetensors`; the weights file of an HF directory is
 refused: pass the directory); the prefixes `hf:`, `openai:` and `open_clip:` say the same
 explicitly. The output (Orbax params + model_config.json) is what training starts from; an
@@ -12,10 +13,11 @@ output that is not empty is refused before any work unless `--overwrite`. `--tex
 applies Long-CLIP stretching of the text positions (77 -> 248). OpenAI/open_clip files carry no
 head count, so it defaults to width // 64 (every released model); override it if yours differs.
 """
-import argparse
 import os
-import sys
 
+from absl import flags
+
+from goal_jax import cli
 from goal_jax.models import checkpoint
 from goal_jax.models import convert as convert_lib
 
@@ -23,24 +25,25 @@ from goal_jax.models import convert as convert_lib
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("source", help="HF model directory or OpenAI/open_clip weights file "
-                      "(optionally prefixed hf: | openai: | open_clip:)")
-  parser.add_argument("out", help="output model checkpoint directory")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-  parser.add_argument("--text_context", type=int, default=None,
-                      help="stretch the text position table to this many rows (e.g. 248)")
-  parser.add_argument("--scan", action="store_true", help="stack layers for nn.scan")
-  parser.add_argument("--variant", default=None,
-                      help="what the file should be (e.g. B/16, L/14): files without a config "
-                      "are then checked for a lost last layer or another architecture")
-  parser.add_argument("--vision_heads", type=int, default=None)
-  parser.add_argument("--text_heads", type=int, default=None)
-  parser.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
-                      help="MLP activation (default: from config.json, else quick_gelu)")
-  return parser.parse_args(argv)
+FLAGS = flags.FLAGS
+EXPECTED = (FileNotFoundError, ValueError)  # a bad source or output: one `error:` line
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("source", None, "HF model directory or OpenAI/open_clip weights file "
+                      "(optionally prefixed hf: | openai: | open_clip:).")
+  flags.DEFINE_string("out", None, "Model checkpoint directory to write.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+  flags.DEFINE_integer("text_context", None,
+                       "Stretch the text position table to this many rows (e.g. 248).")
+  flags.DEFINE_bool("scan", False, "Stack layers for nn.scan.")
+  flags.DEFINE_string("variant", None, "What the file should be (e.g. B/16, L/14): files without "
+                      "a config are then checked for a lost last layer or another architecture.")
+  flags.DEFINE_integer("vision_heads", None, "Vision attention heads (default: width // 64).")
+  flags.DEFINE_integer("text_heads", None, "Text attention heads (default: width // 64).")
+  flags.DEFINE_enum("activation", None, ("quick_gelu", "gelu"),
+                    "MLP activation (default: from config.json, else quick_gelu).")
 
 
 def resolve_source(source: str) -> str:
@@ -86,19 +89,21 @@ def check_output(out: str, overwrite: bool, source_path: str | None = None) -> N
     raise ValueError(f"output {out} is not empty; pass --overwrite to replace it")
 
 
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    source = resolve_source(args.source)
-    check_output(args.out, args.overwrite, source.partition(":")[2])
-    params, config = convert_lib.convert(
-        source, text_context=args.text_context, scan=args.scan, variant=args.variant,
-        vision_heads=args.vision_heads, text_heads=args.text_heads, activation=args.activation)
-  except (FileNotFoundError, ValueError) as e:  # a bad source or output: no traceback needed
-    raise SystemExit(f"error: {e}") from e
-  checkpoint.save_model(args.out, params, config, overwrite=args.overwrite)
-  print(f"wrote {args.out}: {config}")
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: pass --source=... --out=...", code=2)
+  for name in ("source", "out"):
+    if FLAGS[name].value is None:
+      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  source = resolve_source(FLAGS.source)
+  check_output(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])
+  params, config = convert_lib.convert(
+      source, text_context=FLAGS.text_context, scan=FLAGS.scan, variant=FLAGS.variant,
+      vision_heads=FLAGS.vision_heads, text_heads=FLAGS.text_heads, activation=FLAGS.activation)
+  checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite)
+  print(f"wrote {FLAGS.out}: {config}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=EXPECTED)

@@ -11,12 +11,13 @@ them; `python -m goal_jax.lism` mines them into `<dataset>_lism`). Both are read
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from typing import Any
 
+from absl import flags
+
+from goal_jax import cli
 from goal_jax.data import builder
 from goal_jax.data import detail
 
@@ -52,7 +53,8 @@ def _splits(version_dir) -> list[str]:
 def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:
   if not rows:
     return (f"no prepared dataset under {data_dir}; make one with\n"
-            f"  python -m goal_jax.data.prepare NAME --manual_dir=/raw/NAME --data_dir={data_dir}")
+            f"  python -m goal_jax.data.prepare --dataset=NAME --manual_dir=/raw/NAME "
+            f"--data_dir={data_dir}")
   header = (f"{'dataset':<20} {'version':<8} {'split':<14} {'records':>8}  {'splitter':<10} "
             f"{'crops':<6} local pairs")
   lines = [f"prepared datasets under {data_dir}:", header]
@@ -65,21 +67,26 @@ def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> list[dict[str, Any]]:
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.datasets", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data_dir", default="~/tensorflow_datasets",
-                      help="where `prepare` and `lism` wrote the shards")
-  parser.add_argument("--sample", type=int, default=64,
-                      help="records read per split to count local pairs")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  data_dir = os.path.expanduser(args.data_dir)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
+                      "Where `prepare` and `lism` wrote the shards.")
+  flags.DEFINE_integer("sample", 64, "Records read per split to count local pairs.",
+                       lower_bound=1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  data_dir = os.path.expanduser(FLAGS.data_dir)
   if not os.path.isdir(data_dir):
-    parser.error(f"--data_dir={args.data_dir} is not a directory")
-  rows = inventory(data_dir, args.sample)
-  print(format_rows(rows, data_dir))
-  return rows
+    cli.fail(f"--data_dir={FLAGS.data_dir} is not a directory")
+  print(format_rows(inventory(data_dir, FLAGS.sample), data_dir))
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main)

@@ -6,37 +6,39 @@
 Rows are L2-normalised float32 embeddings. Images: every image file directly in the folder, in
 sorted name order; the names are written next to the output (`img_files.txt`, one per line) so
 row i is named. Texts: one per line (blank lines are an error), tokenised at the model's context
-or `--context_length` (longer texts are truncated, keeping EOT). Batches are sharded over all
+or `--text_context` (longer texts are truncated, keeping EOT). Batches are sharded over all
 devices (`jax.devices()`). The model computes in float32 whatever dtype it was trained in, so the
 rows match the HF export's (`--dtype=bfloat16` for speed).
 """
-import argparse
 import os
-import sys
 
+from absl import flags
 import jax
 import numpy as np
 
+from goal_jax import cli
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import zeroshot
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.embed", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="model checkpoint directory")
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--images", help="folder of images")
-  source.add_argument("--texts", help="text file, one text per line")
-  parser.add_argument("--out", required=True, help="output .npy file")
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--context_length", type=int, default=None,
-                      help="text tokens per row (default: the model's context)")
-  parser.add_argument("--geometry", choices=("center_crop", "squash"),
-                      default=runner.DEFAULT_GEOMETRY)
-  embedding.add_dtype_argument(parser)
-  return parser.parse_args(argv)
+FLAGS = flags.FLAGS
+EXPECTED = (FileNotFoundError, ValueError)  # missing inputs, blank lines: one `error:` line
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory.")
+  flags.DEFINE_string("images", None, "Folder of images (or --texts).")
+  flags.DEFINE_string("texts", None, "Text file, one text per line (or --images).")
+  flags.DEFINE_string("out", None, "Output .npy file.")
+  flags.DEFINE_integer("batch_size", 64, "Rows per batch.", lower_bound=1)
+  flags.DEFINE_integer("text_context", None,
+                       "Text tokens per row (default: the model's context).")
+  flags.DEFINE_enum("geometry", runner.DEFAULT_GEOMETRY, ("center_crop", "squash"),
+                    "How images become the model's square input.")
+  embedding.define_dtype_flag()
+  flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
 
 
 def list_images(folder: str) -> list[str]:
@@ -63,12 +65,12 @@ def read_texts(path: str) -> list[str]:
   return lines
 
 
-def embed_texts(embedder, params, texts, context_length=None) -> np.ndarray:
+def embed_texts(embedder, params, texts, text_context=None) -> np.ndarray:
   """[N, E] embeddings of raw texts (normalised like the data pipeline, then tokenised)."""
   model_context = embedder.config.context_length
-  context = context_length or model_context
+  context = text_context or model_context
   if not 2 <= context <= model_context:
-    raise ValueError(f"--context_length must be in [2, {model_context}] (the model's context), "
+    raise ValueError(f"--text_context must be in [2, {model_context}] (the model's context), "
                      f"got {context}")
   return runner.embed_texts(embedder, params, texts, normalize=True, context_length=context)
 
@@ -77,25 +79,32 @@ def files_list_path(out: str) -> str:
   return os.path.splitext(out)[0] + "_files.txt"
 
 
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  params, config = embedding.load_model(args.checkpoint, args.dtype)
-  embedder = embedding.Embedder(config, batch_size=args.batch_size)
-  if args.images:
-    names = list_images(args.images)
-    paths = [os.path.join(args.images, n) for n in names]
-    out = runner.embed_image_files(embedder, params, paths, geometry=args.geometry)
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  for name in ("checkpoint", "out"):
+    if FLAGS[name].value is None:
+      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  if (FLAGS.images is None) == (FLAGS.texts is None):
+    cli.fail("give one of --images=FOLDER or --texts=FILE", code=2)
+  params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)
+  embedder = embedding.Embedder(config, batch_size=FLAGS.batch_size)
+  if FLAGS.images:
+    names = list_images(FLAGS.images)
+    paths = [os.path.join(FLAGS.images, n) for n in names]
+    out = runner.embed_image_files(embedder, params, paths, geometry=FLAGS.geometry)
   else:
-    out = embed_texts(embedder, params, read_texts(args.texts), args.context_length)
+    out = embed_texts(embedder, params, read_texts(FLAGS.texts), FLAGS.text_context)
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  np.save(args.out, out)
-  if args.images:
-    with open(files_list_path(args.out), "w", encoding="utf-8") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  np.save(FLAGS.out, out)
+  if FLAGS.images:
+    with open(files_list_path(FLAGS.out), "w", encoding="utf-8") as f:
       f.write("".join(n + "\n" for n in names))
-  print(f"wrote {args.out}: {out.shape[0]} x {out.shape[1]} embeddings")
+  print(f"wrote {FLAGS.out}: {out.shape[0]} x {out.shape[1]} embeddings")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=EXPECTED)

@@ -14,11 +14,12 @@ number, class name, or WordNet id for ImageNet) with the shipped class names and
 The model computes in float32 whatever dtype it was trained in (`--dtype` to change; the results'
 metadata records it).
 """
-import argparse
-import sys
+import os
 
+from absl import flags
 import jax
 
+from goal_jax import cli
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import profiles
 from goal_jax.evaluation import report
@@ -26,55 +27,59 @@ from goal_jax.evaluation import runner
 from goal_jax.evaluation import zeroshot
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="model checkpoint directory")
-  parser.add_argument("--benchmarks", default="",
-                      help="profile, benchmark names or dataset:split, joined by ','")
-  parser.add_argument("--data_dir", default=None, help="where `prepare` wrote the shards")
-  parser.add_argument("--out", default=None, help="results JSON to write")
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--geometry", choices=("center_crop", "squash"),
-                      default=runner.DEFAULT_GEOMETRY)
-  parser.add_argument("--zeroshot_folder", default=None, help="ImageFolder for zero-shot")
-  parser.add_argument("--zeroshot_classes", default=None, choices=sorted(zeroshot.ZEROSHOT_SETS),
-                      help="class names and prompts of --zeroshot_folder")
-  embedding.add_dtype_argument(parser)
-  return parser.parse_args(argv)
+FLAGS = flags.FLAGS
+EXPECTED = (FileNotFoundError, ValueError)  # bad names, missing data: one `error:` line
 
 
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  items = [s for s in args.benchmarks.split(",") if s.strip()]
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory.")
+  flags.DEFINE_string("benchmarks", "",
+                      "Profile, benchmark names or dataset:split, joined by ','.")
+  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Where `prepare` wrote the shards.")
+  flags.DEFINE_string("out", None, "Results JSON to write.")
+  flags.DEFINE_integer("batch_size", 64, "Rows per embedding batch.", lower_bound=1)
+  flags.DEFINE_enum("geometry", runner.DEFAULT_GEOMETRY, ("center_crop", "squash"),
+                    "How images become the model's square input.")
+  flags.DEFINE_string("zeroshot_folder", None, "ImageFolder for zero-shot.")
+  flags.DEFINE_enum("zeroshot_classes", None, sorted(zeroshot.ZEROSHOT_SETS),
+                    "Class names and prompts of --zeroshot_folder.")
+  embedding.define_dtype_flag()
+  flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  if FLAGS.checkpoint is None:
+    cli.fail("--checkpoint is required: the model directory to evaluate", code=2)
+  items = [s for s in FLAGS.benchmarks.split(",") if s.strip()]
   folders = {}
-  if bool(args.zeroshot_folder) != bool(args.zeroshot_classes):
-    raise SystemExit("--zeroshot_folder and --zeroshot_classes go together")
-  if args.zeroshot_folder:
-    folders[args.zeroshot_classes] = args.zeroshot_folder
-    items.append(f"zeroshot/{args.zeroshot_classes}")
+  if bool(FLAGS.zeroshot_folder) != bool(FLAGS.zeroshot_classes):
+    cli.fail("--zeroshot_folder and --zeroshot_classes go together", code=2)
+  if FLAGS.zeroshot_folder:
+    folders[FLAGS.zeroshot_classes] = FLAGS.zeroshot_folder
+    items.append(f"zeroshot/{FLAGS.zeroshot_classes}")
   if not items:
-    raise SystemExit("nothing to evaluate: give --benchmarks and/or --zeroshot_folder; "
-                     f"profiles: {sorted(profiles.PROFILES)}")
-  try:
-    profile, _ = runner.resolve_benchmarks(items)
-    params, config = embedding.load_model(args.checkpoint, args.dtype)
-    results = runner.evaluate_benchmarks(
-        params, config, items, args.data_dir, batch_size=args.batch_size,
-        geometry=args.geometry, zeroshot_folders=folders, verbose=True)
-  except (FileNotFoundError, ValueError) as e:  # bad names, missing data: no traceback needed
-    raise SystemExit(f"error: {e}") from e
-  metadata = {"checkpoint": args.checkpoint, "benchmarks": ",".join(items),
-              "geometry": args.geometry, "model": config.to_dict()}
+    cli.fail("nothing to evaluate: give --benchmarks and/or --zeroshot_folder; "
+             f"profiles: {sorted(profiles.PROFILES)}", code=2)
+  profile, _ = runner.resolve_benchmarks(items)
+  params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)
+  results = runner.evaluate_benchmarks(
+      params, config, items, os.path.expanduser(FLAGS.data_dir), batch_size=FLAGS.batch_size,
+      geometry=FLAGS.geometry, zeroshot_folders=folders, verbose=True)
+  metadata = {"checkpoint": FLAGS.checkpoint, "benchmarks": ",".join(items),
+              "geometry": FLAGS.geometry, "model": config.to_dict()}
   if jax.process_index() != 0:
     return
-  if args.out:
-    document = runner.write_results(args.out, profile, results, metadata)
-    print(f"wrote {args.out}")
+  if FLAGS.out:
+    document = runner.write_results(FLAGS.out, profile, results, metadata)
+    print(f"wrote {FLAGS.out}")
   else:
     document = report.results_document(profile, results, metadata)
   print(runner.markdown_table(document, profile), end="")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=EXPECTED)

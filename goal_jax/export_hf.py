@@ -1,6 +1,6 @@
 """Export a goal_jax model checkpoint as a Hugging Face `CLIPModel` directory.
 
-  python -m goal_jax.export_hf /ckpt/goal_b16 /export/goal_b16_hf
+  python -m goal_jax.export_hf --checkpoint=/ckpt/goal_b16 --out=/export/goal_b16_hf
 
 Writes config.json (by hand, so no transformers import), model.safetensors, the image processor's
 preprocessor_config.json and the CLIP tokenizer files, so `CLIPModel.from_pretrained(OUT)` with
@@ -12,15 +12,15 @@ torchvision resize resamples a few pixels one or more uint8 levels off PIL's. Te
 as long as each sequence holds one EOT token (HF takes the first EOT, goal_jax the argmax). An
 output that is not empty is refused before any work unless `--overwrite`, which replaces it.
 """
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 
+from absl import flags
 from safetensors.numpy import save_file
 
+from goal_jax import cli
 from goal_jax import convert as convert_cli
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
@@ -32,6 +32,8 @@ _PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what `geometry.resize_image` r
 # `pipeline.MEAN_RGB` / `STD_RGB` as OpenAI writes them (a test checks they agree in float32).
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+FLAGS = flags.FLAGS
+EXPECTED = (FileNotFoundError, ValueError)  # a bad checkpoint or output: one `error:` line
 
 
 def hf_config(config: clip.CLIPConfig) -> dict:
@@ -106,24 +108,28 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
   return [os.path.join(out_dir, n) for n in names]
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.export_hf", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("checkpoint", help="model checkpoint directory (convert/train output)")
-  parser.add_argument("out", help="HF directory to write")
-  parser.add_argument("--no_tokenizer", action="store_true", help="skip the tokenizer files")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-  parser.add_argument("--geometry", choices=GEOMETRIES, default="center_crop",
-                      help="the image geometry the processor reproduces (as `embed --geometry`)")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    paths = export(args.checkpoint, args.out, with_tokenizer=not args.no_tokenizer,
-                   overwrite=args.overwrite, geometry=args.geometry)
-  except (FileNotFoundError, ValueError) as e:  # a bad checkpoint or output: no traceback needed
-    raise SystemExit(f"error: {e}") from e
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (convert/train output).")
+  flags.DEFINE_string("out", None, "HF directory to write.")
+  flags.DEFINE_bool("no_tokenizer", False, "Skip the tokenizer files.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+  flags.DEFINE_enum("geometry", "center_crop", GEOMETRIES,
+                    "The image geometry the processor reproduces (as `embed --geometry`).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: pass --checkpoint=... --out=...", code=2)
+  for name in ("checkpoint", "out"):
+    if FLAGS[name].value is None:
+      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  paths = export(FLAGS.checkpoint, FLAGS.out, with_tokenizer=not FLAGS.no_tokenizer,
+                 overwrite=FLAGS.overwrite, geometry=FLAGS.geometry)
   for path in paths:
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=EXPECTED)

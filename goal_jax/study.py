@@ -49,9 +49,9 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
+from goal_jax import cli
 from goal_jax import figures
 from goal_jax.evaluation import report
 
@@ -503,21 +503,22 @@ def run_study(options: StudyOptions, launcher=None) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Command line.
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: one subdirectory per run.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Number of training seeds: 0..N-1.", lower_bound=1)
-_RUNS = flags.DEFINE_list("runs", list(RUNS), f"Runs to train, of: {', '.join(RUNS)}.")
-_DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Generator seed of the synthetic dataset.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Fine-tuning steps; 0: each config's own.",
-                              lower_bound=0)
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluate every this many steps.",
-                                   lower_bound=1)
-_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 0,
-                                       "Steps of the demo's pretrained start; 0: its default.",
-                                       lower_bound=0)
-_TINY = flags.DEFINE_bool("tiny", False, "CI setting: 1 seed, global and goal, 4 steps, eval every "
-                          "2, 4 pretraining steps (flags given explicitly still win).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False,
-                                 "Rebuild the outputs from finished runs; train nothing.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_string("workdir", None, "Study directory: one subdirectory per run.")
+  flags.DEFINE_integer("seeds", 3, "Number of training seeds: 0..N-1.", lower_bound=1)
+  flags.DEFINE_list("runs", list(RUNS), f"Runs to train, of: {', '.join(RUNS)}.")
+  flags.DEFINE_integer("data_seed", 0, "Generator seed of the synthetic dataset.")
+  flags.DEFINE_integer("steps", 0, "Fine-tuning steps; 0: each config's own.", lower_bound=0)
+  flags.DEFINE_integer("eval_every", 50, "Evaluate every this many steps.", lower_bound=1)
+  flags.DEFINE_integer("pretrain_steps", 0,
+                       "Steps of the demo's pretrained start; 0: its default.", lower_bound=0)
+  flags.DEFINE_bool("tiny", False, "CI setting: 1 seed, global and goal, 4 steps, eval every "
+                    "2, 4 pretraining steps (flags given explicitly still win).")
+  flags.DEFINE_bool("report_only", False, "Rebuild the outputs from finished runs; train nothing.")
 
 
 def with_tiny_defaults(values: dict, given: set[str]) -> dict:
@@ -527,24 +528,22 @@ def with_tiny_defaults(values: dict, given: set[str]) -> dict:
 
 def options_from_flags() -> StudyOptions:
   """The flags, with `--tiny`'s values where a flag was not given explicitly."""
-  values = {name: flags.FLAGS[name].value for name in TINY}
-  if _TINY.value:
-    values = with_tiny_defaults(values, {name for name in TINY if flags.FLAGS[name].present})
-  return StudyOptions(workdir=_WORKDIR.value, data_seed=_DATA_SEED.value,
-                      report_only=_REPORT_ONLY.value, **{**values,
-                                                         "runs": check_runs(values["runs"])})
+  values = {name: FLAGS[name].value for name in TINY}
+  if FLAGS.tiny:
+    values = with_tiny_defaults(values, {name for name in TINY if FLAGS[name].present})
+  return StudyOptions(workdir=FLAGS.workdir, data_seed=FLAGS.data_seed,
+                      report_only=FLAGS.report_only, **{**values,
+                                                        "runs": check_runs(values["runs"])})
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  try:
-    run_study(options_from_flags())
-  except StudyError as e:
-    raise SystemExit(f"error: {e}") from None
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  if FLAGS.workdir is None:
+    cli.fail("--workdir is required: the study's directory (rerunning there resumes)", code=2)
+  run_study(options_from_flags())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  cli.run(main, expected=(StudyError,))

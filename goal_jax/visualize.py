@@ -15,18 +15,19 @@ temperature (what MulCLIP's SAP aggregates): a grid at `--out` plus one PNG per 
 The maps of an untrained model are noise. The model computes in float32 whatever dtype it was
 trained in (`--dtype` to change).
 """
-import argparse
 import functools
 import math
 import os
 import re
-import sys
 import textwrap
 
+from absl import flags
 import jax
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
+from goal_jax import cli
 from goal_jax import figures
 from goal_jax.data import geometry as geometry_lib
 from goal_jax.data import images as images_lib
@@ -38,6 +39,9 @@ from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import metrics as metrics_lib
 
 DEFAULT_GEOMETRY = "squash"
+COMMANDS = ("attention", "sentences", "curves")
+FLAGS = flags.FLAGS
+EXPECTED = (FileNotFoundError, ValueError, UnidentifiedImageError)  # one `error:` line
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,66 +150,88 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
   return keys
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m goal_jax.visualize", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  commands = parser.add_subparsers(dest="command", required=True)
-  for name in ("attention", "sentences"):
-    sub = commands.add_parser(name)
-    sub.add_argument("--checkpoint", required=True, help="model checkpoint directory")
-    sub.add_argument("--image", required=True, help="image file")
-    sub.add_argument("--out", required=True, help="output PNG")
-    sub.add_argument("--geometry", choices=("squash", "center_crop"), default=DEFAULT_GEOMETRY)
-    sub.add_argument("--alpha", type=float, default=0.5, help="heat map opacity")
-    embedding.add_dtype_argument(sub)
-  commands.choices["attention"].add_argument("--heatmap_out", help="also write the bare heat map")
-  sentences = commands.choices["sentences"]
-  text = sentences.add_mutually_exclusive_group(required=True)
-  text.add_argument("--caption", help="the caption")
-  text.add_argument("--caption_file", help="file holding the caption")
-  sentences.add_argument("--temperature", type=float, default=0.07)
-  sentences.add_argument("--splitter", default="sentencex", help="sentencex or goal")
-  curves = commands.add_parser("curves")
-  source = curves.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="training workdir holding metrics.jsonl")
-  source.add_argument("--metrics", help="a metrics.jsonl file")
-  curves.add_argument("--out", required=True, help="output PNG")
-  curves.add_argument("--keys", default=None, help="regex selecting the scalars to plot")
-  return parser.parse_args(argv)
+def define_flags() -> None:
+  """Every verb's flags (absl has no subcommands), defined when the command runs: commands share
+  flag names and absl's are global."""
+  flags.DEFINE_string("checkpoint", None, "attention, sentences: model checkpoint directory.")
+  flags.DEFINE_string("image", None, "attention, sentences: image file.")
+  flags.DEFINE_string("out", None, "Output PNG.")
+  flags.DEFINE_enum("geometry", DEFAULT_GEOMETRY, ("squash", "center_crop"),
+                    "attention, sentences: the part of the image the model sees.")
+  flags.DEFINE_float("alpha", 0.5, "attention, sentences: heat map opacity.")
+  embedding.define_dtype_flag()
+  flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
+  flags.DEFINE_string("heatmap_out", None, "attention: also write the bare heat map.")
+  flags.DEFINE_string("caption", None, "sentences: the caption (or --caption_file).")
+  flags.DEFINE_string("caption_file", None, "sentences: file holding the caption.")
+  flags.DEFINE_float("temperature", 0.07, "sentences: softmax temperature over patches.")
+  flags.DEFINE_string("splitter", "sentencex", "sentences: sentencex or goal.")
+  flags.DEFINE_string("workdir", None, "curves: training workdir holding metrics.jsonl.")
+  flags.DEFINE_string("metrics", None, "curves: a metrics.jsonl file (or --workdir).")
+  flags.DEFINE_string("keys", None, "curves: regex selecting the scalars to plot.")
+
+
+# The flags only one verb reads; giving one to another verb is a mistake worth naming.
+_VERB_FLAGS = {"attention": ("checkpoint", "image", "geometry", "alpha", "dtype", "heatmap_out"),
+               "sentences": ("checkpoint", "image", "geometry", "alpha", "dtype", "caption",
+                             "caption_file", "temperature", "splitter"),
+               "curves": ("workdir", "metrics", "keys")}
+
+
+def _check_flags(command: str) -> None:
+  """Fails (exit 2) on a missing flag, a flag of another verb, or an either/or given twice."""
+  required = {"attention": ("checkpoint", "image", "out"),
+              "sentences": ("checkpoint", "image", "out"), "curves": ("out",)}[command]
+  for name in required:
+    if FLAGS[name].value is None:
+      cli.fail(f"{command} needs --{name} (--help lists the flags)", code=2)
+  every = {name for names in _VERB_FLAGS.values() for name in names}
+  foreign = sorted(n for n in every - set(_VERB_FLAGS[command]) if FLAGS[n].present)
+  if foreign:
+    cli.fail(f"{command} takes no {', '.join('--' + n for n in foreign)}", code=2)
+  either = {"sentences": ("caption", "caption_file"), "curves": ("workdir", "metrics")}
+  if command in either:
+    first, second = either[command]
+    if (FLAGS[first].value is None) == (FLAGS[second].value is None):
+      cli.fail(f"{command} needs one of --{first} or --{second}", code=2)
 
 
 def _stem(path: str) -> str:
   return path[:-4] if path.lower().endswith(".png") else path
 
 
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  if args.command == "curves":
-    path = args.metrics or os.path.join(args.workdir, "metrics.jsonl")
-    keys = plot_curves(metrics_lib.read_metrics(path), args.out, args.keys)
-    print(f"wrote {args.out}: {len(keys)} curves")
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    cli.fail(f"give one command, {' | '.join(COMMANDS)}, then --flags; got {argv[1:]}", code=2)
+  command = argv[1]
+  _check_flags(command)
+  if command == "curves":
+    path = FLAGS.metrics or os.path.join(FLAGS.workdir, "metrics.jsonl")
+    keys = plot_curves(metrics_lib.read_metrics(path), FLAGS.out, FLAGS.keys)
+    print(f"wrote {FLAGS.out}: {len(keys)} curves")
     return
-  params, config = embedding.load_model(args.checkpoint, args.dtype)
-  image = images_lib.open_rgb(args.image)
-  if args.command == "attention":
-    overlaid, heat = attention_overlay(params, config, image, args.geometry, args.alpha)
-    save_png(overlaid, args.out)
-    if args.heatmap_out:
-      save_png(heat, args.heatmap_out)
-    print(f"wrote {args.out}: {overlaid.shape[1]}x{overlaid.shape[0]}")
+  params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)
+  image = images_lib.open_rgb(FLAGS.image)
+  if command == "attention":
+    overlaid, heat = attention_overlay(params, config, image, FLAGS.geometry, FLAGS.alpha)
+    save_png(overlaid, FLAGS.out)
+    if FLAGS.heatmap_out:
+      save_png(heat, FLAGS.heatmap_out)
+    print(f"wrote {FLAGS.out}: {overlaid.shape[1]}x{overlaid.shape[0]}")
     return
-  caption = args.caption
+  caption = FLAGS.caption
   if caption is None:
-    with open(args.caption_file, encoding="utf-8") as f:
+    with open(FLAGS.caption_file, encoding="utf-8") as f:
       caption = f.read()
-  sentences = split_caption(caption, args.splitter)
-  _, overlays = sentence_overlays(params, config, image, sentences, geometry=args.geometry,
-                                  temperature=args.temperature, alpha=args.alpha)
+  sentences = split_caption(caption, FLAGS.splitter)
+  _, overlays = sentence_overlays(params, config, image, sentences, geometry=FLAGS.geometry,
+                                  temperature=FLAGS.temperature, alpha=FLAGS.alpha)
   for index, panel in enumerate(overlays):
-    save_png(panel, f"{_stem(args.out)}_s{index}.png")
-  save_grid(overlays, [f"{i}: {s}" for i, s in enumerate(sentences)], args.out)
-  print(f"wrote {args.out} and {len(overlays)} per-sentence PNGs")
+    save_png(panel, f"{_stem(FLAGS.out)}_s{index}.png")
+  save_grid(overlays, [f"{i}: {s}" for i, s in enumerate(sentences)], FLAGS.out)
+  print(f"wrote {FLAGS.out} and {len(overlays)} per-sentence PNGs")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, expected=EXPECTED)

@@ -195,11 +195,12 @@ def run(module, *args):
          "text positions stretched from 77 to 248 (Long-CLIP's knowledge-preserving "
          "stretching, which GOAL and MulCLIP start from). `openai:<file.pt>` and "
          "`open_clip:<file>` work too."),
-      code('run("goal_jax.convert", f"hf:{HF_CHECKPOINT}", START, "--text_context=248")'),
+      code('run("goal_jax.convert", f"--source=hf:{HF_CHECKPOINT}", f"--out={START}", '
+           '"--text_context=248")'),
       md("## 2. Prepare DOCCI\n\nOne ArrayRecord record per image: the image pre-resized to a "
          "256 px short side, the long caption, its sentences with character offsets. Bad records "
          "stop the run with the file and record named."),
-      code('run("goal_jax.data.prepare", "docci", f"--manual_dir={DOCCI_DIR}", '
+      code('run("goal_jax.data.prepare", "--dataset=docci", f"--manual_dir={DOCCI_DIR}", '
            'f"--data_dir={DATA}")'),
       md("**GOAL only: local pairs.** GOAL trains on (image crop, sentence) pairs mined by LISM: "
          "segment the image, score each segment against each sentence with a CLIP, keep the best. "
@@ -228,7 +229,7 @@ run("goal_jax.evaluate", f"--checkpoint={RUN}/model", "--benchmarks=docci:test",
          "tokenizer, image processor) that `transformers` loads as is, with the 248-token text "
          "positions; `CLIPProcessor.from_pretrained` reads it too."),
       code('''\
-run("goal_jax.export_hf", f"{RUN}/model", f"{WORK}/{METHOD}_hf", "--overwrite")
+run("goal_jax.export_hf", f"--checkpoint={RUN}/model", f"--out={WORK}/{METHOD}_hf", "--overwrite")
 try:
   import transformers
   model = transformers.CLIPModel.from_pretrained(f"{WORK}/{METHOD}_hf")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goal_jax.data import builder, images, photos, prepare, records
+from goal_jax.data import builder, images, photos, prepare, raw, records
 from goal_jax.text import tokenizer
 
 SHORT_SIDE = 48  # stored images; the fixture's raw images have short side 64
@@ -242,22 +242,77 @@ def test_box_within_one_pixel_is_clipped(tmp_path):
 
 
 def test_load_source_names_missing_dataset(tmp_path):
-  with pytest.raises(FileNotFoundError, match="goal_jax.data.prepare urban1k"):
+  with pytest.raises(FileNotFoundError, match="goal_jax.data.prepare --dataset=urban1k"):
     builder.load_source("urban1k", "test", tmp_path)
+
+
+def _prepare_command(*flags):
+  return subprocess.run([sys.executable, "-m", "goal_jax.data.prepare", *flags],
+                        capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1],
+                        timeout=300)
 
 
 def test_cli(tmp_path):
   photos.write_raw_layout("urban1k", tmp_path / "raw", short_side=64)
-  result = subprocess.run(
-      [sys.executable, "-m", "goal_jax.data.prepare", "urban1k", f"--manual_dir={tmp_path / 'raw'}",
-       f"--data_dir={tmp_path / 'out'}", f"--image_short_side={SHORT_SIDE}",
-       f"--summary_json={tmp_path / 'summary.json'}"],
-      capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
+  result = _prepare_command("--dataset=urban1k", f"--manual_dir={tmp_path / 'raw'}",
+                            f"--data_dir={tmp_path / 'out'}", f"--image_short_side={SHORT_SIDE}",
+                            f"--summary_out={tmp_path / 'summary.json'}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test: 10 records" in result.stdout
+  # Quiet: no TFDS download banner (nothing is downloaded), no absl/Orbax INFO lines; the
+  # progress bar has its total.
+  output = result.stdout + result.stderr
+  assert "Downloading and preparing" not in output and "downloaded and prepared" not in output
+  assert not [line for line in output.splitlines() if line.startswith("I") and "] " in line]
+  assert "INFO" not in output
+  assert "10/10" in result.stderr
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["splits"]["test"]["written"] == 10
   assert math.isclose(summary["splits"]["test"]["truncated_share"], 0.0)
+
+
+def test_cli_bad_record_is_one_error_line(tmp_path):
+  root, _, _ = _docci(tmp_path)
+  (root / "images" / "train_00001.jpg").unlink()
+  result = _prepare_command("--dataset=docci", f"--manual_dir={root}",
+                            f"--data_dir={tmp_path / 'out'}", "--split=train")
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr + result.stdout
+  errors = [line for line in result.stderr.splitlines() if "error:" in line]
+  assert len(errors) == 1, result.stderr
+  error = errors[0]
+  assert error.startswith("error: docci: record 'train_00001'")
+  assert "docci_descriptions.jsonlines" in error and "--skip_bad" in error
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["docci"], "every option is a --flag, e.g. --dataset=docci"),
+    (["--dataset=docci", "--num_workers=2"], "num_workers"),
+    ([], "--dataset is required"),
+])
+def test_cli_command_line_mistakes_exit_2(flags, message):
+  result = _prepare_command(*flags)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+  assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_progress_total_is_counted_where_cheap(tmp_path):
+  photos.write_raw_layout("docci", tmp_path / "docci", short_side=64)
+  photos.write_raw_layout("dci", tmp_path / "dci", short_side=64)
+  for name, manual_dir in (("docci", tmp_path / "docci"), ("dci", tmp_path / "dci"),
+                           ("photos", None)):
+    reader = raw.get_reader(name)
+    for split in reader.available_splits(manual_dir):
+      expected = sum(1 for _ in reader.read(manual_dir, split))
+      assert reader.count_entries(manual_dir, split) == expected, (name, split)
+  synthetic = raw.get_reader("synthetic")
+  for version in (1, 2):
+    options = dict(seed=0, version=version, num_examples=7)  # test_hard: groups of 4
+    assert synthetic.count_entries(None, "test_hard", **options) == sum(
+        1 for _ in synthetic.read(None, "test_hard", **options))
+  assert synthetic.count_entries(None, "train", seed=0, version=2) == 3000
+  assert raw.get_reader("sharegpt4v").count_entries(tmp_path, "test") is None
 
 
 @pytest.mark.parametrize("workers", [1, 3])

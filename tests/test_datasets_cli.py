@@ -30,9 +30,14 @@ def test_lists_splits_sizes_splitter_and_local_pairs(tmp_path, monkeypatch):
 
 
 def test_empty_or_missing_data_dir(tmp_path):
-  run = lambda d: subprocess.run([sys.executable, "-m", "goal_jax.datasets", f"--data_dir={d}"],
-                                 cwd=REPO, capture_output=True, text=True, timeout=300)
+  run = lambda d, *args: subprocess.run(
+      [sys.executable, "-m", "goal_jax.datasets", f"--data_dir={d}", *args], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
   empty = run(tmp_path)
   assert empty.returncode == 0 and "no prepared dataset under" in empty.stdout
   missing = run(tmp_path / "nope")
-  assert missing.returncode == 2 and "is not a directory" in missing.stderr.splitlines()[-1]
+  assert (missing.returncode, missing.stderr.strip().splitlines()) == (
+      1, [f"error: --data_dir={tmp_path / 'nope'} is not a directory"])
+  positional = run(tmp_path, "extra")
+  assert (positional.returncode, positional.stderr.strip().splitlines()) == (
+      2, ["error: unexpected arguments ['extra']: every option is a --flag"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _cli import run_command
 from goal_jax import embed
 from goal_jax.data import geometry
 from goal_jax.models import checkpoint, clip
@@ -38,7 +39,8 @@ def test_embed_image_folder(ckpt, tmp_path):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
   (folder / "notes.txt").write_text("not an image")
   out = tmp_path / "emb" / "img.npy"
-  embed.main([f"--checkpoint={path}", f"--images={folder}", f"--out={out}", "--batch_size=8"])
+  assert run_command(embed, f"--checkpoint={path}", f"--images={folder}", f"--out={out}",
+                     "--batch_size=8") == 0
   embeddings = np.load(out)
   names = (tmp_path / "emb" / "img_files.txt").read_text().split()
   assert names == ["a.jpg", "b.png", "c.PNG"]
@@ -61,9 +63,9 @@ def test_embed_text_file(ckpt, tmp_path, context):
   text_file = tmp_path / "texts.txt"
   text_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
   out = tmp_path / "txt.npy"
-  extra = [f"--context_length={context}"] if context else []
-  embed.main([f"--checkpoint={path}", f"--texts={text_file}", f"--out={out}",
-              "--batch_size=8"] + extra)
+  extra = [f"--text_context={context}"] if context else []
+  assert run_command(embed, f"--checkpoint={path}", f"--texts={text_file}", f"--out={out}",
+                     "--batch_size=8", *extra) == 0
   embeddings = np.load(out)
   assert embeddings.shape == (3, config.embed_dim)
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
@@ -73,20 +75,26 @@ def test_embed_text_file(ckpt, tmp_path, context):
   np.testing.assert_allclose(embeddings, expected, atol=2e-5)
 
 
-def test_bad_inputs(ckpt, tmp_path):
+def test_bad_inputs(ckpt, tmp_path, capsys):
   path, _, _ = ckpt
   text_file = tmp_path / "texts.txt"
   text_file.write_text("one\n\nthree\n")
-  with pytest.raises(ValueError, match=r"texts.txt:2: blank line"):
-    embed.main([f"--checkpoint={path}", f"--texts={text_file}", f"--out={tmp_path / 'x.npy'}"])
+
+  def refused(*args, code=1):
+    capsys.readouterr()
+    assert run_command(embed, f"--checkpoint={path}", f"--out={tmp_path / 'x.npy'}", *args) == code
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+  assert refused(f"--texts={text_file}").endswith("texts.txt:2: blank line (one text per line "
+                                                  "expected)")
   text_file.write_text("one\n")
-  with pytest.raises(ValueError, match=r"--context_length must be in \[2, 96\]"):
-    embed.main([f"--checkpoint={path}", f"--texts={text_file}", f"--out={tmp_path / 'x.npy'}",
-                "--context_length=100"])
+  assert refused(f"--texts={text_file}", "--text_context=100") == (
+      "error: --text_context must be in [2, 96] (the model's context), got 100")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match="holds no image"):
-    embed.main([f"--checkpoint={path}", f"--images={tmp_path / 'empty'}",
-                f"--out={tmp_path / 'x.npy'}"])
+  assert "holds no image" in refused(f"--images={tmp_path / 'empty'}")
+  assert refused(code=2) == "error: give one of --images=FOLDER or --texts=FILE"
+  assert refused(f"--texts={text_file}", "--context_length=12", code=2).startswith(
+      "error: Unknown command line flag 'context_length'")
 
 
 def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
@@ -104,7 +112,7 @@ def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
 
   def run(model, source, *extra):
     out = tmp_path / "out.npy"
-    embed.main([f"--checkpoint={model}", source, f"--out={out}", *extra])
+    assert run_command(embed, f"--checkpoint={model}", source, f"--out={out}", *extra) == 0
     return np.load(out)
 
   for source in (f"--images={folder}", f"--texts={text_file}"):
@@ -114,6 +122,5 @@ def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
     bf16 = run(bf16_path, source, "--dtype=bfloat16")
     np.testing.assert_array_equal(run(path, source, "--dtype=bfloat16"), bf16)
     assert 1e-4 < np.abs(bf16 - fp32).max() < 0.05  # bfloat16 rounding, not another model
-  with pytest.raises(SystemExit):
-    embed.parse_args([f"--checkpoint={path}", f"--texts={text_file}", "--out=x.npy",
-                      "--dtype=int8"])
+  assert run_command(embed, f"--checkpoint={path}", f"--texts={text_file}", "--out=x.npy",
+                     "--dtype=int8") == 2

@@ -327,11 +327,11 @@ def test_custom_profile_results_and_table(data_dir, model, tmp_path):
 def test_missing_data_names_the_prepare_command(data_dir, tmp_path, model):
   params, config = model
   with pytest.raises(FileNotFoundError, match=r"'docci' is not prepared.*`python -m "
-                     r"goal_jax\.data\.prepare docci --manual_dir=<raw files> --data_dir=.*`"):
+                     r"goal_jax\.data\.prepare --dataset=docci --manual_dir=<raw files> "
+                     r"--data_dir=.*`"):
     runner.evaluate_benchmarks(params, config, "docci:test", tmp_path)
-  # A missing split: the command keeps the prepared ones (preparing replaces the shards).
-  with pytest.raises(FileNotFoundError, match=r"split 'train' is not prepared.*--split="
-                     r"test,test_hard,train`"):
+  # A missing split: only it (preparing one split keeps the others).
+  with pytest.raises(FileNotFoundError, match=r"split 'train' is not prepared.*--split=train`"):
     runner.evaluate_benchmarks(params, config, "synthetic:test,synthetic:train", data_dir)
 
 

@@ -1,6 +1,7 @@
 """export_hf: checkpoint -> HF CLIPModel dir that transformers loads with the same outputs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 import _torch_refs as refs  # tests/ is on sys.path under pytest.
+from _cli import run_command
 from goal_jax import embed
 from goal_jax import export_hf
 from goal_jax.data import geometry, pipeline
@@ -25,7 +27,8 @@ def test_export_loads_in_transformers_with_same_embeddings(tmp_path):
   config = clip.get_model_config("tiny/8", context_length=248, scan=True)
   params = refs.random_params(clip.abstract_params(config), seed=7)
   checkpoint.save_model(tmp_path / "ckpt", params, config)
-  export_hf.main([str(tmp_path / "ckpt"), str(tmp_path / "hf")])
+  assert run_command(export_hf, f"--checkpoint={tmp_path / 'ckpt'}",
+                     f"--out={tmp_path / 'hf'}") == 0
 
   hf = CLIPModel.from_pretrained(tmp_path / "hf").eval()
   assert hf.config.text_config.max_position_embeddings == 248
@@ -105,7 +108,8 @@ def test_clip_processor_and_model_reproduce_goal_jax_embed(tmp_path):
   config = clip.get_model_config("tiny/8", context_length=96, dtype="bfloat16")
   params = refs.random_params(clip.abstract_params(config), seed=11)
   checkpoint.save_model(tmp_path / "ckpt", params, config)
-  export_hf.main([str(tmp_path / "ckpt"), str(tmp_path / "hf")])
+  assert run_command(export_hf, f"--checkpoint={tmp_path / 'ckpt'}",
+                     f"--out={tmp_path / 'hf'}") == 0
   assert (tmp_path / "hf" / "preprocessor_config.json").is_file()
   folder = tmp_path / "images"
   folder.mkdir()
@@ -115,10 +119,10 @@ def test_clip_processor_and_model_reproduce_goal_jax_embed(tmp_path):
   texts = ["A red circle on a grey background.", "Two cats sleep on a sofa, next to a rug.",
            "a photo of a dog"]
   (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-  embed.main([f"--checkpoint={tmp_path / 'ckpt'}", f"--images={folder}",
-              f"--out={tmp_path / 'img.npy'}"])
-  embed.main([f"--checkpoint={tmp_path / 'ckpt'}", f"--texts={tmp_path / 'texts.txt'}",
-              f"--out={tmp_path / 'txt.npy'}"])
+  assert run_command(embed, f"--checkpoint={tmp_path / 'ckpt'}", f"--images={folder}",
+                     f"--out={tmp_path / 'img.npy'}") == 0
+  assert run_command(embed, f"--checkpoint={tmp_path / 'ckpt'}",
+                     f"--texts={tmp_path / 'texts.txt'}", f"--out={tmp_path / 'txt.npy'}") == 0
 
   for loaded in (CLIPProcessor.from_pretrained(tmp_path / "hf"),
                  AutoProcessor.from_pretrained(tmp_path / "hf")):  # what HF users reach for
@@ -146,25 +150,37 @@ def test_existing_output_needs_overwrite_and_is_replaced(tmp_path, capsys):
   out = tmp_path / "hf"
   out.mkdir()
   (out / "stale.bin").write_text("an older export's file")
+  export = lambda ckpt, dest, *args: run_command(
+      export_hf, f"--checkpoint={ckpt}", f"--out={dest}", *args)
+  last_error = lambda: capsys.readouterr().err.strip().splitlines()[-1]
   # Refused before any work: the checkpoint is not even read (here it does not exist).
-  with pytest.raises(SystemExit) as refused:
-    export_hf.main([str(tmp_path / "absent"), str(out)])
-  assert str(refused.value) == f"error: output {out} is not empty; pass --overwrite to replace it"
-  export_hf.main([str(tmp_path / "ckpt"), str(out), "--overwrite", "--no_tokenizer"])
+  assert export(tmp_path / "absent", out) == 1
+  assert last_error() == f"error: output {out} is not empty; pass --overwrite to replace it"
+  assert export(tmp_path / "ckpt", out, "--overwrite", "--no_tokenizer") == 0
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors",
                                      "preprocessor_config.json"]
   assert not os.path.exists(f"{out}.tmp") and not os.path.exists(f"{out}.old")
   assert f"wrote {out / 'preprocessor_config.json'}" in capsys.readouterr().out
-  with pytest.raises(SystemExit, match="error: the output .* is the source"):
-    export_hf.main([str(tmp_path / "ckpt"), str(tmp_path / "ckpt"), "--overwrite"])
-  with pytest.raises(SystemExit, match="error: .*absent is not a model checkpoint"):
-    export_hf.main([str(tmp_path / "absent"), str(tmp_path / "new")])
+  assert export(tmp_path / "ckpt", tmp_path / "ckpt", "--overwrite") == 1
+  assert re.match("error: the output .* is the source", last_error())
+  assert export(tmp_path / "absent", tmp_path / "new") == 1
+  assert re.match("error: .*absent is not a model checkpoint", last_error())
 
 
 def test_command_errors_are_one_line(tmp_path):
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "x").write_text("")
-  result = _run("goal_jax.export_hf", tmp_path / "ckpt", tmp_path / "out")
+  result = _run("goal_jax.export_hf", f"--checkpoint={tmp_path / 'ckpt'}",
+                f"--out={tmp_path / 'out'}")
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines() == [
       f"error: output {tmp_path / 'out'} is not empty; pass --overwrite to replace it"]
+  missing = _run("goal_jax.export_hf", f"--checkpoint={tmp_path / 'ckpt'}",
+                 f"--out={tmp_path / 'new'}")
+  assert missing.returncode == 1 and "Traceback" not in missing.stderr
+  assert len(missing.stderr.strip().splitlines()) == 1
+  assert missing.stderr.startswith(f"error: {tmp_path / 'ckpt'} is not a model checkpoint")
+  positional = _run("goal_jax.export_hf", tmp_path / "ckpt", tmp_path / "new")
+  assert (positional.returncode, positional.stderr.strip().splitlines()) == (2, [
+      f"error: unexpected arguments ['{tmp_path / 'ckpt'}', '{tmp_path / 'new'}']: "
+      "pass --checkpoint=... --out=..."])

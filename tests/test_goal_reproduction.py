@@ -211,7 +211,7 @@ def test_wrong_splitter_is_refused_with_the_prepare_command(prepared):
   for compat in ("goal", "goal_fixed"):
     with pytest.raises(ValueError, match="split with 'sentencex@") as info:
       pipeline.make_dataset(_config(compat=compat), data_dir, train=False)
-    assert (f"python -m goal_jax.data.prepare goal_json --manual_dir={root} "
+    assert (f"python -m goal_jax.data.prepare --dataset=goal_json --manual_dir={root} "
             f"--data_dir={data_dir} --split=dci_train --splitter=goal") in str(info.value)
   # A record reaching `process` anyway is refused too.
   with pytest.raises(ValueError, match="--splitter=goal"):

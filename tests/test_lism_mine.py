@@ -11,6 +11,9 @@ shape sentence must be its ground-truth box whenever the scene's colours are dis
 import dataclasses
 import math
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -345,6 +348,19 @@ def test_candidate_crops_come_from_the_detail_copy_of_a_2000px_photo():
   assert np.abs(flat[:-2] - flat[2:]).mean() < 10 and np.abs(flat - stripes).mean() > 100
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset=docci", "--checkpoint=/ckpt", "--num_workers=2"], "num_workers"),
+    (["--dataset=docci", "--checkpoint=/ckpt", "--out=mined"], "out"),
+    (["--checkpoint=/ckpt"], "--dataset is required"),
+])
+def test_command_line_mistake_is_one_error_line(flags, message):
+  result = subprocess.run([sys.executable, "-m", "goal_jax.lism", *flags], capture_output=True,
+                          text=True, cwd=pathlib.Path(__file__).parents[1], timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert result.stderr.startswith("error: ") and message in result.stderr
+
+
 def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
   """`python -m goal_jax.lism` end to end: a random tiny/8 checkpoint, Felzenszwalb, topk."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -354,13 +370,13 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
   config = clip.get_model_config("tiny/8")
   checkpoint.save_model(str(tmp_path / "ckpt"), clip.init_params(config, jax.random.key(0)),
                         config)
-  summary_json = tmp_path / "summary.json"
+  summary_out = tmp_path / "summary.json"
   argv = ["lism", f"--data_dir={data_dir}", "--dataset=synthetic", "--split=test",
           f"--checkpoint={tmp_path / 'ckpt'}", "--selection=topk", "--top_k=2",
           "--segmenter_options=scale=200,levels=2,short_side=48", "--chunk_images=3",
           "--crop_batch=64",
           "--max_candidates=40",
-          "--text_batch=16", f"--summary_json={summary_json}", "--out=mined"]
+          "--text_batch=16", f"--summary_out={summary_out}", "--out_dataset=mined"]
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
   try:
@@ -377,4 +393,4 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
     assert np.all(boxes[:, 3] <= height)
     # Felzenszwalb on a 48 px copy of the 96 px detail copy, mapped back: even coordinates.
     np.testing.assert_array_equal(boxes % 2, 0)
-  assert '"pairs"' in summary_json.read_text()
+  assert '"pairs"' in summary_out.read_text()

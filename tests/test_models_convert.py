@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import _torch_refs as refs  # tests/ is on sys.path under pytest.
+from _cli import run_command
 from goal_jax import convert as convert_cli
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
@@ -19,6 +20,18 @@ from goal_jax.models import convert
 from goal_jax.models import positions
 
 HEADS = dict(vision_heads=4, text_heads=2)  # Tiny widths break OpenAI's width // 64 rule.
+
+
+def _convert_command(source, out, *args) -> None:
+  """`python -m goal_jax.convert --source=SOURCE --out=OUT ARGS`, which must succeed."""
+  assert run_command(convert_cli, f"--source={source}", f"--out={out}", *args) == 0
+
+
+def _refusal(capsys, source, out, *args) -> str:
+  """The `error:` line of a conversion the command refuses (exit 1)."""
+  capsys.readouterr()
+  assert run_command(convert_cli, f"--source={source}", f"--out={out}", *args) == 1
+  return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -149,7 +162,7 @@ def test_longclip_residual_table_is_merged(tmp_path):
 
 def test_cli_stretches_and_scans(tmp_path, hf_dir):
   from transformers import CLIPModel
-  convert_cli.main([f"hf:{hf_dir}", str(tmp_path / "ckpt"), "--text_context=248", "--scan"])
+  _convert_command(f"hf:{hf_dir}", tmp_path / "ckpt", "--text_context=248", "--scan")
   params, config = checkpoint.load_model(tmp_path / "ckpt")
   assert (config.context_length, config.scan) == (248, True)
   hf = CLIPModel.from_pretrained(hf_dir).eval()
@@ -351,7 +364,7 @@ def test_key_errors_name_the_file_and_the_fix(tmp_path, openai_model):
 
 def test_cli_takes_a_bare_hf_directory_or_weights_file(tmp_path, hf_dir, openai_model):
   """A directory with config.json is HF; a bare file is the OpenAI/open_clip layout (one reader)."""
-  convert_cli.main([str(hf_dir), str(tmp_path / "bare")])
+  _convert_command(hf_dir, tmp_path / "bare")
   want, want_config = convert.convert(f"hf:{hf_dir}")
   got, got_config = checkpoint.load_model(tmp_path / "bare")
   assert got_config == want_config
@@ -360,27 +373,26 @@ def test_cli_takes_a_bare_hf_directory_or_weights_file(tmp_path, hf_dir, openai_
   save_file(_state(openai_model), str(tmp_path / "open_clip.safetensors"))
   want, _ = convert.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
   for name in ("model.pt", "open_clip.safetensors"):
-    convert_cli.main([str(tmp_path / name), str(tmp_path / f"from_{name}"), "--vision_heads=4",
-                      "--text_heads=2"])
+    _convert_command(tmp_path / name, tmp_path / f"from_{name}", "--vision_heads=4",
+                     "--text_heads=2")
     _assert_same_params(checkpoint.load_model(tmp_path / f"from_{name}")[0], want)
 
 
-def test_cli_refuses_ambiguous_or_wrong_sources(tmp_path, hf_dir):
+def test_cli_refuses_ambiguous_or_wrong_sources(tmp_path, hf_dir, capsys):
   weights = hf_dir / "model.safetensors"
-  with pytest.raises(SystemExit) as error:
-    convert_cli.main([str(weights), str(tmp_path / "out")])
-  assert str(error.value) == (f"error: {weights} is the weights file of the HF model directory "
-                              f"{hf_dir}; pass the directory")
+  assert _refusal(capsys, weights, tmp_path / "out") == (
+      f"error: {weights} is the weights file of the HF model directory {hf_dir}; "
+      "pass the directory")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(SystemExit, match=r"^error: .*empty is a directory without config.json"):
-    convert_cli.main([str(tmp_path / "empty"), str(tmp_path / "out")])
-  with pytest.raises(SystemExit, match=r"^error: no such file or directory: .*absent"):
-    convert_cli.main([str(tmp_path / "absent"), str(tmp_path / "out")])
-  convert_cli.main([str(hf_dir), str(tmp_path / "ckpt")])
-  with pytest.raises(SystemExit, match=r"^error: .*ckpt is already a goal_jax model checkpoint"):
-    convert_cli.main([str(tmp_path / "ckpt"), str(tmp_path / "out")])
-  with pytest.raises(SystemExit, match=r"^error: the output .* is the source"):
-    convert_cli.main([str(hf_dir), str(hf_dir), "--overwrite"])
+  assert re.match(r"^error: .*empty is a directory without config.json",
+                  _refusal(capsys, tmp_path / "empty", tmp_path / "out"))
+  assert re.match(r"^error: no such file or directory: .*absent",
+                  _refusal(capsys, tmp_path / "absent", tmp_path / "out"))
+  _convert_command(hf_dir, tmp_path / "ckpt")
+  assert re.match(r"^error: .*ckpt is already a goal_jax model checkpoint",
+                  _refusal(capsys, tmp_path / "ckpt", tmp_path / "out"))
+  assert re.match(r"^error: the output .* is the source",
+                  _refusal(capsys, hf_dir, hf_dir, "--overwrite"))
   assert not (tmp_path / "out").exists()
 
 
@@ -392,25 +404,25 @@ def test_cli_checks_the_output_first_and_overwrites_on_request(tmp_path, hf_dir,
   calls = []
   real_convert = convert.convert
   monkeypatch.setattr(convert, "convert", lambda *a, **k: calls.append(a) or real_convert(*a, **k))
-  with pytest.raises(SystemExit) as error:
-    convert_cli.main([str(hf_dir), str(out)])
-  assert str(error.value) == f"error: output {out} is not empty; pass --overwrite to replace it"
+  assert _refusal(capsys, hf_dir, out) == (
+      f"error: output {out} is not empty; pass --overwrite to replace it")
   assert not calls  # refused before reading a single weight
-  convert_cli.main([str(hf_dir), str(out), "--overwrite", "--text_context=96"])
+  _convert_command(hf_dir, out, "--overwrite", "--text_context=96")
   assert len(calls) == 1 and sorted(os.listdir(out)) == ["model_config.json", "params"]
   assert checkpoint.load_config(out).context_length == 96
   assert capsys.readouterr().out.startswith(f"wrote {out}: ")
   (tmp_path / "file").write_text("")
-  with pytest.raises(SystemExit, match=r"^error: output .*file exists and is not a directory$"):
-    convert_cli.main([str(hf_dir), str(tmp_path / "file"), "--overwrite"])
+  assert re.match(r"^error: output .*file exists and is not a directory$",
+                  _refusal(capsys, hf_dir, tmp_path / "file", "--overwrite"))
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, openai_model):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   state = {k: v for k, v in _state(openai_model).items() if k != "ln_final.bias"}
   torch.save(state, tmp_path / "bad.pt")
-  result = subprocess.run([sys.executable, "-m", "goal_jax.convert", str(tmp_path / "bad.pt"),
-                           str(tmp_path / "out"), "--vision_heads=4", "--text_heads=2"],
+  result = subprocess.run([sys.executable, "-m", "goal_jax.convert",
+                           f"--source={tmp_path / 'bad.pt'}", f"--out={tmp_path / 'out'}",
+                           "--vision_heads=4", "--text_heads=2"],
                           capture_output=True, text=True, check=False,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -418,3 +430,25 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, openai_model):
   assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'bad.pt'}: checkpoint does "
                                                  "not match the CLIP model")
   assert "missing keys ['ln_final.bias']" in lines[0] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--source=SOURCE", "--out=OUT", "--txt_context=248"], 2,
+     "error: Unknown command line flag 'txt_context'. Did you mean: text_context ? "
+     "(--help lists the flags)"),
+    (["SOURCE", "OUT"], 2,
+     "error: unexpected arguments ['SOURCE', 'OUT']: pass --source=... --out=..."),
+    (["--out=OUT"], 2, "error: --source is required (--help lists the flags)"),
+    (["--source=SOURCE", "--out=OUT"], 1,
+     "error: no such file or directory: SOURCE (expected an HF model directory or a "
+     ".pt/.bin/.safetensors file)"),
+])
+def test_cli_mistakes_as_a_user_types_them(tmp_path, args, code, message):
+  """A wrong flag, the old positional form, a missing flag or file: one `error:` line."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  names = {"SOURCE": str(tmp_path / "absent.pt"), "OUT": str(tmp_path / "out")}
+  argv = [a.replace("SOURCE", names["SOURCE"]).replace("OUT", names["OUT"]) for a in args]
+  result = subprocess.run([sys.executable, "-m", "goal_jax.convert", *argv], capture_output=True,
+                          text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert (result.returncode, result.stderr.strip().splitlines()) == (
+      code, [message.replace("SOURCE", names["SOURCE"]).replace("OUT", names["OUT"])])

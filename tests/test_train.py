@@ -166,7 +166,7 @@ def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
 def test_missing_dataset_names_the_prepare_command(tmp_path):
   config = tiny_config("goal", str(tmp_path / "nothing"), steps=1)
   config.input.dataset = "docci"
-  with pytest.raises(loop.SetupError, match=r"python -m goal_jax.data.prepare docci"):
+  with pytest.raises(loop.SetupError, match=r"python -m goal_jax.data.prepare --dataset=docci"):
     loop.run(config, str(tmp_path / "run"))
 
 

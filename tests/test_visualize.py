@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _cli import run_command
 from goal_jax import visualize
 from goal_jax.evaluation import attention_maps
 from goal_jax.losses import mulclip
@@ -88,8 +89,8 @@ def ckpt(tmp_path_factory):
 def test_attention_png_has_the_image_size_and_overlays(ckpt, tmp_path):
   path, params, config, image_path = ckpt
   out, heat_out = tmp_path / "attn.png", tmp_path / "heat.png"
-  visualize.main(["attention", f"--checkpoint={path}", f"--image={image_path}", f"--out={out}",
-                  f"--heatmap_out={heat_out}"])
+  assert run_command(visualize, "attention", f"--checkpoint={path}", f"--image={image_path}",
+                     f"--out={out}", f"--heatmap_out={heat_out}") == 0
   image = np.asarray(Image.open(image_path).convert("RGB"))
   overlaid, heat = np.asarray(Image.open(out)), np.asarray(Image.open(heat_out))
   assert overlaid.shape == heat.shape == image.shape == (50, 70, 3)
@@ -103,8 +104,8 @@ def test_attention_png_has_the_image_size_and_overlays(ckpt, tmp_path):
       attention_maps.min_max(attention_maps.bicubic_resize(grid_map, (50, 70))))
   np.testing.assert_array_equal(heat, expected_heat)
   cropped = tmp_path / "crop.png"
-  visualize.main(["attention", f"--checkpoint={path}", f"--image={image_path}",
-                  f"--out={cropped}", "--geometry=center_crop"])
+  assert run_command(visualize, "attention", f"--checkpoint={path}", f"--image={image_path}",
+                     f"--out={cropped}", "--geometry=center_crop") == 0
   assert Image.open(cropped).size == (50, 50)
 
 
@@ -137,9 +138,9 @@ def test_encode_image_attention_is_the_last_blocks(ckpt):
 def test_sentence_pngs(ckpt, tmp_path):
   path, _, _, image_path = ckpt
   out = tmp_path / "sent.png"
-  visualize.main(["sentences", f"--checkpoint={path}", f"--image={image_path}", f"--out={out}",
-                  "--caption=A bright gradient fills the frame. The left side is dark. "
-                  "The right side is light."])
+  assert run_command(visualize, "sentences", f"--checkpoint={path}", f"--image={image_path}",
+                     f"--out={out}", "--caption=A bright gradient fills the frame. The left side "
+                     "is dark. The right side is light.") == 0
   for index in range(3):
     assert Image.open(tmp_path / f"sent_s{index}.png").size == (70, 50)
   assert not (tmp_path / "sent_s3.png").exists()
@@ -174,7 +175,7 @@ def test_training_curves_png(tmp_path):
         record["eval/Synthetic/t2i_R@1"] = float(step)
       f.write(json.dumps(record) + "\n")
   out = tmp_path / "curves.png"
-  visualize.main(["curves", f"--workdir={tmp_path}", f"--out={out}"])
+  assert run_command(visualize, "curves", f"--workdir={tmp_path}", f"--out={out}") == 0
   image = Image.open(out)
   assert image.format == "PNG" and image.size == (1350, 300)  # 3 panels of 4.5 x 3 in at 100 dpi
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -217,8 +218,8 @@ def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
 
   def heat(model, *extra):
     out, heat_out = tmp_path / "attn.png", tmp_path / "heat.png"
-    visualize.main(["attention", f"--checkpoint={model}", f"--image={image_path}",
-                    f"--out={out}", f"--heatmap_out={heat_out}", *extra])
+    assert run_command(visualize, "attention", f"--checkpoint={model}", f"--image={image_path}",
+                       f"--out={out}", f"--heatmap_out={heat_out}", *extra) == 0
     return np.asarray(Image.open(heat_out), np.int32)
 
   fp32 = heat(path)
@@ -228,4 +229,24 @@ def test_compute_dtype_is_the_commands_not_the_checkpoints(ckpt, tmp_path):
   assert np.abs(bf16 - fp32).max() > 0, "bfloat16 gave the float32 maps"
   sentences = ["sentences", f"--checkpoint={bf16_path}", f"--image={image_path}",
                f"--out={tmp_path / 's.png'}", "--caption=A gradient.", "--dtype=bfloat16"]
-  assert visualize.parse_args(sentences).dtype == "bfloat16"
+  assert run_command(visualize, *sentences[:-1], "--dtype=int8") == 2
+
+
+@pytest.mark.parametrize("args, code, message", [
+    ([], 2, "error: give one command, attention | sentences | curves, then --flags; got []"),
+    (["curves", "--out=c.png", "--workdir=w", "--checkpoint=c"], 2,
+     "error: curves takes no --checkpoint"),
+    (["curves", "--out=c.png"], 2, "error: curves needs one of --workdir or --metrics"),
+    (["attention", "--checkpoint=c", "--out=a.png"], 2,
+     "error: attention needs --image (--help lists the flags)"),
+    (["sentences", "--checkpoint=CKPT", "--image=IMAGE", "--out=s.png"], 2,
+     "error: sentences needs one of --caption or --caption_file"),
+    (["attention", "--checkpoint=CKPT", "--image=absent.png", "--out=a.png"], 1,
+     "error: [Errno 2] No such file or directory: 'absent.png'"),
+])
+def test_verbs_check_their_flags(ckpt, capsys, args, code, message):
+  path, _, _, image_path = ckpt
+  args = [a.replace("CKPT", str(path)).replace("IMAGE", str(image_path)) for a in args]
+  capsys.readouterr()
+  assert run_command(visualize, *args) == code
+  assert capsys.readouterr().err.strip().splitlines()[-1] == message

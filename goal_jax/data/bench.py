@@ -16,28 +16,29 @@ a detail copy, at short side 1,024 and at the original pixels; and the local cro
 against two other storages: one whole JPEG of the original, and the crop stored at 224 px.
 """
 import io
+import os
 import pathlib
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
 
+from goal_jax import cli
 from goal_jax.data import geometry
 from goal_jax.data import pipeline
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared shards; default: prepare a tmp dir")
 _DATASET = flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
 _SPLIT = flags.DEFINE_string("split", "test", "split to read")
-_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "worker process counts to compare")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker process counts to compare")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "batch size")
 _IMAGE = flags.DEFINE_integer("image_size", 224, "model input side")
 _PATCH = flags.DEFINE_integer("patch_size", 16, "ViT patch side")
 _FIELDS = flags.DEFINE_string("fields", "all", "field groups (pipeline.FIELD_PRESETS or groups)")
 _GEOMETRY = flags.DEFINE_string("geometry", "center_crop", "squash or center_crop")
-_THREADS = flags.DEFINE_integer("read_threads", 2, "Grain read threads per process")
+_THREADS = flags.DEFINE_integer("threads", 2, "Grain read threads per process")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "batches skipped before timing")
 _BATCHES = flags.DEFINE_integer("batches", 20, "batches timed")
 _DETAIL_PHOTOS = flags.DEFINE_integer("detail_photos", 0, "> 0: measure the detail copy's costs "
@@ -204,13 +205,15 @@ def _alternatives(examples) -> None:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
   if _DETAIL_PHOTOS.value:
     with tempfile.TemporaryDirectory() as tmp:
       detail_report(_DETAIL_PHOTOS.value, tmp, _BATCHES.value)
     return
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = _DATA_DIR.value or _prepare_default(tmp)
+    data_dir = (os.path.expanduser(_DATA_DIR.value) if _DATA_DIR.value
+                else _prepare_default(tmp))
     config = pipeline.default_config()
     config.update(dict(dataset=_DATASET.value, batch_size=_BATCH.value,
                        image_size=_IMAGE.value, patch_size=_PATCH.value, fields=_FIELDS.value,
@@ -224,4 +227,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, expected=(ValueError, FileNotFoundError))

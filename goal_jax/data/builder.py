@@ -129,7 +129,9 @@ class RecordBuilder:
     options = self._options
     tasks = _tasks(self.name, self._reader.read(self._manual_dir, split, **options.generator),
                    options)
-    with tqdm(desc=f"{self.name}/{split}", unit=" records") as progress:
+    total = self._reader.count_entries(self._manual_dir, split, **options.generator)
+    desc = f"{self.name}/{split}" + ("" if total is not None else " (total unknown)")
+    with tqdm(desc=desc, total=total, unit=" records") as progress:
       for future in ordered_map(tasks, options.num_workers):
         progress.update(1)
         try:
@@ -220,7 +222,10 @@ def unregistered_builder_class(name: str, body: type, suffix: str, version: str 
         "__module__": body.__module__,
         # No checksums file or code folder: without this TFDS probes the package with
         # `importlib_resources`, which is not installed.
-        "code_path": None})
+        "code_path": None,
+        # Nothing is downloaded: TFDS's "Downloading and preparing dataset Unknown size" and
+        # "downloaded and prepared to <staging folder>" banners (plain prints) only mislead.
+        "_log_download_bytes": lambda self: None, "_log_download_done": lambda self: None})
 
 
 @functools.lru_cache(maxsize=None)
@@ -412,8 +417,8 @@ def dataset_dir(name: str, data_dir) -> pathlib.Path:
   versions = sorted((p for p in root.glob("*") if (p / "dataset_info.json").is_file()),
                     key=lambda p: tuple(int(x) for x in p.name.split(".") if x.isdigit()))
   if not versions:
-    raise FileNotFoundError(f"no prepared dataset {name!r} under {data_dir}: run "
-                            f"`python -m goal_jax.data.prepare {name} --data_dir={data_dir}`")
+    raise FileNotFoundError(f"no prepared dataset {name!r} under {data_dir}: run `python -m "
+                            f"goal_jax.data.prepare --dataset={name} --data_dir={data_dir}`")
   return versions[-1]
 
 

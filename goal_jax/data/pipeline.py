@@ -339,8 +339,9 @@ def _reproduction_view(record: Mapping[str, Any], ctx: ProcessContext) -> Mappin
 def prepare_command(dataset: str, split: str, data_dir, manual_dir: str = "") -> str:
   """The `prepare` command whose shards `compat` accepts (GOAL's splitter; LISM again if mined)."""
   base = dataset[:-len("_lism")] if dataset.endswith("_lism") else dataset
-  command = (f"python -m goal_jax.data.prepare {base} --manual_dir={manual_dir or '/path/to/raw'} "
-             f"--data_dir={data_dir} --split={split} --splitter={COMPAT_SPLITTER}")
+  command = (f"python -m goal_jax.data.prepare --dataset={base} "
+             f"--manual_dir={manual_dir or '/path/to/raw'} --data_dir={data_dir} --split={split} "
+             f"--splitter={COMPAT_SPLITTER}")
   if base != dataset:
     command += (f"\n  python -m goal_jax.lism --data_dir={data_dir} --dataset={base} "
                 f"--split={split} --checkpoint=/path/to/converted_clip")

@@ -339,6 +339,18 @@ def hard_group_of(record_id: str) -> int:
   return parse_hard_id(record_id)[0]
 
 
+def count(manual_dir=None, split: str = "train", *, num_examples: int | None = None,
+          version: int = LATEST_VERSION, **unused) -> int | None:
+  """The examples `read_examples` yields with these options (the progress bar's total)."""
+  del manual_dir, unused
+  if num_examples is not None:
+    return num_examples
+  if version == 1:
+    from goal_jax.data import synthetic_v1  # noqa: PLC0415 - only old runs need it
+    return synthetic_v1.SPLIT_SIZES.get(split)
+  return SPLIT_SIZES.get(split)
+
+
 def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | None = None,
                   image_size: int = IMAGE_SIZE, seed: int = 0,
                   version: int = LATEST_VERSION) -> Iterator[RawExample]:

@@ -15,12 +15,12 @@ The compute dtype is the command's choice, not the checkpoint's: a model trained
 `dtype: bfloat16` in its config, yet `embed`, `evaluate` and `visualize` compute in float32 unless
 told otherwise (`--dtype`, `load_model`), so their outputs match the float32 HF export.
 """
-import argparse
 import dataclasses
 import functools
 import math
 from typing import Any, Iterable, Mapping
 
+from absl import flags
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -35,11 +35,11 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DTYPE = "float32"
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+def define_dtype_flag() -> None:
   """The `--dtype` flag every inference command shares (one help text, one default)."""
-  parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default=DEFAULT_DTYPE,
-                      help="compute dtype (default float32, whatever dtype the checkpoint was "
-                      "trained in; float32 matches the HF export)")
+  flags.DEFINE_enum("dtype", DEFAULT_DTYPE, COMPUTE_DTYPES,
+                    "Compute dtype (default float32, whatever dtype the checkpoint was trained in; "
+                    "float32 matches the HF export).")
 
 
 def load_model(directory: str, dtype: str = DEFAULT_DTYPE) -> tuple[dict, clip.CLIPConfig]:

@@ -145,10 +145,11 @@ class DecodedSource:
 
 
 def _prepare_command(dataset, data_dir, splits=()):
-  """The `prepare` command; preparing replaces a dataset's shards, so name every split kept."""
+  """The `prepare` command of `splits` (all when empty); the dataset's other splits are kept."""
   manual = " --manual_dir=<raw files>" if raw.get_reader(dataset).needs_manual_dir else ""
   split_flag = f" --split={','.join(splits)}" if splits else ""
-  return f"python -m goal_jax.data.prepare {dataset}{manual} --data_dir={data_dir}{split_flag}"
+  return (f"python -m goal_jax.data.prepare --dataset={dataset}{manual} --data_dir={data_dir}"
+          f"{split_flag}")
 
 
 def open_split(dataset: str, split: str, data_dir) -> DecodedSource:
@@ -164,10 +165,10 @@ def open_split(dataset: str, split: str, data_dir) -> DecodedSource:
         f"`{_prepare_command(dataset, data_dir)}`") from e
   except ValueError as e:  # prepared, but not this split
     kept = list(builder.prepared_metadata(dataset, data_dir).get("reports", {}))
-    wanted = kept + [p for p in split.split("+") if p not in kept]
+    missing = [p for p in split.split("+") if p not in kept]
     raise FileNotFoundError(
         f"dataset {dataset!r} split {split!r} is not prepared ({e}); run "
-        f"`{_prepare_command(dataset, data_dir, wanted)}`") from e
+        f"`{_prepare_command(dataset, data_dir, missing)}`") from e
 
 
 def best_local_pair(record: Mapping[str, Any]) -> int | None:

@@ -11,29 +11,31 @@ r"""Mine local image-sentence pairs (GOAL's LISM) into a `<dataset>_lism` datase
 
 The checkpoint is any converted model (`python -m goal_jax.convert`); GOAL matches with
 openai/clip-vit-large-patch14-336. Killed? Run the same command again: finished chunks are kept.
-The output is `<data_dir>/<out>/` (default out `<dataset>_lism`); train on it with
-`--config.input.dataset=<out>`. Changing only `--selection/--top_k/--keep_full_image` re-mines
-nothing. See `goal_jax/lism/mine.py` for the work folder and the output format.
+`--data_dir` defaults to ~/tensorflow_datasets. The output is the dataset `--out_dataset`
+(default `<dataset>_lism`) in the same data_dir; train on it with
+`--config.input.dataset=<out_dataset>`. Changing only `--selection/--top_k/--keep_full_image`
+re-mines nothing. See `goal_jax/lism/mine.py` for the work folder and the output format.
 """
 import json
 import os
 
-from absl import app
 from absl import flags
 
+from goal_jax import cli
 from goal_jax.lism import mine
 from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
 from goal_jax.lism import selection
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared shards (input and output)",
-                                required=True)
-_DATASET = flags.DEFINE_string("dataset", None, "prepared source dataset name", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
+                                "prepared shards (input and output)")
+_DATASET = flags.DEFINE_string("dataset", None, "prepared source dataset name")
 _SPLIT = flags.DEFINE_string("split", "train", "split to mine")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "scorer model checkpoint folder",
-                                  required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "scorer model directory "
+                                  "(python -m goal_jax.convert)")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (e.g. bfloat16)")
-_OUT = flags.DEFINE_string("out", None, "output dataset name (default <dataset>_lism)")
+_OUT_DATASET = flags.DEFINE_string("out_dataset", None,
+                                   "output dataset name in data_dir (default <dataset>_lism)")
 _SEGMENTER = flags.DEFINE_string("segmenter", "felzenszwalb",
                                  "region proposer: felzenszwalb, slic, sam, oracle or registered")
 _SEGMENTER_OPTIONS = flags.DEFINE_string("segmenter_options", "",
@@ -52,15 +54,21 @@ _KEEP_FULL = flags.DEFINE_bool("keep_full_image", False,
 _CROP_BATCH = flags.DEFINE_integer("crop_batch", 256, "crops per device step")
 _TEXT_BATCH = flags.DEFINE_integer("text_batch", 256, "sentences per device step")
 _CHUNK = flags.DEFINE_integer("chunk_images", 256, "images per resumable chunk")
-_WORKERS = flags.DEFINE_integer("num_workers", 0, "host threads (0: up to 8)")
+_THREADS = flags.DEFINE_integer("threads", 0, "host threads decoding, segmenting and cropping "
+                                "(0: up to 8)")
 _RESTART = flags.DEFINE_bool("restart", False, "discard this split's earlier matches")
 _MAX_CHUNKS = flags.DEFINE_integer("max_chunks", None, "stop after this many new chunks")
-_SUMMARY_JSON = flags.DEFINE_string("summary_json", None, "also write the summary here")
+_SUMMARY_OUT = flags.DEFINE_string("summary_out", None,
+                                   "also write the summary to this JSON file")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  for flag, what in ((_DATASET, "the prepared dataset to mine"),
+                     (_CHECKPOINT, "the scorer's model directory (python -m goal_jax.convert)")):
+    if flag.value is None:
+      cli.fail(f"--{flag.name} is required: {what}", code=2)
   options = mine.MineOptions(
       segmenter=_SEGMENTER.value,
       segmenter_options=segmenters.parse_options(_SEGMENTER.value, _SEGMENTER_OPTIONS.value),
@@ -68,16 +76,17 @@ def main(argv):
                                             _MAX_CANDIDATES.value),
       crop_geometry=_CROP_GEOMETRY.value, text_context=_TEXT_CONTEXT.value,
       chunk_images=_CHUNK.value, crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value,
-      num_workers=_WORKERS.value)
+      num_workers=_THREADS.value)
   rule = selection.SelectionOptions(_SELECTION.value, _TOP_K.value, _KEEP_FULL.value)
   scorer = scoring.load_scorer(_CHECKPOINT.value, _DTYPE.value)
   scorer_id = f"{os.path.abspath(_CHECKPOINT.value)} dtype={_DTYPE.value or 'checkpoint'}"
-  result = mine.run(_DATA_DIR.value, _DATASET.value, _SPLIT.value, scorer, scorer_id, options,
-                    rule, out=_OUT.value, restart=_RESTART.value, max_chunks=_MAX_CHUNKS.value)
-  if _SUMMARY_JSON.value:
-    with open(_SUMMARY_JSON.value, "w", encoding="utf-8") as f:
+  result = mine.run(os.path.expanduser(_DATA_DIR.value), _DATASET.value, _SPLIT.value, scorer,
+                    scorer_id, options, rule, out=_OUT_DATASET.value, restart=_RESTART.value,
+                    max_chunks=_MAX_CHUNKS.value)
+  if _SUMMARY_OUT.value:
+    with open(_SUMMARY_OUT.value, "w", encoding="utf-8") as f:
       json.dump({"out": result["out"], "summaries": result["summaries"]}, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, expected=(ValueError, FileNotFoundError, FileExistsError, ImportError))

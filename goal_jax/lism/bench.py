@@ -14,15 +14,16 @@ The ratio batched / one-by-one is printed. A measurement tool, not a test.
 """
 import dataclasses
 import math
+import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from goal_jax import cli
 from goal_jax.lism import mine
 from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
@@ -40,7 +41,7 @@ _SEGMENTER_OPTIONS = flags.DEFINE_string("segmenter_options", "", "its key=value
 _MAX_CANDIDATES = flags.DEFINE_integer("max_candidates", 63, "segments per image")
 _CROP_BATCH = flags.DEFINE_integer("crop_batch", 256, "crops per batched step")
 _TEXT_BATCH = flags.DEFINE_integer("text_batch", 256, "sentences per batched step")
-_WORKERS = flags.DEFINE_integer("num_workers", 0, "host threads (0: up to 8)")
+_THREADS = flags.DEFINE_integer("threads", 0, "host threads of the batched run (0: up to 8)")
 
 
 def _scorer() -> scoring.Scorer:
@@ -98,15 +99,16 @@ def _time(fn) -> float:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
   scorer = _scorer()
   options = mine.MineOptions(
       segmenter=_SEGMENTER.value,
       segmenter_options=segmenters.parse_options(_SEGMENTER.value, _SEGMENTER_OPTIONS.value),
       candidates=selection.CandidateOptions(max_candidates=_MAX_CANDIDATES.value),
-      crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value, num_workers=_WORKERS.value)
+      crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value, num_workers=_THREADS.value)
   with tempfile.TemporaryDirectory() as tmp:
-    source = _source(_DATA_DIR.value or tmp)
+    source = _source(os.path.expanduser(_DATA_DIR.value) if _DATA_DIR.value else tmp)
     indices = range(_IMAGES.value)
     works = lambda workers: mine.prepare_works(
         source, indices, dataclasses.replace(options, num_workers=workers), scorer.image_size)
@@ -137,4 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, expected=(ValueError, FileNotFoundError))

@@ -247,7 +247,7 @@ def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: boo
     if diff:
       raise ValueError(f"work folder {folder} holds matches made with other settings "
                        f"(stored, now): {diff}; re-run with restart=True (--restart) to discard "
-                       "them, or use another --out")
+                       "them, or use another --out_dataset")
   else:
     _save_json(path, config)
 

@@ -31,6 +31,8 @@ class DatasetReader:
     contains: split -> the splits that share its images by design (a union split and its
       parts, two views of the same images); `prepare` warns about an image id in two splits
       (train/test leakage) for every other pair.
+    count: `count(manual_dir, split, **generator)` -> the split's raw entries, where they can be
+      counted without parsing them (the progress bar's total); None: the bar has none.
   """
   splits: tuple[str, ...]
   read: ReadFn
@@ -38,6 +40,7 @@ class DatasetReader:
   available: Callable[[pathlib.Path | None], tuple[str, ...]] | None = None
   generator: dict | None = None
   contains: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  count: ReadFn | None = None
 
   def share_images(self, a: str, b: str) -> bool:
     """Whether splits `a` and `b` hold the same images by design (no leakage warning)."""
@@ -45,6 +48,10 @@ class DatasetReader:
 
   def available_splits(self, manual_dir) -> tuple[str, ...]:
     return self.available(manual_dir) if self.available else self.splits
+
+  def count_entries(self, manual_dir, split: str, **generator) -> int | None:
+    """The split's raw entries (bad ones included), or None where counting means parsing."""
+    return self.count(manual_dir, split, **generator) if self.count else None
 
 
 def _lazy(module: str, function: str = "read_examples") -> ReadFn:
@@ -64,11 +71,13 @@ def _lazy_available(module: str) -> Callable[[pathlib.Path | None], tuple[str, .
 
 READERS: dict[str, DatasetReader] = {
     "docci": DatasetReader(("train", "test", "test_qual", "qual_dev", "qual_test"),
-                           _lazy("raw.docci"), contains={"test_qual": ("test", "qual_test")}),
+                           _lazy("raw.docci"), contains={"test_qual": ("test", "qual_test")},
+                           count=_lazy("raw.docci", "count")),
     "dci": DatasetReader(("train", "valid", "test", "goal_test", "full"), _lazy("raw.dci"),
-                         available=_lazy_available("raw.dci"),
+                         available=_lazy_available("raw.dci"), count=_lazy("raw.dci", "count"),
                          contains={"full": ("train", "valid", "test", "goal_test")}),
-    "urban1k": DatasetReader(("test",), _lazy("raw.urban1k")),
+    "urban1k": DatasetReader(("test",), _lazy("raw.urban1k"),
+                             count=_lazy("raw.urban1k", "count")),
     "sharegpt4v": DatasetReader(("train", "test"), _lazy("raw.sharegpt4v")),
     "coco_karpathy": DatasetReader(("train", "val", "test", "restval"),
                                    _lazy("raw.karpathy", "read_coco")),
@@ -81,8 +90,10 @@ READERS: dict[str, DatasetReader] = {
         contains={"dci_train_global": ("dci_train",), "docci_train_global": ("docci_train",)}),
     # Embedded datasets (no manual dir).
     "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
-                               needs_manual_dir=False, generator={"seed": 0, "version": 2}),
-    "photos": DatasetReader(("test",), _lazy("photos"), needs_manual_dir=False),
+                               needs_manual_dir=False, generator={"seed": 0, "version": 2},
+                               count=_lazy("synthetic", "count")),
+    "photos": DatasetReader(("test",), _lazy("photos"), needs_manual_dir=False,
+                            count=_lazy("photos", "count")),
 }
 
 # Modules whose SPLITS the table above repeats (so listing splits imports nothing); a test checks.

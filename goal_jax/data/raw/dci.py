@@ -56,16 +56,24 @@ def _goal_test_file(root: pathlib.Path) -> pathlib.Path | None:
 
 def read_examples(manual_dir, split: str) -> Iterator[records.RawExample | records.BadRecord]:
   root = dataset_root(manual_dir)
+  files = _split_files(root, split)
+  yield from common.read_entries(_entries(files), lambda e, w: _parse(e, w, root))
+
+
+def count(manual_dir, split: str) -> int:
+  """The split's annotation files (one per image), listed without being read."""
+  return len(_split_files(dataset_root(manual_dir), split))
+
+
+def _split_files(root, split):
   annotations = annotation_dir(root)
   if split == "full":
-    files = sorted(annotations.glob("*.json"))
-  elif split == "goal_test":
-    files = _goal_test_files(root, annotations)
-  elif split in ("train", "valid", "test"):
-    files = _listed_files(root, annotations, split)
-  else:
-    raise ValueError(f"DCI has no split {split!r}; splits: {SPLITS}")
-  yield from common.read_entries(_entries(files), lambda e, w: _parse(e, w, root))
+    return sorted(annotations.glob("*.json"))
+  if split == "goal_test":
+    return _goal_test_files(root, annotations)
+  if split in ("train", "valid", "test"):
+    return _listed_files(root, annotations, split)
+  raise ValueError(f"DCI has no split {split!r}; splits: {SPLITS}")
 
 
 def _entries(files):

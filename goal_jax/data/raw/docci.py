@@ -26,6 +26,12 @@ def read_examples(manual_dir, split: str) -> Iterator[records.RawExample | recor
     yield from common.read_entries(_lines(path), lambda e, w, m=member: _parse(e, w, m, root))
 
 
+def count(manual_dir, split: str) -> int:
+  """The entries `read_examples` yields: one JSON line each, parsed but no image opened (15k
+  lines take well under a second)."""
+  return sum(1 for _ in read_examples(manual_dir, split))
+
+
 def _lines(path: pathlib.Path):
   for number, line in common.iter_lines(path):
     if not line.strip():

@@ -35,5 +35,12 @@ def read_examples(manual_dir, split: str = "test") -> Iterator[records.RawExampl
         source=f"image/{path.stem}.jpg", origin=str(path))
 
 
+def count(manual_dir, split: str = "test") -> int | None:
+  """Caption files, one per image, listed without being read."""
+  del split
+  captions = dataset_root(manual_dir) / "caption"
+  return len(list(captions.glob("*.txt"))) if captions.is_dir() else None
+
+
 def _numeric_key(path: pathlib.Path):
   return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
