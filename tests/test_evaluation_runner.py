@@ -459,3 +459,20 @@ def test_evaluate_computes_in_float32_unless_told(data_dir, model, tmp_path):
     expected = runner.evaluate_benchmarks(params, used, "photos:test", data_dir, batch_size=BATCH)
     assert document["results"] == expected
     assert document["metadata"]["model"]["dtype"] == used.dtype
+
+
+def test_evaluate_given_a_workdir_names_its_model_and_checkpoints(tmp_path):
+  """The user passes the run's folder: one error line says which folders are models."""
+  workdir = tmp_path / "run"
+  (workdir / "model").mkdir(parents=True)
+  (workdir / "model" / checkpoint.CONFIG_FILE).write_text("{}")
+  for step in (5, 10):
+    (workdir / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  proc = subprocess.run([sys.executable, "-m", "goal_jax.evaluate", f"--checkpoint={workdir}",
+                         "--benchmarks=synthetic", f"--data_dir={tmp_path}"],
+                        capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {workdir} is not a model checkpoint. It is a training workdir: its final model is "
+      f"{workdir}/model; a checkpoint of it is {workdir}/checkpoints/10 (steps 5, 10)"]
