@@ -678,8 +678,7 @@ def _batches(values: Sequence[str]) -> list[int]:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   unknown = sorted(set(FLAGS.methods) - set(METHOD_CONFIGS))
   if unknown:
     cli.fail(f"--methods: unknown {unknown}; known: {sorted(METHOD_CONFIGS)}", code=2)

@@ -43,6 +43,20 @@ def fail(message: str, code: int = 1):
   raise SystemExit(code)
 
 
+def check_args(argv: Sequence[str], required: Sequence[str] = (),
+               hint: str = "every option is a --flag") -> None:
+  """Exits 2 on positional values (`hint` says what to pass instead) or a missing required flag.
+
+  Flags are checked here rather than with absl's `required=True`, whose message is a multi-line
+  'FATAL Flags parsing error'.
+  """
+  if len(argv) > 1:
+    fail(f"unexpected arguments {list(argv[1:])}: {hint}", code=2)
+  for name in required:
+    if flags.FLAGS[name].value is None:
+      fail(f"--{name} is required (--help lists the flags)", code=2)
+
+
 def _flag_error_message(error: Exception) -> str:
   """absl wraps a config file's exception (with its traceback) in the flag error: keep its
   last line, which names what is wrong."""

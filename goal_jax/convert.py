@@ -90,11 +90,7 @@ def check_output(out: str, overwrite: bool, source_path: str | None = None) -> N
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: pass --source=... --out=...", code=2)
-  for name in ("source", "out"):
-    if FLAGS[name].value is None:
-      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  cli.check_args(argv, ("source", "out"), hint="pass --source=... --out=...")
   source = resolve_source(FLAGS.source)
   check_output(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])
   params, config = convert_lib.convert(

@@ -79,8 +79,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   data_dir = os.path.expanduser(FLAGS.data_dir)
   if not os.path.isdir(data_dir):
     cli.fail(f"--data_dir={FLAGS.data_dir} is not a directory")

@@ -80,11 +80,7 @@ def files_list_path(out: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
-  for name in ("checkpoint", "out"):
-    if FLAGS[name].value is None:
-      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  cli.check_args(argv, ("checkpoint", "out"))
   if (FLAGS.images is None) == (FLAGS.texts is None):
     cli.fail("give one of --images=FOLDER or --texts=FILE", code=2)
   params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)

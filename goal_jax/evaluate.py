@@ -49,8 +49,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   if FLAGS.checkpoint is None:
     cli.fail("--checkpoint is required: the model directory to evaluate", code=2)
   items = [s for s in FLAGS.benchmarks.split(",") if s.strip()]

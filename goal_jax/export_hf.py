@@ -119,11 +119,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: pass --checkpoint=... --out=...", code=2)
-  for name in ("checkpoint", "out"):
-    if FLAGS[name].value is None:
-      cli.fail(f"--{name} is required (--help lists the flags)", code=2)
+  cli.check_args(argv, ("checkpoint", "out"), hint="pass --checkpoint=... --out=...")
   paths = export(FLAGS.checkpoint, FLAGS.out, with_tokenizer=not FLAGS.no_tokenizer,
                  overwrite=FLAGS.overwrite, geometry=FLAGS.geometry)
   for path in paths:

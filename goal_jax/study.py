@@ -537,8 +537,7 @@ def options_from_flags() -> StudyOptions:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   if FLAGS.workdir is None:
     cli.fail("--workdir is required: the study's directory (rerunning there resumes)", code=2)
   run_study(options_from_flags())

@@ -33,8 +33,7 @@ _PRINT_CONFIG = flags.DEFINE_bool(
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   if _PRINT_CONFIG.value:
     print(_CONFIG.value)
     return

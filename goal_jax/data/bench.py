@@ -205,8 +205,7 @@ def _alternatives(examples) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   if _DETAIL_PHOTOS.value:
     with tempfile.TemporaryDirectory() as tmp:
       detail_report(_DETAIL_PHOTOS.value, tmp, _BATCHES.value)

@@ -63,8 +63,7 @@ _SUMMARY_OUT = flags.DEFINE_string("summary_out", None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   for flag, what in ((_DATASET, "the prepared dataset to mine"),
                      (_CHECKPOINT, "the scorer's model directory (python -m goal_jax.convert)")):
     if flag.value is None:

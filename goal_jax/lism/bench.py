@@ -99,8 +99,7 @@ def _time(fn) -> float:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag", code=2)
+  cli.check_args(argv)
   scorer = _scorer()
   options = mine.MineOptions(
       segmenter=_SEGMENTER.value,
