@@ -45,7 +45,7 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
       positions="kps",            # one trainable table (GOAL); "kps_frozen_prefix": Long-CLIP
       frozen_prefix=20,
       dtype="bfloat16",           # compute; params stay fp32
-      attention="xla",            # "cudnn" on GPUs: +38-46% (research/jax_ecosystem.md §4.2)
+      attention="xla",            # "cudnn" on GPUs: cuDNN's fused attention kernel
       remat="",                   # "", "full" or "dots"
       scan=False,
   ))

@@ -4,7 +4,7 @@ r"""Global fine-tuning: GOAL's baseline (its Table 1, row 1), InfoNCE(image, lon
 
 Same recipe as configs/goal.py (AdamW 5e-6 cosine, wd 0.05, batch 16, 10 epochs, 248 tokens),
 but fp32 weights: the official baseline casts the whole model to bf16, where most lr-5e-6 updates
-round away (research/goal.md §1.7), which may understate the baseline.
+round away (its released `global_loss_finetuning.py`), which may understate the baseline.
 Cost: one vision and one text forward per pair, about half a GOAL step.
 """
 from configs import common

@@ -4,7 +4,7 @@ r"""GOAL (Choi et al., CVPR 2025): global + local InfoNCE + Token Similarity Lea
   python -m goal_jax.train --config=configs/goal.py:init=/ckpt/clip_b16,dataset=docci_lism \
       --workdir=/runs/goal_b16_docci
 
-Recipe (research/goal.md §3): AdamW (0.9, 0.999, 1e-8), lr 5e-6 cosine to 0 with no warmup, weight
+Recipe (GOAL's released training script): AdamW (0.9, 0.999, 1e-8), lr 5e-6 cosine to 0 with no warmup, weight
 decay 0.05 on every parameter, batch 16, 10 epochs, 224 px, 248 tokens (one trainable stretched
 table), loss 1·global + 0.5·local + 1·TSL_image + 1·TSL_text, logit scale learnable and unclamped.
 Local pairs come from LISM (`python -m goal_jax.lism --dataset=docci ...` writes `docci_lism`) or

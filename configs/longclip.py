@@ -4,7 +4,7 @@ r"""Long-CLIP (Zhang et al., ECCV 2024): long-caption InfoNCE + primary-componen
   python -m goal_jax.train --config=configs/longclip.py:init=/ckpt/clip_l14,dataset=sharegpt4v,batch=2048 \
       --workdir=/runs/longclip_l14
 
-Recipe (research/mulclip_and_peers.md §3.1): knowledge-preserved stretching 77 -> 248 with the first
+Recipe (Long-CLIP, Zhang et al., ECCV 2024; https://github.com/beichenzbc/Long-CLIP): knowledge-preserved stretching 77 -> 248 with the first
 20 positions frozen; short caption = the first sentence (our `summary` default); loss =
 CE(v, t_long) + CE(PCM_32(v), t_short), label smoothing 0.1; logit scale re-initialised to ln(100);
 AdamW lr 1e-6, wd 0.01, warmup 200, global batch 2048, ShareGPT4V 1.2M minus its first 1,000,

@@ -5,7 +5,7 @@ r"""MulCLIP: global (long + ½ summary), word-patch reconstruction (WPR) and sub
       --workdir=/runs/mulclip_b16_docci
 
 L = InfoNCE(v, t_long) + ½·InfoNCE(v, t_summary) + λ_W·WPR + λ_S·SAP, λ = 1
-(research/mulclip_and_peers.md §1). The paper's optimiser is not public; we use GOAL's regime,
+(MulCLIP's objective as its paper states it). The paper's optimiser is not public; we use GOAL's regime,
 which MulCLIP evaluates against (AdamW 5e-6 cosine, wd 0.05, batch 16, 10 epochs, 248 tokens), and
 train the two token calibration modules (FineLIP's ATRM, N' = 39) at 40x the CLIP learning rate,
 as FineLIP trains its cross-net at 2e-4 against 1e-6 (capped here at 2e-4). Sentences and the

@@ -12,7 +12,7 @@ in the same process and on the same device, PyTorch baselines of the same model 
 HF `transformers` CLIP with SDPA attention, eager and `torch.compile`d, on the global step, and a
 GOAL step written the way the official code does it (one forward on [global; local], a second
 pass through each tower for hidden states, per-sample Python loops for box and span pooling with
-tokenizer calls inside). It then prints the issue's targets (one H100) next to the ratios.
+tokenizer calls inside). It then prints the project's speed targets (one H100) next to the ratios.
 
 MFU uses analytic FLOPs (XLA's compiled cost analysis under-reports on GPU). The column
 XLA/ours divides XLA's count of the lowered, unoptimised step (platform independent, so
@@ -446,7 +446,7 @@ class TorchReference:
 
     return step
 
-  # The official GOAL step, rebuilt from its description (research/goal.md §1.3-1.5).
+  # The official GOAL step, rebuilt from its released `goal_loss_finetuning.py`.
 
   def _box_patches(self, box) -> list[int]:
     """Token indices of every patch the box touches after the naive stretch to S×S."""
@@ -628,7 +628,7 @@ def format_flop_ratios(rows: Sequence[Row]) -> str:
 
 
 def format_targets(checks: Sequence[dict[str, Any]], device: str) -> str:
-  lines = [f"targets (the issue's, for one H100; this run: {device})"]
+  lines = [f"targets (the project's, for one H100; this run: {device})"]
   measured = {c["target"] for c in checks}
   for c in checks:
     value = f"{100 * c['value']:.1f}%" if c["target"] == "mfu_at_256" else f"{c['value']:.2f}x"

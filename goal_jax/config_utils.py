@@ -1,6 +1,6 @@
 """Parses the `:arg` suffix of a config file into typed fields.
 
-`--config goal_jax/configs/goal.py:demo,batch=8,variant=B/16` hands `"demo,batch=8,variant=B/16"`
+`--config=configs/goal.py:demo,batch=8,variant=B/16` hands `"demo,batch=8,variant=B/16"`
 to `get_config(arg)`. Each config declares its knobs once, with defaults, and `parse_arg` types what
 the command line says by those defaults, so a typo or a bad value fails at start-up, not hours later.
 """

@@ -115,7 +115,7 @@ train_arg() {
   done
 }
 
-# XLA flags for GPUs (research/jax_ecosystem.md §4.1, MaxText's GPU configs): the latency-hiding
+# XLA flags for GPUs (MaxText's GPU configs, https://github.com/AI-Hypercomputer/maxtext): the latency-hiding
 # scheduler overlaps collectives with compute (matters with several GPUs); cuBLAS over Triton
 # GEMMs. Any flags already in $XLA_FLAGS and the arguments come after, so they win.
 gpu_xla_flags() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains on one GPU machine: one process sees all its GPUs (the mesh is jax.devices()), with the
-# XLA flags that matter on GPUs and cuDNN attention (+38-46% on an H100, research §4.2).
+# XLA flags that matter on GPUs and cuDNN attention (cuDNN's fused attention).
 #
 #   launch/gpu_node.sh --install -- \
 #     --config=configs/goal.py:init=/ckpt/clip_b16,dataset=docci_lism,batch=64 \

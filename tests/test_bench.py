@@ -49,7 +49,7 @@ def test_tiny_flops_by_hand():
 @pytest.mark.parametrize("variant, image_gflops, text77_gflops", [
     ("B/16", 35.13, 5.96), ("L/14", 162.03, 13.3)])
 def test_flops_match_open_clip_profile(variant, image_gflops, text77_gflops):
-  """open_clip's docs/model_profile.csv forward GFLOPs (research/jax_ecosystem.md §4.1)."""
+  """open_clip's docs/model_profile.csv forward GFLOPs (https://github.com/mlfoundations/open_clip)."""
   c = clip.get_model_config(variant)
   np.testing.assert_allclose(bench.image_forward_flops(c) / 1e9, image_gflops, rtol=3e-3)
   np.testing.assert_allclose(bench.text_forward_flops(c, 77) / 1e9, text77_gflops, rtol=3e-3)

@@ -81,7 +81,7 @@ def _long_caption(n_sentences=40):
 
 
 def _goal_code_positions(caption, k, context_length, encode):
-  """GOAL's `get_text_tokens_from_segment` index rule, written from its source (goal.md §1.5),
+  """GOAL's `get_text_tokens_from_segment` index rule, written from its source (goal_loss_finetuning.py),
   for GOAL's own pieces (k: the piece's index), with both fallbacks."""
   pieces = [s.strip() for s in " ".join(caption.split()).split(".") if s.strip()]
   n_seg = len(encode(pieces[k]))

@@ -1,6 +1,6 @@
 """The maths of the visualisations: GOAL's attention map, sentence-conditioned patch maps, overlays.
 
-GOAL's map (research/goal.md section 5.3): the last vision block's attention averaged over heads,
+GOAL's map (its released visualisation script): the last vision block's attention averaged over heads,
 CLS row and column removed, averaged over query patches (so each key patch gets the mean attention
 it receives), reshaped to the G x G grid, upsampled bicubically to the image size, min-max
 normalised, coloured with 'jet' and laid over the image at alpha 0.5.

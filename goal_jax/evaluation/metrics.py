@@ -293,7 +293,7 @@ def retrieval_recall(image_emb, text_emb, text_to_image=None, ks=RECALL_KS, *,
 
 
 # ----------------------------------------------------------------------------------------------
-# GOAL's joint global+local test (goal.md section 5.2).
+# GOAL's joint global+local test (its released `mAP_goal_jointtest.py`).
 
 JOINT_MODES = ("effective", "intended")
 

@@ -1,6 +1,6 @@
 """Named benchmark profiles: which datasets, splits, cut-offs and table columns each paper reports.
 
-Protocols differ between papers (research/mulclip_and_peers.md section 4), so results are reported
+Protocols differ between papers (splits, caption sets and cut-offs), so results are reported
 per profile and never mixed:
 - `goal`: GOAL/MulCLIP. DOCCI test + qual_test (5,100, GOAL's `docci_test.json`), GOAL's own DCI
   test split (1,999), Urban1k (1,000); T2I R@1/5/25/50 then I2T R@1/5/25/50, as GOAL's tables

@@ -5,7 +5,7 @@ One function serves the trainer's periodic evaluation and the `evaluate` command
 - `retrieval`: every record's image (model resolution, `center_crop` unless told otherwise) and
   every caption (the long caption at the model's context, then its `extra_captions`, each mapped to
   its image) -> `metrics.retrieval_recall` at the benchmark's cut-offs.
-- `joint` (GOAL's joint test, research/goal.md section 5.2): the global pairs plus, per record,
+- `joint` (GOAL's joint test, its `mAP_goal_jointtest.py`): the global pairs plus, per record,
   one local pair, the crop of its highest-scoring local pair with that pair's sentence; unlike
   training, a full-image match counts (the crop is then the whole image), as in GOAL's test file.
   -> `metrics.joint_retrieval` in the benchmark's relevance mode.

@@ -1,4 +1,4 @@
-"""LISM: offline local image-sentence pair mining (GOAL, research goal.md §1.2).
+"""LISM: offline local image-sentence pair mining (GOAL, Choi et al., CVPR 2025; https://github.com/PerceptualAI-Lab/GOAL).
 
 `segmenters` proposes regions (plug-ins), `selection` turns them into candidates and matches into
 pairs, `scoring` matches sentences to candidates in batched jitted steps, `mine` is the resumable

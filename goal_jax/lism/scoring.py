@@ -1,7 +1,7 @@
 """Batched, jitted region-sentence matching: many images' candidates per device step.
 
 GOAL scores one image at a time with CLIP-L/14-336: `S = 100 * cos(crop, sentence)` for the
-image's crops and sentences, then an argmax per sentence (research goal.md §1.2 steps 8-10). Here
+image's crops and sentences, then an argmax per sentence (its released LISM code). Here
 the host packs whole images into fixed-size steps (`crop_batch` crops, `text_batch` sentences;
 the last step padded), and ONE jitted function embeds every crop and sentence of the step, scores
 all (sentence, crop) pairs, masks pairs of different images and takes each sentence's argmax.

@@ -1,7 +1,7 @@
 """Region proposers for LISM, as plug-ins: `segment(image, record) -> Segmentation`.
 
-GOAL runs SAM ViT-H "segment everything" and keeps each mask's bounding box (research goal.md
-§1.2 steps 3-5). Weights are not always at hand, so the proposer is a registry entry:
+GOAL runs SAM ViT-H "segment everything" and keeps each mask's bounding box (its released
+LISM code). Weights are not always at hand, so the proposer is a registry entry:
 
 - `felzenszwalb` (default) and `slic`: scikit-image superpixels, no weights, CPU.
 - `sam`: `transformers`' `pipeline("mask-generation")` on a SAM checkpoint folder the user already

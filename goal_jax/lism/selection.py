@@ -1,6 +1,6 @@
 """LISM's two choices, as pure numpy: which regions are candidates, and which matches become pairs.
 
-Candidates (research goal.md §1.2 steps 4-6): segments whose area is between 1 % and 80 % of the
+Candidates (as GOAL's released LISM code): segments whose area is between 1 % and 80 % of the
 image (both ends kept), identical boxes once, the full image first as candidate 0.
 
 Pairs (steps 10, 13, 14): every sentence has matched its best candidate (argmax of the score over

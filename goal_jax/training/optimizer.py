@@ -17,7 +17,7 @@ import optax
 
 from goal_jax.training import paths
 
-# GOAL's recipe (research/goal.md): AdamW(0.9, 0.999, 1e-8), wd 0.05 on everything, cosine to 0.
+# GOAL's recipe (its released training script): AdamW(0.9, 0.999, 1e-8), wd 0.05 on everything, cosine to 0.
 DEFAULTS = dict(
     lr=5e-6,              # peak learning rate
     schedule="cosine",    # "cosine" (to lr_floor) or "constant"
