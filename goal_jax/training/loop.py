@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from goal_jax import objectives
 from goal_jax.data import builder as data_builder
@@ -149,12 +150,12 @@ def make_train_step(loss_fn, tx, schedule):
   def train_step(state, batch):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+    params = optax.apply_updates(state["params"], updates)
     step = state["step"] + 1
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
                "logit_scale": jnp.exp(params["clip"]["logit_scale"]),
                "lr": schedule(state["step"]),
-               "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
+               "grad_norm": optax.global_norm(grads)}
     if "local_valid" in batch:  # how much of the batch fed the local terms
       scalars["local_pair_share"] = jnp.mean(batch["local_valid"].astype(jnp.float32))
     new_state = {"params": params, "opt_state": opt_state, "step": step, "rng": state["rng"]}

@@ -9,17 +9,9 @@ from typing import Any, Callable, Sequence
 import jax
 
 
-def key_name(key: Any) -> str:
-  """One path entry as text: dict keys, attribute names (namedtuples) and sequence indices."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def path_str(path: Sequence[Any]) -> str:
-  """A `jax.tree_util` key path as 'a/b/c'."""
-  return "/".join(key_name(k) for k in path)
+  """A `jax.tree_util` key path as 'a/b/c' (dict keys, attribute names, sequence indices)."""
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def map_with_names(fn: Callable[[str, Any], Any], tree: Any) -> Any:
