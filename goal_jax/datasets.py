@@ -11,7 +11,6 @@ them; `python -m goal_jax.lism` mines them into `<dataset>_lism`). Both are read
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -31,7 +30,7 @@ def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
     except FileNotFoundError:
       continue  # not a prepared dataset (LISM work folders, other files)
     metadata = builder.prepared_metadata(name, data_dir)
-    for split in _splits(version_dir):
+    for split in builder.prepared_splits(name, data_dir, version_dir.name):
       source = builder.load_source(name, split, data_dir)
       found = detail.survey(source, max_records=sample)
       options = metadata.get("split_options", {}).get(split, metadata).get("options", {})
@@ -43,11 +42,6 @@ def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
                              "small" if found.small_copy == found.seen else "mixed"),
                    "source_dataset": metadata.get("source_dataset", "")})
   return rows
-
-
-def _splits(version_dir) -> list[str]:
-  with open(version_dir / "dataset_info.json", encoding="utf-8") as f:
-    return [split["name"] for split in json.load(f).get("splits", [])]
 
 
 def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:

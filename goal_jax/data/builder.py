@@ -437,6 +437,12 @@ def version_dir(name: str, data_dir, version: str | None = None) -> pathlib.Path
   return dataset_dir(name, data_dir) if version is None else pathlib.Path(data_dir) / name / version
 
 
+def prepared_splits(name: str, data_dir, version: str | None = None) -> list[str]:
+  """The splits of a prepared dataset, in the order TFDS lists them (newest version: None)."""
+  info = _read_json(version_dir(name, data_dir, version) / "dataset_info.json")
+  return [split["name"] for split in info.get("splits", [])]
+
+
 def prepared_metadata(name: str, data_dir, version: str | None = None) -> dict[str, Any]:
   """The options and per-split reports stored with a prepared dataset (newest version: None).
 

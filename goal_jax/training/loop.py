@@ -106,11 +106,11 @@ def input_config(config: ml_collections.ConfigDict,
   return c
 
 
-def check_data(config: ml_collections.ConfigDict) -> int:
-  """Number of training records; a missing dataset stops the run with the command to make it."""
+def check_data(config: ml_collections.ConfigDict):
+  """The training split's source; a missing dataset stops the run with the command to make it."""
   name, split, data_dir = config.input.dataset, config.input.split, config.input.data_dir
   try:
-    return len(data_builder.load_source(name, split, data_dir))
+    return data_builder.load_source(name, split, data_dir)
   except Exception as e:  # noqa: BLE001 - any failure to open means "not prepared"
     raise SetupError(
         f"dataset {name!r} split {split!r} is not prepared under {data_dir!r} ({e}). Prepare it:\n"
@@ -206,8 +206,9 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   if init_config is not None:  # the init decides the architecture; config.json says which
     config.model.variant = clip.variant_of(init_config) or "custom (see model_init)"
   model_config = model_config_from(config, init_config)
-  num_records = check_data(config)
-  check_local_pairs(config)
+  source = check_data(config)
+  num_records = len(source)
+  check_local_pairs(config, source)
   total_steps = total_steps_of(config, num_records)
   data_config = input_config(config, model_config)
   check_reproduction(data_config, config.input.data_dir)
@@ -305,7 +306,7 @@ def say(text: str) -> None:
     print(f"[train] {text}", flush=True)
 
 
-def check_local_pairs(config: ml_collections.ConfigDict) -> None:
+def check_local_pairs(config: ml_collections.ConfigDict, source) -> None:
   """A method whose terms read local pairs refuses a dataset without any (it would silently
   train global-only); a dataset where only some records have one is logged, and so are records
   whose local crops would come from the small stored copy (no detail copy: `data.detail`)."""
@@ -313,8 +314,7 @@ def check_local_pairs(config: ml_collections.ConfigDict) -> None:
     return
   name, split = config.input.dataset, config.input.split
   # 128 records: enough to tell none from some, without reading 512 detail copies at start-up.
-  found = data_detail.survey(data_builder.load_source(name, split, config.input.data_dir),
-                             max_records=128)
+  found = data_detail.survey(source, max_records=128)
   with_pair, seen = found.with_pair, found.seen
   if not with_pair:
     raise SetupError(
