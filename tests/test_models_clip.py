@@ -214,6 +214,14 @@ def test_cudnn_attention_matches_xla():
   params = clip.init_params(config, jax.random.key(0))
   images, ids = refs.random_inputs(4, config.image_size, config.context_length, seed=2)
   cudnn = _forward(dataclasses.replace(config, attention="cudnn"), params, images, ids)
-  # Two bf16 ULPs (2 * 2**-7 relative): on an H200 the fused kernel's different summation order
-  # moved 1.7 % of token outputs near |2.5| by 0.031, two ULPs there, beyond any fixed atol.
-  _assert_outputs_close(cudnn, _forward(config, params, images, ids), atol=2e-2, rtol=1.6e-2)
+  # bf16 keeps 8 significant bits, so a different summation order in the fused kernel moves an
+  # output by a few steps of the *tensor's* scale, also where the output itself is near zero (on
+  # an H200: 0.031 at |2.5|, and 0.021 at 0.014 in a tensor reaching 2.8). Allow two bf16 steps
+  # at each tensor's largest magnitude, and a 1 % relative error overall.
+  xla = _forward(config, params, images, ids)
+  for got, want in zip(cudnn, xla):
+    for key in want:
+      got_key, want_key = np.asarray(got[key], np.float32), np.asarray(want[key], np.float32)
+      step = 2.0**-7 * np.abs(want_key).max()
+      np.testing.assert_allclose(got_key, want_key, atol=2 * step, rtol=0, err_msg=key)
+      assert np.linalg.norm(got_key - want_key) <= 1e-2 * np.linalg.norm(want_key), key
