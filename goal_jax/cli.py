@@ -13,6 +13,7 @@ silenced unless `--verbosity` is given.
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -25,6 +26,14 @@ DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 class Error(Exception):
   """An expected failure of a command: its message (with the fix) is all the user sees."""
+
+
+def define_bench_data_flags() -> None:
+  """`--data_dir`, `--dataset`, `--split` of the measurement commands: a prepared split to read,
+  by default the embedded `synthetic` test split prepared into a temporary folder."""
+  flags.DEFINE_string("data_dir", None, "prepared shards; default: prepare `synthetic` in a tmp dir")
+  flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
+  flags.DEFINE_string("split", "test", "split to read")
 
 
 def quiet_logs() -> None:
@@ -88,3 +97,15 @@ def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException]
       fail(str(e) or type(e).__name__)
 
   app.run(wrapped, argv=list(argv) if argv is not None else None, flags_parser=_parse_flags)
+
+
+def check_output_dir(out: str, overwrite: bool, source_path: str | None = None) -> None:
+  """Refuses, before any work, an output that is not empty (unless `overwrite`) or not a folder."""
+  if source_path is not None and os.path.abspath(out) == os.path.abspath(source_path):
+    raise ValueError(f"the output {out} is the source; write elsewhere")
+  if not os.path.exists(out):
+    return
+  if not os.path.isdir(out):
+    raise ValueError(f"output {out} exists and is not a directory")
+  if os.listdir(out) and not overwrite:
+    raise ValueError(f"output {out} is not empty; pass --overwrite to replace it")

@@ -1,12 +1,34 @@
-"""Parses the `:arg` suffix of a config file into typed fields.
+"""Finds and loads the method configs, and parses the `:arg` suffix of a config file.
+
+The method configs ship inside the package (`goal_jax/configs/`; a checkout's `configs/` links
+there), so an installed goal_jax finds them too. The library loads them by path, as
+`--config=<file>` does, and never imports them: configs import the library, not the reverse.
 
 `--config=configs/goal.py:demo,batch=8,variant=B/16` hands `"demo,batch=8,variant=B/16"`
 to `get_config(arg)`. Each config declares its knobs once, with defaults, and `parse_arg` types what
 the command line says by those defaults, so a typo or a bad value fails at start-up, not hours later.
 """
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def recipe_path(config_file: str) -> str:
+  """The path of a method config shipped with goal_jax, e.g. `recipe_path("goal.py")`."""
+  return os.path.join(CONFIGS_DIR, config_file)
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`, loaded as `--config=path:arg` loads it."""
+  name = "_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

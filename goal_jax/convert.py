@@ -19,7 +19,7 @@ from absl import flags
 
 from goal_jax import cli
 from goal_jax.models import checkpoint
-from goal_jax.models import convert as convert_lib
+from goal_jax.models import state_dicts
 
 # What an HF directory keeps its weights in: such a file is only convertible with its config.json.
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -55,7 +55,7 @@ def resolve_source(source: str) -> str:
   to pass instead (its config.json states what the weights alone cannot).
   """
   fmt, sep, _ = source.partition(":")
-  if sep and fmt in convert_lib.FORMATS:
+  if sep and fmt in state_dicts.FORMATS:
     return source
   if os.path.isdir(source):
     if os.path.isfile(os.path.join(source, "config.json")):
@@ -77,23 +77,11 @@ def resolve_source(source: str) -> str:
                           "or a .pt/.bin/.safetensors file)")
 
 
-def check_output(out: str, overwrite: bool, source_path: str | None = None) -> None:
-  """Refuses, before any work, an output that is not empty (unless `overwrite`) or not a folder."""
-  if source_path is not None and os.path.abspath(out) == os.path.abspath(source_path):
-    raise ValueError(f"the output {out} is the source; write elsewhere")
-  if not os.path.exists(out):
-    return
-  if not os.path.isdir(out):
-    raise ValueError(f"output {out} exists and is not a directory")
-  if os.listdir(out) and not overwrite:
-    raise ValueError(f"output {out} is not empty; pass --overwrite to replace it")
-
-
 def main(argv):
   cli.check_args(argv, ("source", "out"), hint="pass --source=... --out=...")
   source = resolve_source(FLAGS.source)
-  check_output(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])
-  params, config = convert_lib.convert(
+  cli.check_output_dir(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])
+  params, config = state_dicts.convert(
       source, text_context=FLAGS.text_context, scan=FLAGS.scan, variant=FLAGS.variant,
       vision_heads=FLAGS.vision_heads, text_heads=FLAGS.text_heads, activation=FLAGS.activation)
   checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite)

@@ -47,7 +47,7 @@ def inventory(data_dir: str, sample: int = 64) -> list[dict[str, Any]]:
 def format_rows(rows: list[dict[str, Any]], data_dir: str) -> str:
   if not rows:
     return (f"no prepared dataset under {data_dir}; make one with\n"
-            f"  python -m goal_jax.data.prepare --dataset=NAME --manual_dir=/raw/NAME "
+            f"  python -m goal_jax.prepare --dataset=NAME --manual_dir=/raw/NAME "
             f"--data_dir={data_dir}")
   header = (f"{'dataset':<20} {'version':<8} {'split':<14} {'records':>8}  {'splitter':<10} "
             f"{'crops':<6} local pairs")

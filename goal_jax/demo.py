@@ -20,6 +20,7 @@ import os
 from absl import logging
 import ml_collections
 
+from goal_jax import config_utils
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
 from goal_jax.models import checkpoint as model_checkpoint
@@ -52,8 +53,7 @@ def ensure_synthetic(data_dir: str, seed: int = 0) -> None:
 
 def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
   """Global InfoNCE on short captions at 32 tokens, from random weights."""
-  from configs import global_ft  # noqa: PLC0415 - configs import goal_jax, not the reverse
-  config = global_ft.get_config("demo")
+  config = config_utils.load_config(config_utils.recipe_path("global_ft.py"), "demo")
   config.model_init = loop.RANDOM_INIT
   config.model.text_context = PRETRAIN_CONTEXT
   config.input.data_dir = data_dir

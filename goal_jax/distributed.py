@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from absl import logging
+import jax
 
 ENV_COORDINATOR = "GOAL_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "GOAL_JAX_NUM_PROCESSES"
@@ -163,8 +164,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Idempotent: a second call (e.g. the demo's nested runs) does nothing.
   """
-  import jax  # noqa: PLC0415 - importing JAX is fine; using a backend before this is not
-
   spec = cluster_spec(coordinator_address, num_processes, process_id, local_device_ids, env)
   if spec is None or jax.distributed.is_initialized():
     return spec

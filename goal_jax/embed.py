@@ -18,7 +18,7 @@ import numpy as np
 
 from goal_jax import cli
 from goal_jax.evaluation import embedding
-from goal_jax.evaluation import runner
+from goal_jax.evaluation import inputs
 from goal_jax.evaluation import zeroshot
 
 
@@ -35,7 +35,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 64, "Rows per batch.", lower_bound=1)
   flags.DEFINE_integer("text_context", None,
                        "Text tokens per row (default: the model's context).")
-  flags.DEFINE_enum("geometry", runner.DEFAULT_GEOMETRY, ("center_crop", "squash"),
+  flags.DEFINE_enum("geometry", inputs.DEFAULT_GEOMETRY, ("center_crop", "squash"),
                     "How images become the model's square input.")
   embedding.define_dtype_flag()
   flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
@@ -45,9 +45,7 @@ def list_images(folder: str) -> list[str]:
   """Image files directly in `folder`, sorted by name."""
   if not os.path.isdir(folder):
     raise ValueError(f"--images={folder!r} is not a directory")
-  names = sorted(n for n in os.listdir(folder)
-                 if n.lower().endswith(zeroshot.IMAGE_EXTENSIONS)
-                 and os.path.isfile(os.path.join(folder, n)))
+  names = zeroshot.image_files(folder)
   if not names:
     raise ValueError(f"{folder!r} holds no image ({', '.join(zeroshot.IMAGE_EXTENSIONS)})")
   return names
@@ -72,7 +70,7 @@ def embed_texts(embedder, params, texts, text_context=None) -> np.ndarray:
   if not 2 <= context <= model_context:
     raise ValueError(f"--text_context must be in [2, {model_context}] (the model's context), "
                      f"got {context}")
-  return runner.embed_texts(embedder, params, texts, normalize=True, context_length=context)
+  return inputs.embed_texts(embedder, params, texts, normalize=True, context_length=context)
 
 
 def files_list_path(out: str) -> str:
@@ -88,7 +86,7 @@ def main(argv):
   if FLAGS.images:
     names = list_images(FLAGS.images)
     paths = [os.path.join(FLAGS.images, n) for n in names]
-    out = runner.embed_image_files(embedder, params, paths, geometry=FLAGS.geometry)
+    out = inputs.embed_image_files(embedder, params, paths, geometry=FLAGS.geometry)
   else:
     out = embed_texts(embedder, params, read_texts(FLAGS.texts), FLAGS.text_context)
   if jax.process_index() != 0:

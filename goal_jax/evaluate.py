@@ -7,12 +7,15 @@
       --zeroshot_classes=cifar10
 
 `--benchmarks` takes a profile (goal, longclip, synthetic, zeroshot), `profile/benchmark`,
-benchmark names, or `dataset:split` of any prepared split (see `evaluation/runner.py`). Datasets
-must be prepared first (`python -m goal_jax.data.prepare ...`; the error names the command).
+benchmark names, or `dataset:split` of any prepared split (`evaluation/benchmark_spec.py`). Datasets
+must be prepared first (`python -m goal_jax.prepare ...`; the error names the command).
 Zero-shot classification reads an ImageFolder (`DIR/<class>/<image>`, class folders named by label
 number, class name, or WordNet id for ImageNet) with the shipped class names and prompts.
 The model computes in float32 whatever dtype it was trained in (`--dtype` to change; the results'
-metadata records it).
+metadata records it). A model trained by a method with its own test-time score (FineLIP: 0.8·cosine
++ 0.2·CLIM) is ranked by it in retrieval, the joint test and hard groups (zero-shot: embeddings);
+`--scoring=embedding` ranks by the embeddings' cosine instead. The metadata and each entry say
+which (`evaluation/scoring.py`).
 """
 import os
 
@@ -20,10 +23,13 @@ from absl import flags
 import jax
 
 from goal_jax import cli
+from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
+from goal_jax.evaluation import inputs
 from goal_jax.evaluation import profiles
 from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
+from goal_jax.evaluation import scoring
 from goal_jax.evaluation import zeroshot
 
 
@@ -39,11 +45,14 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Where `prepare` wrote the shards.")
   flags.DEFINE_string("out", None, "Results JSON to write.")
   flags.DEFINE_integer("batch_size", 64, "Rows per embedding batch.", lower_bound=1)
-  flags.DEFINE_enum("geometry", runner.DEFAULT_GEOMETRY, ("center_crop", "squash"),
+  flags.DEFINE_enum("geometry", inputs.DEFAULT_GEOMETRY, ("center_crop", "squash"),
                     "How images become the model's square input.")
   flags.DEFINE_string("zeroshot_folder", None, "ImageFolder for zero-shot.")
   flags.DEFINE_enum("zeroshot_classes", None, sorted(zeroshot.ZEROSHOT_SETS),
                     "Class names and prompts of --zeroshot_folder.")
+  flags.DEFINE_enum("scoring", None, scoring.CHOICES,
+                    "Rank by the training method's own score or by the embeddings' cosine "
+                    "(default: the method's when it has one).")
   embedding.define_dtype_flag()
   flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
 
@@ -62,21 +71,23 @@ def main(argv):
   if not items:
     cli.fail("nothing to evaluate: give --benchmarks and/or --zeroshot_folder; "
              f"profiles: {sorted(profiles.PROFILES)}", code=2)
-  profile, _ = runner.resolve_benchmarks(items)
+  profile, _ = benchmark_spec.resolve_benchmarks(items)
   params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)
+  method_scoring, params = scoring.for_model(FLAGS.checkpoint, params, config, FLAGS.scoring)
   results = runner.evaluate_benchmarks(
       params, config, items, os.path.expanduser(FLAGS.data_dir), batch_size=FLAGS.batch_size,
-      geometry=FLAGS.geometry, zeroshot_folders=folders, verbose=True)
+      geometry=FLAGS.geometry, zeroshot_folders=folders, scoring=method_scoring, verbose=True)
   metadata = {"checkpoint": FLAGS.checkpoint, "benchmarks": ",".join(items),
-              "geometry": FLAGS.geometry, "model": config.to_dict()}
+              "geometry": FLAGS.geometry, "model": config.to_dict(),
+              "scoring": scoring.label(method_scoring)}
   if jax.process_index() != 0:
     return
   if FLAGS.out:
-    document = runner.write_results(FLAGS.out, profile, results, metadata)
+    document = report.write_results(FLAGS.out, profile, results, metadata)
     print(f"wrote {FLAGS.out}")
   else:
     document = report.results_document(profile, results, metadata)
-  print(runner.markdown_table(document, profile), end="")
+  print(report.markdown_table(document, profile), end="")
 
 
 if __name__ == "__main__":

@@ -15,18 +15,17 @@ output that is not empty is refused before any work unless `--overwrite`, which 
 import json
 import math
 import os
-import shutil
 
 from absl import flags
 from safetensors.numpy import save_file
 
 from goal_jax import cli
-from goal_jax import convert as convert_cli
+from goal_jax import files
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
-from goal_jax.models import convert as convert_lib
+from goal_jax.models import state_dicts
+from goal_jax.text import tokenizer
 
-SOT_TOKEN = 49406
 GEOMETRIES = ("center_crop", "squash")
 _PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what `geometry.resize_image` resizes with
 # `pipeline.MEAN_RGB` / `STD_RGB` as OpenAI writes them (a test checks they agree in float32).
@@ -44,8 +43,8 @@ def hf_config(config: clip.CLIPConfig) -> dict:
   text = dict(model_type="clip_text_model", vocab_size=config.vocab_size,
               hidden_size=config.text_width, intermediate_size=config.text_mlp_dim,
               num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
-              max_position_embeddings=config.context_length, bos_token_id=SOT_TOKEN,
-              eos_token_id=clip.EOT_TOKEN, pad_token_id=clip.EOT_TOKEN, **shared)
+              max_position_embeddings=config.context_length, bos_token_id=tokenizer.SOT_ID,
+              eos_token_id=tokenizer.EOT_ID, pad_token_id=tokenizer.EOT_ID, **shared)
   vision = dict(model_type="clip_vision_model", hidden_size=config.vision_width,
                 intermediate_size=config.vision_mlp_dim, num_hidden_layers=config.vision_layers,
                 num_attention_heads=config.vision_heads, image_size=config.image_size,
@@ -81,30 +80,23 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
   The files go to `<out_dir>.tmp`, renamed into place at the end, so `overwrite` replaces an old
   export wholesale (no stale shard or tokenizer file survives) and a crash leaves none half-done.
   """
-  convert_cli.check_output(out_dir, overwrite, checkpoint_dir)
+  cli.check_output_dir(out_dir, overwrite, checkpoint_dir)
   if geometry not in GEOMETRIES:
     raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
   params, config = checkpoint.load_model(checkpoint_dir)
   out_dir = os.path.abspath(out_dir)
-  tmp, old = out_dir + ".tmp", out_dir + ".old"
-  shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-export
-  os.makedirs(tmp)
+  tmp = files.staging_directory(out_dir)
   names = ["config.json", "model.safetensors", "preprocessor_config.json"]
   with open(os.path.join(tmp, names[0]), "w") as f:
     json.dump(hf_config(config), f, indent=2)
-  save_file(convert_lib.params_to_hf(params), os.path.join(tmp, names[1]),
+  save_file(state_dicts.params_to_hf(params), os.path.join(tmp, names[1]),
             metadata={"format": "pt"})
   with open(os.path.join(tmp, names[2]), "w") as f:
     json.dump(preprocessor_config(config, geometry), f, indent=2)
   if with_tokenizer:
-    from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
     names += [os.path.basename(p) for p in tokenizer.get_tokenizer().write_hf_tokenizer_files(
         tmp, model_max_length=config.context_length)]
-  shutil.rmtree(old, ignore_errors=True)
-  if os.path.exists(out_dir):
-    os.rename(out_dir, old)
-  os.rename(tmp, out_dir)
-  shutil.rmtree(old, ignore_errors=True)
+  files.replace_directory(tmp, out_dir)
   return [os.path.join(out_dir, n) for n in names]
 
 

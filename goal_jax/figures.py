@@ -5,11 +5,12 @@ figure is left registered with pyplot.
 """
 import os
 
+from matplotlib import figure
+from matplotlib.backends import backend_agg
+
 
 def new_figure(rows: int, columns: int, figsize: tuple[float, float]):
   """(figure, axes [rows, columns])."""
-  from matplotlib import figure  # noqa: PLC0415 - only commands that draw need matplotlib
-  from matplotlib.backends import backend_agg  # noqa: PLC0415
   fig = figure.Figure(figsize=figsize)
   backend_agg.FigureCanvasAgg(fig)
   return fig, fig.subplots(rows, columns, squeeze=False)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -50,8 +49,10 @@ import sys
 import time
 
 from absl import flags
+from matplotlib import ticker
 
 from goal_jax import cli
+from goal_jax import config_utils
 from goal_jax import figures
 from goal_jax.evaluation import report
 
@@ -83,7 +84,6 @@ RUNS = {
 # Where the numbers are in an eval JSON (goal_jax/evaluation/report.py), named once.
 
 TEST_BENCHMARK = "Synthetic test"
-HARD_SPLIT_BENCHMARK = "Synthetic hard: R@K over split"
 WITHIN_GROUP_BENCHMARK = "Synthetic hard: within group"
 TWO_AFC_BENCHMARK = WITHIN_GROUP_BENCHMARK
 T2I_R1, I2T_R1 = "t2i_R@1", "i2t_R@1"
@@ -189,17 +189,6 @@ def read_study_config(workdir: str) -> dict | None:
 # Commands.
 
 
-def configs_dir() -> str:
-  """`configs/` of the checkout `goal_jax` is imported from, so any working directory works."""
-  import goal_jax  # noqa: PLC0415 - only its location is needed
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(goal_jax.__file__))),
-                      "configs")
-  if not os.path.isfile(os.path.join(path, "common.py")):
-    raise StudyError(f"no configs/ next to the goal_jax package (looked in {path}); the study "
-                     "needs a source checkout (`pip install -e .` from the repository)")
-  return path
-
-
 def run_dir(workdir: str, run: str, seed: int) -> str:
   return os.path.join(workdir, run, f"seed{seed}")
 
@@ -209,7 +198,7 @@ def train_command(run: str, seed: int, workdir: str, config: dict) -> list[str]:
   recipe = RUNS[run]
   command = [
       sys.executable, "-m", "goal_jax.train",
-      f"--config={os.path.join(configs_dir(), recipe.config_file)}:demo,"
+      f"--config={config_utils.recipe_path(recipe.config_file)}:demo,"
       f"data_seed={config['data_seed']}",
       f"--workdir={run_dir(workdir, run, seed)}",
       f"--config.seed={seed}",
@@ -236,11 +225,8 @@ _OWN_CONFIGS = {}
 def own_config(config_file: str):
   """The method's demo config, read from the file the subprocess will read."""
   if config_file not in _OWN_CONFIGS:
-    path = os.path.join(configs_dir(), config_file)
-    spec = importlib.util.spec_from_file_location(f"_study_{config_file[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _OWN_CONFIGS[config_file] = module.get_config("demo")
+    _OWN_CONFIGS[config_file] = config_utils.load_config(config_utils.recipe_path(config_file),
+                                                         "demo")
   return _OWN_CONFIGS[config_file]
 
 
@@ -394,7 +380,6 @@ def markdown_table(summary: dict) -> str:
 
 def plot_study(summary: dict, path: str) -> None:
   """Within-group accuracy and test R@1 against step: seeds' mean, min–max shaded, per run."""
-  from matplotlib import ticker  # noqa: PLC0415 - only the plot needs matplotlib
   panels = (("within-group accuracy (%)", lambda p: metric(p, *HEADLINE), HEADLINE_CHANCE),
             ("test R@1, mean of T2I and I2T (%)", mean_test_r1, None))
   fig, axes = figures.new_figure(1, len(panels), (6 * len(panels), 4.2))

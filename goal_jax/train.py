@@ -1,4 +1,4 @@
-r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP) from one config.
+r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP, FineLIP) from one config.
 
   python -m goal_jax.train --config=configs/goal.py:demo --workdir=/tmp/goal_demo
   python -m goal_jax.train --config=configs/mulclip.py:init=/ckpt/clip_b16,dataset=docci \
@@ -11,10 +11,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from goal_jax import cli
+from goal_jax import demo
 from goal_jax import distributed
 from goal_jax.training import checkpointing
 from goal_jax.training import loop
-from goal_jax.training import metrics
+from goal_jax.training import finite
 from goal_jax.training import preemption
 from goal_jax.training import workdir_lock
 
@@ -45,7 +46,7 @@ def main(argv):
     # From here on SIGTERM stops cleanly (exit 0), also during start-up and data preparation.
     with preemption.PreemptionGuard():
       result = _train(_CONFIG.value, workdir)
-  except (loop.SetupError, workdir_lock.WorkdirBusyError, metrics.NonFiniteError,
+  except (loop.SetupError, workdir_lock.WorkdirBusyError, finite.NonFiniteError,
           checkpointing.CheckpointError) as e:
     raise SystemExit(f"error: {e}") from None
   except loop.EvaluationError as e:
@@ -58,7 +59,6 @@ def main(argv):
 
 def _train(config, workdir: str) -> dict:
   if config.get("demo"):
-    from goal_jax import demo  # noqa: PLC0415 - only the demo needs its data and cache logic
     return demo.run_demo(config, workdir)
   return loop.run(config, workdir)
 

@@ -29,14 +29,14 @@ from PIL import UnidentifiedImageError
 
 from goal_jax import cli
 from goal_jax import figures
-from goal_jax.data import geometry as geometry_lib
 from goal_jax.data import images as images_lib
 from goal_jax.data import pipeline
 from goal_jax.evaluation import attention_maps
 from goal_jax.evaluation import embedding
 from goal_jax.models import clip
+from goal_jax.text import sentences
 from goal_jax.text import tokenizer as text_tokenizer
-from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import metric_log
 
 DEFAULT_GEOMETRY = "squash"
 COMMANDS = ("attention", "sentences", "curves")
@@ -53,7 +53,7 @@ def _image_fn(config: clip.CLIPConfig):
 
 def encode_image(params, config, image: Image.Image, geometry: str = DEFAULT_GEOMETRY) -> dict:
   """One image through the vision tower with the last block's attention; host numpy outputs."""
-  pixels = pipeline.normalize_image(geometry_lib.resize_image(image, config.image_size, geometry))
+  pixels = pipeline.model_image(image, config.image_size, geometry)
   out = _image_fn(config)(params, jax.device_put(pixels[None]))
   return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
 
@@ -77,7 +77,6 @@ def attention_overlay(params, config, image: Image.Image, geometry: str = DEFAUL
 
 def split_caption(caption: str, splitter: str = "sentencex") -> list[str]:
   """The caption's sentences (normalised as the records store them)."""
-  from goal_jax.text import sentences  # pylint: disable=g-import-not-at-top
   caption = text_tokenizer.normalize_text(caption)
   found = [caption[s:e] for s, e in sentences.split_sentences(caption, splitter)]
   if not found:
@@ -207,7 +206,7 @@ def main(argv):
   _check_flags(command)
   if command == "curves":
     path = FLAGS.metrics or os.path.join(FLAGS.workdir, "metrics.jsonl")
-    keys = plot_curves(metrics_lib.read_metrics(path), FLAGS.out, FLAGS.keys)
+    keys = plot_curves(metric_log.read_metrics(path), FLAGS.out, FLAGS.keys)
     print(f"wrote {FLAGS.out}: {len(keys)} curves")
     return
   params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)

@@ -98,17 +98,18 @@ result = demo.run_demo(config, WORKDIR, pretrain_steps=pretrain_steps)'''),
          "two (chance 50 %)?"),
       code('''\
 from IPython.display import Markdown, display
-from goal_jax.evaluation import report
+from goal_jax.evaluation import benchmark_spec, report
 
-document = report.results_document(config.evals.profile_name, result["evaluation"])
-display(Markdown(report.markdown_table(document)))'''),
+profile, _ = benchmark_spec.resolve_benchmarks(config.evals.benchmarks)
+document = report.results_document(profile, result["evaluation"])
+display(Markdown(report.markdown_table(document, profile)))'''),
       md("## Training curves"),
       code('''\
 from IPython.display import Image
 from goal_jax import visualize
-from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import metric_log
 
-records = metrics_lib.read_metrics(os.path.join(WORKDIR, "metrics.jsonl"))
+records = metric_log.read_metrics(os.path.join(WORKDIR, "metrics.jsonl"))
 visualize.plot_curves(records, os.path.join(WORKDIR, "curves.png"), pattern="loss|logit_scale")
 display(Image(os.path.join(WORKDIR, "curves.png")))'''),
       md("## What the model looks at\n\nLeft: GOAL's attention map (last vision block, heads "
@@ -200,7 +201,7 @@ def run(module, *args):
       md("## 2. Prepare DOCCI\n\nOne ArrayRecord record per image: the image pre-resized to a "
          "256 px short side, the long caption, its sentences with character offsets. Bad records "
          "stop the run with the file and record named."),
-      code('run("goal_jax.data.prepare", "--dataset=docci", f"--manual_dir={DOCCI_DIR}", '
+      code('run("goal_jax.prepare", "--dataset=docci", f"--manual_dir={DOCCI_DIR}", '
            'f"--data_dir={DATA}")'),
       md("**GOAL only: local pairs.** GOAL trains on (image crop, sentence) pairs mined by LISM: "
          "segment the image, score each segment against each sentence with a CLIP, keep the best. "

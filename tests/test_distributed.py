@@ -33,8 +33,8 @@ logit_scale = jnp.log(jnp.float32(10.0))
 
 psum = jax.jit(jax.shard_map(lambda x: jax.lax.psum(jnp.sum(x), "data"), mesh=mesh,
                              in_specs=P("data"), out_specs=P()))(put(values))
-sharded = jax.jit(lambda i, t: contrastive.sharded_infonce(i, t, logit_scale, mesh=mesh))(
-    put(image), put(text))
+objective = lambda i, t, axis_name: contrastive.infonce(i, t, logit_scale, axis_name=axis_name)
+sharded = jax.jit(contrastive.data_parallel(objective, mesh))(put(image), put(text))
 with jax.set_mesh(mesh):
   gspmd = jax.jit(lambda i, t: contrastive.infonce(i, t, logit_scale),
                   out_shardings=NamedSharding(mesh, P()))(put(image), put(text))

@@ -13,7 +13,8 @@ from PIL import Image
 from _cli import run_command
 from goal_jax import evaluate
 from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
-from goal_jax.evaluation import embedding, metrics, profiles, report, runner, zeroshot
+from goal_jax.evaluation import (benchmark_spec, embedding, inputs, metrics, profiles, report,
+                                 runner, sources, tasks, zeroshot)
 from goal_jax.models import checkpoint, clip
 from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import sharding
@@ -46,7 +47,7 @@ def model():
 
 
 def _records(data_dir, dataset, split):
-  source = runner.open_split(dataset, split, data_dir)
+  source = sources.open_split(dataset, split, data_dir)
   return [source[i] for i in range(len(source))]
 
 
@@ -95,7 +96,7 @@ def test_embeddings_and_recall_match_plain_loop(data_dir, model):
   records = _records(data_dir, "photos", "test")
   ref_image, ref_text, _ = _reference(params, config, records)
   embedder = embedding.Embedder(config, batch_size=BATCH)
-  image, text = runner.embed_records(embedder, params, runner.open_split("photos", "test",
+  image, text = inputs.embed_records(embedder, params, sources.open_split("photos", "test",
                                                                          data_dir))
   np.testing.assert_allclose(image, ref_image, atol=2e-5)
   np.testing.assert_allclose(text, ref_text, atol=2e-5)
@@ -120,14 +121,14 @@ def test_extra_captions_map_to_their_image(data_dir, model):
   assert coco["ad_hoc"].startswith("4 images in coco_karpathy:test; the paper's protocol uses 5000")
   assert coco["metrics"] == pytest.approx(
       metrics.retrieval_recall(ref_image, ref_text, owners, ks=profiles.LONGCLIP_KS))
-  profile, _ = runner.resolve_benchmarks(["coco_karpathy:test"])
-  table = runner.markdown_table(report.results_document(profile, results), profile)
+  profile, _ = benchmark_spec.resolve_benchmarks(["coco_karpathy:test"])
+  table = report.markdown_table(report.results_document(profile, results), profile)
   assert f"| {name} (ad hoc*) |" in table and f"*{name}: 4 images in" in table
   ks = profiles.LONGCLIP_KS
   benchmark = profiles.Benchmark("coco", "retrieval", "coco_karpathy", "test", ks,
                                  profiles.recall_columns(ks))
-  entry = runner.evaluate_retrieval(embedding.Embedder(config, batch_size=BATCH), params,
-                                    runner.open_split("coco_karpathy", "test", data_dir),
+  entry = tasks.evaluate_retrieval(embedding.Embedder(config, batch_size=BATCH), params,
+                                    sources.open_split("coco_karpathy", "test", data_dir),
                                     benchmark)
   assert (entry["num_images"], entry["num_texts"]) == (4, 20)
   expected = metrics.retrieval_recall(ref_image, ref_text, owners, ks=profiles.LONGCLIP_KS)
@@ -137,11 +138,11 @@ def test_extra_captions_map_to_their_image(data_dir, model):
 def test_sharded_over_four_devices_equals_one_device(data_dir, model):
   params, config = model
   assert len(jax.devices()) == 4
-  source = runner.open_split("synthetic", "test", data_dir)
+  source = sources.open_split("synthetic", "test", data_dir)
   four = embedding.Embedder(config, sharding.make_mesh(), batch_size=BATCH)
   one = embedding.Embedder(config, sharding.make_mesh(devices=jax.devices()[:1]), batch_size=BATCH)
-  for a, b in zip(runner.embed_records(four, params, source),
-                  runner.embed_records(one, params, source)):
+  for a, b in zip(inputs.embed_records(four, params, source),
+                  inputs.embed_records(one, params, source)):
     np.testing.assert_allclose(a, b, atol=2e-5)
   ids = np.random.default_rng(0).integers(1, 49000, size=(11, 20)).astype(np.int32)
   ids[:, -1] = text_tokenizer.EOT_ID
@@ -194,8 +195,8 @@ def test_synthetic_profile_writes_a_readable_results_file(data_dir, model, tmp_p
   within = document["results"]["Synthetic hard: within group"]
   records = _records(data_dir, "synthetic", "test_hard")
   edits = [synthetic.parse_hard_id(r["id"])[1] for r in records]
-  image, text = runner.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
-                                     runner.open_split("synthetic", "test_hard", data_dir))
+  image, text = inputs.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
+                                     sources.open_split("synthetic", "test_hard", data_dir))
   expected = metrics.hard_group_scores(image, text, np.arange(12) // 4, edits)
   assert within["num_texts"] == 12 and within["metrics"] == pytest.approx(expected)
   attributes = {e for e in edits if e not in metrics.BASE_EDITS}
@@ -215,9 +216,9 @@ def test_hard_groups_task_matches_metric_on_the_records(data_dir, model):
   order = [5, 0, 7, 2, 1, 6, 3, 4]
   shuffled = [{**records[i], "id": ids[i]} for i in order]
   benchmark = profiles.get_profile("synthetic").benchmark("Synthetic hard: within group")
-  entry = runner.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
+  entry = tasks.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
                                       shuffled, benchmark)
-  image, text = runner.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
+  image, text = inputs.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
                                      records[:8])
   expected = metrics.hard_group_scores(image, text, [0] * 4 + [1] * 4,
                                        ["base", "colour", "binding", "colour"] * 2)
@@ -226,7 +227,7 @@ def test_hard_groups_task_matches_metric_on_the_records(data_dir, model):
   assert (entry["task"], entry["num_images"], entry["num_texts"]) == ("hard_groups", 8, 8)
   version_1 = [{**r, "id": f"synthetic/test_hard_g{i // 4:05d}_{i % 4}"}
                for i, r in enumerate(records[:8])]
-  entry = runner.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
+  entry = tasks.evaluate_hard_groups(embedding.Embedder(config, batch_size=BATCH), params,
                                       version_1, benchmark)
   assert entry["metrics"] == pytest.approx({k: expected[k] for k in metrics.HARD_GROUP_KEYS})
 
@@ -243,11 +244,11 @@ def test_local_pair_prefers_the_best_pair_including_full_image(data_dir):
   h, w = record["original_size"]
   full = _with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]], [1.0, 2.0], [False, True],
                      [0, 2])
-  local = runner.local_pair_record(full)
+  local = sources.local_pair_record(full)
   start, end = record["sentence_starts"][2], record["sentence_ends"][2]
   assert local["caption"] == record["caption"][start:end]
   np.testing.assert_array_equal(local["image"], np.asarray(_decode(record["image"])))
-  boxed = runner.local_pair_record(_with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]],
+  boxed = sources.local_pair_record(_with_pairs(record, [[20, 10, 370, 512], [0, 0, w, h]],
                                                [3.0, 2.0], [False, True], [0, 2]))
   # The crop is cut from the detail copy (the original 512 px pixels, JPEG tiles).
   original = photos.load_rgb(photos.PHOTOS[0])[10:512, 20:370]
@@ -255,7 +256,7 @@ def test_local_pair_prefers_the_best_pair_including_full_image(data_dir):
   assert np.abs(boxed["image"].astype(int) - original).mean() < 3
   # A record without a detail copy (older shards) crops its stored copy.
   older = {k: v for k, v in record.items() if not k.startswith("detail_")}
-  boxed_older = runner.local_pair_record(_with_pairs(older, [[20, 10, 370, 512]], [3.0],
+  boxed_older = sources.local_pair_record(_with_pairs(older, [[20, 10, 370, 512]], [3.0],
                                                      [False], [0]))
   scale = 64 / 512  # stored / original; crop widened to whole stored pixels
   window = (math.floor(20 * scale), math.floor(10 * scale), math.ceil(370 * scale),
@@ -264,7 +265,7 @@ def test_local_pair_prefers_the_best_pair_including_full_image(data_dir):
                                 np.asarray(_decode(record["image"]).crop(window)))
   assert boxed["caption"] == record["caption"][record["sentence_starts"][0]:
                                                record["sentence_ends"][0]]
-  assert runner.local_pair_record(_with_pairs(record, [], [], [], [])) is None
+  assert sources.local_pair_record(_with_pairs(record, [], [], [], [])) is None
 
 
 def test_joint_benchmark_matches_reference(data_dir, model):
@@ -275,13 +276,13 @@ def test_joint_benchmark_matches_reference(data_dir, model):
   benchmark = profiles.Benchmark("joint", "joint", "photos", "test", (10,),
                                  ("t2i_mAP@10", "i2t_mAP@10"), joint_mode="intended")
   embedder = embedding.Embedder(config, batch_size=BATCH)
-  entry = runner.evaluate_joint(embedder, params, records, benchmark)
+  entry = tasks.evaluate_joint(embedder, params, records, benchmark)
   encode_image, encode_text = _plain_encoders(params, config)
   images = [encode_image(_decode(r["image"])) for r in records]
   texts = [encode_text(r["caption"]) for r in records]
   groups = list(range(len(records)))
   for index, record in enumerate(records):
-    local = runner.local_pair_record(record)
+    local = sources.local_pair_record(record)
     if local is not None:
       images.append(encode_image(Image.fromarray(local["image"])))
       texts.append(encode_text(local["caption"]))
@@ -293,41 +294,21 @@ def test_joint_benchmark_matches_reference(data_dir, model):
   assert entry["metrics"] == pytest.approx(expected)
 
 
-def test_resolve_benchmarks():
-  profile, chosen = runner.resolve_benchmarks("goal")
-  assert profile.name == "goal" and chosen == profiles.get_profile("goal").benchmarks
-  profile, chosen = runner.resolve_benchmarks("docci:test+qual_test,urban1k:test")
-  assert profile.name == "goal" and [b.name for b in chosen] == ["DOCCI", "Urban1k"]
-  profile, chosen = runner.resolve_benchmarks(["goal/DOCCI", "longclip/DOCCI", "photos:test"])
-  assert profile.name == "custom"
-  assert [b.name for b in chosen] == ["goal/DOCCI", "longclip/DOCCI", "photos:test"]
-  assert [b.split for b in chosen] == ["test+qual_test", "test", "test"]
-  with pytest.raises(ValueError, match="several profiles"):
-    runner.resolve_benchmarks("DOCCI")
-  with pytest.raises(ValueError, match="unknown benchmark"):
-    runner.resolve_benchmarks("nonsense")
-  # Names with a ':' are names, not `dataset:split`; `synthetic:test_hard` is the R@K benchmark.
-  profile, chosen = runner.resolve_benchmarks("Synthetic hard: within group,synthetic:test_hard")
-  assert profile.name == "synthetic"
-  assert [b.name for b in chosen] == ["Synthetic hard: within group",
-                                      "Synthetic hard: R@K over split"]
-
-
 def test_custom_profile_results_and_table(data_dir, model, tmp_path):
   params, config = model
-  profile, _ = runner.resolve_benchmarks("photos:test,synthetic/Synthetic test")
+  profile, _ = benchmark_spec.resolve_benchmarks("photos:test,synthetic/Synthetic test")
   results = runner.evaluate_benchmarks(params, config, "photos:test,synthetic/Synthetic test",
                                        data_dir, batch_size=BATCH)
-  document = runner.write_results(tmp_path / "r.json", profile, results)
+  document = report.write_results(tmp_path / "r.json", profile, results)
   assert report.read_results(tmp_path / "r.json")["results"].keys() == results.keys()
-  table = runner.markdown_table(document, profile)
+  table = report.markdown_table(document, profile)
   assert "| photos:test |" in table and "| Synthetic test |" in table
 
 
 def test_missing_data_names_the_prepare_command(data_dir, tmp_path, model):
   params, config = model
   with pytest.raises(FileNotFoundError, match=r"'docci' is not prepared.*`python -m "
-                     r"goal_jax\.data\.prepare --dataset=docci --manual_dir=<raw files> "
+                     r"goal_jax\.prepare --dataset=docci --manual_dir=<raw files> "
                      r"--data_dir=.*`"):
     runner.evaluate_benchmarks(params, config, "docci:test", tmp_path)
   # A missing split: only it (preparing one split keeps the others).
@@ -429,19 +410,6 @@ def test_zeroshot_folder_top1(tmp_path):
   assert entry["num_images"] == 20
   assert entry["metrics"] == {"top1": pytest.approx(100.0 * 19 / 20)}
   assert all(shape[1] == 77 for shape in embedder.calls)  # prompts at CLIP's 77 tokens
-
-
-def test_zeroshot_folder_classes_by_number_and_wnid(tmp_path):
-  for i in (0, 1, 2, 10):
-    (tmp_path / "n" / str(i)).mkdir(parents=True)
-  assert runner.folder_classes(str(tmp_path / "n"), "cifar10") is None  # numeric order
-  wnids = zeroshot.imagenet_wnids()
-  for wnid in wnids[:3]:
-    (tmp_path / "w" / wnid).mkdir(parents=True)
-  assert runner.folder_classes(str(tmp_path / "w"), "imagenet") == list(wnids)
-  (tmp_path / "bad" / "kitten").mkdir(parents=True)
-  with pytest.raises(ValueError, match="neither label numbers nor the cifar10 class names"):
-    runner.folder_classes(str(tmp_path / "bad"), "cifar10")
 
 
 def test_evaluate_computes_in_float32_unless_told(data_dir, model, tmp_path):

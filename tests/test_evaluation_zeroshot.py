@@ -197,3 +197,16 @@ def test_image_folder_errors(tmp_path):
     zeroshot.load_image_folder(str(tmp_path))
   with pytest.raises(ValueError, match=r"missing \['c'\], unexpected \['b'\]"):
     zeroshot.load_image_folder(str(tmp_path), classes=["a", "c"])
+
+
+def test_zeroshot_folder_classes_by_number_and_wnid(tmp_path):
+  for i in (0, 1, 2, 10):
+    (tmp_path / "n" / str(i)).mkdir(parents=True)
+  assert zeroshot.folder_classes(str(tmp_path / "n"), "cifar10") is None  # numeric order
+  wnids = zeroshot.imagenet_wnids()
+  for wnid in wnids[:3]:
+    (tmp_path / "w" / wnid).mkdir(parents=True)
+  assert zeroshot.folder_classes(str(tmp_path / "w"), "imagenet") == list(wnids)
+  (tmp_path / "bad" / "kitten").mkdir(parents=True)
+  with pytest.raises(ValueError, match="neither label numbers nor the cifar10 class names"):
+    zeroshot.folder_classes(str(tmp_path / "bad"), "cifar10")

@@ -15,10 +15,10 @@ import _torch_refs as refs  # tests/ is on sys.path under pytest.
 from _cli import run_command
 from goal_jax import embed
 from goal_jax import export_hf
-from goal_jax.data import geometry, pipeline
+from goal_jax.data import pipeline
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
-from goal_jax.models import convert
+from goal_jax.models import state_dicts
 
 
 def test_export_loads_in_transformers_with_same_embeddings(tmp_path):
@@ -49,10 +49,10 @@ def test_export_loads_in_transformers_with_same_embeddings(tmp_path):
 def test_convert_export_convert_is_identity(tmp_path):
   hf_dir = tmp_path / "hf_in"
   refs.hf_clip(vision_heads=4, text_heads=2, seed=3).save_pretrained(hf_dir)
-  params, config = convert.convert(f"hf:{hf_dir}")
+  params, config = state_dicts.convert(f"hf:{hf_dir}")
   checkpoint.save_model(tmp_path / "ckpt", params, config)
   export_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "hf_out"), with_tokenizer=False)
-  again, again_config = convert.convert(f"hf:{tmp_path / 'hf_out'}")
+  again, again_config = state_dicts.convert(f"hf:{tmp_path / 'hf_out'}")
   assert again_config == config
   jax.tree.map(np.testing.assert_array_equal, again, params)
   written = json.loads((tmp_path / "hf_out" / "config.json").read_text())
@@ -88,7 +88,7 @@ def test_image_processor_makes_the_pipelines_pixels(tmp_path, geometry_name):
   processor = _pil_image_processor(tmp_path)
   for seed, (h, w) in enumerate(ODD_SIZES):
     image = _photo(h, w, seed)
-    want = pipeline.normalize_image(geometry.resize_image(image, 224, geometry_name))
+    want = pipeline.model_image(image, 224, geometry_name)
     got = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
     assert got.shape == want.shape == (224, 224, 3)
     np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{h}x{w}")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import goal as goal_config
+from goal_jax.configs import goal as goal_config
 from goal_jax.data import builder, geometry, pipeline, prepare
 from goal_jax.text import sentences, spans
 from goal_jax.text import tokenizer as tokenizer_lib
@@ -65,7 +65,7 @@ def _config(**overrides):
   """L/14 at 224 px (a 16 x 16 grid), 248 tokens, GOAL's fields."""
   config = pipeline.default_config()
   config.update(dict(dataset="goal_json", split="dci_train", image_size=224, patch_size=14,
-                     text_context=248, fields="goal", batch_size=2, read_threads=1,
+                     text_context=248, fields="global,local", batch_size=2, read_threads=1,
                      prefetch_buffer_size=2))
   config.update(overrides)
   return config
@@ -211,7 +211,7 @@ def test_wrong_splitter_is_refused_with_the_prepare_command(prepared):
   for compat in ("goal", "goal_fixed"):
     with pytest.raises(ValueError, match="split with 'sentencex@") as info:
       pipeline.make_dataset(_config(compat=compat), data_dir, train=False)
-    assert (f"python -m goal_jax.data.prepare --dataset=goal_json --manual_dir={root} "
+    assert (f"python -m goal_jax.prepare --dataset=goal_json --manual_dir={root} "
             f"--data_dir={data_dir} --split=dci_train --splitter=goal") in str(info.value)
   # A record reaching `process` anyway is refused too.
   with pytest.raises(ValueError, match="--splitter=goal"):

@@ -149,7 +149,7 @@ def test_max_selection_keeps_the_best_non_full_match_of_each_image(prepared, sco
   # The trainer's pipeline reads the output as any prepared dataset.
   config = pipeline.default_config()
   config.update(dataset="synthetic_lism", batch_size=4, image_size=16, patch_size=8,
-                fields="goal")
+                fields="global,local")
   batch = next(iter(pipeline.make_dataset(config, data_dir, train=False, process_index=0,
                                           process_count=1)))
   assert batch["local_valid"].all() and batch["local_patch_mask"].any(axis=1).all()

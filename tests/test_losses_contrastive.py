@@ -32,6 +32,16 @@ def shard_batch(tree, mesh):
   return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x), sharding), tree)
 
 
+def data_parallel_infonce(mesh, image, text, logit_scale, valid=None, **kwargs):
+  """`infonce` under `data_parallel`, as a method's loss runs it (the temperature closed over)."""
+  valid = np.ones(image.shape[:1], bool) if valid is None else valid
+
+  def objective(image, text, valid, axis_name):
+    return contrastive.infonce(image, text, logit_scale, valid=valid, axis_name=axis_name, **kwargs)
+
+  return contrastive.data_parallel(objective, mesh)(image, text, valid)
+
+
 def to_torch(x):
   return torch.tensor(np.asarray(x, np.float64), requires_grad=True)
 
@@ -138,7 +148,7 @@ def test_sharded_equals_dense_values_and_gradients(label_smoothing):
     return contrastive.infonce(i, t, s, **kwargs)
 
   def sharded(i, t, s):
-    return contrastive.sharded_infonce(i, t, s, mesh=mesh, **kwargs)
+    return data_parallel_infonce(mesh, i, t, s, **kwargs)
 
   expected = jax.value_and_grad(dense, argnums=(0, 1, 2))(image, text, 2.5)
   image_s, text_s = shard_batch((image, text), mesh)
@@ -154,22 +164,22 @@ def test_sharded_gathers_across_devices():
   image, text = unit(6, 8, 8), unit(7, 8, 8)
   per_device = np.mean([contrastive.infonce(image[k:k + 2], text[k:k + 2], 2.0)
                         for k in range(0, 8, 2)])
-  sharded = contrastive.sharded_infonce(*shard_batch((image, text), mesh), 2.0, mesh=mesh)
+  sharded = data_parallel_infonce(mesh, *shard_batch((image, text), mesh), 2.0)
   assert_close(sharded, contrastive.infonce(image, text, 2.0))
   assert abs(float(sharded) - float(per_device)) > 1e-3
 
 
-def test_contrastive_loss_picks_dense_without_mesh():
+def test_data_parallel_runs_dense_without_mesh():
   image, text = unit(8, 8, 8), unit(9, 8, 8)
   ti, tt = to_torch(image), to_torch(text)
   expected = torch_infonce(ti, tt, torch.tensor(1.5, dtype=torch.float64)).item()
-  assert_close(contrastive.contrastive_loss(image, text, 1.5), expected)
-  assert_close(contrastive.contrastive_loss(image, text, 1.5, mesh=make_mesh()), expected)
+  assert_close(data_parallel_infonce(None, image, text, 1.5), expected)
+  assert_close(data_parallel_infonce(make_mesh(), image, text, 1.5), expected)
 
 
 def test_data_parallel_rejects_indivisible_batch():
   with pytest.raises(ValueError, match="multiple of the number of devices"):
-    contrastive.sharded_infonce(unit(0, 6, 4), unit(1, 6, 4), 1.0, mesh=make_mesh())
+    data_parallel_infonce(make_mesh(), unit(0, 6, 4), unit(1, 6, 4), 1.0)
 
 
 def test_unknown_weight_name_is_an_error():

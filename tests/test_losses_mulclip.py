@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from goal_jax.losses import contrastive, mulclip
+from goal_jax.models import token_aggregation
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
 
 B, N, L, M, E, K = 8, 9, 7, 3, 10, 4  # batch, patches, text length, sentences, width, N'
-CALIBRATION = mulclip.TokenCalibration(num_tokens=K)
+CALIBRATION = token_aggregation.TokenAggregation(num_tokens=K)
 OPTIONS = mulclip.MulCLIPOptions(wpr_attention_temperature=0.2, wpr_temperature=0.5,
                                  sap_temperature=0.3)
 
@@ -89,7 +90,7 @@ def make_inputs(seed=0):
 
 
 def objective(outs, batch, params, logit_scale, weights=None, options=OPTIONS, axis_name=None):
-  calibrators = mulclip.Calibrators(
+  calibrators = token_aggregation.PerModality(
       image=lambda x, m: CALIBRATION.apply({"params": params["image"]}, x, m),
       text=lambda x, m: CALIBRATION.apply({"params": params["text"]}, x, m))
   return mulclip.mulclip_objective(outs["image"], outs["text"], outs["summary"], outs["sentences"],

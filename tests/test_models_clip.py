@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from goal_jax.models import clip
-from goal_jax.models import convert
+from goal_jax.models import state_dicts
 import _torch_refs as refs  # tests/ is on sys.path under pytest.
 
 TINY = dict(vision_width=64, vision_layers=2, vision_heads=4, text_width=32, text_layers=2,
@@ -39,7 +39,7 @@ def _hf_reference(model, images, ids):
 
 def _converted(tmp_path, model, **kw):
   model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-  return convert.convert(f"hf:{tmp_path / 'hf'}", **kw)
+  return state_dicts.convert(f"hf:{tmp_path / 'hf'}", **kw)
 
 
 def _assert_matches_hf(params, config, reference, images, ids, atol=1e-4):

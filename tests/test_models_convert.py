@@ -16,7 +16,7 @@ from _cli import run_command
 from goal_jax import convert as convert_cli
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
-from goal_jax.models import convert
+from goal_jax.models import state_dicts
 from goal_jax.models import positions
 
 HEADS = dict(vision_heads=4, text_heads=2)  # Tiny widths break OpenAI's width // 64 rule.
@@ -76,7 +76,7 @@ def test_openai_checkpoint_matches_torch_reference(tmp_path, openai_model):
   state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77),
                vocab_size=torch.tensor(49408), attn_mask=torch.zeros(77, 77))
   torch.save(state, tmp_path / "model.pt")
-  params, config = convert.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
+  params, config = state_dicts.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
   assert config == clip.get_model_config("tiny/8")
   _assert_matches(params, config, openai_model)
 
@@ -87,9 +87,9 @@ def test_open_clip_files_convert_like_openai(tmp_path, openai_model):
   torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}},
              tmp_path / "wrapped.pt")
   save_file(state, str(tmp_path / "model.safetensors"))
-  want, _ = convert.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)
+  want, _ = state_dicts.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)
   for name in ("wrapped.pt", "model.safetensors"):
-    got, _ = convert.convert(f"open_clip:{tmp_path / name}", **HEADS)
+    got, _ = state_dicts.convert(f"open_clip:{tmp_path / name}", **HEADS)
     _assert_same_params(got, want)
 
 
@@ -98,9 +98,9 @@ def test_torchscript_archive_is_read_without_pickle(tmp_path, openai_model):
   traced = torch.jit.trace_module(openai_model, {"encode_text": ids}, check_trace=False)
   assert len(traced.state_dict()) == len(openai_model.state_dict())  # Visual tower included.
   traced.save(str(tmp_path / "jit.pt"))
-  want, _ = convert.convert(f"openai:{tmp_path / 'jit.pt'}", **HEADS)
+  want, _ = state_dicts.convert(f"openai:{tmp_path / 'jit.pt'}", **HEADS)
   torch.save(_state(openai_model), tmp_path / "plain.pt")
-  _assert_same_params(want, convert.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)[0])
+  _assert_same_params(want, state_dicts.convert(f"openai:{tmp_path / 'plain.pt'}", **HEADS)[0])
 
 
 def _hf_to_openai(hf_state):
@@ -142,8 +142,8 @@ def test_hf_and_openai_layouts_agree(tmp_path, hf_dir):
   from transformers import CLIPModel
   hf_state = {k: v.clone() for k, v in CLIPModel.from_pretrained(hf_dir).state_dict().items()}
   torch.save(_hf_to_openai(hf_state), tmp_path / "openai.pt")
-  from_hf, hf_config = convert.convert(f"hf:{hf_dir}")
-  from_openai, openai_config = convert.convert(f"openai:{tmp_path / 'openai.pt'}", **HEADS)
+  from_hf, hf_config = state_dicts.convert(f"hf:{hf_dir}")
+  from_openai, openai_config = state_dicts.convert(f"openai:{tmp_path / 'openai.pt'}", **HEADS)
   assert hf_config == openai_config
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=0), from_hf, from_openai)
 
@@ -152,7 +152,7 @@ def test_longclip_residual_table_is_merged(tmp_path):
   torch.manual_seed(1)
   model = refs.OpenAIStyleCLIP(context=248, longclip=True).eval()
   torch.save(_state(model), tmp_path / "longclip.pt")
-  params, config = convert.convert(f"openai:{tmp_path / 'longclip.pt'}", **HEADS)
+  params, config = state_dicts.convert(f"openai:{tmp_path / 'longclip.pt'}", **HEADS)
   assert config.context_length == 248
   table = params["text"]["positional_embedding"]
   np.testing.assert_array_equal(table[:20], model.positional_embedding.detach()[:20])
@@ -181,7 +181,7 @@ def test_cli_stretches_and_scans(tmp_path, hf_dir):
 def test_hf_activation_comes_from_config(tmp_path):
   model = refs.hf_clip(act="gelu", seed=2)
   model.save_pretrained(tmp_path / "gelu")
-  params, config = convert.convert(f"hf:{tmp_path / 'gelu'}")
+  params, config = state_dicts.convert(f"hf:{tmp_path / 'gelu'}")
   assert config.activation == "gelu"
   images, ids = refs.random_inputs(2, 32, 77, seed=5)
   image_out, text_out = _forward(config, params, images, ids)
@@ -195,7 +195,7 @@ def test_hf_activation_comes_from_config(tmp_path):
 
 def _convert_state(tmp_path, state, **kw):
   torch.save(state, tmp_path / "bad.pt")
-  return convert.convert(f"openai:{tmp_path / 'bad.pt'}", **{**HEADS, **kw})
+  return state_dicts.convert(f"openai:{tmp_path / 'bad.pt'}", **{**HEADS, **kw})
 
 
 def test_strict_keys_and_shapes(tmp_path, openai_model):
@@ -229,35 +229,35 @@ def test_hf_dir_errors_name_keys(tmp_path, hf_dir):
   save_numpy(state, str(bad / "model.safetensors"))
   missing = "text_model.encoder.layers.1.mlp.fc2.bias"
   with pytest.raises(ValueError, match=rf"missing keys \['{missing}'\]"):
-    convert.convert(f"hf:{bad}")
+    state_dicts.convert(f"hf:{bad}")
   os.remove(bad / "config.json")
   with pytest.raises(FileNotFoundError, match="no config.json"):
-    convert.convert(f"hf:{bad}")
+    state_dicts.convert(f"hf:{bad}")
 
 
 def test_bad_sources_and_files(tmp_path, openai_model):
   with pytest.raises(ValueError, match="unknown checkpoint source 'tf:x.ckpt'"):
-    convert.convert("tf:x.ckpt")
+    state_dicts.convert("tf:x.ckpt")
   with pytest.raises(FileNotFoundError, match="no such checkpoint file: .*absent.pt"):
-    convert.convert(f"openai:{tmp_path / 'absent.pt'}")
+    state_dicts.convert(f"openai:{tmp_path / 'absent.pt'}")
   (tmp_path / "junk.pt").write_bytes(os.urandom(256))
   with pytest.raises(ValueError, match="cannot read .*junk.pt as a PyTorch checkpoint"):
-    convert.convert(f"openai:{tmp_path / 'junk.pt'}")
+    state_dicts.convert(f"openai:{tmp_path / 'junk.pt'}")
   torch.save(_state(openai_model), tmp_path / "whole.pt")
   data = (tmp_path / "whole.pt").read_bytes()
   (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
   with pytest.raises(ValueError, match="cannot read .*truncated.pt as a PyTorch checkpoint"):
-    convert.convert(f"openai:{tmp_path / 'truncated.pt'}")
+    state_dicts.convert(f"openai:{tmp_path / 'truncated.pt'}")
   (tmp_path / "junk.safetensors").write_bytes(os.urandom(256))
   with pytest.raises(ValueError, match="cannot read .*junk.safetensors as safetensors"):
-    convert.convert(f"open_clip:{tmp_path / 'junk.safetensors'}")
+    state_dicts.convert(f"open_clip:{tmp_path / 'junk.safetensors'}")
   # Arbitrary pickled objects are refused (weights_only), not executed.
   torch.save({"model": refs.QuickGELU()}, tmp_path / "pickled.pt")
   with pytest.raises(ValueError, match="cannot read .*pickled.pt as a PyTorch checkpoint"):
-    convert.convert(f"openai:{tmp_path / 'pickled.pt'}")
+    state_dicts.convert(f"openai:{tmp_path / 'pickled.pt'}")
   torch.save([torch.zeros(2)], tmp_path / "list.pt")
   with pytest.raises(ValueError, match="list.pt: expected a state dict, found a list"):
-    convert.convert(f"openai:{tmp_path / 'list.pt'}")
+    state_dicts.convert(f"openai:{tmp_path / 'list.pt'}")
 
 
 # --- Layer counts: inferred from the weights, checked against what the source states.
@@ -301,7 +301,7 @@ def test_missing_last_text_layer_is_an_error(tmp_path, openai_model, hf_dir):
       f"{bad / 'model.safetensors'}: text layer 1 of 2 has no weights "
       f"(text_model.encoder.layers.1.*); {bad / 'config.json'} says "
       "text_config.num_hidden_layers=2. Fix: the weights and config.json disagree")):
-    convert.convert(f"hf:{bad}")
+    state_dicts.convert(f"hf:{bad}")
 
 
 def test_hf_config_must_match_the_weights(tmp_path, hf_dir):
@@ -312,24 +312,24 @@ def test_hf_config_must_match_the_weights(tmp_path, hf_dir):
   with pytest.raises(ValueError, match=re.escape(
       "text layer 2 of 3 has no weights (text_model.encoder.layers.2.*); "
       f"{more / 'config.json'} says text_config.num_hidden_layers=3")):
-    convert.convert(f"hf:{more}")
+    state_dicts.convert(f"hf:{more}")
   fewer = _hf_copy(hf_dir, tmp_path / "fewer", set_text("num_hidden_layers", 1))
   with pytest.raises(ValueError, match=re.escape(
       "text layer 1 has weights (text_model.encoder.layers.1.*) but "
       f"{fewer / 'config.json'} says text_config.num_hidden_layers=1")):
-    convert.convert(f"hf:{fewer}")
+    state_dicts.convert(f"hf:{fewer}")
   wider = _hf_copy(hf_dir, tmp_path / "wider", set_text("hidden_size", 48))
   with pytest.raises(ValueError, match=re.escape(
       f"the weights give text_width=32 but {wider / 'config.json'} says "
       "text_config.hidden_size=48")):
-    convert.convert(f"hf:{wider}")
+    state_dicts.convert(f"hf:{wider}")
   # A field config.json leaves out has transformers' default (12 layers).
   default = _hf_copy(hf_dir, tmp_path / "default",
                      lambda config: config["vision_config"].pop("num_hidden_layers"))
   with pytest.raises(ValueError, match=re.escape(
       "vision layer 2 of 12 has no weights (vision_model.encoder.layers.2.*), nor layers 3, 4, "
       "5, 6, 7, 8, 9, 10, 11; ") + ".*num_hidden_layers \\(transformers' default\\)=12"):
-    convert.convert(f"hf:{default}")
+    state_dicts.convert(f"hf:{default}")
 
 
 def test_layer_gap_is_an_error(tmp_path):
@@ -365,13 +365,13 @@ def test_key_errors_name_the_file_and_the_fix(tmp_path, openai_model):
 def test_cli_takes_a_bare_hf_directory_or_weights_file(tmp_path, hf_dir, openai_model):
   """A directory with config.json is HF; a bare file is the OpenAI/open_clip layout (one reader)."""
   _convert_command(hf_dir, tmp_path / "bare")
-  want, want_config = convert.convert(f"hf:{hf_dir}")
+  want, want_config = state_dicts.convert(f"hf:{hf_dir}")
   got, got_config = checkpoint.load_model(tmp_path / "bare")
   assert got_config == want_config
   _assert_same_params(got, want)
   torch.save(_state(openai_model), tmp_path / "model.pt")
   save_file(_state(openai_model), str(tmp_path / "open_clip.safetensors"))
-  want, _ = convert.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
+  want, _ = state_dicts.convert(f"openai:{tmp_path / 'model.pt'}", **HEADS)
   for name in ("model.pt", "open_clip.safetensors"):
     _convert_command(tmp_path / name, tmp_path / f"from_{name}", "--vision_heads=4",
                      "--text_heads=2")
@@ -402,8 +402,9 @@ def test_cli_checks_the_output_first_and_overwrites_on_request(tmp_path, hf_dir,
   out.mkdir()
   (out / "stale.txt").write_text("from an earlier run")
   calls = []
-  real_convert = convert.convert
-  monkeypatch.setattr(convert, "convert", lambda *a, **k: calls.append(a) or real_convert(*a, **k))
+  real_convert = state_dicts.convert
+  monkeypatch.setattr(state_dicts, "convert",
+                      lambda *a, **k: calls.append(a) or real_convert(*a, **k))
   assert _refusal(capsys, hf_dir, out) == (
       f"error: output {out} is not empty; pass --overwrite to replace it")
   assert not calls  # refused before reading a single weight

@@ -45,6 +45,17 @@ def test_stretch_generalises_linearly():
     positions.stretch_positions(table, 10)
 
 
+def test_stretch_text_positions_touches_only_the_text_table():
+  params = {"text": {"positional_embedding": _table(), "ln_final": {"scale": np.ones(6)}},
+            "visual": {"positional_embedding": _table(seed=3)}}
+  stretched = positions.stretch_text_positions(params, 248)
+  np.testing.assert_array_equal(stretched["text"]["positional_embedding"],
+                                positions.stretch_positions(_table(), 248))
+  assert stretched["visual"] is params["visual"]
+  assert stretched["text"]["ln_final"] is params["text"]["ln_final"]
+  assert params["text"]["positional_embedding"].shape == (77, 6)  # the input is left as it was
+
+
 def test_merge_longclip_positions():
   table, residual = _table(seed=1), _table(seed=2)
   merged = positions.merge_longclip_positions(table, residual)

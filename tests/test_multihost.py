@@ -20,7 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from configs import goal
+from goal_jax.configs import goal
 from goal_jax.data import pipeline
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import checkpointing
@@ -186,9 +186,9 @@ def run_capturing_params(config, workdir, monkeypatch):
   captured = {}
   original = loop.save_final_model
 
-  def capture(workdir, state, model_config, total_steps):
+  def capture(workdir, state, model_config, total_steps, **kwargs):
     captured.update(state["params"]["clip"])
-    original(workdir, state, model_config, total_steps)
+    original(workdir, state, model_config, total_steps, **kwargs)
 
   with monkeypatch.context() as patch:
     patch.setattr(loop, "save_final_model", capture)

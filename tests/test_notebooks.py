@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from configs import common
+from goal_jax.configs import common
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO_ROOT, "notebooks")
@@ -66,7 +66,7 @@ def _run_calls(notebook):
 def test_byo_notebook_walks_the_users_path():
   calls = _run_calls(_read(BYO))
   assert [module for module, _, _ in calls] == [
-      "goal_jax.convert", "goal_jax.data.prepare", "goal_jax.lism", "goal_jax.train",
+      "goal_jax.convert", "goal_jax.prepare", "goal_jax.lism", "goal_jax.train",
       "goal_jax.evaluate", "goal_jax.export_hf"]
   for module, _, _ in calls:
     assert importlib.util.find_spec(module) is not None, module

@@ -10,15 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import global_ft, goal, longclip, mulclip
-from goal_jax import objectives
+from goal_jax.configs import global_ft, goal, longclip, mulclip
+from goal_jax import methods
 from goal_jax.data import pipeline
 from goal_jax.data import prepare as data_prepare
 from goal_jax.data import synthetic
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import clip
 from goal_jax.training import loop
-from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import finite
+from goal_jax.training import metric_log
 from goal_jax.training import preemption
 
 CONFIGS = {"global": global_ft, "goal": goal, "mulclip": mulclip, "longclip": longclip}
@@ -71,7 +72,7 @@ def tiny_config(method, data_dir, steps, **loss):
 
 
 def losses_of(workdir):
-  return [row["loss"] for row in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return [row["loss"] for row in metric_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
           if "loss" in row]
 
 
@@ -101,16 +102,16 @@ def test_ablation_switch_changes_exactly_its_term(method, data_dir):
   data = pipeline.default_config()
   data.update(dict(dataset="synthetic", batch_size=BATCH, image_size=32, patch_size=8,
                    text_context=96, sentence_context=32, max_sentences=4,
-                   fields=objectives.FIELDS[method]))
+                   fields=methods.get(method).input_fields))
   batch = next(iter(pipeline.make_dataset(data, data_dir, train=True)))
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "record_index"}
   rng = jax.random.key(0)
   params = {"clip": clip.init_params(model_config, rng),
-            **objectives.init_extra_params(method, config.loss, model_config, rng)}
-  full_loss, full_terms = objectives.make_loss_fn(method, model_config, config.loss)(params, batch)
+            **methods.get(method).init_extra_params(config.loss, model_config, rng)}
+  full_loss, full_terms = methods.get(method).make_loss_fn(model_config, config.loss)(params, batch)
   for term in ABLATIONS[method]:
     ablated = tiny_config(method, data_dir, steps=1, **{term: 0.0})
-    loss, terms = objectives.make_loss_fn(method, model_config, ablated.loss)(params, batch)
+    loss, terms = methods.get(method).make_loss_fn(model_config, ablated.loss)(params, batch)
     assert set(terms) == set(full_terms) - {term}
     for name, value in terms.items():
       np.testing.assert_allclose(value, full_terms[name], rtol=1e-5, err_msg=name)
@@ -123,14 +124,14 @@ def test_tsl_matrix_form_changes_only_the_tsl_terms(data_dir):
   model_config = clip.get_model_config("tiny/8", context_length=96)
   data = pipeline.default_config()
   data.update(dict(dataset="synthetic", batch_size=BATCH, image_size=32, patch_size=8,
-                   text_context=96, fields=objectives.FIELDS["goal"]))
+                   text_context=96, fields=methods.get("goal").input_fields))
   batch = next(iter(pipeline.make_dataset(data, data_dir, train=True)))
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "record_index"}
   params = {"clip": clip.init_params(model_config, jax.random.key(0))}
   config = tiny_config("goal", data_dir, steps=1)
-  _, diagonal = objectives.make_loss_fn("goal", model_config, config.loss)(params, batch)
+  _, diagonal = methods.get("goal").make_loss_fn(model_config, config.loss)(params, batch)
   config.loss.tsl_form = "matrix"
-  _, matrix = objectives.make_loss_fn("goal", model_config, config.loss)(params, batch)
+  _, matrix = methods.get("goal").make_loss_fn(model_config, config.loss)(params, batch)
   for name in ("global", "local"):
     np.testing.assert_allclose(matrix[name], diagonal[name], rtol=1e-6)
   for name in ("tsl_image", "tsl_text"):
@@ -166,7 +167,7 @@ def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
 def test_missing_dataset_names_the_prepare_command(tmp_path):
   config = tiny_config("goal", str(tmp_path / "nothing"), steps=1)
   config.input.dataset = "docci"
-  with pytest.raises(loop.SetupError, match=r"python -m goal_jax.data.prepare --dataset=docci"):
+  with pytest.raises(loop.SetupError, match=r"python -m goal_jax.prepare --dataset=docci"):
     loop.run(config, str(tmp_path / "run"))
 
 
@@ -180,7 +181,7 @@ def test_missing_init_checkpoint_names_the_convert_command(data_dir, tmp_path):
 def test_non_finite_loss_stops_with_step_and_records(data_dir, tmp_path):
   config = tiny_config("global", data_dir, steps=3)
   config.optim.lr = 1e30  # params blow up after the first update
-  with pytest.raises(metrics_lib.NonFiniteError, match=r"step \d.*record ids: \["):
+  with pytest.raises(finite.NonFiniteError, match=r"step \d.*record ids: \["):
     loop.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "model")
 
@@ -203,7 +204,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
 def test_the_trainer_says_what_it_did(data_dir, tmp_path, capsys, monkeypatch):
   """Start, resume, model and evaluation paths are printed as lines of their own."""
   config = tiny_config("global", data_dir, steps=2)
-  config.evals.benchmarks = config.evals.profile_name = "synthetic"
+  config.evals.benchmarks = "synthetic"
   original = preemption.PreemptionGuard.should_stop
   monkeypatch.setattr(preemption.PreemptionGuard, "should_stop",
                       lambda self, step: step == 1 or original(self, step))

@@ -16,7 +16,8 @@ from goal_jax.data import pipeline
 from goal_jax.data import synthetic
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import loop
-from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import finite
+from goal_jax.training import metric_log
 from goal_jax.training import workdir_lock
 from test_train import REPO, losses_of, prepare_synthetic, tiny_config
 
@@ -63,7 +64,7 @@ def test_a_non_finite_updated_state_is_never_checkpointed(data_dir, tmp_path):
   config = tiny_config("global", data_dir, steps=3)
   config.optim.lr = 1e39
   config.checkpoint_every = 1
-  with pytest.raises(metrics_lib.NonFiniteError,
+  with pytest.raises(finite.NonFiniteError,
                      match=r"step 1: the updated train state has non-finite values in \d+ of"):
     loop.run(config, str(tmp_path))
   assert checkpoint_steps(str(tmp_path)) == []
@@ -179,7 +180,7 @@ def test_goal_refuses_a_dataset_without_local_pairs(half_paired_data_dir, tmp_pa
 
 def test_goal_logs_the_share_of_rows_with_a_local_pair(half_paired_data_dir, tmp_path):
   loop.run(tiny_config("goal", half_paired_data_dir["half"], steps=2), str(tmp_path))
-  rows = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))
+  rows = metric_log.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [row["local_pair_share"] for row in rows] == [0.5, 0.5]  # one batch = all 8 records
 
 
@@ -220,7 +221,7 @@ def test_metrics_after_a_crash_are_not_written_twice(data_dir, tmp_path, monkeyp
   with pytest.raises(RuntimeError):
     loop.run(config, str(tmp_path / "crashed"))
   steps = lambda: [row["step"] for row in
-                   metrics_lib.read_metrics(str(tmp_path / "crashed" / "metrics.jsonl"))]
+                   metric_log.read_metrics(str(tmp_path / "crashed" / "metrics.jsonl"))]
   assert steps() == [1, 2, 3]
   monkeypatch.undo()
   loop.run(config, str(tmp_path / "crashed"))

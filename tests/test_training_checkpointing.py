@@ -1,7 +1,7 @@
 """Checkpoint round trips, keep-last-K, exact resume of a toy train loop, and SIGTERM handling.
 
-`train_toy` is a miniature trainer built only from `goal_jax.training` pieces (sharded init,
-optimizer, Grain iterator, Checkpointer, PreemptionGuard, MetricWriter, NonFiniteGuard) under
+`train_toy` is a miniature trainer built only from the trainer's pieces (sharded init, optimizer,
+global batches, Grain iterator, Checkpointer, PreemptionGuard, MetricWriter, NonFiniteGuard) under
 `jax.transfer_guard("disallow")`; the SIGTERM test runs it in a subprocess.
 
 The corruption tests damage a copy of two saved steps (32 and 64) the way disks and copy tools do
@@ -28,7 +28,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from goal_jax.training import checkpointing, metrics, optimizer, preemption, sharding
+from goal_jax.data import pipeline
+from goal_jax.training import checkpointing, finite, metric_log, optimizer, preemption, sharding
 
 BATCH = 8
 FSDP = [(".*kernel", "fsdp(min_size_mb=0)")]
@@ -83,8 +84,9 @@ def compiled_toy(total_steps):
   tx, _ = optimizer.make_optimizer(
       dict(lr=0.05, schedule="cosine", total_steps=total_steps, weight_decay=0.01),
       abstract_params["params"])
-  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), jax.random.key(0), mesh,
-                                         FSDP)
+  rng = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(mesh, P()))  # guard-proof
+  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), rng, mesh=mesh,
+                                         strategy=FSDP)
   step_fn = jax.jit(lambda s, b: train_step(s, b, tx), donate_argnums=(0,),
                     out_shardings=(sharding.shardings_of(abstract), None))
   return mesh, init, abstract, step_fn
@@ -94,17 +96,17 @@ def train_toy(workdir, total_steps, *, save_every, stop_at=None, step_sleep=0.0,
   """Trains until `total_steps`, a SIGTERM, or `stop_at` (a crash: no extra save). Returns state."""
   mesh, init, abstract, step_fn = compiled_toy(total_steps)
   data_iter = make_iterator()
-  finite_guard = metrics.NonFiniteGuard()
+  finite_guard = finite.NonFiniteGuard()
   with (checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=save_every,
                                    keep=2) as ckpt,
-        metrics.MetricWriter(workdir, log_every=2) as writer,
+        metric_log.MetricWriter(workdir, log_every=2) as writer,
         preemption.PreemptionGuard() as preempted,
         jax.set_mesh(mesh), jax.transfer_guard("disallow")):
     state = ckpt.restore_or_init(abstract, init, data_iter)
     step = int(jax.device_get(state["step"]))
     while step < total_steps:
       host_batch = next(data_iter)
-      state, step_metrics = step_fn(state, sharding.host_batch_to_global(host_batch, mesh))
+      state, step_metrics = step_fn(state, pipeline.make_global_batch(host_batch, mesh))
       step += 1
       finite_guard(step, step_metrics, host_batch["record_index"])
       if writer.due(step, total_steps):
@@ -124,6 +126,11 @@ def train_toy(workdir, total_steps, *, save_every, stop_at=None, step_sleep=0.0,
   return state
 
 
+def abstract_of(state):
+  """ShapeDtypeStructs carrying each leaf's sharding: a restore target for a state in hand."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
 def assert_trees_equal(a, b):
   a, b = jax.device_get(a), jax.device_get(b)
   assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -136,8 +143,8 @@ def assert_trees_equal(a, b):
 def test_round_trip_restores_state_shardings_and_next_batch(tmp_path):
   mesh = sharding.make_mesh([("data", -1)])
   tx = optax.adamw(1e-2)
-  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), jax.random.key(1), mesh,
-                                         FSDP)
+  init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), jax.random.key(1),
+                                         mesh=mesh, strategy=FSDP)
   state = init()
   state["opt_state"][0].mu["hidden"]["kernel"] += 0.5  # make the state non-trivial
   data_iter = make_iterator()
@@ -171,7 +178,7 @@ def test_save_every_and_keep_last(tmp_path):
     ckpt.wait_until_finished()
     assert ckpt.all_steps == [6, 7]
     assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [6, 7]
-    abstract = sharding.abstract_state(state)
+    abstract = abstract_of(state)
     np.testing.assert_array_equal(ckpt.restore(abstract, step=6)["w"], state["w"] + 6)
     with pytest.raises(ValueError, match="no data iterator state"):
       ckpt.restore(abstract, make_iterator())
@@ -188,10 +195,10 @@ def test_resumed_training_is_bit_identical(tmp_path):
   assert_trees_equal(resumed, straight)
   assert not np.array_equal(np.asarray(interrupted["params"]["head"]["kernel"]),
                             np.asarray(straight["params"]["head"]["kernel"]))
-  logged = metrics.read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))
+  logged = metric_log.read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))
   assert [m["step"] for m in logged] == [1, 2, 4, 6, 6, 8]  # the resumed run redoes step 6
   assert logged[3] == logged[4]
-  straight_log = metrics.read_metrics(str(tmp_path / "straight" / "metrics.jsonl"))
+  straight_log = metric_log.read_metrics(str(tmp_path / "straight" / "metrics.jsonl"))
   assert logged[-1] == straight_log[-1]
 
 
@@ -223,7 +230,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert ckpt.all_steps == [stopped_at]
   # The forced save holds exactly the state of an uninterrupted run stopped at that step.
   reference = train_toy(str(tmp_path / "reference"), 10_000, save_every=10_000, stop_at=stopped_at)
-  assert_trees_equal(ckpt.restore(sharding.abstract_state(reference)), reference)
+  _, _, abstract, _ = compiled_toy(10_000)  # the target `train_toy` restores into
+  assert_trees_equal(ckpt.restore(abstract), reference)
   ckpt.close()
 
 
@@ -311,7 +319,7 @@ def cut_json(relative):
 
 
 def restore_or_init(directory, data_iter):
-  abstract = sharding.abstract_state(toy_state(0))
+  abstract = abstract_of(toy_state(0))
   with checkpointing.Checkpointer(str(directory), save_every=32) as ckpt:
     return ckpt.restore_or_init(abstract, lambda: pytest.fail("init_fn called"), data_iter)
 
@@ -346,7 +354,7 @@ def test_flipped_bytes_fall_back_to_previous_step_and_keep_the_bad_one(saved_ste
                                                                         caplog):
   directory = copy_of(saved_steps, tmp_path)
   flip_bytes(directory / "64")
-  abstract = sharding.abstract_state(toy_state(0))
+  abstract = abstract_of(toy_state(0))
   data_iter = make_iterator()
   with checkpointing.Checkpointer(str(directory), save_every=32) as ckpt:
     with pytest.raises(checkpointing.CheckpointError,

@@ -12,23 +12,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from goal_jax.training import metrics, progress
+from goal_jax.training import finite, metric_log, progress
 
 
 def test_jsonl_round_trip_from_device_values(tmp_path):
-  with metrics.MetricWriter(str(tmp_path), log_every=10) as writer:
+  with metric_log.MetricWriter(str(tmp_path), log_every=10) as writer:
     assert [s for s in range(1, 31) if writer.due(s, total_steps=25)] == [1, 10, 20, 25, 30]
     on_device = {"loss": jnp.float32(0.25), "lr": jnp.asarray(5e-6), "grad_norm": np.float64(1.5)}
     with jax.transfer_guard("disallow"):  # the fetch is one explicit device_get
       host = writer.write(10, on_device)
     assert host == {"loss": 0.25, "lr": float(np.float32(5e-6)), "grad_norm": 1.5}
     writer.write(20, {"loss": 0.125, "bad": float("nan")})
-  with metrics.MetricWriter(str(tmp_path)) as writer:  # a resumed run appends
+  with metric_log.MetricWriter(str(tmp_path)) as writer:  # a resumed run appends
     writer.write(30, {"loss": 0.0625})
   lines = open(tmp_path / "metrics.jsonl").read().splitlines()
   assert json.loads(lines[0]) == {"step": 10, "loss": 0.25, "lr": float(np.float32(5e-6)),
                                   "grad_norm": 1.5}
-  got = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+  got = metric_log.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [m["step"] for m in got] == [10, 20, 30]
   assert math.isnan(got[1]["bad"]) and got[2] == {"step": 30, "loss": 0.0625}
 
@@ -49,7 +49,7 @@ def read_event_scalars(directory):
 
 
 def test_tensorboard_scalars(tmp_path):
-  with metrics.MetricWriter(str(tmp_path), tensorboard=True) as writer:
+  with metric_log.MetricWriter(str(tmp_path), tensorboard=True) as writer:
     writer.write(3, {"loss": 0.5})
     writer.write(7, {"loss": 0.25, "lr": 1e-3})
   got = read_event_scalars(str(tmp_path / "tensorboard"))
@@ -58,10 +58,10 @@ def test_tensorboard_scalars(tmp_path):
 
 def test_runtime_never_imports_torch(tmp_path):
   script = ("import sys\n"
-            "from goal_jax.training import checkpointing, metrics, optimizer, preemption\n"
+            "from goal_jax.training import checkpointing, metric_log, optimizer, preemption\n"
             "from goal_jax.training import progress, sharding\n"
             "from goal_jax import config_utils\n"
-            f"with metrics.MetricWriter({str(tmp_path)!r}, tensorboard=True) as w:\n"
+            f"with metric_log.MetricWriter({str(tmp_path)!r}, tensorboard=True) as w:\n"
             "  w.write(1, {'loss': 1.0})\n"
             "print('torch' in sys.modules)\n")  # not even the None that hid it
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
@@ -70,7 +70,7 @@ def test_runtime_never_imports_torch(tmp_path):
 
 
 def test_non_main_process_writes_nothing(tmp_path):
-  with metrics.MetricWriter(str(tmp_path / "w"), is_main=False) as writer:
+  with metric_log.MetricWriter(str(tmp_path / "w"), is_main=False) as writer:
     assert writer.write(1, {"loss": jnp.float32(2.0)}) == {"loss": 2.0}
   assert not os.path.exists(tmp_path / "w")
 
@@ -82,40 +82,40 @@ def test_resumed_writer_drops_the_steps_after_the_checkpoint(tmp_path):
   lines = [{"step": s, "loss": 10.0 - s} for s in range(1, 6)]
   lines.insert(3, {"step": 3, "eval/x": 0.5})
   path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 6, "lo')
-  with metrics.MetricWriter(str(tmp_path), resume_step=3) as writer:
+  with metric_log.MetricWriter(str(tmp_path), resume_step=3) as writer:
     writer.write(4, {"loss": jnp.float32(1.5)})
-  assert metrics.read_metrics(str(path)) == [
+  assert metric_log.read_metrics(str(path)) == [
       {"step": 1, "loss": 9.0}, {"step": 2, "loss": 8.0}, {"step": 3, "loss": 7.0},
       {"step": 3, "eval/x": 0.5}, {"step": 4, "loss": 1.5}]
-  assert metrics.drop_steps_after(str(path), 4) == 0  # nothing to drop: file untouched
+  assert metric_log.drop_steps_after(str(path), 4) == 0  # nothing to drop: file untouched
 
 
 def test_state_check_names_the_non_finite_leaves():
   state = {"params": {"a": jnp.ones(3), "b": jnp.array([1.0, np.inf])},
            "opt_state": {"mu": jnp.array([np.nan])}, "step": jnp.int32(7),
            "rng": jax.random.key(0)}
-  with pytest.raises(metrics.NonFiniteError,
+  with pytest.raises(finite.NonFiniteError,
                      match=r"step 7: .* in 2 of 3 leaves \(e.g. opt_state/mu, params/b\)"):
-    metrics.assert_state_finite(7, state)
-  metrics.assert_state_finite(7, {**state, "params": {"a": jnp.ones(3)}, "opt_state": {}})
+    finite.assert_state_finite(7, state)
+  finite.assert_state_finite(7, {**state, "params": {"a": jnp.ones(3)}, "opt_state": {}})
 
 
 def test_assert_finite_names_step_and_ids():
-  metrics.assert_finite(3, {"loss": 1.0, "grad_norm": 2.0}, [1, 2])
-  with pytest.raises(metrics.NonFiniteError,
+  finite.assert_finite(3, {"loss": 1.0, "grad_norm": 2.0}, [1, 2])
+  with pytest.raises(finite.NonFiniteError,
                      match=r"step 12: non-finite \{'loss': inf\}; batch record ids: \[4, 17\]"):
-    metrics.assert_finite(12, {"loss": float("inf"), "grad_norm": 2.0}, np.array([4, 17]))
+    finite.assert_finite(12, {"loss": float("inf"), "grad_norm": 2.0}, np.array([4, 17]))
 
 
 def test_guard_checks_one_step_late_and_on_flush():
-  guard = metrics.NonFiniteGuard(keys=("loss",))
+  guard = finite.NonFiniteGuard(keys=("loss",))
   guard(1, {"loss": jnp.float32(0.5), "other": jnp.float32(np.nan)}, np.array([0, 1]))
   guard(2, {"loss": jnp.float32(np.nan)}, np.array([2, 3]))  # step 1 checked: fine
-  with pytest.raises(metrics.NonFiniteError, match=r"step 2: .*'loss': nan.*ids: \[2, 3\]"):
+  with pytest.raises(finite.NonFiniteError, match=r"step 2: .*'loss': nan.*ids: \[2, 3\]"):
     guard(3, {"loss": jnp.float32(0.1)}, np.array([4, 5]))
   guard.flush()  # step 3 is finite
   guard(4, {"loss": jnp.float32(-np.inf)}, np.array(["docci/7", "dci/9"]))
-  with pytest.raises(metrics.NonFiniteError, match=r"step 4: .*-inf.*\['docci/7', 'dci/9'\]"):
+  with pytest.raises(finite.NonFiniteError, match=r"step 4: .*-inf.*\['docci/7', 'dci/9'\]"):
     guard.flush()
 
 

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from goal_jax.data import pipeline
 from goal_jax.training import sharding as sh
 
 
@@ -45,13 +46,14 @@ def train_step(state, x):
 
 def run(strategy, steps=3):
   mesh = sh.make_mesh([("data", -1)])
-  state, shardings = sh.create_sharded_state(init_state, jax.random.key(0), mesh, strategy)
+  init, abstract = sh.sharded_init(init_state, jax.random.key(0), mesh=mesh, strategy=strategy)
+  state, shardings = init(), sh.shardings_of(abstract)
   step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(shardings, None))
   x = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
   losses = []
   with jax.set_mesh(mesh):
     for _ in range(steps):
-      state, loss = step(state, sh.host_batch_to_global(x, mesh))
+      state, loss = step(state, pipeline.make_global_batch(x, mesh))
       losses.append(float(loss))
   return state, shardings, losses
 
@@ -117,15 +119,3 @@ def test_fsdp_matches_replicated_training():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                jax.device_get(fsdp_state), jax.device_get(repl_state))
 
-
-def test_host_batch_to_global():
-  mesh = sh.make_mesh()
-  batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
-           "record_index": np.arange(8, dtype=np.int32)}
-  out = sh.host_batch_to_global(batch, mesh)
-  for name, x in out.items():
-    assert x.sharding == NamedSharding(mesh, P("data"))
-    assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape[0] == 2
-    np.testing.assert_array_equal(np.asarray(x), batch[name])
-  with pytest.raises(ValueError, match="batch\\['text'\\] has shape \\(6, 2\\)"):
-    sh.host_batch_to_global({"text": np.zeros((6, 2))}, mesh)

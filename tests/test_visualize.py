@@ -116,8 +116,8 @@ def test_encode_image_attention_is_the_last_blocks(ckpt):
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   # Recompute the last block's attention by hand from the tokens entering it (the output of a
   # tower one block shorter, on the same params).
-  pixels = visualize.pipeline.normalize_image(visualize.geometry_lib.resize_image(
-      Image.open(image_path).convert("RGB"), config.image_size, "squash"))[None]
+  pixels = visualize.pipeline.model_image(Image.open(image_path).convert("RGB"),
+                                          config.image_size, "squash")[None]
   layers = config.vision_layers
   shorter = clip.CLIP(dataclasses.replace(config, vision_layers=layers - 1))
   x = np.asarray(shorter.apply({"params": params}, pixels, method=clip.CLIP.encode_image)["tokens"],

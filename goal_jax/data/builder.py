@@ -31,6 +31,8 @@ import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 from goal_jax.data import records
 from goal_jax.data.raw import DatasetReader
@@ -110,7 +112,6 @@ class RecordBuilder:
     super().__init__(file_format="array_record", **kwargs)
 
   def _info(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     options = dataclasses.asdict(self._options)
     return tfds.core.DatasetInfo(
         builder=self, description=f"{self.name}: long-caption records, pre-segmented.",
@@ -124,7 +125,6 @@ class RecordBuilder:
     return {split: self._generate_examples(split) for split in self._splits}
 
   def _generate_examples(self, split: str):
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     report = self.reports.setdefault(split, SplitReport())
     options = self._options
     tasks = _tasks(self.name, self._reader.read(self._manual_dir, split, **options.generator),
@@ -215,7 +215,6 @@ def unregistered_builder_class(name: str, body: type, suffix: str, version: str 
   The class is kept out of TFDS's global registry, so any dataset name can be written (by
   `prepare` and by LISM's output) without clashing with TFDS's own datasets.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.core.registered.skip_registration():
     return type(f"{name}_{suffix}", (body, tfds.core.GeneratorBasedBuilder), {
         "name": name, "VERSION": tfds.core.Version(version), "RELEASE_NOTES": RELEASE_NOTES,
@@ -282,7 +281,6 @@ def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits
 
 def generate(builder) -> None:
   """Runs a TFDS builder's generation (no downloads: the records come from its reader)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # ours counts records, skips included
   with tempfile.TemporaryDirectory() as downloads:
     builder.download_and_prepare(
@@ -418,13 +416,12 @@ def dataset_dir(name: str, data_dir) -> pathlib.Path:
                     key=lambda p: tuple(int(x) for x in p.name.split(".") if x.isdigit()))
   if not versions:
     raise FileNotFoundError(f"no prepared dataset {name!r} under {data_dir}: run `python -m "
-                            f"goal_jax.data.prepare --dataset={name} --data_dir={data_dir}`")
+                            f"goal_jax.prepare --dataset={name} --data_dir={data_dir}`")
   return versions[-1]
 
 
 def load_source(name: str, split: str, data_dir):
   """Random-access source of a prepared split (len, `[i]` -> dict; str fields as `bytes`)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder_from_directory(os.fspath(dataset_dir(name, data_dir)))
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no prepared split {split!r} in {builder.data_dir}; "

@@ -14,7 +14,7 @@ tiles (`images.encode_detail`) in the record fields `detail_tiles` and `detail_l
 box is at least twice the model's input (`images.crop_detail`); LISM decodes the whole copy.
 
 Why tiles, measured on 20 generated DOCCI-sized photos (1,600 x 2,000) on a 2-core CPU (README,
-Measurements; `python -m goal_jax.data.bench --detail_photos=20`): one whole JPEG of the original
+Measurements; `python -m goal_jax.bench.input --detail_photos=20`): one whole JPEG of the original
 costs ~13 ms of CPU to decode for every local crop, more than all the rest of a GOAL record's
 input work (~7.5 ms), which would make the input pipeline the bottleneck of training; tiles cost
 ~1.5-2 ms for a typical box (a GOAL record ~10 ms) for 9 % more bytes than that one JPEG. Crops

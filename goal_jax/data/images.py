@@ -8,9 +8,10 @@ EXIF rotation), as the PyTorch loaders of GOAL and Long-CLIP see them, so boxes 
 Every Pillow mode becomes 8-bit RGB by a stated rule (`_to_rgb`): 16-bit, 32-bit and float grey
 are rescaled, not clipped to white.
 """
+import contextlib
 import io
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,9 @@ class ImageDecodeError(ValueError):
 def open_rgb(image: Any, *, min_short_side: int | None = None) -> Image.Image:
   """Decodes a path, encoded bytes or an HxWx3 uint8 array to a fully loaded RGB PIL image.
 
+  The one image decoder (shards, the pipeline, LISM, evaluation, the commands), so every Pillow
+  mode becomes RGB by the same rule (`_to_rgb`) wherever an image is read.
+
   Args:
     image: `str`/`os.PathLike` path, `bytes`, or a uint8 array (HxW or HxWx3).
     min_short_side: if set, JPEG decoding may use DCT scaling (`Image.draft`) down to a short
@@ -51,13 +55,21 @@ def open_rgb(image: Any, *, min_short_side: int | None = None) -> Image.Image:
                              f"{image.shape}")
     return Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1
                            else image).convert("RGB")
+  with _opened(image) as opened:
+    if min_short_side and opened.format == "JPEG":
+      scale = min(opened.size) / min_short_side
+      opened.draft("RGB", (int(opened.size[0] / scale), int(opened.size[1] / scale)))
+    return _to_rgb(opened)
+
+
+@contextlib.contextmanager
+def _opened(image: Any) -> Iterator[Image.Image]:
+  """`Image.open` of a path or bytes; any failure in the block but a missing file becomes
+  `ImageDecodeError` naming the image."""
   source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else os.fspath(image)
   try:
     with Image.open(source) as opened:
-      if min_short_side and opened.format == "JPEG":
-        scale = min(opened.size) / min_short_side
-        opened.draft("RGB", (int(opened.size[0] / scale), int(opened.size[1] / scale)))
-      return _to_rgb(opened)
+      yield opened
   except FileNotFoundError:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -115,14 +127,8 @@ def original_size(image: Any) -> tuple[int, int]:
   """(height, width) of the image as stored, reading only the header when it is a file/bytes."""
   if isinstance(image, np.ndarray):
     return int(image.shape[0]), int(image.shape[1])
-  source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else os.fspath(image)
-  try:
-    with Image.open(source) as opened:
-      return opened.size[1], opened.size[0]
-  except FileNotFoundError:
-    raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageDecodeError(f"cannot decode image {_describe(image)}: {e}") from e
+  with _opened(image) as opened:
+    return opened.size[1], opened.size[0]
 
 
 def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
@@ -235,11 +241,6 @@ def crop_detail(tiles, layout, window: tuple[int, int, int, int], *,
 def decode_detail(tiles, layout) -> Image.Image:
   """The whole detail copy as one RGB image (`layout[:2]` pixels)."""
   return crop_detail(tiles, layout, (0, 0, int(layout[1]), int(layout[0])))
-
-
-def decode(jpeg: bytes) -> np.ndarray:
-  """HxWx3 uint8 array of stored image bytes."""
-  return np.asarray(open_rgb(jpeg))
 
 
 def _describe(image: Any) -> str:

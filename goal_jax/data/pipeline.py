@@ -9,30 +9,34 @@
 never retrace. Evaluation mode reads each record once in order and pads the last batch with copies
 marked `valid=False` (the same number of batches on every process).
 
-Field groups (`config.fields`, a preset or comma-separated groups) skip work a method does not use:
+Field groups (`config.fields`: groups joined by ',', or `all`) skip work a method does not use:
 `global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
-patch_mask), `local` (GOAL's local pair). Presets: global, goal = global+local,
-mulclip = global+summary+sentences, all. `record_index` and `valid` are always present.
+patch_mask), `local` (GOAL's local pair). Each method names its groups (`Method.fields`); the
+trainer sets them. `record_index` and `valid` are always present.
 
 Reproduction (`config.compat`, README "Where we differ from the official GOAL code"): the
 defaults are the corrected behaviours; `compat=goal` sets every field that reproduces GOAL's
 released code at once (`COMPAT`): `span_mode`, `text_norm`, `box_mode`, `box_grid_patch`,
 `box_norm`, `geometry`; `make_dataset` then refuses shards not split with GOAL's rule.
 """
-import io
+import math
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import flags
 import grain
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from goal_jax.data import builder
 from goal_jax.data import detail
 from goal_jax.data import geometry
+from goal_jax.data import images
 from goal_jax.text import sentences as text_sentences
 from goal_jax.text import spans as text_spans
 from goal_jax.text import tokenizer as text_tokenizer
+from goal_jax.training import paths
 
 # OpenAI CLIP's normalisation constants (RGB).
 MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -41,13 +45,6 @@ _SCALE = (1.0 / (255.0 * STD_RGB)).astype(np.float32)  # (x / 255 - mean) / std 
 _SHIFT = (MEAN_RGB / STD_RGB).astype(np.float32)
 
 FIELD_GROUPS = ("global", "summary", "sentences", "local")
-FIELD_PRESETS = {
-    "global": ("global",),
-    "goal": ("global", "local"),
-    "mulclip": ("global", "summary", "sentences"),
-    "all": FIELD_GROUPS,
-}
-SPAN_MODES = ("exact", "goal")
 TEXT_NORMS = ("clip", "hf")
 BOX_NORMS = ("image", "json")
 # Reproduction switches: each value sets these fields (https://github.com/PerceptualAI-Lab/GOAL).
@@ -82,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.box_grid_patch = 0  # box_mode=goal: patch side boxes are cut with (0: the model's)
   config.box_norm = "image"  # box_mode=goal: divide boxes by the image size, or "json" (crop)
   config.compat = ""  # "goal": every behaviour of GOAL's released code; "goal_fixed": (COMPAT)
-  config.fields = "all"  # preset (global, goal, mulclip, all) or groups joined by ","
+  config.fields = "all"  # groups joined by "," (global, summary, sentences, local), or all
   config.num_workers = 0  # > 0: Grain multiprocessing prefetch
   config.read_threads = 2
   config.prefetch_buffer_size = 8
@@ -92,13 +89,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 def field_groups(fields: str) -> frozenset[str]:
   """Parses `config.fields` into the set of field groups."""
-  if fields in FIELD_PRESETS:
-    return frozenset(FIELD_PRESETS[fields])
+  if fields == "all":
+    return frozenset(FIELD_GROUPS)
   groups = frozenset(g.strip() for g in fields.split(",") if g.strip())
   unknown = groups - set(FIELD_GROUPS)
   if not groups or unknown:
-    raise ValueError(f"config.fields={fields!r}: unknown {sorted(unknown)}; use a preset "
-                     f"{sorted(FIELD_PRESETS)} or groups from {FIELD_GROUPS} joined by ','")
+    raise ValueError(f"config.fields={fields!r}: unknown {sorted(unknown)}; use 'all' or "
+                     f"groups from {FIELD_GROUPS} joined by ','")
   return groups | {"global"}
 
 
@@ -132,12 +129,13 @@ def normalize_image(pixels: np.ndarray) -> np.ndarray:
   return out
 
 
-def decode_image(data: bytes | np.ndarray) -> Image.Image:
-  """Encoded bytes (JPEG/PNG) or a uint8 HxWx3 array -> RGB PIL image."""
-  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
-    return Image.fromarray(data).convert("RGB")
-  with Image.open(io.BytesIO(bytes(data))) as image:
-    return image.convert("RGB")
+def model_image(image: Image.Image, image_size: int, geometry_name: str) -> np.ndarray:
+  """An RGB image -> the model's float32 `[S, S, 3]` input: `geometry`, then `normalize_image`.
+
+  Training, evaluation and the commands all make model inputs here; only the geometry differs
+  (`visualize` defaults to `squash`, to show the whole image).
+  """
+  return normalize_image(geometry.resize_image(image, image_size, geometry_name))
 
 
 def _best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | None:
@@ -195,8 +193,9 @@ class ProcessContext:
     self.box_norm = behaviour["box_norm"]
     if self.geometry not in geometry.GEOMETRIES:
       raise ValueError(f"config.geometry={self.geometry!r}: expected one of {geometry.GEOMETRIES}")
-    if self.span_mode not in SPAN_MODES:
-      raise ValueError(f"config.span_mode={self.span_mode!r}: expected one of {SPAN_MODES}")
+    if self.span_mode not in text_spans.MODES:
+      raise ValueError(f"config.span_mode={self.span_mode!r}: expected one of "
+                       f"{text_spans.MODES}")
     if self.box_mode not in geometry.BOX_MODES:
       raise ValueError(f"config.box_mode={self.box_mode!r}: expected one of {geometry.BOX_MODES}")
     if self.text_norm not in TEXT_NORMS:
@@ -246,7 +245,7 @@ class ProcessContext:
     return tuple(float(v) for v in sizes[pair])
 
   def model_image(self, image: Image.Image) -> np.ndarray:
-    return normalize_image(geometry.resize_image(image, self.image_size, self.geometry))
+    return model_image(image, self.image_size, self.geometry)
 
 
 def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, stored_hw):
@@ -339,7 +338,7 @@ def _reproduction_view(record: Mapping[str, Any], ctx: ProcessContext) -> Mappin
 def prepare_command(dataset: str, split: str, data_dir, manual_dir: str = "") -> str:
   """The `prepare` command whose shards `compat` accepts (GOAL's splitter; LISM again if mined)."""
   base = dataset[:-len("_lism")] if dataset.endswith("_lism") else dataset
-  command = (f"python -m goal_jax.data.prepare --dataset={base} "
+  command = (f"python -m goal_jax.prepare --dataset={base} "
              f"--manual_dir={manual_dir or '/path/to/raw'} --data_dir={data_dir} --split={split} "
              f"--splitter={COMPAT_SPLITTER}")
   if base != dataset:
@@ -363,7 +362,6 @@ def check_source(config, source, *, dataset: str = "", split: str = "", data_dir
   manual_dir = ""
   if data_dir is not None:
     try:
-      from goal_jax.data import builder  # pylint: disable=g-import-not-at-top
       manual_dir = builder.prepared_metadata(dataset, data_dir).get("manual_dir", "")
     except Exception:  # noqa: BLE001 - the command just keeps a placeholder
       pass
@@ -395,7 +393,7 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
   ctx = config if isinstance(config, ProcessContext) else ProcessContext(config, tokenizer)
   _check_record(record)
   record = _reproduction_view(record, ctx)
-  image = decode_image(record["image"])
+  image = images.open_rgb(record["image"])
   stored_hw = (image.height, image.width)
   original_hw = tuple(int(v) for v in record["original_size"])
   out = {"image": ctx.model_image(image),
@@ -473,7 +471,6 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
 
 def _ensure_absl_flags_parsed() -> None:
   """Grain's multiprocessing reads absl flags; outside `absl.app.run` parse defaults."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -506,7 +503,6 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
   local_batch = _local_batch_size(config.batch_size, process_count)
   decode, where = None, "in-memory source"
   if source is None:
-    from goal_jax.data import builder  # pylint: disable=g-import-not-at-top
     source = builder.load_source(config.dataset, split, data_dir)
     decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
   transform = ProcessRecord(config, tokenizer, decode, where=where)
@@ -543,6 +539,24 @@ def batch_sharding(mesh: jax.sharding.Mesh, batch_axes: str | Sequence[str] = "d
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
 
 
-def make_global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding):
-  """Host-local numpy batch -> global `jax.Array`s (this process holds its rows of the batch)."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+def make_global_batch(batch: Any, mesh: jax.sharding.Mesh,
+                      batch_axes: str | Sequence[str] = "data") -> Any:
+  """Joins each process's host batch into global `jax.Array`s, rows split over `batch_axes`.
+
+  Every process passes its own rows (numpy); the global batch is their concatenation in process
+  order, as `jax.make_array_from_process_local_data` defines it. The trainer, evaluation and LISM
+  all place their batches with this.
+  """
+  sharding = batch_sharding(mesh, batch_axes)
+  axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+  local_devices = max(math.prod(mesh.shape[a] for a in axes) // jax.process_count(), 1)
+
+  def put(name, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % local_devices:
+      raise ValueError(f"batch[{name!r}] has shape {x.shape}: its leading (batch) dimension must "
+                       f"divide evenly over the {local_devices} local devices of mesh axis "
+                       f"{batch_axes!r}")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return paths.map_with_names(put, batch)

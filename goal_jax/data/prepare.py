@@ -1,22 +1,16 @@
-r"""Prepare a dataset: raw layout -> pre-segmented ArrayRecord shards, with a summary.
+"""Raw layout -> pre-segmented ArrayRecord shards, with a summary (`python -m goal_jax.prepare`).
 
-  python -m goal_jax.data.prepare --dataset=docci --manual_dir=/data/docci --data_dir=/data/shards
-  python -m goal_jax.data.prepare --dataset=dci --manual_dir=/data/dci --data_dir=/data/shards \
-      --split=goal_test --splitter=goal --skip_bad
-  python -m goal_jax.data.prepare --dataset=synthetic [--seed=1] [--version=1]
+Without `splits`, every split whose raw files are present is prepared (empty ones are dropped). A
+bad record (missing/corrupt image, empty caption, no sentence, a sentence over the 248-token
+context, a box outside the image, a duplicate id, a wrong field type, text that is not UTF-8, an
+image path that leaves the manual dir) raises `records.BadRecordError` naming the dataset, the
+record and the file; `skip_bad` skips it and counts it in the summary.
 
-`--data_dir` defaults to ~/tensorflow_datasets, where training reads by default. Without `--split`,
-every split whose raw files are present is prepared (empty ones are dropped). A bad record
-(missing/corrupt image, empty caption, no sentence, a sentence over the 248-token context, a box
-outside the image, a duplicate id, a wrong field type, text that is not UTF-8, an image path that
-leaves the manual dir) stops the run with one `error:` line naming the dataset, the record and the
-file; `--skip_bad` skips it and counts it in the summary.
-
-Each record stores its image twice: a small copy for the global pair (`--image_short_side`, 256),
-and a detail copy (`--detail`, on by default) that GOAL's local crops and LISM read: the original
-pixels (`--detail_short_side` caps its short side) as 256-pixel JPEG tiles, so a crop decodes only
-the tiles its box overlaps (`goal_jax.data.detail`). `--nodetail` skips it, for data that only
-MulCLIP or global fine-tuning reads.
+Each record stores its image twice: a small copy for the global pair (`image_short_side`, 256),
+and a detail copy (`detail`) that GOAL's local crops and LISM read: the original pixels
+(`detail_short_side` caps its short side) as 256-pixel JPEG tiles, so a crop decodes only the tiles
+its box overlaps (`goal_jax.data.detail`). Data that only MulCLIP or global fine-tuning reads needs
+none.
 
 Preparing again is safe: the shards are written into a staging folder next to the earlier ones and
 swapped in only when every split succeeded, so a failed run leaves the earlier shards as they were.
@@ -24,13 +18,10 @@ Splits of that dataset version not prepared again are kept (the summary lists th
 when they were prepared with other options). An image id found in two splits (say train and
 test) is a warning in the summary, with the count; splits kept from an earlier run are compared
 too. Splits that share images by design (DOCCI `test_qual` and its parts, DCI `full`) are not
-compared. Generated datasets
-(`synthetic`) take `--seed` (another draw with the same statistics) and `--version` (the
-generator's version, written as the TFDS version `<version>.0.0`; `--version=1` reproduces the
+compared. Generated datasets (`synthetic`) take `seed` (another draw with the same statistics) and
+`version` (the generator's version, written as the TFDS version `<version>.0.0`; 1 reproduces the
 original benchmark); the options are recorded in the dataset's metadata.
 """
-import json
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -217,57 +208,3 @@ def format_summary(result: dict[str, Any]) -> str:
     lines.append(f"  not checked for shared ids (no id list, prepared by an older version): "
                  f"{', '.join(shared['unchecked'])}")
   return "\n".join(lines)
-
-
-def main(argv):
-  """absl entry point; expected failures become one `error:` line (`cli.run`)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from goal_jax import cli  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}: every option is a --flag, e.g. "
-             f"--dataset={argv[1]}", code=2)
-  if f.dataset is None:
-    cli.fail(f"--dataset is required: one of {', '.join(sorted(raw.READERS))}", code=2)
-  manual_dir = os.path.expanduser(f.manual_dir) if f.manual_dir else None
-  try:
-    result = prepare(
-        f.dataset, os.path.expanduser(f.data_dir), manual_dir, splits=f.split or None,
-        image_short_side=f.image_short_side, splitter=f.splitter, summary=f.summary,
-        skip_bad=f.skip_bad, jpeg_quality=f.jpeg_quality, num_workers=f.threads,
-        seed=f.seed, version=f.version, detail=f.detail,
-        detail_short_side=f.detail_short_side, verbose=True)
-  except records.BadRecordError as e:
-    raise cli.Error(f"{e}. Fix or remove the record, or pass --skip_bad to skip it and count it "
-                    "in the summary; earlier shards (if any) are left as they were") from None
-  if f.summary_out:
-    with open(f.summary_out, "w", encoding="utf-8") as out:
-      json.dump(result, out, indent=2)
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from goal_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("dataset", None, f"dataset to prepare: {', '.join(sorted(raw.READERS))}")
-  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "output root for the shards")
-  flags.DEFINE_string("manual_dir", None, "folder with the raw dataset files")
-  flags.DEFINE_list("split", [], "splits to prepare (default: all present)")
-  flags.DEFINE_integer("image_short_side", 256, "pre-resize short side; 0 keeps the original")
-  flags.DEFINE_bool("detail", True, "also store the full-resolution detail copy that GOAL's "
-                    "local crops and LISM read (--nodetail: none, for MulCLIP/global only)")
-  flags.DEFINE_integer("detail_short_side", 0, "detail copy short side; 0 keeps the original")
-  flags.DEFINE_string("splitter", "sentencex", "sentence splitter: sentencex, or goal")
-  flags.DEFINE_enum("summary", "auto", ["auto", "first_sentence", "field", "none"],
-                    "how each record's short summary caption is chosen")
-  flags.DEFINE_bool("skip_bad", False, "skip and count bad records instead of stopping")
-  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored images")
-  flags.DEFINE_integer("threads", 0, "threads decoding and resizing images (0: up to 8)")
-  flags.DEFINE_string("summary_out", None, "also write the preparation summary to this JSON file")
-  flags.DEFINE_integer("seed", None, "generated datasets: generator seed (default 0)")
-  flags.DEFINE_integer("version", None, "generated datasets: generator version (default latest)")
-
-
-if __name__ == "__main__":
-  from goal_jax import cli  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  cli.run(main, expected=(ValueError, FileNotFoundError, NotADirectoryError, PermissionError))

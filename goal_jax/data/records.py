@@ -14,6 +14,11 @@ import re
 from typing import Any, NamedTuple
 
 import numpy as np
+import tensorflow_datasets as tfds
+
+from goal_jax.data import images
+from goal_jax.text import sentences
+from goal_jax.text import tokenizer
 
 CAPTION_CONTEXT = 248  # Long-CLIP's stretched text context: a longer sentence never fits whole.
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in LISM's crops)
@@ -95,7 +100,6 @@ class CaptionStats(NamedTuple):
 
 def features():
   """The TFDS `FeaturesDict` of a shard record; every feature encodes and decodes without TF."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   text, tensor = tfds.features.Text, tfds.features.Tensor
   return tfds.features.FeaturesDict({
       "id": text(),
@@ -124,7 +128,6 @@ def features():
 @functools.lru_cache(maxsize=None)
 def splitter_tag(splitter: str) -> str:
   """`name@version` of a sentence splitter, stored in every record."""
-  from goal_jax.text import sentences  # pylint: disable=g-import-not-at-top
   found = sentences.get_splitter(splitter)
   return f"{found.name}@{found.version}"
 
@@ -150,9 +153,6 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
   Raises:
     BadRecordError: with one of the reasons above.
   """
-  from goal_jax.data import images  # pylint: disable=g-import-not-at-top
-  from goal_jax.text import sentences, tokenizer  # pylint: disable=g-import-not-at-top
-
   def bad(reason, detail):
     file = example.origin or example.source or str(example.image)[:200]
     return BadRecordError(reason, detail, dataset=dataset, record_id=str(example.id), file=file)
@@ -313,7 +313,6 @@ def _resolve_sentence(sentence, caption, spans, bad) -> int:
       raise bad(UNMATCHED_SENTENCE, f"local pair sentence {sentence} is out of range: the "
                 f"caption has {len(spans)} sentences")
     return int(sentence)
-  from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
   key = _sentence_key(tokenizer.normalize_text(sentence))
   texts = [_sentence_key(caption[s:e]) for s, e in spans]
   if key in texts:

@@ -18,6 +18,7 @@ import math
 from typing import Sequence
 
 import jax
+import matplotlib
 import numpy as np
 
 from goal_jax.data import geometry as geometry_lib
@@ -76,7 +77,6 @@ def min_max(values: np.ndarray) -> np.ndarray:
 
 def heat_image(values01: np.ndarray, cmap: str = "jet") -> np.ndarray:
   """A [0, 1] map -> uint8 RGB [H, W, 3] through a matplotlib colour map."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   rgba = matplotlib.colormaps[cmap](np.clip(values01, 0.0, 1.0))
   return np.round(rgba[..., :3] * 255).astype(np.uint8)
 

@@ -9,7 +9,10 @@ the mesh and gathers the embeddings back replicated, so:
 - host<->device copies are explicit, so it runs under `jax.transfer_guard("disallow")`.
 
 Embeddings are the model's `embedding` outputs: L2-normalised in float32 whatever the compute
-dtype (DESIGN.md model contract), returned as float32 numpy arrays.
+dtype (DESIGN.md model contract), returned as float32 numpy arrays. An embedder given `features`
+(a method's scorer, `scoring.MethodScoring`) returns that method's per-row features instead, a
+dict of float32 arrays, from params `{"clip": ..., **the method's}`; every function here takes
+either.
 
 The compute dtype is the command's choice, not the checkpoint's: a model trained in bfloat16 saves
 `dtype: bfloat16` in its config, yet `embed`, `evaluate` and `visualize` compute in float32 unless
@@ -26,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from goal_jax.data import pipeline
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.training import sharding as sharding_lib
@@ -51,19 +55,28 @@ def load_model(directory: str, dtype: str = DEFAULT_DTYPE) -> tuple[dict, clip.C
 
 
 @functools.lru_cache(maxsize=None)
-def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh):
-  """`fn(params, batch) -> batch` with `image`/`text` replaced by embeddings, all replicated."""
+def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh, features=None):
+  """`fn(params, batch) -> batch` with `image`/`text` replaced by embeddings (or by
+  `features.of(kind, tower_out, params)`, params then holding `clip`), all replicated."""
   model = clip.CLIP(config)
   methods = {"image": clip.CLIP.encode_image, "text": clip.CLIP.encode_text}
 
   def encode(params, batch):
+    clip_params = params if features is None else params["clip"]
     out = dict(batch)
     for key in TOWERS:
       if key in batch:
-        out[key] = model.apply({"params": params}, batch[key], method=methods[key])["embedding"]
+        tower_out = model.apply({"params": clip_params}, batch[key], method=methods[key])
+        out[key] = (tower_out["embedding"] if features is None
+                    else features.of(key, tower_out, params))
     return out
 
   return jax.jit(encode, out_shardings=NamedSharding(mesh, P()))
+
+
+def concatenate_rows(*parts):
+  """Row blocks (arrays, or trees of arrays such as a method's features) joined along rows."""
+  return jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
 
 
 def mesh_of(params) -> jax.sharding.Mesh | None:
@@ -84,10 +97,12 @@ class Embedder:
     mesh: devices to shard the batch rows over; default the params' own mesh if they carry one
       (see `place`), else all devices on one `data` axis.
     batch_size: global rows per step, rounded up to a multiple of the mesh size.
+    features: what rows become instead of embeddings (`scoring.MethodScoring`: a method's
+      features, from params `{"clip": ..., **extras}`); hashable, the compiled step's cache key.
   """
 
   def __init__(self, config: clip.CLIPConfig, mesh: jax.sharding.Mesh | None = None,
-               batch_size: int = 64):
+               batch_size: int = 64, features=None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.config = config
@@ -99,7 +114,7 @@ class Embedder:
       raise ValueError(f"batch size {self.batch_size} does not divide over "
                        f"{jax.process_count()} processes")
     self.local_batch_size = self.batch_size // jax.process_count()
-    self._encode = _encode_fn(config, self.mesh)
+    self._encode = _encode_fn(config, self.mesh, features)
 
   @classmethod
   def for_params(cls, params, config, mesh=None, batch_size=64) -> "Embedder":
@@ -117,7 +132,8 @@ class Embedder:
   def encode_local_batch(self, params, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One step on this process's `local_batch_size` rows -> the global batch's outputs on host.
 
-    `image` [b, S, S, 3] float and/or `text` [b, L] int32 become [B, E] embeddings; any other key
+    `image` [b, S, S, 3] float and/or `text` [b, L] int32 become [B, E] embeddings (or the
+    `features`' dicts of [B, ...]); any other key
     (e.g. `record_index`, `valid`) comes back gathered, so rows keep their identity across hosts.
     `params` must come from `place` (placing them once, not every step).
     """
@@ -125,11 +141,12 @@ class Embedder:
     if rows != {self.local_batch_size}:
       raise ValueError(f"every batch entry needs {self.local_batch_size} rows on this process, "
                        f"got {sorted(rows)}")
-    global_batch = sharding_lib.host_batch_to_global(dict(batch), self.mesh, self.batch_axes)
+    global_batch = pipeline.make_global_batch(dict(batch), self.mesh, self.batch_axes)
     return jax.device_get(self._encode(params, global_batch))
 
   def embed(self, params, kind: str, chunks: Iterable[np.ndarray]) -> np.ndarray:
-    """Embeddings [N, E] float32 of the rows of `chunks` (arrays of at most `batch_size` rows).
+    """Embeddings [N, E] float32 (or features) of the rows of `chunks` (arrays of at most
+    `batch_size` rows).
 
     Every process passes the same global rows; each sends its own slice of every batch.
     `kind` is `image` (normalised pixels [n, S, S, 3]) or `text` (token ids [n, L]).
@@ -147,10 +164,11 @@ class Embedder:
       padded = np.concatenate([chunk, np.zeros((self.batch_size - count,) + chunk.shape[1:],
                                                 chunk.dtype)])
       local = {kind: padded[start:start + self.local_batch_size]}
-      out.append(np.asarray(self.encode_local_batch(params, local)[kind], np.float32)[:count])
+      encoded = self.encode_local_batch(params, local)[kind]
+      out.append(jax.tree.map(lambda x, n=count: np.asarray(x, np.float32)[:n], encoded))
     if not out:
       raise ValueError(f"no {kind} rows to embed")
-    return np.concatenate(out)
+    return concatenate_rows(*out)
 
   def embed_array(self, params, kind: str, rows: np.ndarray) -> np.ndarray:
     """`embed` over an in-memory array of any number of rows."""

@@ -20,7 +20,9 @@ From the ranks:
 
 Similarities are float32 dot products at HIGHEST matmul precision (TPUs otherwise multiply fp32 in
 bf16 passes, which creates spurious ties), computed block by block on device so that a 25k x 5k
-problem never holds the full matrix. All percentages are in [0, 100].
+problem never holds the full matrix. A method that ranks by its own score (`methods.base.Scorer`)
+gives the `[images, texts]` matrix instead (`score_matrix`), and each metric has a
+`*_from_similarity` twin that ranks by it. All percentages are in [0, 100].
 
 `hard_group_scores` asks whether a model sees details: it matches images and captions only inside
 groups of scenes that differ in one attribute (synthetic `test_hard`), plus two-alternative trials
@@ -215,18 +217,6 @@ def average_precision_at_k(ranks, k):
   return gain.sum(axis=1) / num_relevant
 
 
-def joint_map_at_k(sim, relevance, k=10):
-  """mAP@K in % over the rows of a [Q, G] similarity matrix (GOAL's |R| normalisation)."""
-  ranks = relevant_ranks_from_similarity(sim, relevance)
-  return float(100.0 * average_precision_at_k(ranks, k).mean())
-
-
-def mrr_at_k(sim, relevance, k=10):
-  """MRR@K in % over the rows of a [Q, G] similarity matrix."""
-  ranks = relevant_ranks_from_similarity(sim, relevance)
-  return float(100.0 * reciprocal_rank_at_k(ranks, k).mean())
-
-
 # ----------------------------------------------------------------------------------------------
 # Image-text retrieval with several captions per image.
 
@@ -253,6 +243,26 @@ def captions_per_image(text_to_image, num_images):
   return pad_relevance(np.split(order, np.cumsum(counts)[:-1]))
 
 
+def _embedding_rankers(image_emb, text_emb, block_size):
+  """{direction: relevance -> ranks} over embeddings (similarity = dot product)."""
+  return {"i2t": functools.partial(relevant_ranks, image_emb, text_emb, block_size=block_size),
+          "t2i": functools.partial(relevant_ranks, text_emb, image_emb, block_size=block_size)}
+
+
+def _similarity_rankers(sim, block_size):
+  """{direction: relevance -> ranks} over an `[images, texts]` score matrix."""
+  return {"i2t": functools.partial(relevant_ranks_from_similarity, sim, block_size=block_size),
+          "t2i": functools.partial(relevant_ranks_from_similarity, np.transpose(sim),
+                                   block_size=block_size)}
+
+
+def _retrieval_positions(rankers, text_to_image, num_images, num_texts):
+  text_to_image = _check_text_to_image(text_to_image, num_images, num_texts)
+  i2t = rankers["i2t"](captions_per_image(text_to_image, num_images))
+  t2i = rankers["t2i"](text_to_image[:, None])
+  return first_relevant_position(i2t), first_relevant_position(t2i)
+
+
 def retrieval_ranks(image_emb, text_emb, text_to_image, *, block_size=DEFAULT_BLOCK_SIZE):
   """First-hit positions for both directions.
 
@@ -260,12 +270,17 @@ def retrieval_ranks(image_emb, text_emb, text_to_image, *, block_size=DEFAULT_BL
     (i2t [num_images], t2i [num_texts]) 0-based positions: I2T is the best-placed caption of the
     image (any caption counts), T2I the caption's one image.
   """
-  num_images, num_texts = np.shape(image_emb)[0], np.shape(text_emb)[0]
-  text_to_image = _check_text_to_image(text_to_image, num_images, num_texts)
-  i2t = relevant_ranks(image_emb, text_emb, captions_per_image(text_to_image, num_images),
-                       block_size=block_size)
-  t2i = relevant_ranks(text_emb, image_emb, text_to_image[:, None], block_size=block_size)
-  return first_relevant_position(i2t), first_relevant_position(t2i)
+  return _retrieval_positions(_embedding_rankers(image_emb, text_emb, block_size), text_to_image,
+                              np.shape(image_emb)[0], np.shape(text_emb)[0])
+
+
+def _recall_at(positions, ks):
+  i2t, t2i = positions
+  out = {}
+  for direction, position in (("i2t", i2t), ("t2i", t2i)):
+    for k in ks:
+      out[f"{direction}_R@{k}"] = float(100.0 * np.mean(position < k))
+  return out
 
 
 def retrieval_recall(image_emb, text_emb, text_to_image=None, ks=RECALL_KS, *,
@@ -284,12 +299,17 @@ def retrieval_recall(image_emb, text_emb, text_to_image=None, ks=RECALL_KS, *,
   """
   if text_to_image is None:
     text_to_image = np.arange(np.shape(text_emb)[0])
-  i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, block_size=block_size)
-  out = {}
-  for direction, position in (("i2t", i2t), ("t2i", t2i)):
-    for k in ks:
-      out[f"{direction}_R@{k}"] = float(100.0 * np.mean(position < k))
-  return out
+  return _recall_at(retrieval_ranks(image_emb, text_emb, text_to_image, block_size=block_size), ks)
+
+
+def retrieval_recall_from_similarity(sim, text_to_image=None, ks=RECALL_KS, *,
+                                     block_size=DEFAULT_BLOCK_SIZE):
+  """`retrieval_recall` from an `[images, texts]` score matrix (e.g. `score_matrix`)."""
+  if text_to_image is None:
+    text_to_image = np.arange(np.shape(sim)[1])
+  positions = _retrieval_positions(_similarity_rankers(sim, block_size), text_to_image,
+                                   *np.shape(sim))
+  return _recall_at(positions, ks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,16 +356,27 @@ def joint_relevance(group_ids, is_global, mode="effective"):
   return pad_relevance(lists, len(groups))
 
 
-def joint_retrieval(image_emb, text_emb, group_ids, is_global, *, mode="effective", k=10,
-                    block_size=DEFAULT_BLOCK_SIZE):
-  """GOAL's joint test: I2T and T2I mAP@K (and MRR@K) in % over the mixed gallery."""
+def _joint(rankers, group_ids, is_global, mode, k):
   relevance = joint_relevance(group_ids, is_global, mode)
   out = {}
-  for direction, queries, gallery in (("i2t", image_emb, text_emb), ("t2i", text_emb, image_emb)):
-    ranks = relevant_ranks(queries, gallery, relevance, block_size=block_size)
+  for direction in ("i2t", "t2i"):
+    ranks = rankers[direction](relevance)
     out[f"{direction}_mAP@{k}"] = float(100.0 * average_precision_at_k(ranks, k).mean())
     out[f"{direction}_MRR@{k}"] = float(100.0 * reciprocal_rank_at_k(ranks, k).mean())
   return out
+
+
+def joint_retrieval(image_emb, text_emb, group_ids, is_global, *, mode="effective", k=10,
+                    block_size=DEFAULT_BLOCK_SIZE):
+  """GOAL's joint test: I2T and T2I mAP@K (and MRR@K) in % over the mixed gallery."""
+  return _joint(_embedding_rankers(image_emb, text_emb, block_size), group_ids, is_global, mode,
+                k)
+
+
+def joint_retrieval_from_similarity(sim, group_ids, is_global, *, mode="effective", k=10,
+                                    block_size=DEFAULT_BLOCK_SIZE):
+  """`joint_retrieval` from the mixed gallery's `[images, texts]` score matrix."""
+  return _joint(_similarity_rankers(sim, block_size), group_ids, is_global, mode, k)
 
 
 HARD_GROUP_KEYS = ("group_t2i_acc", "group_i2t_acc", "group_acc")
@@ -410,7 +441,26 @@ def hard_group_scores(image_emb, text_emb, groups, edits=None):
   if image.shape != text.shape:
     raise ValueError(f"image and text embeddings must pair row by row, got shapes {image.shape} "
                      f"and {text.shape}")
-  num = image.shape[0]
+
+  def group_similarity(rows):
+    return jax.device_get(_group_similarity(*jax.device_put((image[rows], text[rows]),
+                                                            _placement())))
+
+  return _hard_group_scores(group_similarity, image.shape[0], groups, edits)
+
+
+def hard_group_scores_from_similarity(sim, groups, edits=None):
+  """`hard_group_scores` from an `[images, captions]` score matrix, record i's image row i and
+  caption column i; only the scores inside each group are read."""
+  sim = _as_float32("similarity matrix", sim)
+  if sim.shape[0] != sim.shape[1]:
+    raise ValueError(f"images and captions must pair row by row, got scores {sim.shape}")
+  return _hard_group_scores(lambda rows: sim[rows[:, :, None], rows[:, None, :]], sim.shape[0],
+                            groups, edits)
+
+
+def _hard_group_scores(group_similarity, num, groups, edits):
+  """`hard_group_scores` given `group_similarity(rows [G, M]) -> [G, M, M]` scores."""
   if num == 0:
     raise ValueError("no records to evaluate")
   groups = np.asarray(groups)
@@ -423,8 +473,7 @@ def hard_group_scores(image_emb, text_emb, groups, edits=None):
     raise ValueError(f"edits must be strings, got {bad[0]!r}")
   members, values = _group_members(groups)
   valid = members >= 0
-  rows = np.maximum(members, 0)
-  sim = jax.device_get(_group_similarity(*jax.device_put((image[rows], text[rows]), _placement())))
+  sim = group_similarity(np.maximum(members, 0))
   own = np.diagonal(sim, axis1=1, axis2=2)  # [G, M]: sim[g, i, j] = image i . caption j
   rivals = valid[:, None, :] & ~np.eye(members.shape[1], dtype=bool)  # [G, i, j]: j is a rival
   i2t_hit = ~((sim >= own[:, :, None]) & rivals).any(axis=2)
@@ -455,3 +504,18 @@ def top_k(query_emb, gallery_emb, k, *, block_size=DEFAULT_BLOCK_SIZE):
   queries, gallery = _embedding_pair(query_emb, gallery_emb)
   fn = functools.partial(_top_k_block, k=min(k, gallery.shape[0]))
   return _map_blocks(fn, (queries,), (0,), block_size, gallery)
+
+
+def score_matrix(score_fn, image_features, text_features, *, texts_per_block):
+  """`[images, texts]` float32 scores by a method's `score_fn`, one block of texts at a time.
+
+  Args:
+    score_fn: `(image_features, text_features) -> [ni, nt]`, jitted by the caller (a method's
+      `Scorer.score`); features are trees of `[N, ...]` host arrays.
+    texts_per_block: texts scored against all images per device step; the tail block is padded
+      with zero features, whose columns are dropped.
+  """
+  leaves, treedef = jax.tree.flatten(text_features)
+  block = lambda *args: score_fn(args[-1], jax.tree.unflatten(treedef, args[:-1])).T
+  columns = _map_blocks(block, leaves, (0,) * len(leaves), texts_per_block, image_features)
+  return np.ascontiguousarray(np.asarray(columns, np.float32).T)

@@ -21,6 +21,8 @@ Dataset names are TFDS builder names; split strings use TFDS split syntax (`a+b`
 """
 import dataclasses
 
+from goal_jax.evaluation import metrics
+
 GOAL_KS = (1, 5, 25, 50)
 LONGCLIP_KS = (1, 5, 10)
 
@@ -94,8 +96,7 @@ def _hard_groups(name, dataset, split):
   # Columns a run lacks (attributes its ids do not name, e.g. version-1 ids) print as missing.
   attributes = ("colour", "shape", "size", "texture", "binding")
   return Benchmark(name, "hard_groups", dataset, split, (),
-                   ("group_t2i_acc", "group_i2t_acc", "group_acc") +
-                   tuple(f"2afc_{a}" for a in attributes))
+                   metrics.HARD_GROUP_KEYS + tuple(f"2afc_{a}" for a in attributes))
 
 
 def _zeroshot(name, ks=(1,)):

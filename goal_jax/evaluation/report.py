@@ -9,12 +9,14 @@ Results JSON, one file per evaluation run:
                          "num_images": 5100, "num_texts": 5100,
                          "metrics": {"t2i_R@1": 79.47, ...}}, ...}}
 
-Metric values are percentages in [0, 100]; `results` keeps the profile's benchmark order.
+Metric values are percentages in [0, 100]; `results` keeps the profile's benchmark order. An
+entry ranked by a method's own test-time score, not the embeddings' cosine, says which
+(`"scoring": "method:finelip"`), and its table row is marked †.
 """
 import json
 import math
-import os
 
+from goal_jax import files
 from goal_jax.evaluation import profiles as profiles_lib
 
 SCHEMA = "goal_jax.evaluation/1"
@@ -60,12 +62,7 @@ def results_document(profile, results, metadata=None):
 def write_results(path, profile, results, metadata=None):
   """Writes the results JSON (atomically) and returns the document."""
   document = results_document(profile, results, metadata)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(document, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.write_atomic(path, json.dumps(document, indent=2) + "\n")
   return document
 
 
@@ -137,9 +134,13 @@ def markdown_table(document, profile=None):
     columns = benchmark.columns
     entry = document["results"][benchmark.name]
     name = f"{benchmark.name} (ad hoc*)" if entry.get("ad_hoc") else benchmark.name
-    rows.append((name, entry["metrics"]))
+    rows.append((f"{name} †" if entry.get("scoring") else name, entry["metrics"]))
   if rows:
     tables.append(_table(rows, columns))
   notes = [f"*{name}: {entry['ad_hoc']}" for name, entry in document["results"].items()
            if entry.get("ad_hoc")]
+  scorings = sorted({entry["scoring"] for entry in document["results"].values()
+                     if entry.get("scoring")})
+  notes += [f"†ranked by {s}, the trained method's test-time score, not the embeddings' cosine"
+            for s in scorings]
   return "\n\n".join(tables + (["\n".join(notes)] if notes else [])) + "\n"

@@ -161,6 +161,40 @@ def _list_class_folders(root):
   return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def folder_classes(root: str, set_name: str) -> list[str] | None:
+  """Class-folder names of an image folder in the label order of zero-shot set `set_name`.
+
+  Accepted folder names: label numbers (`0`, `1`, ...), the class names (`_` for spaces, any
+  case), or ImageNet WordNet ids for the ImageNet sets. None means numeric order.
+  """
+  names, _ = zeroshot_set(set_name)
+  if not os.path.isdir(root):
+    raise ValueError(f"zero-shot folder {root!r} does not exist or is not a directory")
+  found = _list_class_folders(root)
+  if found and all(f.isdigit() for f in found):
+    return None
+  key = lambda s: s.replace("_", " ").lower()
+  by_name = {key(n): i for i, n in enumerate(names)}
+  if len(by_name) == len(names) and all(key(f) in by_name for f in found):
+    return sorted(found, key=lambda f: by_name[key(f)])
+  if set_name.startswith("imagenet"):
+    wnids = imagenet_wnids()
+    if set_name == "imagenet_o":
+      wnids = [wnids[i] for i in imagenet_o_class_indices()]
+    if set(found) <= set(wnids):
+      return list(wnids)
+  raise ValueError(f"zero-shot folder {root!r}: class folders {found[:5]}... are neither label "
+                   f"numbers nor the {set_name} class names" +
+                   (" nor WordNet ids" if set_name.startswith("imagenet") else ""))
+
+
+def image_files(folder, extensions=IMAGE_EXTENSIONS) -> list[str]:
+  """Names of the image files directly in `folder` (by suffix, any case), sorted."""
+  suffixes = tuple(e.lower() for e in extensions)
+  return sorted(f for f in os.listdir(folder)
+                if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(folder, f)))
+
+
 def load_image_folder(root, classes=None, extensions=IMAGE_EXTENSIONS):
   """Lists an ImageFolder layout: `root/<class folder>/<image>`.
 
@@ -185,14 +219,13 @@ def load_image_folder(root, classes=None, extensions=IMAGE_EXTENSIONS):
   if missing or extra:
     raise ValueError(f"image folder {root!r}: class folders missing {sorted(missing)[:5]}, "
                      f"unexpected {sorted(extra)[:5]}")
-  suffixes = tuple(e.lower() for e in extensions)
   paths, labels = [], []
   for label, name in enumerate(classes):
     folder = os.path.join(root, name)
-    files = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(folder, f)))
+    files = image_files(folder, extensions)
     if not files:
-      raise ValueError(f"class folder {folder!r} holds no image ({', '.join(suffixes)})")
+      raise ValueError(f"class folder {folder!r} holds no image "
+                       f"({', '.join(e.lower() for e in extensions)})")
     paths.extend(os.path.join(folder, f) for f in files)
     labels.extend([label] * len(files))
   return paths, np.asarray(labels, dtype=np.int32), classes

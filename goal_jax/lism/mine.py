@@ -38,6 +38,7 @@ use all its local devices.
 """
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -48,14 +49,20 @@ import time
 from typing import Any, Iterator
 
 from absl import logging
+import jax
 import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
 
+from goal_jax import files
 from goal_jax.data import builder
 from goal_jax.data import detail
+from goal_jax.data import images
 from goal_jax.data import records
 from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
 from goal_jax.lism import selection
+from goal_jax.text import tokenizer
 
 WORK_FOLDER = "lism_work"
 CONFIG_FILE = "config.json"
@@ -121,13 +128,11 @@ class _ImageInfo:
 def _prepare_image(index: int, raw: dict, *, segment, options: MineOptions, image_size: int,
                    where: str) -> scoring.ImageWork:
   """Decodes, segments, crops and tokenises one record (runs in a host thread)."""
-  from goal_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from goal_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
   record_id = "?"
   try:
     record = builder.decode_record(raw)
     record_id = record["id"]
-    image = detail.full_image(record, pipeline.decode_image(record["image"]))
+    image = detail.full_image(record, images.open_rgb(record["image"]))
     pixels = np.asarray(image)
     original_hw = tuple(int(v) for v in record["original_size"])
     segmentation = segment(pixels, record)
@@ -175,18 +180,8 @@ def _chunks_on_disk(folder: pathlib.Path) -> set[int]:
   return {int(m.group(1)) for p in folder.glob("chunk_*.npz") if (m := _CHUNK.fullmatch(p.name))}
 
 
-def _save_atomic(path: pathlib.Path, write) -> None:
-  """`write(file)` into a temporary sibling, fsync, then rename: a reader sees all or nothing."""
-  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _save_json(path: pathlib.Path, value) -> None:
-  _save_atomic(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))
+  files.write_atomic(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def _chunk_arrays(matches: list[scoring.Match]) -> dict[str, np.ndarray]:
@@ -206,8 +201,9 @@ def _chunk_arrays(matches: list[scoring.Match]) -> dict[str, np.ndarray]:
 
 
 def _write_chunk(folder: pathlib.Path, chunk: int, matches: list[scoring.Match]) -> None:
-  arrays = _chunk_arrays(matches)
-  _save_atomic(_chunk_path(folder, chunk), lambda f: np.savez(f, **arrays))
+  buffer = io.BytesIO()
+  np.savez(buffer, **_chunk_arrays(matches))
+  files.write_atomic(_chunk_path(folder, chunk), buffer.getvalue())
 
 
 def matching_config(data_dir, dataset: str, split: str, num_records: int, options: MineOptions,
@@ -237,7 +233,7 @@ def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: boo
   if restart and folder.exists():
     shutil.rmtree(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  for stale in folder.glob("*.tmp-*"):  # a write killed half-way
+  for stale in folder.glob(files.TEMPORARY_GLOB):  # a write killed half-way
     stale.unlink()
   path = folder / CONFIG_FILE
   if path.is_file():
@@ -277,7 +273,7 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
   """Mines the chunks of `dataset/split` that are not on disk yet.
 
   Args:
-    data_dir: where the prepared shards are (`goal_jax.data.prepare`).
+    data_dir: where the prepared shards are (`python -m goal_jax.prepare`).
     dataset, split: the source.
     scorer: the matching model (`scoring.load_scorer`, or any `scoring.Scorer`).
     scorer_id: names the scorer in the work config (checkpoint path and dtype for the CLI).
@@ -288,8 +284,6 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
     mesh: devices for the steps (default: all local devices, data parallel).
     progress: show a tqdm bar over images.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
     raise NotImplementedError("LISM mining runs in one process (it uses all local devices)")
   out = out or default_output_name(dataset)
@@ -428,7 +422,6 @@ class _MinedRecords:
     super().__init__(file_format="array_record", **kwargs)
 
   def _info(self):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     return tfds.core.DatasetInfo(
         builder=self, description=f"{self.name}: records with LISM-mined local pairs.",
         features=records.features(), disable_shuffling=True,

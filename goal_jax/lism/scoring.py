@@ -26,6 +26,8 @@ from PIL import Image
 
 from goal_jax.data import geometry
 from goal_jax.data import pipeline
+from goal_jax.models import checkpoint
+from goal_jax.models import clip
 from goal_jax.training import sharding
 
 _PAD_CROP, _PAD_SENTENCE = -1, -2  # owners of padding rows: never equal, so never matched
@@ -53,7 +55,6 @@ class Scorer:
 
 def clip_scorer(params, config) -> Scorer:
   """A `Scorer` of a `goal_jax.models.clip` model (any converted checkpoint)."""
-  from goal_jax.models import clip  # pylint: disable=g-import-not-at-top
   model = clip.CLIP(config)
 
   def encode_images(p, images):
@@ -68,7 +69,6 @@ def clip_scorer(params, config) -> Scorer:
 
 def load_scorer(checkpoint_dir: str, dtype: str | None = None) -> Scorer:
   """The scorer of a model checkpoint (`goal_jax.models.checkpoint`); `dtype` overrides compute."""
-  from goal_jax.models import checkpoint  # pylint: disable=g-import-not-at-top
   params, config = checkpoint.load_model(checkpoint_dir)
   if dtype:
     config = dataclasses.replace(config, dtype=dtype)
@@ -196,7 +196,7 @@ class Matcher:
     return batch
 
   def _dispatch(self, works: list[ImageWork]):
-    batch = sharding.host_batch_to_global(self._assemble(works), self.mesh)
+    batch = pipeline.make_global_batch(self._assemble(works), self.mesh)
     return self._step(self._params, batch["crops"], batch["crop_owner"], batch["ids"],
                       batch["sentence_owner"])
 

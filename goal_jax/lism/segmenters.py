@@ -30,6 +30,12 @@ import threading
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
+from PIL import Image
+import scipy.ndimage
+from skimage import segmentation
+
+from goal_jax import config_utils
+from goal_jax.data import images
 
 
 class Segmentation(NamedTuple):
@@ -70,7 +76,6 @@ def segmenter_defaults(name: str) -> dict[str, Any]:
 
 def parse_options(name: str, text: str | None) -> dict[str, Any]:
   """`"scale=200,sigma=0.8"` -> typed options of segmenter `name` (unknown keys fail)."""
-  from goal_jax import config_utils  # pylint: disable=g-import-not-at-top
   parsed = config_utils.parse_arg(text, **segmenter_defaults(name))
   return {k: parsed[k] for k in parsed.keys()}
 
@@ -87,7 +92,6 @@ def _factory(name: str) -> SegmenterFactory:
 
 def labels_to_boxes(labels: np.ndarray) -> Segmentation:
   """Bounding box and pixel count of every label of a `[H, W]` int label map (one pass each)."""
-  import scipy.ndimage  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels)
   values, dense = np.unique(labels, return_inverse=True)
   dense = dense.reshape(labels.shape) + 1  # find_objects ignores label 0
@@ -117,8 +121,6 @@ def on_smaller_copy(image: np.ndarray, short_side: int,
   height, width = image.shape[:2]
   if not short_side or min(height, width) <= short_side:
     return segment(image)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from goal_jax.data import images  # pylint: disable=g-import-not-at-top
   small_h, small_w = images.resized_size(height, width, short_side)
   found = segment(np.asarray(Image.fromarray(image).resize((small_w, small_h),
                                                            Image.Resampling.BICUBIC)))
@@ -140,7 +142,6 @@ def felzenszwalb(scale: float = 100.0, levels: int = 3, sigma: float = 0.8,
   pixels, and one level on a 1,600 x 2,000 photo took 19 s on a 2-core CPU against 0.1 s at 256.
   The candidates are still cut from the full image.
   """
-  from skimage import segmentation  # pylint: disable=g-import-not-at-top
   if levels < 1:
     raise ValueError(f"levels must be >= 1, got {levels}")
 
@@ -161,7 +162,6 @@ def slic(n_segments: int = 64, compactness: float = 10.0, sigma: float = 1.0,
          short_side: int = 256) -> Segmenter:
   """SLIC superpixels (scikit-image); one box per superpixel, on a copy with short side
   `short_side` (0: the image as given), as `felzenszwalb`."""
-  from skimage import segmentation  # pylint: disable=g-import-not-at-top
 
   def segment(image, record):
     del record
@@ -198,7 +198,7 @@ def sam(model_dir: str = "", points_per_batch: int = 128, device: str = "cpu") -
         "--segmenter_options=model_dir=/path/to/sam-vit-huge")
   try:
     importlib.import_module("torchvision")  # the pipeline's mask NMS needs it
-    import transformers  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top; optional dependency
   except ImportError as e:
     raise ImportError(f"segmenter 'sam' needs torch, torchvision and transformers ({e}); "
                       "install torchvision matching the torch extra's version") from e
@@ -207,7 +207,6 @@ def sam(model_dir: str = "", points_per_batch: int = 128, device: str = "cpu") -
 
   def segment(image, record):
     del record
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     with lock:
       out = generator(Image.fromarray(image), points_per_batch=points_per_batch)
     return masks_to_boxes(out["masks"])

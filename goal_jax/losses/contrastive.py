@@ -170,30 +170,6 @@ def data_parallel(fn: Callable[..., Any], mesh: jax.sharding.Mesh | None,
   return run
 
 
-def sharded_infonce(image: jax.Array, text: jax.Array, logit_scale: jax.Array, *,
-                    mesh: jax.sharding.Mesh, axis_name: str = "data",
-                    valid: jax.Array | None = None, label_smoothing: float = 0.0,
-                    max_scale: float | None = None) -> jax.Array:
-  """`infonce` on global batch-sharded arrays, via `shard_map` over `axis_name` of `mesh`."""
-  if valid is None:
-    valid = jnp.ones(image.shape[:1], bool)
-
-  def local(image, text, valid, axis_name):
-    return infonce(image, text, logit_scale, valid=valid, label_smoothing=label_smoothing,
-                   max_scale=max_scale, axis_name=axis_name)
-
-  return data_parallel(local, mesh, axis_name)(image, text, valid)
-
-
-def contrastive_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array, *,
-                     mesh: jax.sharding.Mesh | None = None, axis_name: str = "data",
-                     **kwargs) -> jax.Array:
-  """`sharded_infonce` when a mesh is given, else the dense `infonce`."""
-  if mesh is None:
-    return infonce(image, text, logit_scale, **kwargs)
-  return sharded_infonce(image, text, logit_scale, mesh=mesh, axis_name=axis_name, **kwargs)
-
-
 def resolve_weights(defaults: Mapping[str, float],
                     overrides: Mapping[str, float] | None) -> dict[str, float]:
   """Defaults updated by `overrides`; an unknown term name is an error, not a silent no-op."""

@@ -26,8 +26,12 @@ from goal_jax.losses import contrastive
 
 GOAL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}
 LOCAL_TERMS = ("local", "tsl_image", "tsl_text")  # the terms that read a local pair
-# GOAL's global fine-tuning baseline (Table 1) as weight overrides.
-GLOBAL_FINETUNE_WEIGHTS = {"global": 1.0, "local": 0.0, "tsl_image": 0.0, "tsl_text": 0.0}
+
+
+def reads_local_pairs(weights: Mapping[str, float] | None) -> bool:
+  """Whether GOAL's terms under these weight overrides read a local pair (local or TSL > 0)."""
+  resolved = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
+  return any(resolved[k] for k in LOCAL_TERMS)
 
 
 class Heads(NamedTuple):
@@ -118,8 +122,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
   """
   w = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
   common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
-  uses_local = any(w[k] for k in LOCAL_TERMS)
-  local_valid = batch["local_valid"] if uses_local else None
+  local_valid = batch["local_valid"] if reads_local_pairs(w) else None
   terms = {}
   if w["global"]:
     terms["global"] = contrastive.infonce(image_out["embedding"], text_out["embedding"],

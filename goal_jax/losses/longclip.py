@@ -108,13 +108,14 @@ def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str
     `(total, terms)` with the unweighted computed terms.
   """
   w = contrastive.resolve_weights(LONGCLIP_WEIGHTS, weights)
-  common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
-  image = image_out["embedding"]
+  infonce = functools.partial(contrastive.infonce, logit_scale=logit_scale,
+                              label_smoothing=label_smoothing, max_scale=max_scale,
+                              axis_name=axis_name)
   terms = {}
   if w["long"]:
-    terms["long"] = contrastive.infonce(image, text_out["embedding"], logit_scale, **common)
+    terms["long"] = infonce(image_out["embedding"], text_out["embedding"])
   if w["short"]:
-    coarse = primary_component_embedding(image, num_components, scope=pca_scope,
-                                         axis_name=axis_name)
-    terms["short"] = contrastive.infonce(coarse, short_embedding, logit_scale, **common)
+    terms["short"] = infonce(primary_component_embedding(
+        image_out["embedding"], num_components, scope=pca_scope, axis_name=axis_name),
+        short_embedding)
   return contrastive.weighted_total(terms, w), terms

@@ -13,59 +13,26 @@ What the trainer passes:
 - `summary_embedding = encode_text(batch["summary"])["embedding"]` `[B, E]`;
 - `sentence_embedding`: `encode_text(sentences.reshape(B*M, Ls))["embedding"]` reshaped `[B, M, E]`;
 - `batch["sentence_valid"] [B, M]`;
-- `calibrators = Calibrators(image=fn, text=fn)`, each `fn(tokens [B, N, E], mask [B, N]) ->
-  [B, N', E]`, e.g. `lambda x, m: TokenCalibration().apply({"params": p["image"]}, x, m)`.
+- `calibrators = token_aggregation.per_modality(N′, params["calibration"])`: the two token
+  calibration modules, each `(tokens [B, N, E], mask [B, N]) -> [B, N′, E]`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from goal_jax.losses import contrastive
+from goal_jax.models import token_aggregation
 
 # λ_W multiplies both WPR directions: map a config's `wpr_weight` to both keys.
 MULCLIP_WEIGHTS = {"global_long": 1.0, "global_summary": 0.5, "wpr_image": 1.0,
                    "wpr_text": 1.0, "sap": 1.0}
 _einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
-
-
-class TokenCalibration(nn.Module):
-  """FineLIP's ATRM ("Token Calibration Module"): N tokens → `num_tokens` convex combinations.
-
-  A score MLP (LayerNorm → Dense(C→ratio·C) → GELU → Dense(→N′)) gives every source token a
-  score per output slot; the `[N′, N]` scores times a learnable scalar (init 1) are softmaxed over
-  the valid source tokens only, and the output is A·X. Input: projected, unnormalised tokens, as
-  in FineLIP (its aggregation runs before `F.normalize`). LayerNorm eps and exact GELU follow
-  PyTorch, so ported weights give the same numbers.
-  """
-  num_tokens: int = 39  # int(196 · 0.4 · 0.5), FineLIP's default for both modalities.
-  hidden_ratio: float = 0.2
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    width = tokens.shape[-1]
-    x = nn.LayerNorm(epsilon=1e-5, name="norm")(tokens)
-    x = nn.Dense(int(width * self.hidden_ratio), name="hidden")(x)
-    x = nn.gelu(x, approximate=False)
-    scores = nn.Dense(self.num_tokens, name="scores")(x)  # [..., N, N']
-    scale = self.param("scale", nn.initializers.ones, ())
-    scores = jnp.swapaxes(scores, -1, -2).astype(jnp.float32) * scale  # [..., N', N]
-    if mask is not None:
-      scores = jnp.where(mask[..., None, :], scores, -1e9)
-    weights = jax.nn.softmax(scores, axis=-1)
-    return _einsum("...kn,...nc->...kc", weights, tokens.astype(jnp.float32))
-
-
-class Calibrators(NamedTuple):
-  """One token calibration callable per modality: `(tokens, mask) -> calibrated tokens`."""
-  image: Callable[[jax.Array, jax.Array], jax.Array]
-  text: Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +41,18 @@ class MulCLIPOptions:
 
   Defaults and why:
   - `wpr_attention_temperature = wpr_temperature = 0.07`: fixed, CLIP's initial temperature; the
-    paper's values are unknown (§1.5 TODO) and a fixed value keeps the within-sample term from
-    steering the learnable global `logit_scale`.
+    paper does not give its values, and a fixed value keeps the within-sample term from steering
+    the learnable global `logit_scale`.
   - `wpr_symmetric = True`: each WPR InfoNCE is averaged over both softmax directions (rows:
     token vs. all reconstructions; columns: reconstruction vs. all tokens), as SPARC's
-    within-sample fine-grained loss, the formulation the notes argue for.
-  - `sap_patches = "calibrated"`: SAP aggregates the calibrated visual tokens v′, because the
-    reviews state v′ receives supervision through SAP via v̄ (§1.5, §1.6 step 1); `"raw"` uses
-    the normalised projected patch tokens.
+    within-sample fine-grained loss (Bica et al., NeurIPS 2024).
+  - `sap_patches = "calibrated"`: SAP aggregates the calibrated visual tokens v′, so that v′ is
+    supervised through SAP via v̄ as the paper's description of the calibration implies; `"raw"`
+    uses the normalised projected patch tokens.
   - `sap_temperature = 0.07`, `sap_top_k = None`: a softmax over all patches (differentiable
     "aggregate"); `sap_top_k=k` first keeps the k best-scoring patches (the "extracts" reading).
   - SAP negatives are the other images' own aggregates (one B×B matrix per sentence index, the
-    cheap variant of §1.6 step 4), with CLIP's `logit_scale`, since the paper writes L_batch.
+    cheap reading), with CLIP's `logit_scale`, since the paper writes L_batch.
   """
   wpr_attention_temperature: float = 0.07
   wpr_temperature: float = 0.07
@@ -98,11 +65,6 @@ class MulCLIPOptions:
     if self.sap_patches not in ("calibrated", "raw"):
       raise ValueError(f"MulCLIPOptions.sap_patches must be 'calibrated' or 'raw', "
                        f"got {self.sap_patches!r}")
-
-
-def text_token_mask(eot_index: jax.Array, length: int) -> jax.Array:
-  """Tokens FineLIP calibrates: SOT and words, not the EOT nor the padding after it."""
-  return jnp.arange(length)[None, :] < eot_index[:, None]
 
 
 def _within_sample_infonce(queries: jax.Array, keys: jax.Array, temperature: float,
@@ -206,7 +168,7 @@ def subcaption_patch_alignment(sentences: jax.Array, patches: jax.Array,
 
 def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
                       summary_embedding: jax.Array | None, sentence_embedding: jax.Array | None,
-                      batch: Mapping[str, Any], *, calibrators: Calibrators | None,
+                      batch: Mapping[str, Any], *, calibrators: token_aggregation.PerModality | None,
                       logit_scale: jax.Array, weights: Mapping[str, float] | None = None,
                       options: MulCLIPOptions = MulCLIPOptions(), label_smoothing: float = 0.0,
                       max_scale: float | None = None,
@@ -240,7 +202,7 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
         calibrators.image(patches, jnp.ones(patches.shape[:2], bool)))
   if need_wpr:
     text_tokens = text_out["tokens_projected"].astype(jnp.float32)
-    mask = text_token_mask(text_out["eot_index"], text_tokens.shape[1])
+    mask = token_aggregation.text_token_mask(text_out["eot_index"], text_tokens.shape[1])
     textual = contrastive.l2_normalize(calibrators.text(text_tokens, mask))
     wpr_image, wpr_text = word_patch_reconstruction(
         visual, textual, attention_temperature=options.wpr_attention_temperature,

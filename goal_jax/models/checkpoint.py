@@ -3,6 +3,11 @@
 This is what `convert` writes, what the trainer loads as its initialisation and what `export_hf`
 reads. The config travels with the weights so no command has to guess the architecture.
 
+The trainer's model also keeps the method that trained it, so evaluation can rank pairs as that
+method does (`methods.base.Scorer`): `<dir>/method.json` (its name and `config.loss`) and, when
+the method trains modules beside CLIP, their params in `<dir>/method_params`. CLIP's params stay
+alone in `<dir>/params`, so every reader of a CLIP loads them strictly, as before.
+
 A trainer's intermediate checkpoint, `<workdir>/checkpoints/<step>`, reads as a model too: its
 CLIP params come out of the train state, and its architecture from `<workdir>/model_config.json`,
 which the trainer writes at start. So `evaluate`, `embed`, `visualize` and `export_hf` take any
@@ -11,23 +16,29 @@ step of a run, not only its final `<workdir>/model`.
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from goal_jax import files
 from goal_jax.models import clip
 
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "model_info.json"
+METHOD_FILE = "method.json"
 PARAMS_DIR = "params"
+METHOD_PARAMS_DIR = "method_params"
 TRAIN_STATE_DIR = "state"  # a trainer checkpoint step: <workdir>/checkpoints/<step>/state
 
 
 def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
-               info: dict | None = None, overwrite: bool = False) -> None:
+               info: dict | None = None, method: dict | None = None,
+               method_params: dict | None = None, overwrite: bool = False) -> None:
   """Writes params (either layout; must match `config.scan`), the config and optional `info`.
+
+  `method`: `{"name": config.method, "loss": config.loss as a dict}` of the method that trained
+  the params; `method_params`: its params beside CLIP (`{}` or None: it has none).
 
   Everything goes to `<directory>.tmp` first, which is renamed into place when complete, so a
   crash never leaves a half-written model where commands look for one. `overwrite` replaces an
@@ -38,24 +49,21 @@ def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory) and not overwrite:
     raise FileExistsError(f"{directory} already holds a model checkpoint (or other files)")
-  tmp, old = directory + ".tmp", directory + ".old"
   main = jax.process_index() == 0
-  if main:
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
-    os.makedirs(tmp)
+  tmp = files.staging_directory(directory, create=main)
   _barrier(f"model tmp ready: {directory}")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+    if method_params:
+      checkpointer.save(os.path.join(tmp, METHOD_PARAMS_DIR), method_params)
     checkpointer.wait_until_finished()
   if main:
     _write_json(os.path.join(tmp, CONFIG_FILE), config.to_dict())
     if info is not None:
       _write_json(os.path.join(tmp, INFO_FILE), info)
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(directory):
-      os.rename(directory, old)
-    os.rename(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    if method is not None:
+      _write_json(os.path.join(tmp, METHOD_FILE), method)
+    files.replace_directory(tmp, directory)
   _barrier(f"model saved: {directory}")
 
 
@@ -71,9 +79,38 @@ def _write_json(path: str, value: dict) -> None:
 
 def load_info(directory: str) -> dict:
   """What the writer recorded about the model (the trainer: `{"step": N}`); {} if nothing."""
-  path = os.path.join(directory, INFO_FILE)
-  if not os.path.isfile(path):
+  return _read_json(os.path.join(directory, INFO_FILE)) or {}
+
+
+def load_method(directory: str) -> dict | None:
+  """`{"name", "loss"}` of the method that trained the model; None if none was recorded (a
+  converted model, a trainer's checkpoint step, a model from before this version)."""
+  return _read_json(os.path.join(directory, METHOD_FILE))
+
+
+def load_method_params(directory: str, abstract_params) -> dict:
+  """The method's params beside CLIP, restored strictly onto `abstract_params` (a tree of
+  `jax.ShapeDtypeStruct`, e.g. `jax.eval_shape` of the method's `init_extra_params`)."""
+  if not jax.tree.leaves(abstract_params):
     return {}
+  path = os.path.join(os.path.abspath(directory), METHOD_PARAMS_DIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{directory} has no {METHOD_PARAMS_DIR}: the params of the method "
+                            "that trained it were not saved with it")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(path, abstract_params)
+  # Orbax checks the tree, not the shapes: a method config that changed a module's size must fail.
+  for (key, leaf), want in zip(jax.tree_util.tree_leaves_with_path(params),
+                               jax.tree.leaves(abstract_params)):
+    if leaf.shape != want.shape:
+      raise ValueError(f"{path}: {jax.tree_util.keystr(key)} has shape {leaf.shape}, the "
+                       f"method's config makes {want.shape}")
+  return params
+
+
+def _read_json(path: str):
+  if not os.path.isfile(path):
+    return None
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from goal_jax.models import attention as attention_lib
+from goal_jax.text import tokenizer as text_tokenizer
 
-EOT_TOKEN = 49407
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -43,7 +43,7 @@ class CLIPConfig:
   text_heads: int
   text_mlp_dim: int
   context_length: int = 77
-  vocab_size: int = 49408
+  vocab_size: int = text_tokenizer.VOCAB_SIZE
   activation: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   dtype: str = "float32"
@@ -260,7 +260,8 @@ class VisionTower(nn.Module):
 
 
 class TextTower(nn.Module):
-  """Causal text transformer; pooled at the EOT token (the largest id); head = ln_final + proj."""
+  """Causal text transformer; pooled at the EOT token (`text_tokenizer.EOT_ID`, the largest id,
+  so found by argmax); head = ln_final + proj."""
   config: CLIPConfig
 
   def setup(self):

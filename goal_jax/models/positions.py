@@ -13,7 +13,6 @@ import numpy as np
 import optax
 
 LONGCLIP_KEEP = 20
-LONGCLIP_CONTEXT = 248
 TEXT_POSITIONS_PATH = ("text", "positional_embedding")
 
 
@@ -47,6 +46,17 @@ def stretch_positions(table: Any, target_length: int, keep: int = LONGCLIP_KEEP)
   work = table.astype(np.float64)
   out = (1.0 - frac) * work[lower] + frac * work[lower + 1]
   return out.astype(table.dtype)
+
+
+def stretch_text_positions(params: dict, context_length: int, keep: int = LONGCLIP_KEEP) -> dict:
+  """CLIP params whose text position table is stretched to `context_length` rows.
+
+  Conversion (`convert --text_context`) and the trainer (a checkpoint of another context) both
+  stretch here. New `params` and `params["text"]` dicts; the other leaves are shared, not copied.
+  """
+  tower, name = TEXT_POSITIONS_PATH
+  text = {**params[tower], name: stretch_positions(params[tower][name], context_length, keep)}
+  return {**params, tower: text}
 
 
 def merge_longclip_positions(table: Any, residual: Any, keep: int = LONGCLIP_KEEP) -> np.ndarray:

@@ -32,6 +32,8 @@ import functools
 import importlib.metadata
 from typing import Callable
 
+import sentencex
+
 Spans = list[tuple[int, int]]
 
 GOAL_RULE_VERSION = "1"
@@ -87,7 +89,6 @@ def split_sentencex(text: str) -> Spans:
 
   Pieces with no letter or digit (a stray '.' or '!') are dropped like empty ones.
   """
-  import sentencex  # pylint: disable=import-outside-toplevel
   spans, expected_start = [], 0
   for piece in sentencex.get_sentence_boundaries(SENTENCEX_LANGUAGE, text):
     start, end = piece["start_index"], piece["end_index"]

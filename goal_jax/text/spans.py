@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from goal_jax.text import tokenizer as tokenizer_lib
+
 MODES = ("exact", "goal")
 
 
@@ -134,7 +136,6 @@ def caption_span_masks(caption: str, sentence_offsets: Sequence[tuple[int, int]]
   if mode not in MODES:
     raise ValueError(f"unknown span mode {mode!r}; expected one of {MODES}")
   if tokenizer is None:
-    from goal_jax.text import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
     tokenizer = tokenizer_lib.get_tokenizer()
   if mode == "goal":
     return goal_span_masks(caption, sentence_offsets, context_length, tokenizer)

@@ -61,11 +61,14 @@ class Checkpointer:
     if save_every < 1 or keep < 1:
       raise ValueError(f"save_every and keep must be >= 1, got {save_every}, {keep}")
     self.directory = os.path.abspath(directory)
-    self.save_every = save_every
+    # Only the interval: Orbax's default policy would also save a fresh run's first step, and
+    # the trainer saves on preemption and at the end itself.
+    policy = ocp.checkpoint_managers.FixedIntervalPolicy(save_every)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            save_decision_policy=policy),
         item_names=(STATE, DATA_ITER),
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
                        DATA_ITER: grain.checkpoint.CheckpointHandler()})
@@ -83,9 +86,13 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is due: a multiple of `save_every` after the latest saved step."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, data_iter: Any = None, *, force: bool = False) -> bool:
-    """Saves if `step` is a multiple of `save_every` or `force`; returns whether it saved."""
-    if not force and step % self.save_every:
+    """Saves if `should_save(step)` or `force`; returns whether it saved."""
+    if not (force or self.should_save(step)):
       return False
     if step in self._manager.all_steps():
       return False  # e.g. a forced save right after a scheduled one
@@ -106,8 +113,8 @@ class Checkpointer:
     """Restores the state into `abstract_state`'s shapes, dtypes and shardings.
 
     Args:
-      abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings (`sharding.abstract_state`
-        or `sharding.sharded_init`), or of arrays whose shardings to copy.
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings (`sharding.sharded_init`),
+        or of arrays whose shardings to copy.
       data_iter: a fresh Grain iterator over the same pipeline; its position is set in place
         (from its Grain state, or `step` batches ahead if another process count saved it).
       step: which step; the latest when None.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -20,15 +20,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from goal_jax import objectives
+from goal_jax import methods
 from goal_jax.data import builder as data_builder
 from goal_jax.data import detail as data_detail
 from goal_jax.data import pipeline
+from goal_jax.evaluation import benchmark_spec
+from goal_jax.evaluation import report
+from goal_jax.evaluation import runner
+from goal_jax.evaluation import scoring
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import clip
 from goal_jax.models import positions
 from goal_jax.training import checkpointing
-from goal_jax.training import metrics as metrics_lib
+from goal_jax.training import finite
+from goal_jax.training import metric_log
 from goal_jax.training import optimizer as optimizer_lib
 from goal_jax.training import preemption
 from goal_jax.training import progress
@@ -86,8 +91,7 @@ def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPC
   if table.shape[0] != config.model.text_context:
     logging.info("Stretching text positions %d -> %d (Long-CLIP KPS)", table.shape[0],
                  config.model.text_context)
-    params["text"]["positional_embedding"] = positions.stretch_positions(
-        np.asarray(table), config.model.text_context)
+    params = positions.stretch_text_positions(params, config.model.text_context)
   if config.get("reset_logit_scale") is not None:
     params["logit_scale"] = np.asarray(config.reset_logit_scale, np.float32)
   return params, init_config
@@ -101,7 +105,7 @@ def input_config(config: ml_collections.ConfigDict,
   c.image_size = model_config.image_size
   c.patch_size = model_config.patch_size
   c.text_context = model_config.context_length
-  c.fields = objectives.FIELDS[config.method]
+  c.fields = methods.get(config.method).input_fields
   c.seed = config.seed
   return c
 
@@ -114,7 +118,7 @@ def check_data(config: ml_collections.ConfigDict):
   except Exception as e:  # noqa: BLE001 - any failure to open means "not prepared"
     raise SetupError(
         f"dataset {name!r} split {split!r} is not prepared under {data_dir!r} ({e}). Prepare it:\n"
-        f"  python -m goal_jax.data.prepare --dataset={name} --manual_dir=/path/to/raw/{name} "
+        f"  python -m goal_jax.prepare --dataset={name} --manual_dir=/path/to/raw/{name} "
         f"--data_dir={data_dir}") from e
 
 
@@ -155,33 +159,49 @@ def make_train_step(loss_fn, tx, schedule):
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
                "logit_scale": jnp.exp(params["clip"]["logit_scale"]),
                "lr": schedule(state["step"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     if "local_valid" in batch:  # how much of the batch fed the local terms
       scalars["local_pair_share"] = jnp.mean(batch["local_valid"].astype(jnp.float32))
-    new_state = {"params": params, "opt_state": opt_state, "step": step, "rng": state["rng"]}
+    new_state = {"params": params, "opt_state": opt_state, "step": step}
     return new_state, scalars
 
   return train_step
 
 
-def initial_state(params: Any, rng: jax.Array, *, tx) -> dict:
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-          "rng": rng}
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What a run's steps are made of, built once for the trainer and the benchmark alike.
 
-
-def plan_state(params: Any, rng: jax.Array, tx, mesh: jax.sharding.Mesh, strategy):
-  """The train state born sharded: `(init, abstract, shardings)`.
-
-  `abstract` (shapes, dtypes, shardings) is also the checkpoint restore target, so a resumed run
-  never materialises a fresh state; `init()` writes each shard straight to its device.
+  `init_state()` makes the state born sharded; `abstract_state` is its shapes and shardings
+  (the restore target; enough to lower the step without device memory); `step_fn` is the jitted
+  step (state donated) and `loss_fn` the method's loss inside it.
   """
-  make_state = functools.partial(initial_state, tx=tx)
-  abstract = jax.eval_shape(make_state, params, rng)
-  shardings = sharding.infer_sharding(abstract, mesh, tuple(map(tuple, strategy)))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
-  init = lambda: jax.jit(make_state, out_shardings=shardings)(params, rng)
-  return init, abstract, shardings
+  init_state: Callable[[], Any]
+  abstract_state: Any
+  loss_fn: Callable[..., Any]
+  step_fn: Callable[..., Any]
+
+
+def build_training(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig, params: Any,
+                   mesh: jax.sharding.Mesh, total_steps: int) -> Training:
+  """The optimizer, the sharded state and the jitted step of `config.method` on `mesh`.
+
+  `params` may be arrays or `jax.ShapeDtypeStruct`s (then only the abstract parts are usable).
+  """
+  tx, schedule = make_tx(config, params, total_steps)
+  init_state, abstract = sharding.sharded_init(functools.partial(initial_state, tx=tx), params,
+                                               mesh=mesh, strategy=config.sharding)
+  loss_fn = methods.get(config.method).make_loss_fn(model_config, config.loss, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step_fn = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+                    out_shardings=(sharding.shardings_of(abstract), replicated))
+  return Training(init_state, abstract, loss_fn, step_fn)
+
+
+def initial_state(params: Any, *, tx) -> dict:
+  """The train state; `sharding.sharded_init` builds it born sharded. No step draws random
+  numbers (no dropout), so it holds no key."""
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,15 +233,14 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   data_config = input_config(config, model_config)
   check_reproduction(data_config, config.input.data_dir)
 
-  rng = jax.random.key(config.seed)
-  clip_rng, extra_rng = jax.random.split(jax.random.fold_in(rng, 1))
+  clip_rng, extra_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
   if init_params is None:
     init_params = jax.device_get(clip.init_params(model_config, clip_rng))
-  params = {"clip": init_params,
-            **jax.device_get(objectives.init_extra_params(config.method, config.loss,
-                                                          model_config, extra_rng))}
-  tx, schedule = make_tx(config, params, total_steps)
-  init_state, abstract, state_shardings = plan_state(params, rng, tx, mesh, config.sharding)
+  params = {"clip": init_params, **jax.device_get(methods.get(config.method).init_extra_params(
+      config.loss, model_config, extra_rng))}
+  training = build_training(config, model_config, params, mesh, total_steps)
+  logging.info("parameters per optimizer group: %s",
+               optimizer_lib.summarize_groups(params, config.optim.param_groups))
 
   dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True)
   data_iter = iter(dataset)
@@ -232,7 +251,8 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                   save_every=config.checkpoint_every,
                                   keep=config.keep_checkpoints) as checkpointer:
-    state = checkpointer.restore_or_init(abstract, init_state, data_iter)
+    # The abstract state is the restore target: a resumed run never materialises a fresh one.
+    state = checkpointer.restore_or_init(training.abstract_state, training.init_state, data_iter)
     del params, init_params
     start = result["step"] = int(jax.device_get(state["step"]))
     if preempted.should_stop(start):
@@ -252,15 +272,11 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
     if start:
       say(f"resumed from step {start} ({checkpointer.step_dir(start)})")
 
-    loss_fn = objectives.make_loss_fn(config.method, model_config, config.loss, mesh)
-    batch_sharding = pipeline.batch_sharding(mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
-                         out_shardings=(state_shardings, replicated))
+    train_step = training.step_fn
     evaluator = make_evaluator(config, model_config)
-    guard = metrics_lib.NonFiniteGuard()
+    guard = finite.NonFiniteGuard()
     chrono = progress.Chrono(total_steps, config.input.batch_size)
-    with metrics_lib.MetricWriter(workdir, log_every=config.log_every,
+    with metric_log.MetricWriter(workdir, log_every=config.log_every,
                                   tensorboard=config.tensorboard,
                                   resume_step=start) as writer:
       with progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
@@ -268,7 +284,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         for step in range(start + 1, total_steps + 1):
           host_batch = next(data_iter)
           record_ids = host_batch.pop("record_index")
-          batch = pipeline.make_global_batch(host_batch, batch_sharding)
+          batch = pipeline.make_global_batch(host_batch, mesh)
           state, scalars = train_step(state, batch)
           guard(step, scalars, record_ids)  # checks the previous step: no stall
           if writer.due(step, total_steps):
@@ -277,13 +293,14 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
           if (evaluator and config.eval_every and step % config.eval_every == 0
               and step < total_steps):
             with chrono.paused():
-              result["evaluation"] = evaluator(state["params"]["clip"], step, writer,
+              result["evaluation"] = evaluator(state["params"], step, writer,
                                                echo=bar.write)
           stop = preempted.should_stop(step)
-          if stop or step == total_steps or step % config.checkpoint_every == 0:
+          # The cadence is the checkpointer's; a preempted or finished run saves anyway.
+          if stop or step == total_steps or checkpointer.should_save(step):
             # Never save a state that cannot be resumed: the last loss, then every updated leaf.
             guard.flush()
-            metrics_lib.assert_state_finite(step, state)
+            finite.assert_state_finite(step, state)
             checkpointer.save(step, state, data_iter, force=True)
           if stop:
             logging.warning("Preempted at step %d: saved, exiting", step)
@@ -292,10 +309,11 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       result["step"] = int(jax.device_get(state["step"]))
       if result["step"] == total_steps:
         # The model first: an evaluation that fails must not cost it.
-        if save_final_model(workdir, state, model_config, total_steps):
+        if save_final_model(workdir, state, model_config, total_steps,
+                            method={"name": config.method, "loss": config.loss.to_dict()}):
           say(f"model of step {total_steps} written to {os.path.join(workdir, 'model')}")
         if evaluator and not result["preempted"]:
-          result["evaluation"] = evaluator(state["params"]["clip"], total_steps, writer,
+          result["evaluation"] = evaluator(state["params"], total_steps, writer,
                                            final=True)
   return result
 
@@ -310,7 +328,7 @@ def check_local_pairs(config: ml_collections.ConfigDict, source) -> None:
   """A method whose terms read local pairs refuses a dataset without any (it would silently
   train global-only); a dataset where only some records have one is logged, and so are records
   whose local crops would come from the small stored copy (no detail copy: `data.detail`)."""
-  if not objectives.needs_local_pairs(config.method, config.loss):
+  if not methods.get(config.method).needs_local_pairs(config.loss):
     return
   name, split = config.input.dataset, config.input.split
   # 128 records: enough to tell none from some, without reading 512 detail copies at start-up.
@@ -349,12 +367,14 @@ def check_reproduction(data_config: ml_collections.ConfigDict, data_dir: str) ->
 
 
 def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
-                     total_steps: int) -> bool:
+                     total_steps: int, method: dict | None = None) -> bool:
   """Writes the finished CLIP as a model checkpoint (`evaluate`, `export_hf`, later runs read
   it); returns whether it wrote one (False: not finished, or the model is already current).
 
-  The model records its step (`model_info.json`) and is replaced when the run was extended past
-  it; it is written to a temporary folder renamed into place, so it is whole or absent.
+  `method` (`{"name", "loss"}`) is kept with the method's own params, so evaluation can rank as
+  the method does. The model records its step (`model_info.json`) and is replaced when the run
+  was extended past it; it is written to a temporary folder renamed into place, so it is whole
+  or absent.
   Every process takes part: Orbax's save synchronises all of them (process 0 alone would wait
   forever), and gathering sharded (FSDP) params is a collective too. Process 0 decides whether
   the model is current, so all processes take the same branch. The params are saved as host
@@ -368,8 +388,10 @@ def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
       os.path.join(out, model_checkpoint.CONFIG_FILE))
   if multihost_utils.broadcast_one_to_all(np.array(current)):
     return False
-  params = multihost_utils.process_allgather(state["params"]["clip"], tiled=True)
-  model_checkpoint.save_model(out, params, model_config, info={"step": step}, overwrite=True)
+  params = multihost_utils.process_allgather(state["params"], tiled=True)
+  model_checkpoint.save_model(
+      out, params["clip"], model_config, info={"step": step}, method=method,
+      method_params={k: v for k, v in params.items() if k != "clip"}, overwrite=True)
   return True
 
 
@@ -378,20 +400,21 @@ class EvaluationError(RuntimeError):
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig):
-  """`evaluate(clip_params, step, writer, final=False) -> results` over the benchmarks, or None.
+  """`evaluate(params, step, writer, final=False) -> results` over the benchmarks, or None.
 
-  An evaluation during training that fails is logged and training goes on; the one after
-  training raises `EvaluationError` (the trainer has saved the model by then).
+  `params` is the whole trainable tree: the method's scorer, if it has one, ranks the retrieval
+  tasks (`evaluation/scoring.py`), else CLIP's embeddings. An evaluation during training that
+  fails is logged and training goes on; the one after training raises `EvaluationError` (the
+  trainer has saved the model by then).
   """
   benchmarks = config.evals.benchmarks
   if not benchmarks:
     return None
-  from goal_jax.evaluation import report  # noqa: PLC0415 - only runs that evaluate need it
-  from goal_jax.evaluation import runner  # noqa: PLC0415
+  method_scoring = scoring.of_method(config.method, config.loss)
 
-  def evaluate(clip_params, step, writer, final=False, echo=functools.partial(print, flush=True)):
+  def evaluate(params, step, writer, final=False, echo=functools.partial(print, flush=True)):
     try:
-      return run_benchmarks(clip_params, step, writer, echo)
+      return run_benchmarks(params if method_scoring else params["clip"], step, writer, echo)
     except Exception as e:  # noqa: BLE001 - any failure: reported, never fatal to the model
       if final:
         raise EvaluationError(f"evaluation at step {step} failed: {type(e).__name__}: {e}") from e
@@ -399,23 +422,25 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
                     type(e).__name__, e)
       return {}
 
-  def run_benchmarks(clip_params, step, writer, echo):
+  def run_benchmarks(params, step, writer, echo):
     results = runner.evaluate_benchmarks(
-        clip_params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
-        batch_size=config.evals.batch_size)
+        params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
+        batch_size=config.evals.batch_size, scoring=method_scoring)
     flat = {f"eval/{name}/{metric}": value for name, result in results.items()
             for metric, value in result["metrics"].items()}
     writer.write(step, flat)
-    document = report.results_document(config.evals.profile_name, results, {"step": step})
+    profile, _ = benchmark_spec.resolve_benchmarks(benchmarks)  # the one the results follow
+    metadata = {"step": step, "scoring": scoring.label(method_scoring)}
+    document = report.results_document(profile, results, metadata)
     if jax.process_index() == 0:
       path = os.path.join(writer_dir(writer), f"eval_{step}.json")
-      report.write_results(path, config.evals.profile_name, results, {"step": step})
-      echo(f"\n{report.markdown_table(document)}\n[train] evaluation of step {step} written "
-           f"to {path}")
+      report.write_results(path, profile, results, metadata)
+      echo(f"\n{report.markdown_table(document, profile)}\n[train] evaluation of step {step} "
+           f"written to {path}")
     return results
 
   return evaluate
 
 
-def writer_dir(writer: metrics_lib.MetricWriter) -> str:
+def writer_dir(writer: metric_log.MetricWriter) -> str:
   return os.path.dirname(writer.path)

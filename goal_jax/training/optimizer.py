@@ -17,17 +17,18 @@ import optax
 
 from goal_jax.training import paths
 
-# GOAL's recipe (its released training script): AdamW(0.9, 0.999, 1e-8), wd 0.05 on everything, cosine to 0.
+# The fields of `config.optim` and the values of those a recipe may leave out. The recipes
+# themselves (learning rate, decay, betas, warmup) are written in each method's config.
 DEFAULTS = dict(
-    lr=5e-6,              # peak learning rate
+    lr=None,              # peak learning rate: required
     schedule="cosine",    # "cosine" (to lr_floor) or "constant"
     warmup_steps=0,       # linear warmup before the schedule, in optimizer steps
     total_steps=None,     # optimizer steps of the whole run; needed by "cosine"
     lr_floor=0.0,         # the cosine's final value (absolute, not a fraction of lr)
-    b1=0.9,
+    b1=0.9,               # AdamW's usual betas and eps (PyTorch's and optax's defaults)
     b2=0.999,
     eps=1e-8,
-    weight_decay=0.05,
+    weight_decay=0.0,
     decay_regex=None,     # None decays every param; else only names that fully match
     param_groups=(),      # (regex, multiplier or None to freeze); first match wins; default 1x
     grad_clip_norm=None,  # clip by the global norm of the trainable gradients
@@ -105,6 +106,9 @@ def make_optimizer(config: Mapping[str, Any] | Any, params: Any,
     `(tx, schedule)`: the transformation and the base (1x) learning rate per optimizer step.
   """
   c = _read_config(config)
+  labels = group_labels(params, c["param_groups"])
+  if c["lr"] is None:
+    raise ValueError("optimizer config: lr is required (the method's config sets its recipe)")
   schedule_of = lambda scale: make_schedule(
       c["schedule"], c["lr"] * scale, total_steps=c["total_steps"],
       warmup_steps=c["warmup_steps"], lr_floor=c["lr_floor"] * scale)
@@ -112,7 +116,6 @@ def make_optimizer(config: Mapping[str, Any] | Any, params: Any,
   if c["decay_regex"] is not None:
     decay_mask = lambda p: paths.match_rules(p, [(c["decay_regex"], True)], what="decay_regex",
                                              default=False, allow_unused=True)
-  labels = group_labels(params, c["param_groups"])
   groups = {FROZEN: optax.set_to_zero()}
   for label in sorted(set(jax.tree.leaves(labels)) - {FROZEN}):
     groups[label] = optax.adamw(schedule_of(float(label.removeprefix("lr_x"))), b1=c["b1"],

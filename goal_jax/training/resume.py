@@ -16,6 +16,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from goal_jax import files
+
 CONFIG_FILE = "config.json"
 
 # Dotted field names (a prefix covers its sub-fields) that a resumed run may change.
@@ -95,7 +97,7 @@ def check_and_record(workdir: str, config: ml_collections.ConfigDict, start_step
     for name, (old, new) in changes.items():
       logging.warning("Resuming at step %d with %s changed: %r -> %r", start_step, name, old, new)
   if write:
+    text = json.dumps(current, indent=2, sort_keys=True)
     for name in (CONFIG_FILE, f"config_start_{start_step}.json"):
-      with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
-        json.dump(current, f, indent=2, sort_keys=True)
+      files.write_atomic(os.path.join(workdir, name), text)
   return changes

@@ -1,4 +1,4 @@
-"""Device mesh, parameter sharding rules, sharded init and host-to-global batches.
+"""Device mesh, parameter sharding rules and sharded init.
 
 The strategy is big_vision-style `(regex, rule)` pairs over 'a/b/c' state names, first match wins:
 `replicate` (plain data parallelism) or `fsdp(axis="data", min_size_mb=4)`, which shards each large
@@ -95,67 +95,32 @@ def infer_sharding(tree: Any, mesh: Mesh, strategy: Sequence[tuple[str, str]] = 
   return jax.tree.unflatten(treedef, [NamedSharding(mesh, spec) for spec in specs])
 
 
-def sharded_init(init_fn: Callable[..., Any], rng: jax.Array, mesh: Mesh,
+def sharded_init(init_fn: Callable[..., Any], *args: Any, mesh: Mesh,
                  strategy: Sequence[tuple[str, str]] = DEFAULT_STRATEGY
                  ) -> tuple[Callable[[], Any], Any]:
-  """Plans a sharded `init_fn(rng)` without running it.
+  """Plans a sharded `init_fn(*args)` without running it.
 
-  `eval_shape` gives names and shapes without allocating; the returned `init()` is
+  `eval_shape` gives names and shapes without allocating; the returned `init()` runs
   `jit(init_fn, out_shardings=...)`, which writes each shard straight to its device, so a model that
-  fits only when sharded never exists whole on one. The abstract state (ShapeDtypeStructs with
-  shardings) is also the restore target, so a resumed run need not initialise at all.
+  fits only when sharded never exists whole on one. `args` go to it as they are: jit moves host
+  arrays (pretrained params) straight into the shardings it propagates to them, on every process
+  (under a transfer guard, pass device arrays already on the mesh). The abstract state
+  (ShapeDtypeStructs with shardings) is also the restore target, so a resumed run need not
+  initialise at all.
 
   Returns:
     `(init, abstract)`: `init()` builds the state; `abstract` holds each leaf's shape, dtype and
-    sharding (take `.sharding` of its leaves for the train step's in/out shardings).
+    sharding (`shardings_of(abstract)` are the train step's in/out shardings).
   """
-  abstract = jax.eval_shape(init_fn, rng)
+  abstract = jax.eval_shape(init_fn, *args)
   shardings = infer_sharding(abstract, mesh, strategy)
-  rng = jax.device_put(rng, NamedSharding(mesh, P()))  # explicit, so transfer guards pass
-  init = lambda: jax.jit(init_fn, out_shardings=shardings)(rng)
+  init = lambda: jax.jit(init_fn, out_shardings=shardings)(*args)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, shardings)
   return init, abstract
-
-
-def create_sharded_state(init_fn: Callable[..., Any], rng: jax.Array, mesh: Mesh,
-                         strategy: Sequence[tuple[str, str]] = DEFAULT_STRATEGY
-                         ) -> tuple[Any, Any]:
-  """`init_fn(rng)` with every leaf born with its strategy's sharding (see `sharded_init`).
-
-  Returns:
-    `(state, shardings)`; reuse `shardings` as the train step's in/out shardings.
-  """
-  init, abstract = sharded_init(init_fn, rng, mesh, strategy)
-  return init(), shardings_of(abstract)
 
 
 def shardings_of(tree: Any) -> Any:
   """The `.sharding` of every leaf (arrays or abstract ShapeDtypeStructs)."""
   return jax.tree.map(lambda x: x.sharding, tree)
 
-
-def abstract_state(state: Any) -> Any:
-  """ShapeDtypeStructs carrying each leaf's sharding: a restore target that needs no memory."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
-def host_batch_to_global(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> Any:
-  """Joins each process's host batch into global arrays sharded over `axis` on the leading dim.
-
-  Every process passes its own slice (numpy); the global batch is their concatenation in process
-  order, as `jax.make_array_from_process_local_data` defines it.
-  """
-  sharding = NamedSharding(mesh, P(axis))
-  local_devices = math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
-  local_devices //= jax.process_count()
-
-  def put(name, x):
-    x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] % max(local_devices, 1):
-      raise ValueError(f"batch[{name!r}] has shape {x.shape}: its leading (batch) dimension must "
-                       f"divide evenly over the {local_devices} local devices of mesh axis "
-                       f"{axis!r}")
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return paths.map_with_names(put, batch)

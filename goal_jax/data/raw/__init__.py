@@ -96,12 +96,6 @@ READERS: dict[str, DatasetReader] = {
                             count=_lazy("photos", "count")),
 }
 
-# Modules whose SPLITS the table above repeats (so listing splits imports nothing); a test checks.
-SPLITS_SOURCES = {"docci": "raw.docci", "dci": "raw.dci", "urban1k": "raw.urban1k",
-                  "sharegpt4v": "raw.sharegpt4v", "coco_karpathy": "raw.karpathy:COCO_SPLITS",
-                  "flickr30k_karpathy": "raw.karpathy:FLICKR_SPLITS", "goal_json": "raw.goal_json",
-                  "synthetic": "synthetic", "photos": "photos"}
-
 
 def get_reader(name: str) -> DatasetReader:
   if name not in READERS:

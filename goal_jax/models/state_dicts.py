@@ -18,10 +18,11 @@ import json
 import os
 import re
 import zipfile
-from typing import Any
 
+from flax import traverse_util
 import jax
 import numpy as np
+from safetensors.numpy import load_file
 
 from goal_jax.models import clip
 from goal_jax.models import positions
@@ -94,28 +95,6 @@ def _hf_names(config: clip.CLIPConfig) -> list[str]:
     names += [f"{tower}.encoder.layers.{i}.{inner}" for i in range(layers)
               for inner, _, _ in _BLOCK_RULES]
   return names
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flat(value, path + "/"))
-    else:
-      out[path] = value
-  return out
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return tree
 
 
 class SourceNames(dict):
@@ -275,7 +254,6 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:
     state = load_file(path)
   except Exception as e:  # safetensors raises its own error types for corrupt headers.
@@ -290,12 +268,6 @@ def read_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     return read_safetensors(path)
   return read_torch_file(path)
-
-
-def read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict]:
-  """(state dict, config.json) of an HF CLIPModel directory (single or sharded safetensors)."""
-  state, hf_config, _ = _read_hf_dir(directory)
-  return state, hf_config
 
 
 def _read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict, str]:
@@ -532,7 +504,8 @@ def hf_to_params(state: dict[str, np.ndarray], config: clip.CLIPConfig,
                  origin: "SourceNames | None" = None) -> dict:
   """Strict conversion of an HF-layout state dict to (loop-layout) Flax params, fp32 numpy."""
   origin = SourceNames() if origin is None else origin
-  expected = _flat(clip.abstract_params(dataclasses.replace(config, scan=False)))
+  expected = traverse_util.flatten_dict(
+      clip.abstract_params(dataclasses.replace(config, scan=False)), sep="/")
   flat, problems = {}, []
   unexpected = sorted({origin(k) for k in state if _hf_rule(k) is None
                        or _hf_rule(k)[0] not in expected})
@@ -561,7 +534,7 @@ def hf_to_params(state: dict[str, np.ndarray], config: clip.CLIPConfig,
     fix = f". Fix: {'; '.join(fixes)}" if fixes else ""
     raise ValueError(f"{origin.file}: checkpoint does not match the CLIP model "
                      f"({_describe(config)}): " + "; ".join(problems) + fix)
-  return _nest(flat)
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _some(names: list[str], limit: int = 10) -> str:
@@ -572,7 +545,7 @@ def _some(names: list[str], limit: int = 10) -> str:
 
 def params_to_hf(params: dict) -> dict[str, np.ndarray]:
   """Flax params (either layout) -> HF CLIPModel state dict (fp32 numpy, contiguous)."""
-  flat = _flat(clip.to_param_layout(params, scan=False))
+  flat = traverse_util.flatten_dict(clip.to_param_layout(params, scan=False), sep="/")
   out = {}
   for name, path, transform in _all_rules(flat):
     out[name] = np.array(transform[1](np.asarray(flat[path], np.float32)), order="C")
@@ -619,21 +592,11 @@ def convert(source: str, text_context: int | None = None, scan: bool = False,
   check_layers(state, origin, stated)
   params = hf_to_params(state, config, origin)
   if text_context is not None and text_context != config.context_length:
-    params, config = stretch_text_context(params, config, text_context)
+    if text_context < config.context_length:
+      raise ValueError(f"text_context {text_context} is shorter than the checkpoint's "
+                       f"{config.context_length}; only stretching is supported")
+    params = positions.stretch_text_positions(params, text_context)
+    config = dataclasses.replace(config, context_length=text_context)
   if scan:
     params = clip.to_param_layout(params, scan=True)
   return params, dataclasses.replace(config, scan=scan)
-
-
-def stretch_text_context(params: dict, config: clip.CLIPConfig,
-                         text_context: int) -> tuple[dict, clip.CLIPConfig]:
-  """Long-CLIP stretching of `text/positional_embedding` to `text_context` rows."""
-  if text_context < config.context_length:
-    raise ValueError(f"text_context {text_context} is shorter than the checkpoint's "
-                     f"{config.context_length}; only stretching is supported")
-  params = dict(params)
-  params["text"] = dict(params["text"])
-  params["text"]["positional_embedding"] = positions.stretch_positions(
-      params["text"]["positional_embedding"], text_context)
-  return params, dataclasses.replace(config, context_length=text_context)
-

@@ -22,20 +22,23 @@ Ablations (project page table) are weight overrides:
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
-from configs import common
+from goal_jax.configs import common
+from goal_jax.configs import goal
 from goal_jax.losses import mulclip as mulclip_loss
 
 
 def get_config(arg=None):
   args = common.parse(arg)
   config = common.base_config("mulclip", args)
+  config.optim.update(goal.RECIPE_OPTIMIZER)  # MulCLIP's is not public; GOAL's, as said above
+  config.optim.param_groups = (("calibration/.*", 40.0),)
   config.loss.weights = ml_collections.ConfigDict(mulclip_loss.MULCLIP_WEIGHTS)
   config.loss.calibration_tokens = 39
   for field in dataclasses.fields(mulclip_loss.MulCLIPOptions):
     config.loss[field.name] = field.default
-  config.loss.sap_top_k = 0  # 0: softmax over all patches
-  config.optim.param_groups = (("calibration/.*", 40.0),)
+  config.loss.sap_top_k = config_dict.placeholder(int)  # None: softmax over all patches
   if args.demo:
     # At init each calibrated token is a near-uniform average of the same tokens (mean pairwise
     # cosine .997 image / .979 text here; PyTorch's default init, which FineLIP uses, gives
@@ -43,4 +46,4 @@ def get_config(arg=None):
     # that unchanged (README, results), so the demo keeps a modest 3x.
     config.loss.calibration_tokens = 16
     config.optim.param_groups = (("calibration/.*", 3.0),)
-  return config
+  return common.with_demo(config, args)

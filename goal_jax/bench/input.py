@@ -1,8 +1,8 @@
 r"""Input pipeline throughput (images/s) against the number of Grain worker processes.
 
-    python -m goal_jax.data.bench                        # prepares `synthetic` test into a tmp dir
-    python -m goal_jax.data.bench --data_dir=DIR --dataset=docci --split=train --workers=0,2,4
-    python -m goal_jax.data.bench --detail_photos=20     # the detail copy's costs (below)
+    python -m goal_jax.bench.input                        # prepares `synthetic` test into a tmp dir
+    python -m goal_jax.bench.input --data_dir=DIR --dataset=docci --split=train --workers=0,2,4
+    python -m goal_jax.bench.input --detail_photos=20     # the detail copy's costs (below)
 
 Reads train-mode batches (shuffle, repeat, every field group by default), skips the first batches
 (start-up: worker spawn, tokenizer cache), and prints images/s over the next `--batches`. A
@@ -24,25 +24,39 @@ import time
 from absl import flags
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from goal_jax import cli
+from goal_jax import methods
+from goal_jax.data import builder
+from goal_jax.data import detail
 from goal_jax.data import geometry
+from goal_jax.data import images
+from goal_jax.data import photos
 from goal_jax.data import pipeline
+from goal_jax.data import prepare
+from goal_jax.data import raw
+from goal_jax.data import records
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared shards; default: prepare a tmp dir")
-_DATASET = flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
-_SPLIT = flags.DEFINE_string("split", "test", "split to read")
-_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker process counts to compare")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "batch size")
-_IMAGE = flags.DEFINE_integer("image_size", 224, "model input side")
-_PATCH = flags.DEFINE_integer("patch_size", 16, "ViT patch side")
-_FIELDS = flags.DEFINE_string("fields", "all", "field groups (pipeline.FIELD_PRESETS or groups)")
-_GEOMETRY = flags.DEFINE_string("geometry", "center_crop", "squash or center_crop")
-_THREADS = flags.DEFINE_integer("threads", 2, "Grain read threads per process")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "batches skipped before timing")
-_BATCHES = flags.DEFINE_integer("batches", 20, "batches timed")
-_DETAIL_PHOTOS = flags.DEFINE_integer("detail_photos", 0, "> 0: measure the detail copy's costs "
-                                      "on this many generated 1,600 x 2,000 photos")
+FLAGS = flags.FLAGS
+EXPECTED = (ValueError, FileNotFoundError)  # bad flags, a missing dataset: one `error:` line
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  cli.define_bench_data_flags()
+  flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker process counts to compare")
+  flags.DEFINE_integer("batch_size", 32, "batch size")
+  flags.DEFINE_integer("image_size", 224, "model input side")
+  flags.DEFINE_integer("patch_size", 16, "ViT patch side")
+  flags.DEFINE_string("fields", "all", "field groups joined by ',' (pipeline.FIELD_GROUPS), "
+                      "'all', or a method's name")
+  flags.DEFINE_string("geometry", "center_crop", "squash or center_crop")
+  flags.DEFINE_integer("threads", 2, "Grain read threads per process")
+  flags.DEFINE_integer("warmup", 3, "batches skipped before timing")
+  flags.DEFINE_integer("batches", 20, "batches timed")
+  flags.DEFINE_integer("detail_photos", 0, "> 0: measure the detail copy's costs on this many "
+                       "generated 1,600 x 2,000 photos")
 
 
 def measure(config, data_dir: str, split: str, warmup: int, batches: int) -> float:
@@ -59,17 +73,14 @@ def measure(config, data_dir: str, split: str, warmup: int, batches: int) -> flo
 
 
 def _prepare_default(tmp: str) -> str:
-  from goal_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  print(f"preparing {_DATASET.value}/{_SPLIT.value} into {tmp} ...", flush=True)
-  prepare.prepare(_DATASET.value, tmp, splits=(_SPLIT.value,))
+  print(f"preparing {FLAGS.dataset}/{FLAGS.split} into {tmp} ...", flush=True)
+  prepare.prepare(FLAGS.dataset, tmp, splits=(FLAGS.split,))
   return tmp
 
 
 def _texture_photo(index: int, height: int = 2000, width: int = 1600) -> np.ndarray:
   """A real photo (the `photos` fixture) upscaled, plus band-limited noise a pixel or two wide:
   fine detail a 256 px copy cannot hold, and JPEG sizes like DOCCI's."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-  from goal_jax.data import photos  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(index)
   base = Image.fromarray(photos.load_rgb(photos.PHOTOS[index % len(photos.PHOTOS)]))
   pixels = np.asarray(base.convert("RGB").resize((width, height), Image.Resampling.BICUBIC),
@@ -91,7 +102,6 @@ def _lism_like_box(rng, height: int, width: int) -> tuple[float, float, float, f
 def _write_detail_fixture(root: pathlib.Path, count: int):
   """`count` photos as JPEG files (quality 90: ~0.6 MB, near DOCCI's 0.5 MB average) and their
   raw examples."""
-  from goal_jax.data import records  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   root.mkdir(parents=True, exist_ok=True)
   examples = []
@@ -142,7 +152,6 @@ def detail_report(count: int, tmp: str, batches: int) -> None:
   Times are CPU time of this process (robust to other load on a shared machine); records/s on
   one core is 1000 / (ms per record).
   """
-  from goal_jax.data import builder, detail, raw  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(tmp)
   print(f"writing {count} photos of 1600 x 2000 ...", flush=True)
   examples = _write_detail_fixture(root / "raw", count)
@@ -161,13 +170,14 @@ def detail_report(count: int, tmp: str, batches: int) -> None:
                   options=builder.PrepareOptions(num_workers=1, **options))
     prepare_ms = (time.process_time() - start) / count * 1e3
     per_record = {}
-    for fields in ("goal", "mulclip"):
+    for method in ("goal", "mulclip"):
       config = pipeline.default_config()
-      config.update(dict(dataset="detail_bench", batch_size=min(16, count), fields=fields))
-      per_record[fields] = _cpu_ms_per_record(config, str(data_dir), batches)
+      config.update(dict(dataset="detail_bench", batch_size=min(16, count),
+                         fields=methods.get(method).input_fields))
+      per_record[method] = _cpu_ms_per_record(config, str(data_dir), batches)
     source = builder.load_source("detail_bench", "train", str(data_dir))
     decoded = [builder.decode_record(source[i]) for i in range(count)]
-    stored = [pipeline.decode_image(record["image"]) for record in decoded]
+    stored = [images.open_rgb(record["image"]) for record in decoded]
     crop_ms = _cpu_ms(lambda i: detail.local_crop(decoded[i], decoded[i]["pair_box"][0],
                                                   stored[i], min_short_side=224), range(count))
     print(f"{label:18} {_shard_bytes(data_dir, 'detail_bench') / count / 1e3:10.0f} "
@@ -204,26 +214,33 @@ def _alternatives(examples) -> None:
         f"per pair, {crop_ms:.2f} ms", flush=True)
 
 
+def _fields() -> str:
+  """`--fields`, a method's name read as that method's field groups."""
+  name = FLAGS.fields
+  return methods.get(name).input_fields if name in methods.REGISTRY else name
+
+
 def main(argv):
   cli.check_args(argv)
-  if _DETAIL_PHOTOS.value:
+  if FLAGS.detail_photos:
     with tempfile.TemporaryDirectory() as tmp:
-      detail_report(_DETAIL_PHOTOS.value, tmp, _BATCHES.value)
+      detail_report(FLAGS.detail_photos, tmp, FLAGS.batches)
     return
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = (os.path.expanduser(_DATA_DIR.value) if _DATA_DIR.value
+    data_dir = (os.path.expanduser(FLAGS.data_dir) if FLAGS.data_dir
                 else _prepare_default(tmp))
     config = pipeline.default_config()
-    config.update(dict(dataset=_DATASET.value, batch_size=_BATCH.value,
-                       image_size=_IMAGE.value, patch_size=_PATCH.value, fields=_FIELDS.value,
-                       geometry=_GEOMETRY.value, read_threads=_THREADS.value))
-    print(f"{_DATASET.value}/{_SPLIT.value}: batch {config.batch_size}, {config.image_size} px, "
+    config.update(dict(dataset=FLAGS.dataset, batch_size=FLAGS.batch_size,
+                       image_size=FLAGS.image_size, patch_size=FLAGS.patch_size, fields=_fields(),
+                       geometry=FLAGS.geometry, read_threads=FLAGS.threads))
+    print(f"{FLAGS.dataset}/{FLAGS.split}: batch {config.batch_size}, {config.image_size} px, "
           f"fields={config.fields}, read_threads={config.read_threads}")
-    for workers in (int(w) for w in _WORKERS.value):
+    for workers in (int(w) for w in FLAGS.workers):
       config.num_workers = workers
-      rate = measure(config, data_dir, _SPLIT.value, _WARMUP.value, _BATCHES.value)
+      rate = measure(config, data_dir, FLAGS.split, FLAGS.warmup, FLAGS.batches)
       print(f"workers={workers}: {rate:8.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":
-  cli.run(main, expected=(ValueError, FileNotFoundError))
+  define_flags()
+  cli.run(main, expected=EXPECTED)

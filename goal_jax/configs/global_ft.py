@@ -7,9 +7,12 @@ but fp32 weights: the official baseline casts the whole model to bf16, where mos
 round away (its released `global_loss_finetuning.py`), which may understate the baseline.
 Cost: one vision and one text forward per pair, about half a GOAL step.
 """
-from configs import common
+from goal_jax.configs import common
+from goal_jax.configs import goal
 
 
 def get_config(arg=None):
   args = common.parse(arg)
-  return common.base_config("global", args)
+  config = common.base_config("global", args)
+  config.optim.update(goal.RECIPE_OPTIMIZER)  # the baseline trains as GOAL does
+  return common.with_demo(config, args)

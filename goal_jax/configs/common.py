@@ -1,7 +1,8 @@
 """What every method config shares: model, input, optimizer, logging, mesh.
 
-Each method file (`goal.py`, `mulclip.py`, `global_ft.py`, `longclip.py`) starts from
-`base_config`, sets its loss and reads like the paper's recipe. The `demo` arg swaps in the
+Each method file (`goal.py`, `mulclip.py`, `global_ft.py`, `longclip.py`, `finelip.py`) starts
+from `base_config`, writes its optimizer and loss as the paper's recipe, and ends with
+`with_demo`. The `demo` arg swaps in the
 embedded `synthetic` dataset and a tiny model that fine-tunes on 2 CPU cores in a few minutes,
 starting from a checkpoint pretrained on the synthetic short captions (see `goal_jax/demo.py`).
 """
@@ -17,7 +18,7 @@ ARG_DEFAULTS = dict(
     demo=False,       # tiny model on the embedded synthetic data, a few minutes on a CPU
     variant="B/16",   # model variant when no init checkpoint names one
     init="",          # a `python -m goal_jax.convert` output; required outside the demo
-    dataset="docci",  # prepared dataset name (`python -m goal_jax.data.prepare --dataset=NAME`)
+    dataset="docci",  # prepared dataset name (`python -m goal_jax.prepare --dataset=NAME`)
     data_dir="~/tensorflow_datasets",
     batch=16,
     epochs=10.0,
@@ -31,7 +32,7 @@ def parse(arg, **method_defaults):
 
 
 def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A full config for `method` at the paper scale; method files then set loss and optimizer."""
+  """A full config for `method` at the paper scale; method files then set optimizer and loss."""
   config = ml_collections.ConfigDict()
   config.method = method
   config.demo = args.demo
@@ -56,8 +57,10 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
   config.input.split = "train"
   config.input.batch_size = args.batch
 
+  # The method file writes its recipe's values (`config.optim.update(lr=..., ...)`).
   config.optim = ml_collections.ConfigDict(
       {k: v for k, v in optimizer.DEFAULTS.items() if k != "total_steps"})
+  config.optim.lr = config_dict.placeholder(float)
   config.optim.decay_regex = config_dict.placeholder(str)
   config.optim.grad_clip_norm = config_dict.placeholder(float)
   config.total_epochs = args.epochs
@@ -72,11 +75,18 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
   config.tensorboard = True
   config.progress_bar = True
   config.eval_every = 0  # steps; the end of training always evaluates when benchmarks are set
-  config.evals = ml_collections.ConfigDict(dict(
-      benchmarks="", profile_name="", data_dir="", batch_size=64))
+  # `benchmarks`: a profile, benchmark names or `dataset:split`; the results table follows from
+  # it (`evaluation.benchmark_spec`).
+  config.evals = ml_collections.ConfigDict(dict(benchmarks="", data_dir="", batch_size=64))
 
   config.mesh = [("data", -1)]
   config.sharding = [(".*", "replicate")]  # FSDP: [(".*", 'fsdp(axis="data")')]
+  return config
+
+
+def with_demo(config: ml_collections.ConfigDict,
+              args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's config, or with the `demo` arg its demo: the last call of every method file."""
   if args.demo:
     demo_overrides(config, args)
   return config
@@ -105,5 +115,4 @@ def demo_overrides(config: ml_collections.ConfigDict, args: ml_collections.Confi
   config.log_every = 25
   config.checkpoint_every = 100
   config.evals.benchmarks = "synthetic"
-  config.evals.profile_name = "synthetic"
   config.evals.batch_size = 100

@@ -26,9 +26,14 @@ behaviour and its own field (`--config.input.span_mode=goal`, ...) for ablations
 """
 import ml_collections
 
-from configs import common
+from goal_jax.configs import common
 from goal_jax.data import pipeline
 from goal_jax.losses import goal as goal_loss
+
+
+# GOAL's released training script: AdamW, lr 5e-6 cosine to 0 without warmup, decay 0.05 on all.
+RECIPE_OPTIMIZER = dict(lr=5e-6, schedule="cosine", warmup_steps=0, lr_floor=0.0, b1=0.9,
+                        b2=0.999, eps=1e-8, weight_decay=0.05)
 
 
 def get_config(arg=None):
@@ -38,8 +43,9 @@ def get_config(arg=None):
     raise ValueError(f"config arg reproduce={args.reproduce!r}: expected one of "
                      f"{sorted(pipeline.COMPAT)}")
   config.input.compat = args.reproduce
+  config.optim.update(RECIPE_OPTIMIZER)
   config.loss.weights = ml_collections.ConfigDict(goal_loss.GOAL_WEIGHTS)
   # TSL against its own crop only, as the official code ("diagonal"), or the paper's Eq. 14
   # read as an n×n batch matrix against the identity ("matrix").
   config.loss.tsl_form = "diagonal"
-  return config
+  return common.with_demo(config, args)

@@ -14,7 +14,7 @@ import math
 
 import ml_collections
 
-from configs import common
+from goal_jax.configs import common
 from goal_jax.losses import longclip as longclip_loss
 
 
@@ -26,10 +26,13 @@ def get_config(arg=None):
   config.loss.weights = ml_collections.ConfigDict(longclip_loss.LONGCLIP_WEIGHTS)
   config.loss.label_smoothing = 0.1
   config.loss.num_components = 32
-  if not args.demo:
-    config.optim.lr = 1e-6
-    config.optim.weight_decay = 0.01
-    config.optim.warmup_steps = 200
-  else:
+  # PCA over the whole global batch, so the result does not depend on the device count;
+  # "local": each device's rows alone, as Long-CLIP's DDP code does.
+  config.loss.pca_scope = "global"
+  # Long-CLIP's train.py: AdamW (PyTorch's betas and eps), lr 1e-6 with 200 warmup steps, then
+  # cosine to 0; weight decay 0.01 on every parameter.
+  config.optim.update(lr=1e-6, schedule="cosine", warmup_steps=200, lr_floor=0.0, b1=0.9,
+                      b2=0.999, eps=1e-8, weight_decay=0.01)
+  if args.demo:
     config.loss.num_components = 8
-  return config
+  return common.with_demo(config, args)

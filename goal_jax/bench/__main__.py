@@ -1,0 +1,133 @@
+r"""Train-step throughput and MFU of each method on synthetic batches (no data pipeline).
+
+  python -m goal_jax.bench --variant=B/16,L/14 --batch=16,64,256 --methods=global,goal,mulclip
+  python -m goal_jax.bench --variant=B/16 --batch=16,64 --reference   # against PyTorch, same device
+  python -m goal_jax.bench --variant=tiny/8 --batch=8 --steps=2 --reference   # CI smoke run
+  python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --analyze_only --remat=dots   # any machine
+
+Each row times the trainer's own step for a method (`steps`). `--reference` also times, in the
+same process and on the same device, PyTorch baselines of the same model and batch
+(`torch_reference`: HF CLIP with SDPA, eager and `torch.compile`d, and a GOAL step written the
+way the official code does it). The run ends with the project's speed targets next to the
+ratios (`report`).
+
+MFU uses each method's analytic FLOPs (`Method.forward_flops_per_pair`, from the tower counts in
+`goal_jax.models.flops`); a training step counts 3× forward (backward = 2×) and remat's
+recomputation is not counted (model FLOPs); peak = the device's dense bf16 peak
+(`--peak_tflops` overrides; none on CPU). The column XLA/ours divides XLA's count of the
+lowered, unoptimised step by the analytic count: ~1.003 at B/16, so no step runs a tower pass
+it does not need. `--analyze_only` gives it for any variant on a CPU, with the activations the
+backward keeps per pair (JAX's saved residuals), which says which `--remat` a batch needs.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+import jax
+
+from goal_jax import cli
+from goal_jax import methods
+from goal_jax.bench import report
+from goal_jax.bench import steps as steps_lib
+from goal_jax.training import loop
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: commands share flag names, absl's are global."""
+  flags.DEFINE_list("variant", ["B/16"], "E.g. B/16,L/14 or tiny/8.")
+  flags.DEFINE_list("batch", ["64"], "Global batch sizes, e.g. 16,64,256.")
+  flags.DEFINE_list("methods", ["global", "goal", "mulclip"], f"Of {sorted(methods.REGISTRY)}.")
+  flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
+  flags.DEFINE_integer("warmup", 2, "Untimed steps (the first compiles).", lower_bound=0)
+  flags.DEFINE_enum("attention", None, ("xla", "cudnn"), "Default: cudnn on GPUs, else xla.")
+  flags.DEFINE_string("dtype", None,
+                      "Compute dtype; default bfloat16 (float32 when timing on a CPU).")
+  flags.DEFINE_enum("remat", "", ("", "full", "dots"), "Activation rematerialisation.")
+  flags.DEFINE_bool("scan", False, "nn.scan over layers.")
+  flags.DEFINE_bool("analyze_only", False, "Count FLOPs (analytic, XLA's) and saved activations "
+                    "without running; any variant, also on a CPU.")
+  flags.DEFINE_bool("reference", False, "Also time PyTorch: HF SDPA (+torch.compile) and an "
+                    "official-style GOAL.")
+  flags.DEFINE_bool("no_compile", False, "Skip the torch.compile reference.")
+  flags.DEFINE_float("peak_tflops", None,
+                     "Per-device peak for MFU (default: from the device kind).")
+  flags.DEFINE_string("json_out", None, "Write rows and targets as JSON here.")
+
+
+def _batches(values: Sequence[str]) -> list[int]:
+  try:
+    batches = [int(v) for v in values]
+  except ValueError:
+    cli.fail(f"--batch takes integers joined by ',', got {','.join(values)}", code=2)
+  if not batches or min(batches) < 1:
+    cli.fail(f"--batch takes positive integers, got {','.join(values)}", code=2)
+  return batches
+
+
+def main(argv) -> None:
+  cli.check_args(argv)
+  unknown = sorted(set(FLAGS.methods) - set(methods.REGISTRY))
+  if unknown:
+    cli.fail(f"--methods: unknown {unknown}; known: {sorted(methods.REGISTRY)}", code=2)
+  run_bench(FLAGS.variant, _batches(FLAGS.batch), FLAGS.methods, steps=FLAGS.steps,
+            warmup=FLAGS.warmup, attention=FLAGS.attention, dtype=FLAGS.dtype,
+            remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
+            reference=FLAGS.reference, compile_reference=not FLAGS.no_compile,
+            peak=FLAGS.peak_tflops, json_out=FLAGS.json_out)
+
+
+def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names: Sequence[str], *,
+              steps: int = 10, warmup: int = 2, attention: str | None = None,
+              dtype: str | None = None, remat: str = "", scan: bool = False,
+              analyze_only: bool = False, reference: bool = False,
+              compile_reference: bool = True, peak: float | None = None,
+              json_out: str | None = None) -> dict[str, Any]:
+  """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
+  device = jax.devices()[0]
+  platform = device.platform
+  attention = attention or ("cudnn" if platform == "gpu" else "xla")
+  # Analysis describes the accelerator run (bf16) even on a CPU, where timing runs in f32.
+  dtype = dtype or ("float32" if platform == "cpu" and not analyze_only else "bfloat16")
+  peak = peak or report.peak_tflops(device)
+  print(f"device: {jax.device_count()} x {device.device_kind} ({platform}); attention {attention}, "
+        f"dtype {dtype}, peak {peak or '?'} TFLOP/s per device", flush=True)
+  rows = []
+  for variant in variants:
+    for batch in batch_sizes:
+      for method in method_names:
+        rows.append(steps_lib.bench_method(method, variant, batch, steps=steps, warmup=warmup,
+                                           attention=attention, dtype=dtype, remat=remat,
+                                           scan=scan, peak=peak, time_it=not analyze_only))
+        print(report.format_rows(rows[-1:]).splitlines()[-1], flush=True)
+      if reference and not analyze_only:
+        config = steps_lib.method_config("global", variant, batch, attention=attention,
+                                         dtype=dtype)
+        # torch and transformers are optional dependencies: imported only when asked for.
+        from goal_jax.bench import torch_reference  # pylint: disable=g-import-not-at-top
+        rows += torch_reference.bench_reference(variant, batch, steps=steps, warmup=warmup,
+                                                compile_model=compile_reference, peak=peak,
+                                                jax_config=loop.model_config_from(config, None))
+  checks = report.target_checks(rows)
+  print()
+  print(report.format_rows(rows))
+  print(report.format_flop_ratios(rows))
+  print()
+  print(report.format_targets(checks, f"{jax.device_count()} x {device.device_kind}"))
+  result = {"device": device.device_kind, "device_count": jax.device_count(),
+            "attention": attention, "dtype": dtype, "peak_tflops": peak,
+            "rows": [r.to_dict() for r in rows], "targets": checks}
+  if json_out:
+    with open(json_out, "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main, expected=(ValueError,))  # an unknown variant, method or batch

@@ -1,0 +1,114 @@
+"""The project's speed targets, measured against the rows of one run, and the printed tables."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from goal_jax.bench.timing import Row
+
+# Dense bf16 peak TFLOP/s by `device_kind` substring; the first match wins (specific first).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+               ("L40S", 362.0), ("L4", 121.0), ("TPU v6", 918.0), ("TPU v5 lite", 197.0),
+               ("TPU v5e", 197.0), ("TPU v5", 459.0), ("TPU v4", 275.0), ("TPU v3", 123.0))
+# The project's speed targets on one H100: (name, comparison, threshold, what is measured).
+TARGETS = (
+    ("goal_vs_official", ">=", 5.0, "official-style PyTorch GOAL step time / ours (batch 16, 64)"),
+    ("global_vs_hf_compile", ">=", 1.2, "HF SDPA + torch.compile global step time / ours"),
+    ("mulclip_vs_goal", "<=", 1.25, "MulCLIP time per pair / GOAL time per pair"),
+    ("mfu_at_256", ">=", 0.40, "model FLOPs utilisation at batch 256"),
+)
+
+
+def peak_tflops(device: jax.Device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  return next((tflops for name, tflops in PEAK_TFLOPS if name in kind), None)
+
+
+def _find(rows, impl, method, variant, batch):
+  return next((r for r in rows if (r.impl, r.method, r.variant, r.batch) == (impl, method, variant,
+                                                                             batch)
+               and r.step_s is not None), None)
+
+
+def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
+  """Each target measured on every (variant, batch) that has the rows it needs."""
+  checks = []
+  spec = {name: (op, threshold) for name, op, threshold, _ in TARGETS}
+
+  def add(name, variant, batch, value):
+    op, threshold = spec[name]
+    met = value >= threshold if op == ">=" else value <= threshold
+    checks.append(dict(target=name, variant=variant, batch=batch, value=value, op=op,
+                       threshold=threshold, met=bool(met)))
+
+  for variant, batch in dict.fromkeys((r.variant, r.batch) for r in rows):
+    ours = {m: _find(rows, "goal_jax", m, variant, batch)
+            for m in dict.fromkeys(r.method for r in rows if r.impl == "goal_jax")}
+    official = _find(rows, "official_goal", "goal", variant, batch)
+    if ours.get("goal") and official:
+      add("goal_vs_official", variant, batch, official.step_s / ours["goal"].step_s)
+    compiled = _find(rows, "hf_sdpa_compile", "global", variant, batch)
+    if ours.get("global") and compiled:
+      add("global_vs_hf_compile", variant, batch, compiled.step_s / ours["global"].step_s)
+    if ours.get("goal") and ours.get("mulclip"):
+      add("mulclip_vs_goal", variant, batch, ours["mulclip"].step_s / ours["goal"].step_s)
+    if batch == 256:
+      for row in ours.values():
+        if row is not None and row.mfu is not None:
+          add("mfu_at_256", variant, batch, row.mfu)
+  return checks
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+  """`value` formatted by `spec` (width.precision) plus `suffix`, or "-" right-aligned alike."""
+  width = int(spec.split(".")[0] or 0) + len(suffix)
+  return "-".rjust(width) if value is None else format(value, spec) + suffix
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+  header = (f"{'impl':<16} {'method':<8} {'variant':<8} {'batch':>5} {'step ms':>9} {'steps/s':>8} "
+            f"{'pairs/s':>9} {'TFLOP/step':>10} {'XLA/ours':>8} {'MFU':>6} {'compile s':>9} "
+            f"{'saved MiB/pair':>14}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    step_ms = None if r.step_s is None else 1e3 * r.step_s
+    steps_per_s = None if r.step_s is None else 1 / r.step_s
+    mfu = None if r.mfu is None else 100 * r.mfu
+    counted = None if r.counted_flops is None else r.counted_flops / r.train_flops
+    saved = None if r.saved_bytes is None else r.saved_bytes / r.batch / 2**20
+    lines.append(f"{r.impl:<16} {r.method:<8} {r.variant:<8} {r.batch:>5} {_fmt(step_ms, '9.2f')} "
+                 f"{_fmt(steps_per_s, '8.2f')} {_fmt(r.pairs_per_s, '9.1f')} "
+                 f"{_fmt(r.train_flops / 1e12, '10.4f')} {_fmt(counted, '8.3f')} "
+                 f"{_fmt(mfu, '5.1f', '%')} "
+                 f"{_fmt(r.compile_s, '9.1f')} {_fmt(saved, '14.1f')}"
+                 + (f"  {r.error}" if r.error else ""))
+  return "\n".join(lines)
+
+
+def format_flop_ratios(rows: Sequence[Row]) -> str:
+  """MulCLIP/GOAL model FLOPs per pair: the time ratio if both steps ran at the same MFU."""
+  lines = []
+  for variant, batch in dict.fromkeys((r.variant, r.batch) for r in rows):
+    flops = {r.method: r.train_flops for r in rows
+             if (r.impl, r.variant, r.batch) == ("goal_jax", variant, batch)}
+    if "goal" in flops and "mulclip" in flops:
+      lines.append(f"MulCLIP/GOAL model FLOPs per pair, {variant} batch {batch}: "
+                   f"{flops['mulclip'] / flops['goal']:.3f}")
+  return "\n".join(lines)
+
+
+def format_targets(checks: Sequence[dict[str, Any]], device: str) -> str:
+  lines = [f"targets (the project's, for one H100; this run: {device})"]
+  measured = {c["target"] for c in checks}
+  for c in checks:
+    value = f"{100 * c['value']:.1f}%" if c["target"] == "mfu_at_256" else f"{c['value']:.2f}x"
+    threshold = (f"{100 * c['threshold']:.0f}%" if c["target"] == "mfu_at_256"
+                 else f"{c['threshold']}x")
+    lines.append(f"  {c['target']:<22} {c['variant']:<8} batch {c['batch']:<4} target "
+                 f"{c['op']} {threshold:<6} measured {value:<8} {'met' if c['met'] else 'MISSED'}")
+  for name, _, _, what in TARGETS:
+    if name not in measured:
+      lines.append(f"  {name:<22} not measured in this run ({what})")
+  return "\n".join(lines)

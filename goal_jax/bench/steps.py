@@ -1,0 +1,141 @@
+"""The trainer's own step for one method, built as the trainer builds it, timed or analysed.
+
+Each row runs the real configured step (the method's config at the paper's 248 tokens, the
+trainer's `make_train_step` on a data-parallel mesh of every device) on one random batch of the
+batch contract's shapes, after `warmup` steps (the first compiles). MFU uses the method's
+analytic FLOPs (XLA's compiled cost analysis under-reports on GPU); XLA's count of the lowered,
+unoptimised step is kept beside it as a check (platform independent, so it works on a CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax._src import ad_checkpoint  # public only as print_saved_residuals
+import numpy as np
+
+from goal_jax import config_utils
+from goal_jax import methods
+from goal_jax.bench import batches
+from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
+from goal_jax.data import pipeline
+from goal_jax.models import clip
+from goal_jax.training import loop
+from goal_jax.training import sharding
+
+
+def method_config(method: str, variant: str, batch: int, *, attention: str, dtype: str,
+                  remat: str = "", scan: bool = False):
+  """The method's training config (`configs/<recipe>`) at `variant` and `batch`."""
+  config = config_utils.load_config(config_utils.recipe_path(methods.get(method).recipe),
+                                    f"variant={variant},batch={batch}")
+  config.model.update(attention=attention, dtype=dtype, remat=remat, scan=scan)
+  return config
+
+
+@dataclasses.dataclass
+class TrainStep:
+  """The trainer's own step for one method (`loop.build_training`), with a batch to run it on.
+
+  The abstract state and batch are shapes only (counting, no device memory); `make_state()`
+  builds the real sharded state (timing).
+  """
+  training: loop.Training
+  mesh: jax.sharding.Mesh
+  make_state: Callable[[], Any]
+  host_batch: dict[str, np.ndarray]
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    sharding_ = pipeline.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding_)
+            for k, v in self.host_batch.items()}
+
+
+def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
+                    extra_steps: int) -> TrainStep:
+  """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device."""
+  mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
+  if batch % mesh.size:
+    raise ValueError(f"--batch={batch} must be a multiple of the {mesh.size} devices")
+  clip_rng, extra_rng = jax.random.split(jax.random.key(0))
+  make_params = lambda: {"clip": clip.init_params(c, clip_rng),
+                         **methods.get(method).init_extra_params(config.loss, c, extra_rng)}
+  # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
+  build = lambda params: loop.build_training(config, c, params, mesh,
+                                             config.optim.warmup_steps + extra_steps + 1)
+  host_batch = batches.synthetic_batch(c, batch, sentence_context=config.input.sentence_context,
+                                       max_sentences=config.input.max_sentences)
+  return TrainStep(build(jax.eval_shape(make_params)), mesh,
+                   lambda: build(make_params()).init_state(), host_batch)
+
+
+def counted_train_flops(step: TrainStep) -> float | None:
+  """FLOPs of one step as XLA's HLO cost analysis counts them in the lowered (global) program.
+
+  An independent check of the analytic count: a redundant tower pass or a wrong formula shows
+  as a ratio away from 1 (elementwise ops add ~0.3 % at B/16). It needs no device memory. With
+  `nn.scan` layers the loop body is counted once, so count unrolled models only.
+  """
+  with jax.set_mesh(step.mesh):
+    cost = step.training.step_fn.lower(step.training.abstract_state,
+                                       step.abstract_batch()).cost_analysis()
+  return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def saved_activation_bytes(step: TrainStep) -> int:
+  """Bytes of the forward's results that the backward keeps (the step's activation memory).
+
+  JAX's own list of saved residuals, before XLA: platform independent, so the effect of
+  `--remat` on memory can be read on a CPU. XLA may fuse some of it away; the xla attention's
+  f32 softmax (cuDNN keeps none) is included.
+  """
+  params = step.training.abstract_state["params"]
+  with jax.set_mesh(step.mesh):
+    residuals = ad_checkpoint.saved_residuals(lambda p, b: step.training.loss_fn(p, b)[0], params,
+                                              step.abstract_batch())
+  return sum(math.prod(aval.shape) * aval.dtype.itemsize for aval, source in residuals
+             if "from the argument" not in source)
+
+
+def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
+                 attention: str, dtype: str, remat: str = "", scan: bool = False,
+                 peak: float | None = None, time_it: bool = True,
+                 model_overrides: dict[str, Any] | None = None) -> Row:
+  """Counts FLOPs (unless `scan`) of the trainer's step for `method`, then times it (`time_it`)
+  or counts its saved activations.
+
+  `model_overrides` replace `CLIPConfig` fields of the variant (tests count B/16-wide towers
+  with fewer layers this way).
+  """
+  config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
+                         scan=scan)
+  c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
+  row = Row("goal_jax", method, variant, batch,
+            train_flops=methods.get(method).train_flops_per_step(c, config.input, batch))
+  train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup)
+  if not scan:
+    row.counted_flops = counted_train_flops(train_step)
+  if not time_it:
+    row.saved_bytes = saved_activation_bytes(train_step)
+    return row
+  mesh = train_step.mesh
+  batch_arrays = pipeline.make_global_batch(train_step.host_batch, mesh)
+  holder = {"state": train_step.make_state()}
+
+  def step():
+    holder["state"], scalars = train_step.training.step_fn(holder["state"], batch_arrays)
+    return scalars
+
+  try:
+    with jax.set_mesh(mesh):
+      row.compile_s, row.step_s = time_loop(step, steps, warmup, jax.block_until_ready)
+  except Exception as e:  # noqa: BLE001 - an out-of-memory row is a result, not a crash
+    if not is_out_of_memory(e):
+      raise
+    row.error = "out of memory"
+  if row.step_s is not None and peak:
+    row.mfu = row.train_flops / row.step_s / (peak * 1e12 * mesh.size)
+  return row

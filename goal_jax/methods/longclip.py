@@ -1,0 +1,33 @@
+"""Long-CLIP (Zhang et al., ECCV 2024): long-caption InfoNCE + primary-component short InfoNCE."""
+from goal_jax.losses import contrastive
+from goal_jax.losses import longclip as longclip_loss
+from goal_jax.methods import base
+from goal_jax.models import flops
+
+
+def loss(params, batch, *, model, loss_config, mesh):
+  towers = base.towers(model, params["clip"])
+  image_embedding = towers.encode_image(batch["image"])["embedding"]
+  text_embedding = towers.encode_text(batch["text"])["embedding"]
+  short_embedding = towers.encode_text(batch["summary"])["embedding"]
+
+  def objective(image_embedding, text_embedding, short_embedding, axis_name):
+    return longclip_loss.longclip_objective(
+        {"embedding": image_embedding}, {"embedding": text_embedding}, short_embedding,
+        logit_scale=params["clip"]["logit_scale"], weights=base.weights_of(loss_config),
+        num_components=loss_config.num_components, pca_scope=loss_config.pca_scope,
+        axis_name=axis_name,
+        **base.contrastive_options(loss_config))
+
+  return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding,
+                                                    short_embedding)
+
+
+def forward_flops_per_pair(c, input_config) -> int:
+  """Image, long caption and short caption (at the short context)."""
+  return (flops.image_forward_flops(c) + flops.text_forward_flops(c, c.context_length)
+          + flops.text_forward_flops(c, input_config.sentence_context))
+
+
+METHOD = base.Method(name="longclip", recipe="longclip.py", fields=("global", "summary"),
+                     loss=loss, forward_flops_per_pair=forward_flops_per_pair)
