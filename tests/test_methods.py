@@ -1,5 +1,6 @@
 """The method registry: every method's recipe loads and names it, its loss runs the same dense
-and sharded; FineLIP's loss is its objective on the towers' outputs and it trains."""
+and sharded; FineLIP's loss is its objective on the towers' outputs and it trains; MulCLIP's
+"WPR replaced by batch-wise CLIM" is one config override."""
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,32 @@ def test_finelip_loss_is_its_objective_on_the_towers_outputs():
   loss, terms = methods.get("finelip").make_loss_fn(MODEL, config.loss)(params, batch)
   assert set(terms) == {"clim"}
   np.testing.assert_allclose(loss, want_terms["clim"], rtol=1e-5)
+
+
+def test_mulclip_clim_ablation_is_one_override():
+  """`--config.loss.token_alignment=clim`: WPR's two terms give way to FineLIP's ranking loss on
+  the same calibrated tokens; the global and SAP terms keep their values."""
+  config = tiny_config("mulclip")
+  ablated = tiny_config("mulclip", [("token_alignment", "clim")])
+  params, batch = params_and_batch("mulclip", config)
+  method = methods.get("mulclip")
+  _, terms = method.make_loss_fn(MODEL, config.loss)(params, batch)
+  loss, clim_terms = method.make_loss_fn(MODEL, ablated.loss)(params, batch)
+  assert set(terms) == {"global_long", "global_summary", "wpr_image", "wpr_text", "sap"}
+  assert set(clim_terms) == {"global_long", "global_summary", "sap", "clim"}
+  for key in ("global_long", "global_summary", "sap"):
+    np.testing.assert_allclose(clim_terms[key], terms[key], rtol=1e-5, err_msg=key)
+  image_out, text_out = _encoded(params, batch)
+  image_tokens, text_tokens = finelip.refined_tokens(
+      image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
+      token_aggregation.per_modality(4, params["calibration"]))
+  want = finelip.ranking_loss(finelip.late_interaction(image_tokens, text_tokens))
+  np.testing.assert_allclose(clim_terms["clim"], want, rtol=1e-5)
+  weights = ablated.loss.weights
+  np.testing.assert_allclose(
+      loss, weights.global_long * terms["global_long"] + weights.global_summary
+      * terms["global_summary"] + weights.sap * terms["sap"] + weights.wpr_image * want,
+      rtol=1e-5)
 
 
 def test_finelip_trains(tmp_path):

@@ -27,11 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from goal_jax.losses import contrastive
+from goal_jax.losses import finelip
 from goal_jax.models import token_aggregation
 
 # λ_W multiplies both WPR directions: map a config's `wpr_weight` to both keys.
 MULCLIP_WEIGHTS = {"global_long": 1.0, "global_summary": 0.5, "wpr_image": 1.0,
                    "wpr_text": 1.0, "sap": 1.0}
+TOKEN_ALIGNMENTS = ("wpr", "clim")
 _einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
 
 
@@ -53,6 +55,11 @@ class MulCLIPOptions:
     "aggregate"); `sap_top_k=k` first keeps the k best-scoring patches (the "extracts" reading).
   - SAP negatives are the other images' own aggregates (one B×B matrix per sentence index, the
     cheap reading), with CLIP's `logit_scale`, since the paper writes L_batch.
+  - `token_alignment = "wpr"`: the paper's within-sample word-patch reconstruction. `"clim"`
+    replaces it by FineLIP's batch-wise late interaction on the same calibrated tokens, trained
+    with FineLIP's ranking loss (`goal_jax.losses.finelip`, its released defaults) as the term
+    `clim`, in WPR's place and at WPR's weight λ_W (`weights["wpr_image"]`): the ablation "WPR
+    replaced by batch-wise CLIM".
   """
   wpr_attention_temperature: float = 0.07
   wpr_temperature: float = 0.07
@@ -60,8 +67,12 @@ class MulCLIPOptions:
   sap_patches: str = "calibrated"
   sap_temperature: float = 0.07
   sap_top_k: int | None = None
+  token_alignment: str = "wpr"
 
   def __post_init__(self):
+    if self.token_alignment not in TOKEN_ALIGNMENTS:
+      raise ValueError(f"MulCLIPOptions.token_alignment must be one of {TOKEN_ALIGNMENTS}, "
+                       f"got {self.token_alignment!r}")
     if self.sap_patches not in ("calibrated", "raw"):
       raise ValueError(f"MulCLIPOptions.sap_patches must be 'calibrated' or 'raw', "
                        f"got {self.sap_patches!r}")
@@ -177,7 +188,8 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
 
   Args:
     weights: overrides of `MULCLIP_WEIGHTS`; a 0-weight term is not computed ("w/o WPR" =
-      `{"wpr_image": 0, "wpr_text": 0}`), and unused inputs may be `None`.
+      `{"wpr_image": 0, "wpr_text": 0}`), and unused inputs may be `None`. With
+      `options.token_alignment="clim"` the term `clim` replaces both WPR terms at λ_W.
     options: the open design choices (`MulCLIPOptions`).
     label_smoothing, max_scale: for the batch InfoNCE terms (global and SAP).
     axis_name: set when running inside `data_parallel` / `shard_map`.
@@ -194,6 +206,14 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
   if w["global_summary"]:
     terms["global_summary"] = contrastive.infonce(image, summary_embedding, logit_scale, **common)
 
+  if options.token_alignment == "clim":
+    w.update(clim=w["wpr_image"], wpr_image=0.0, wpr_text=0.0)
+  if w.get("clim"):
+    image_tokens, text_tokens = finelip.refined_tokens(
+        image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
+        calibrators)
+    similarity = finelip.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name))
+    terms["clim"] = finelip.ranking_loss(similarity, axis_name=axis_name)
   need_wpr = bool(w["wpr_image"] or w["wpr_text"])
   need_visual = need_wpr or (w["sap"] and options.sap_patches == "calibrated")
   patches = image_out["tokens_projected"][:, 1:].astype(jnp.float32)
