@@ -31,7 +31,8 @@ class Error(Exception):
 def define_bench_data_flags() -> None:
   """`--data_dir`, `--dataset`, `--split` of the measurement commands: a prepared split to read,
   by default the embedded `synthetic` test split prepared into a temporary folder."""
-  flags.DEFINE_string("data_dir", None, "prepared shards; default: prepare `synthetic` in a tmp dir")
+  flags.DEFINE_string("data_dir", None,
+                      "prepared shards; default: prepare `synthetic` in a tmp dir")
   flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
   flags.DEFINE_string("split", "test", "split to read")
 

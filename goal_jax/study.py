@@ -10,7 +10,7 @@ shape, size, texture, or which colour goes with which shape), where a model that
 gist is at chance (25 %); its 2AFC accuracy per edited attribute says which details a method
 learned.
 
-  python -m goal_jax.study --workdir=/tmp/study                     # 8 runs x 3 seeds
+  python -m goal_jax.study --workdir=/tmp/study                     # 9 runs x 3 seeds
   python -m goal_jax.study --workdir=/tmp/study --seeds=5           # adds seeds 3 and 4
   python -m goal_jax.study --workdir=/tmp/study --runs=global,goal --data_seed=1 --steps=300
   python -m goal_jax.study --workdir=/tmp/study --report_only       # outputs from what finished
@@ -78,6 +78,7 @@ RUNS = {
     "mulclip_no_wpr": Recipe("mulclip.py", _NO_WPR),                   # global + SAP
     "mulclip_no_sap": Recipe("mulclip.py", ("--config.loss.weights.sap=0",)),  # global + WPR
     "longclip": Recipe("longclip.py"),                                 # long + PCM short
+    "finelip": Recipe("finelip.py"),                                   # CLIM ranking loss
 }
 
 # ------------------------------------------------------------------------------------------------
