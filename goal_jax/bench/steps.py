@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,12 +39,11 @@ def method_config(method: str, variant: str, batch: int, *, attention: str, dtyp
 class TrainStep:
   """The trainer's own step for one method (`loop.build_training`), with a batch to run it on.
 
-  The abstract state and batch are shapes only (counting, no device memory); `make_state()`
-  builds the real sharded state (timing).
+  The abstract state and batch are shapes only (counting, no device memory); a step made with
+  real params (`materialise`) also builds the real sharded state (`training.init_state()`).
   """
   training: loop.Training
   mesh: jax.sharding.Mesh
-  make_state: Callable[[], Any]
   host_batch: dict[str, np.ndarray]
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -55,21 +53,24 @@ class TrainStep:
 
 
 def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
-                    extra_steps: int) -> TrainStep:
-  """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device."""
+                    extra_steps: int, materialise: bool) -> TrainStep:
+  """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device.
+
+  `materialise`: from real params (to time it), else from their shapes only (to analyse it).
+  """
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   if batch % mesh.size:
     raise ValueError(f"--batch={batch} must be a multiple of the {mesh.size} devices")
   clip_rng, extra_rng = jax.random.split(jax.random.key(0))
   make_params = lambda: {"clip": clip.init_params(c, clip_rng),
                          **methods.get(method).init_extra_params(config.loss, c, extra_rng)}
+  params = make_params() if materialise else jax.eval_shape(make_params)
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
-  build = lambda params: loop.build_training(config, c, params, mesh,
-                                             config.optim.warmup_steps + extra_steps + 1)
+  training = loop.build_training(config, c, params, mesh,
+                                 config.optim.warmup_steps + extra_steps + 1)
   host_batch = batches.synthetic_batch(c, batch, sentence_context=config.input.sentence_context,
                                        max_sentences=config.input.max_sentences)
-  return TrainStep(build(jax.eval_shape(make_params)), mesh,
-                   lambda: build(make_params()).init_state(), host_batch)
+  return TrainStep(training, mesh, host_batch)
 
 
 def counted_train_flops(step: TrainStep) -> float | None:
@@ -115,7 +116,8 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
   row = Row("goal_jax", method, variant, batch,
             train_flops=methods.get(method).train_flops_per_step(c, config.input, batch))
-  train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup)
+  train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup,
+                               materialise=time_it)
   if not scan:
     row.counted_flops = counted_train_flops(train_step)
   if not time_it:
@@ -123,7 +125,7 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
     return row
   mesh = train_step.mesh
   batch_arrays = pipeline.make_global_batch(train_step.host_batch, mesh)
-  holder = {"state": train_step.make_state()}
+  holder = {"state": train_step.training.init_state()}
 
   def step():
     holder["state"], scalars = train_step.training.step_fn(holder["state"], batch_arrays)
