@@ -20,6 +20,9 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+
+from goal_jax import files
 
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
@@ -35,6 +38,16 @@ def define_bench_data_flags() -> None:
                       "prepared shards; default: prepare `synthetic` in a tmp dir")
   flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
   flags.DEFINE_string("split", "test", "split to read")
+
+
+def enable_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache in `path` ('' leaves it off): a second run of the same
+  program loads the compiled step instead of compiling it (18-45 s a step on a GPU)."""
+  if not path:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def quiet_logs() -> None:
@@ -90,8 +103,13 @@ def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException]
   """Runs `main(argv)` under absl with quiet logs; `Error` and the `expected` exception types
   become one `error:` line (exit 1) instead of a traceback."""
 
+  if "compilation_cache" not in flags.FLAGS:
+    flags.DEFINE_string("compilation_cache", os.path.join(files.cache_dir(), "jax"),
+                        "JAX's persistent compilation cache; '' disables it")
+
   def wrapped(args):
     quiet_logs()
+    enable_compilation_cache(flags.FLAGS.compilation_cache)
     try:
       return main(args)
     except (Error, *expected) as e:  # noqa: B030 - a tuple of types built at run time

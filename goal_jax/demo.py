@@ -21,6 +21,7 @@ from absl import logging
 import ml_collections
 
 from goal_jax import config_utils
+from goal_jax import files
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
 from goal_jax.models import checkpoint as model_checkpoint
@@ -32,8 +33,7 @@ FINETUNE_CONTEXT = 64  # a synthetic caption has at most 62 tokens
 SHORT_CAPTION_SENTENCES = 2  # the summary and the first shape: a COCO-like short caption
 
 
-def cache_dir() -> str:
-  return os.path.expanduser(os.environ.get("GOAL_JAX_CACHE", "~/.cache/goal_jax"))
+cache_dir = files.cache_dir
 
 
 def data_dir_of(seed: int) -> str:

@@ -10,6 +10,12 @@ import shutil
 TEMPORARY_GLOB = "*.tmp-*"  # what `write_atomic` leaves behind when killed mid-write
 
 
+def cache_dir() -> str:
+  """The project's cache (`$GOAL_JAX_CACHE`, default ~/.cache/goal_jax): demo data, the demo's
+  pretrained start, JAX's compiled programs."""
+  return os.path.expanduser(os.environ.get("GOAL_JAX_CACHE", "~/.cache/goal_jax"))
+
+
 def write_atomic(path, data: str | bytes) -> None:
   """Writes `data` (str as UTF-8) to `path` all at once, creating its folder if needed."""
   path = os.fspath(path)

@@ -122,10 +122,13 @@ def test_target_checks():
                                                                  mfu=0.39),
           _row("goal_jax", "mulclip", 256, 0.26, mfu=0.41),
           _row("hf_sdpa_compile", "global", 256, 0.11), _row("official_goal", "goal", 256, 1.2),
-          _row("goal_jax", "goal", 16, 0.05), _row("official_goal", "goal", 16, 0.2)]
+          _row("goal_jax", "goal", 16, 0.05), _row("official_goal", "goal", 16, 0.2),
+          _row("goal_jax", "goal", 64, 0.06), _row("official_goal", "goal", 64, 0.5)]
   checks = sorted((c["target"], c["batch"], round(c["value"], 6), c["met"])
                   for c in report.target_checks(rows))
-  assert checks == sorted([("goal_vs_official", 256, 6.0, True),
+  # GOAL against the official step: 5x at batch 16, 8x at 64 (and at the nearest, 256).
+  assert checks == sorted([("goal_vs_official", 256, 6.0, False),
+                           ("goal_vs_official", 64, round(0.5 / 0.06, 6), True),
                            ("global_vs_hf_compile", 256, 1.1, False),
                            ("mulclip_vs_goal", 256, 1.3, False),
                            ("mfu_at_256", 256, 0.45, True), ("mfu_at_256", 256, 0.39, False),

@@ -29,6 +29,7 @@ from absl import flags
 import jax
 
 from goal_jax import cli
+from goal_jax import files
 from goal_jax import methods
 from goal_jax.bench import report
 from goal_jax.bench import steps as steps_lib
@@ -57,7 +58,12 @@ def define_flags() -> None:
   flags.DEFINE_bool("no_compile", False, "Skip the torch.compile reference.")
   flags.DEFINE_float("peak_tflops", None,
                      "Per-device peak for MFU (default: from the device kind).")
-  flags.DEFINE_string("json_out", None, "Write rows and targets as JSON here.")
+  flags.DEFINE_string("json_out", None, "Write rows and targets as JSON here (after every row, "
+                      "so a killed run keeps what it measured).")
+  flags.DEFINE_string("profile_dir", None, "Trace a few steps of every row into "
+                      "<dir>/<method>_<variant>_b<batch>/ and summarise them (summary.json/.md).")
+  flags.DEFINE_integer("profile_steps", 3, "Steps traced per row with --profile_dir.",
+                       lower_bound=1)
 
 
 def _batches(values: Sequence[str]) -> list[int]:
@@ -79,7 +85,8 @@ def main(argv) -> None:
             warmup=FLAGS.warmup, attention=FLAGS.attention, dtype=FLAGS.dtype,
             remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
             reference=FLAGS.reference, compile_reference=not FLAGS.no_compile,
-            peak=FLAGS.peak_tflops, json_out=FLAGS.json_out)
+            peak=FLAGS.peak_tflops, json_out=FLAGS.json_out, profile_dir=FLAGS.profile_dir,
+            profile_steps=FLAGS.profile_steps)
 
 
 def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names: Sequence[str], *,
@@ -87,7 +94,8 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
               dtype: str | None = None, remat: str = "", scan: bool = False,
               analyze_only: bool = False, reference: bool = False,
               compile_reference: bool = True, peak: float | None = None,
-              json_out: str | None = None) -> dict[str, Any]:
+              json_out: str | None = None, profile_dir: str | None = None,
+              profile_steps: int = 3) -> dict[str, Any]:
   """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
   device = jax.devices()[0]
   platform = device.platform
@@ -98,13 +106,25 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   print(f"device: {jax.device_count()} x {device.device_kind} ({platform}); attention {attention}, "
         f"dtype {dtype}, peak {peak or '?'} TFLOP/s per device", flush=True)
   rows = []
+  header = {"device": device.device_kind, "device_count": jax.device_count(),
+            "attention": attention, "dtype": dtype, "peak_tflops": peak}
+
+  def result() -> dict[str, Any]:
+    out = {**header, "rows": [r.to_dict() for r in rows], "targets": report.target_checks(rows)}
+    if json_out:
+      files.write_atomic(json_out, json.dumps(out, indent=2))
+    return out
+
   for variant in variants:
     for batch in batch_sizes:
       for method in method_names:
         rows.append(steps_lib.bench_method(method, variant, batch, steps=steps, warmup=warmup,
                                            attention=attention, dtype=dtype, remat=remat,
-                                           scan=scan, peak=peak, time_it=not analyze_only))
+                                           scan=scan, peak=peak, time_it=not analyze_only,
+                                           profile_dir=profile_dir,
+                                           profile_steps=profile_steps))
         print(report.format_rows(rows[-1:]).splitlines()[-1], flush=True)
+        result()
       if reference and not analyze_only:
         config = steps_lib.method_config("global", variant, batch, attention=attention,
                                          dtype=dtype)
@@ -113,19 +133,18 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
         rows += torch_reference.bench_reference(variant, batch, steps=steps, warmup=warmup,
                                                 compile_model=compile_reference, peak=peak,
                                                 jax_config=loop.model_config_from(config, None))
-  checks = report.target_checks(rows)
+        result()
+  out = result()
+  checks = out["targets"]
   print()
   print(report.format_rows(rows))
   print(report.format_flop_ratios(rows))
   print()
   print(report.format_targets(checks, f"{jax.device_count()} x {device.device_kind}"))
-  result = {"device": device.device_kind, "device_count": jax.device_count(),
-            "attention": attention, "dtype": dtype, "peak_tflops": peak,
-            "rows": [r.to_dict() for r in rows], "targets": checks}
-  if json_out:
-    with open(json_out, "w") as f:
-      json.dump(result, f, indent=2)
-  return result
+  if profile_dir:
+    print()
+    print(report.format_profiles(rows))
+  return out
 
 
 if __name__ == "__main__":

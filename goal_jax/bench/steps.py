@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import time
 from typing import Any
 
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 from goal_jax import config_utils
 from goal_jax import methods
 from goal_jax.bench import batches
+from goal_jax.bench import profile
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
 from goal_jax.data import pipeline
 from goal_jax.models import clip
@@ -52,6 +55,13 @@ class TrainStep:
             for k, v in self.host_batch.items()}
 
 
+def _host_device() -> jax.Device:
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS leaves out the CPU: the default device then
+    return jax.local_devices()[0]
+
+
 def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
                     extra_steps: int, materialise: bool) -> TrainStep:
   """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device.
@@ -64,7 +74,13 @@ def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
   clip_rng, extra_rng = jax.random.split(jax.random.key(0))
   make_params = lambda: {"clip": clip.init_params(c, clip_rng),
                          **methods.get(method).init_extra_params(config.loss, c, extra_rng)}
-  params = make_params() if materialise else jax.eval_shape(make_params)
+  if materialise:
+    # On the host, op by op: on an H200 the jitted init compiled for 3 min and the eager one on
+    # the GPU compiles every op (a minute before the first row); the state is sharded after.
+    with jax.default_device(_host_device()):
+      params = make_params()
+  else:
+    params = jax.eval_shape(make_params)
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
   training = loop.build_training(config, c, params, mesh,
                                  config.optim.warmup_steps + extra_steps + 1)
@@ -73,16 +89,20 @@ def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
   return TrainStep(training, mesh, host_batch)
 
 
-def counted_train_flops(step: TrainStep) -> float | None:
+def lower_step(step: TrainStep) -> jax.stages.Lowered:
+  """The step lowered for the state and batch shapes (no device memory needed)."""
+  with jax.set_mesh(step.mesh):
+    return step.training.step_fn.lower(step.training.abstract_state, step.abstract_batch())
+
+
+def counted_train_flops(lowered: jax.stages.Lowered) -> float | None:
   """FLOPs of one step as XLA's HLO cost analysis counts them in the lowered (global) program.
 
   An independent check of the analytic count: a redundant tower pass or a wrong formula shows
   as a ratio away from 1 (elementwise ops add ~0.3 % at B/16). It needs no device memory. With
   `nn.scan` layers the loop body is counted once, so count unrolled models only.
   """
-  with jax.set_mesh(step.mesh):
-    cost = step.training.step_fn.lower(step.training.abstract_state,
-                                       step.abstract_batch()).cost_analysis()
+  cost = lowered.cost_analysis()
   return None if not cost or "flops" not in cost else float(cost["flops"])
 
 
@@ -104,36 +124,51 @@ def saved_activation_bytes(step: TrainStep) -> int:
 def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
                  attention: str, dtype: str, remat: str = "", scan: bool = False,
                  peak: float | None = None, time_it: bool = True,
-                 model_overrides: dict[str, Any] | None = None) -> Row:
+                 model_overrides: dict[str, Any] | None = None,
+                 profile_dir: str | None = None, profile_steps: int = 3) -> Row:
   """Counts FLOPs (unless `scan`) of the trainer's step for `method`, then times it (`time_it`)
   or counts its saved activations.
 
   `model_overrides` replace `CLIPConfig` fields of the variant (tests count B/16-wide towers
-  with fewer layers this way).
+  with fewer layers this way). `profile_dir`: also trace `profile_steps` steps into
+  `<profile_dir>/<method>_<variant>_b<batch>/` and summarise them (`profile`).
   """
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
   c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
   row = Row("goal_jax", method, variant, batch,
             train_flops=methods.get(method).train_flops_per_step(c, config.input, batch))
+  started = time.perf_counter()
   train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup,
                                materialise=time_it)
+  lowered = lower_step(train_step)
   if not scan:
-    row.counted_flops = counted_train_flops(train_step)
+    row.counted_flops = counted_train_flops(lowered)
   if not time_it:
     row.saved_bytes = saved_activation_bytes(train_step)
     return row
   mesh = train_step.mesh
   batch_arrays = pipeline.make_global_batch(train_step.host_batch, mesh)
   holder = {"state": train_step.training.init_state()}
-
-  def step():
-    holder["state"], scalars = train_step.training.step_fn(holder["state"], batch_arrays)
-    return scalars
+  row.setup_s = time.perf_counter() - started
 
   try:
+    started = time.perf_counter()
+    compiled = lowered.compile()
+    row.compile_s = time.perf_counter() - started
+
+    def step():
+      holder["state"], scalars = compiled(holder["state"], batch_arrays)
+      return scalars
+
     with jax.set_mesh(mesh):
-      row.compile_s, row.step_s = time_loop(step, steps, warmup, jax.block_until_ready)
+      row.first_step_s, row.step_s = time_loop(step, steps, warmup, jax.block_until_ready)
+      if profile_dir:
+        name = f"{method}_{variant.replace('/', '')}_b{batch}"
+        row.profile = profile.summarise_dir(
+            profile.capture(step, compiled.as_text(), os.path.join(profile_dir, name),
+                            steps=profile_steps),
+            f"{method}, {variant}, batch {batch}", steps=profile_steps)
   except Exception as e:  # noqa: BLE001 - an out-of-memory row is a result, not a crash
     if not is_out_of_memory(e):
       raise

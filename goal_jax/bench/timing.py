@@ -15,12 +15,15 @@ class Row:
   variant: str
   batch: int
   step_s: float | None = None
-  compile_s: float | None = None
+  compile_s: float | None = None  # lowering excluded; the persistent cache makes it small
+  setup_s: float | None = None  # params, optimizer state, batch on the device, lowering
+  first_step_s: float | None = None
   train_flops: int | None = None
   counted_flops: float | None = None  # XLA's count of the lowered step (goal_jax rows only)
   saved_bytes: int | None = None  # activations kept for the backward (--analyze_only rows)
   mfu: float | None = None
   error: str | None = None
+  profile: dict[str, Any] | None = None  # `profile.summarise` of a traced few steps
 
   @property
   def pairs_per_s(self) -> float | None:

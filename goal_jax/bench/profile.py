@@ -1,0 +1,261 @@
+"""Where a step's device time goes: a trace of a few steps and its summary by category.
+
+`capture` runs a few steps under `jax.profiler.trace` (a Perfetto JSON trace, readable without
+TensorBoard) and keeps the compiled HLO beside it; `summarise` joins the two: each device op in
+the trace is looked up in the HLO (its opcode, the ops fused into it, its custom-call target and
+the JAX name stack in its metadata) and filed under one category. The name stack carries the
+Flax module path (`.../visual/transformer/resblocks_3/ln_1/...`) and whether the op is in the
+differentiated loss (`jvp(...)`, `transpose(jvp(...))`) or after it (the optimizer update), so
+the categories need no knowledge of a backend's kernel names beyond attention's custom calls.
+
+The summary (JSON and Markdown) is what a GPU lease brings back to decide offline: device time
+by category and the most expensive ops with their shapes.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+CATEGORIES = ("matmul", "attention", "layer norm", "elementwise", "loss", "optimizer update",
+              "copy/transpose", "collective", "host transfer", "other")
+
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.+?)\s+(?P<opcode>[a-z][\w\-]*)\((?P<rest>.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")  # at column 0
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
+_MATMUL_OPS = {"dot", "convolution"}
+_MATMUL_TARGETS = ("gemm", "matmul", "cublas", "triton")
+_ATTENTION_TARGETS = ("fmha", "flash", "attention", "sdpa")
+_COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
+                "all-reduce-start", "all-reduce-done", "all-gather-start", "all-gather-done",
+                "collective-permute-start", "collective-permute-done"}
+_TRANSFERS = {"send", "recv", "send-done", "recv-done", "infeed", "outfeed", "copy-start",
+              "copy-done"}
+_LAYOUT_OPS = {"copy", "transpose", "bitcast", "reshape", "parameter", "broadcast",
+               "get-tuple-element", "tuple", "slice", "concatenate", "dynamic-slice",
+               "dynamic-update-slice", "pad"}
+_TRACE_NAME = "perfetto_trace.json.gz"
+_HLO_NAME = "hlo.txt.gz"
+
+
+@dataclasses.dataclass
+class Op:
+  """One HLO instruction as the summary needs it."""
+  name: str
+  opcode: str
+  shape: str
+  op_name: str = ""
+  inner_opcodes: frozenset = frozenset()  # of the fused computation (and what it calls)
+  targets: tuple[str, ...] = ()  # custom-call targets, its own or inside its fusion
+
+
+def parse_hlo(text: str) -> dict[str, Op]:
+  """Instructions of compiled HLO text by name, fusions knowing the opcodes they contain."""
+  computations: dict[str, list[tuple[str, str, list[str]]]] = collections.defaultdict(list)
+  ops: dict[str, Op] = {}
+  current = None
+  for line in text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head:
+      current = head.group("name")
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m or current is None:
+      continue
+    rest = m.group("rest")
+    targets = _TARGET.findall(rest)
+    computations[current].append((m.group("opcode"), ",".join(targets), _CALLS.findall(rest)))
+    op_name = _OP_NAME.search(rest)
+    ops[m.group("name")] = Op(m.group("name"), m.group("opcode"), m.group("shape"),
+                              op_name.group(1) if op_name else "", frozenset(), tuple(targets))
+
+  inner_cache: dict[str, tuple[frozenset, tuple]] = {}
+
+  def inner(computation: str, depth: int = 0) -> tuple[frozenset, tuple]:
+    if computation in inner_cache or depth > 8:
+      return inner_cache.get(computation, (frozenset(), ()))
+    opcodes, targets = set(), []
+    for opcode, target, calls in computations.get(computation, ()):
+      opcodes.add(opcode)
+      if target:
+        targets.append(target)
+      for callee in calls:
+        sub_ops, sub_targets = inner(callee, depth + 1)
+        opcodes |= sub_ops
+        targets += sub_targets
+    inner_cache[computation] = (frozenset(opcodes), tuple(targets))
+    return inner_cache[computation]
+
+  for line in text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m and m.group("opcode") in ("fusion", "call", "custom-call", "async-start"):
+      op = ops[m.group("name")]
+      for callee in _CALLS.findall(m.group("rest")):
+        sub_ops, sub_targets = inner(callee)
+        op.inner_opcodes = op.inner_opcodes | sub_ops
+        op.targets = op.targets + sub_targets
+  return ops
+
+
+# Kernels that no HLO instruction names (a library's kernels inside a CUDA graph): by name.
+_KERNEL_PATTERNS = (
+    ("attention", re.compile(r"sdpa|fmha|flash|dot_do_o|convert_dq", re.IGNORECASE)),
+    ("matmul", re.compile(r"nvjet|gemm|xmma|cutlass|splitkreduce|cublas", re.IGNORECASE)),
+    ("host transfer", re.compile(r"memcpy(h2d|d2h|htod|dtoh)", re.IGNORECASE)),
+    ("copy/transpose", re.compile(r"memcpy|memset", re.IGNORECASE)),
+)
+
+
+def find_op(ops: dict[str, Op], hlo_op: str, kernel: str) -> Op | None:
+  """The HLO instruction of a trace event: its `hlo_op`, or, inside a CUDA graph (`hlo_op` is
+  the command buffer), the kernel's own name, which XLA derives from the fusion's
+  (`loop_add_fusion_174` runs `loop_add_fusion.174`)."""
+  for name in (hlo_op, kernel, re.sub(r"_(\d+)$", r".\1", kernel)):
+    if name in ops:
+      return ops[name]
+  return None
+
+
+def categorise(op: Op | None, event_name: str = "") -> str:
+  """One of CATEGORIES for a device op (None: a kernel the HLO does not name, by its name)."""
+  if op is None:
+    return next((category for category, pattern in _KERNEL_PATTERNS
+                 if pattern.search(event_name)), "other")
+  targets = " ".join(op.targets).lower()
+  opcodes = op.inner_opcodes | {op.opcode}
+  path = op.op_name
+  if any(t in targets for t in _ATTENTION_TARGETS):
+    return "attention"
+  if opcodes & _COLLECTIVES:
+    return "collective"
+  if op.opcode in _TRANSFERS:
+    return "host transfer"
+  in_loss = "jvp(" in path
+  if opcodes & _MATMUL_OPS or any(t in targets for t in _MATMUL_TARGETS):
+    # XLA's own attention: the two batched products over (heads, queries, keys).
+    in_attention = "/attn/" in path and not re.search(r"/attn/(query|key|value|out)/", path)
+    return "attention" if in_attention else "matmul"
+  if path and not in_loss:
+    return "optimizer update"
+  if (op.inner_opcodes or {op.opcode}) <= _LAYOUT_OPS:
+    return "copy/transpose"
+  if re.search(r"/ln_\w*/|/ln\w*/|layer_?norm|/norm\w*/", path, re.IGNORECASE):
+    return "layer norm"
+  if "/attn/" in path:
+    return "attention"
+  if re.search(r"jvp\([^)]*\)\)?/", path) and re.search(r"jvp\(\)", path):
+    return "loss"
+  return "elementwise"
+
+
+def _device_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
+  """The trace's device-op events, each op once: an accelerator's "XLA Ops" line where there is
+  one, else every event naming an HLO op (a CPU's thunk executor threads)."""
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  ops_lines = {key for key, name in threads.items() if name == "XLA Ops"}
+  complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+  if ops_lines:
+    chosen = [e for e in complete if (e["pid"], e.get("tid")) in ops_lines]
+    streams = {key for key, name in threads.items() if name.startswith("Stream")}
+    chosen += [e for e in complete if (e["pid"], e.get("tid")) in streams
+               and "memcpy" in e["name"].lower()]
+    return chosen
+  return [e for e in complete if "hlo_op" in e.get("args", {})]
+
+
+def summarise(trace: dict[str, Any], hlo_text: str, *, steps: int, top: int = 20) -> dict[str, Any]:
+  """Device time per step by category and the `top` most expensive ops, from one trace of
+  `steps` steps and the step's compiled HLO."""
+  ops = parse_hlo(hlo_text)
+  by_category = collections.Counter()
+  by_op: dict[str, dict[str, Any]] = {}
+  # Only the profiled program's ops (not the batch's device_put, ...); events without a module
+  # (a memset between kernels) count with it.
+  module = re.match(r"HloModule\s+([\w.\-]+)", hlo_text)
+  step_module = module.group(1) if module else ""
+  for e in _device_events(trace):
+    args = e.get("args", {})
+    if args.get("hlo_module", step_module) != step_module:
+      continue
+    op = find_op(ops, args.get("hlo_op", ""), e["name"])
+    name = op.name if op else re.sub(r"_\d+$", "", e["name"])[:80]
+    category = categorise(op, e["name"])
+    by_category[category] += e["dur"]
+    entry = by_op.setdefault(name, dict(op=name, category=category, us=0.0, count=0,
+                                        shape=op.shape if op else "",
+                                        source=op.op_name if op else ""))
+    entry["us"] += e["dur"]
+    entry["count"] += 1
+  total = sum(by_category.values())
+  per_step = lambda us: us / steps / 1e3  # noqa: E731 - microseconds in the trace -> ms/step
+  categories = [dict(category=c, ms_per_step=per_step(by_category[c]),
+                     share=by_category[c] / total if total else 0.0)
+                for c in CATEGORIES if by_category[c]]
+  expensive = sorted(by_op.values(), key=lambda o: -o["us"])[:top]
+  for o in expensive:
+    o["ms_per_step"] = per_step(o.pop("us"))
+    o["calls_per_step"] = o.pop("count") / steps
+  return dict(module=step_module, steps=steps, device_ms_per_step=per_step(total),
+              categories=categories, top_ops=expensive)
+
+
+def format_markdown(summary: dict[str, Any], title: str) -> str:
+  lines = [f"### {title}", "",
+           f"Device time {summary['device_ms_per_step']:.2f} ms per step "
+           f"(module `{summary['module']}`, {summary['steps']} traced steps).", "",
+           "| category | ms / step | share |", "| --- | --- | --- |"]
+  lines += [f"| {c['category']} | {c['ms_per_step']:.3f} | {100 * c['share']:.1f} % |"
+            for c in summary["categories"]]
+  lines += ["", "| op | category | ms / step | calls | shape | source |",
+            "| --- | --- | --- | --- | --- | --- |"]
+  for o in summary["top_ops"]:
+    source = o["source"].split(";")[0][-90:]
+    lines.append(f"| `{o['op']}` | {o['category']} | {o['ms_per_step']:.3f} | "
+                 f"{o['calls_per_step']:g} | `{o['shape'][:60]}` | `{source}` |")
+  return "\n".join(lines) + "\n"
+
+
+def capture(step: Callable[[], Any], compiled_text: str, out_dir: str, *,
+            steps: int = 3) -> str:
+  """Runs `step` `steps` times under the profiler; writes the trace and the HLO into `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  with jax.profiler.trace(out_dir, create_perfetto_trace=True):
+    out = None
+    for _ in range(steps):
+      out = step()
+    jax.block_until_ready(out)
+  traces = sorted(glob.glob(os.path.join(out_dir, "plugins", "profile", "*", _TRACE_NAME)),
+                  key=os.path.getmtime)
+  if not traces:
+    raise RuntimeError(f"jax.profiler wrote no {_TRACE_NAME} under {out_dir}")
+  os.replace(traces[-1], os.path.join(out_dir, _TRACE_NAME))
+  with gzip.open(os.path.join(out_dir, _HLO_NAME), "wt") as f:
+    f.write(compiled_text)
+  return out_dir
+
+
+def summarise_dir(out_dir: str, title: str, *, steps: int) -> dict[str, Any]:
+  """Summarises a `capture` folder; writes summary.json and summary.md into it."""
+  with gzip.open(os.path.join(out_dir, _TRACE_NAME), "rt") as f:
+    trace = json.load(f)
+  with gzip.open(os.path.join(out_dir, _HLO_NAME), "rt") as f:
+    hlo_text = f.read()
+  summary = summarise(trace, hlo_text, steps=steps)
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(format_markdown(summary, title))
+  return summary

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# One GPU lease's measurements, most valuable first: every row's JSON is written as soon as it is
+# measured, rows already measured (here or in --done) are skipped, and profiles, logs and rows
+# end up in one output folder (packed into results.tar.gz, split into 15 MB parts if larger).
+#
+#   launch/gpu_bench.sh --out=/tmp/gpu_bench [--done=DIR] [--python=python3] [--rows=a,b]
+#   launch/gpu_bench.sh --out=/tmp/smoke --variant=tiny/8 --rows=b16_64   # the script, on a CPU
+#
+# Rows, in order (B/16, 248 tokens, bf16, cuDNN attention):
+#   b16_64        global, GOAL, MulCLIP at batch 64, profiled, with HF eager and the
+#                 official-style GOAL step (PyTorch) in the same process
+#   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=dots), profiled
+#   b16_16        the three at batch 16, with the PyTorch references
+#   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
+#   b16_64_compile  HF + torch.compile at batch 64 (its compilation is slow)
+# The compilation cache is $GOAL_JAX_CACHE/jax (default /tmp/goal_jax_cache/jax).
+
+set -uo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+out="" done_dir="" python="python3" variant="B/16"
+rows="b16_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
+for arg in "$@"; do
+  case "$arg" in
+    --out=*) out="${arg#*=}" ;;
+    --done=*) done_dir="${arg#*=}" ;;
+    --python=*) python="${arg#*=}" ;;
+    --rows=*) rows="${arg#*=}" ;;
+    --variant=*) variant="${arg#*=}" ;;  # tiny/8: a smoke run of the script on a CPU
+    -h | --help) usage_from_header "$0"; exit 0 ;;
+    *) die "unknown option $arg (--out=DIR [--done=DIR] [--python=PYTHON] [--rows=a,b])" ;;
+  esac
+done
+[[ -n "$out" ]] || die "--out=DIR is required"
+export GOAL_JAX_CACHE="${GOAL_JAX_CACHE:-/tmp/goal_jax_cache}"
+export PYTHONPATH PYTHONUNBUFFERED=1
+PYTHONPATH="$(checkout_pythonpath)"
+work="$GOAL_JAX_CACHE/gpu_bench"  # rows and profiles; packed into $out after every row
+mkdir -p "$out" "$work/rows" "$work/profiles"
+log="$out/log.txt"
+
+# Traces, compiled HLO and summaries and the rows in one archive (at most a few files come back
+# from a lease); jax.profiler's own folders (the same trace as .xplane.pb) are left out.
+pack() {
+  local archive="$work/results.tar.gz"
+  tar -czf "$archive.tmp" -C "$work" --exclude=plugins rows profiles && mv "$archive.tmp" "$archive"
+  rm -f "$out"/results.tar.gz*
+  if (($(stat -c %s "$archive") > 15000000)); then
+    split -b 15000000 -d "$archive" "$out/results.tar.gz.part"
+  else
+    cp "$archive" "$out/results.tar.gz"
+  fi
+}
+# Also every minute, so a run stopped by the lease's limit brings back what it measured.
+(while sleep 60; do pack 2>/dev/null; done) &
+packer=$!
+trap 'kill $packer 2>/dev/null' EXIT
+
+bench_row() {  # name, then bench flags
+  local name="$1"
+  shift
+  if [[ -s "$work/rows/$name.json" || ( -n "$done_dir" && -s "$done_dir/rows/$name.json" ) ]]; then
+    echo "== $name: measured already, skipped" | tee -a "$log"
+    return
+  fi
+  [[ ",$rows," == *",$name,"* ]] || return
+  echo "== $name: $(date -u +%H:%M:%S) bench $*" | tee -a "$log"
+  local start=$SECONDS
+  "$python" -m goal_jax.bench --variant="$variant" --json_out="$work/rows/$name.json.part" "$@" \
+    2>&1 | tee -a "$log"
+  local status=${PIPESTATUS[0]}
+  # A row file is complete only when its process finished; a killed one stays .part (kept).
+  ((status == 0)) && mv "$work/rows/$name.json.part" "$work/rows/$name.json"
+  echo "== $name: exit $status after $((SECONDS - start)) s (process wall time)" | tee -a "$log"
+  pack
+}
+
+{
+  echo "== $(date -u +%FT%TZ) $(hostname)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
+  "$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+'optax', optax.__version__, jax.devices())" 2>&1
+} | tee -a "$log"
+
+bench_row b16_64 --batch=64 --reference --no_compile --steps=5 --warmup=1 \
+  --profile_dir="$work/profiles"
+bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"
+bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2
+bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program
+bench_row b16_64_compile --batch=64 --methods=global --reference --steps=5 --warmup=2
+
+echo "== done $(date -u +%H:%M:%S)" | tee -a "$log"
