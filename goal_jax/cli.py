@@ -22,25 +22,58 @@ from absl import flags
 from absl import logging
 import jax
 
+from goal_jax import constants
 from goal_jax import files
 
-DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+DEFAULT_DATA_DIR = constants.DEFAULT_DATA_DIR
 
 
 class Error(Exception):
   """An expected failure of a command: its message (with the fix) is all the user sees."""
 
 
+# The shared flags' one wording (README "Command reference"); a command adds what is its own.
+CHECKPOINT_HELP = ("A goal_jax model: a `convert` or `train` output (a run's W/model), or any "
+                   "W/checkpoints/<step>.")
+DATA_DIR_HELP = "Where the prepared datasets are (`prepare` and `lism` write them there)."
+
+
+def _help(text: str, suffix: str) -> str:
+  return f"{text} {suffix}" if suffix else text
+
+
+def define_checkpoint_flag(help_suffix: str = "") -> flags.FlagHolder:
+  """`--checkpoint`, the model a command reads; `help_suffix` says what this command does with
+  it. Like the other `define_*` here, the flag is the calling command's (its --help lists it)."""
+  return flags.DEFINE_string("checkpoint", None, _help(CHECKPOINT_HELP, help_suffix))
+
+
+def define_data_dir_flag(default: str | None = DEFAULT_DATA_DIR,
+                         help_suffix: str = "") -> flags.FlagHolder:
+  """`--data_dir`, the prepared datasets; `help_suffix` says this command's use (or default)."""
+  return flags.DEFINE_string("data_dir", default, _help(DATA_DIR_HELP, help_suffix))
+
+
 def define_bench_data_flags() -> None:
   """`--data_dir`, `--dataset`, `--split` of the measurement commands: a prepared split to read,
   by default the embedded `synthetic` test split prepared into a temporary folder."""
-  flags.DEFINE_string("data_dir", None,
-                      "prepared shards; default: prepare `synthetic` in a tmp dir")
+  define_data_dir_flag(None, "Default: `synthetic` prepared into a temporary folder.")
   flags.DEFINE_string("dataset", "synthetic", "dataset name under data_dir")
   flags.DEFINE_string("split", "test", "split to read")
 
 
 COMPILATION_CACHE_BYTES = 8 << 30  # least recently used entries go first
+
+
+def default_compilation_cache() -> str:
+  """`$GOAL_JAX_COMPILATION_CACHE` if set ('' turns the cache off), else <cache>/jax."""
+  return os.environ.get("GOAL_JAX_COMPILATION_CACHE", os.path.join(files.cache_dir(), "jax"))
+
+
+# Every command has it: one definition, when any command imports this module.
+flags.DEFINE_string("compilation_cache", default_compilation_cache(),
+                    "folder of JAX's persistent compilation cache (a second run of the same "
+                    "program skips compiling it); '' turns it off")
 
 
 def enable_compilation_cache(path: str, min_compile_s: float = 1.0) -> None:
@@ -108,13 +141,12 @@ def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException]
   """Runs `main(argv)` under absl with quiet logs; `Error` and the `expected` exception types
   become one `error:` line (exit 1) instead of a traceback."""
 
-  if "compilation_cache" not in flags.FLAGS:
-    flags.DEFINE_string("compilation_cache", os.path.join(files.cache_dir(), "jax"),
-                        "JAX's persistent compilation cache; '' disables it")
-
   def wrapped(args):
     quiet_logs()
-    enable_compilation_cache(flags.FLAGS.compilation_cache)
+    # A command run by tests' `run_command` may have it set aside: then the default.
+    cache = (flags.FLAGS.compilation_cache if "compilation_cache" in flags.FLAGS
+             else default_compilation_cache())
+    enable_compilation_cache(cache)
     try:
       return main(args)
     except (Error, *expected) as e:  # noqa: B030 - a tuple of types built at run time
@@ -133,3 +165,9 @@ def check_output_dir(out: str, overwrite: bool, source_path: str | None = None) 
     raise ValueError(f"output {out} exists and is not a directory")
   if os.listdir(out) and not overwrite:
     raise ValueError(f"output {out} is not empty; pass --overwrite to replace it")
+
+
+# The flags that the `define_*` functions above define belong to the command module calling them,
+# so its --help lists them with its own: once this line has run, absl attributes any flag defined
+# from this module to its caller. This module's own flags are defined at import, above it.
+flags.disclaim_key_flags()

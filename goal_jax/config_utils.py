@@ -2,7 +2,8 @@
 
 The method configs ship inside the package (`goal_jax/configs/`; a checkout's `configs/` links
 there), so an installed goal_jax finds them too. The library loads them by path, as
-`--config=<file>` does, and never imports them: configs import the library, not the reverse.
+`--config=<file>` does, and never imports them; they import only this module and
+`goal_jax.constants` (the defaults they start from), so a recipe loads without JAX.
 
 `--config=configs/goal.py:demo,batch=8,variant=B/16` hands `"demo,batch=8,variant=B/16"`
 to `get_config(arg)`. Each config declares its knobs once, with defaults, and `parse_arg` types what

@@ -66,8 +66,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
-  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
-                      "Where `prepare` and `lism` wrote the shards.")
+  cli.define_data_dir_flag()
   flags.DEFINE_integer("sample", 64, "Records read per split to count local pairs.",
                        lower_bound=1)
 

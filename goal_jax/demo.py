@@ -80,10 +80,10 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str | None:
     return model_dir
   logging.info("Pretraining the demo's tiny CLIP on short captions into %s", path)
   print(f"[demo] pretraining a tiny CLIP on short captions (cached in {path})", flush=True)
-  workdir = path + ".tmp"
+  workdir = files.staging_directory(path, create=False)  # kept: a stopped pretraining resumes
   if loop.run(config, workdir)["preempted"]:
     return None
-  os.replace(workdir, path)
+  files.replace_directory(workdir, path)
   return model_dir
 
 

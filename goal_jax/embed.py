@@ -28,7 +28,7 @@ EXPECTED = (FileNotFoundError, ValueError)  # missing inputs, blank lines: one `
 
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
-  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory.")
+  cli.define_checkpoint_flag()
   flags.DEFINE_string("images", None, "Folder of images (or --texts).")
   flags.DEFINE_string("texts", None, "Text file, one text per line (or --images).")
   flags.DEFINE_string("out", None, "Output .npy file.")

@@ -39,10 +39,10 @@ EXPECTED = (FileNotFoundError, ValueError)  # bad names, missing data: one `erro
 
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
-  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory.")
+  cli.define_checkpoint_flag()
   flags.DEFINE_string("benchmarks", "",
                       "Profile, benchmark names or dataset:split, joined by ','.")
-  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Where `prepare` wrote the shards.")
+  cli.define_data_dir_flag()
   flags.DEFINE_string("out", None, "Results JSON to write.")
   flags.DEFINE_integer("batch_size", 64, "Rows per embedding batch.", lower_bound=1)
   flags.DEFINE_enum("geometry", inputs.DEFAULT_GEOMETRY, ("center_crop", "squash"),

@@ -28,7 +28,7 @@ from goal_jax.text import tokenizer
 
 GEOMETRIES = ("center_crop", "squash")
 _PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, what `geometry.resize_image` resizes with
-# `pipeline.MEAN_RGB` / `STD_RGB` as OpenAI writes them (a test checks they agree in float32).
+# `images.MEAN_RGB` / `STD_RGB` as OpenAI writes them (a test checks they agree in float32).
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 FLAGS = flags.FLAGS
@@ -102,7 +102,7 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
 
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
-  flags.DEFINE_string("checkpoint", None, "Model checkpoint directory (convert/train output).")
+  cli.define_checkpoint_flag()
   flags.DEFINE_string("out", None, "HF directory to write.")
   flags.DEFINE_bool("no_tokenizer", False, "Skip the tokenizer files.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output.")

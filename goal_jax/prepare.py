@@ -31,7 +31,7 @@ EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
   flags.DEFINE_string("dataset", None, f"dataset to prepare: {', '.join(sorted(raw.READERS))}")
-  flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "output root for the shards")
+  cli.define_data_dir_flag()
   flags.DEFINE_string("manual_dir", None, "folder with the raw dataset files")
   flags.DEFINE_list("split", [], "splits to prepare (default: all present)")
   flags.DEFINE_integer("image_short_side", 256, "pre-resize short side; 0 keeps the original")

@@ -54,6 +54,8 @@ from matplotlib import ticker
 from goal_jax import cli
 from goal_jax import config_utils
 from goal_jax import figures
+from goal_jax import files
+from goal_jax import methods
 from goal_jax.evaluation import report
 
 # ------------------------------------------------------------------------------------------------
@@ -66,20 +68,9 @@ class Recipe:
   overrides: tuple[str, ...] = ()
 
 
-_NO_TSL = ("--config.loss.weights.tsl_image=0", "--config.loss.weights.tsl_text=0")
-_NO_WPR = ("--config.loss.weights.wpr_image=0", "--config.loss.weights.wpr_text=0")
-
-RUNS = {
-    "global": Recipe("global_ft.py"),                                  # GOAL's baseline
-    "goal": Recipe("goal.py"),                                         # global + local + TSL
-    "goal_no_tsl": Recipe("goal.py", _NO_TSL),                         # global + local
-    "goal_no_local": Recipe("goal.py", ("--config.loss.weights.local=0",)),  # global + TSL
-    "mulclip": Recipe("mulclip.py"),                                   # global + WPR + SAP
-    "mulclip_no_wpr": Recipe("mulclip.py", _NO_WPR),                   # global + SAP
-    "mulclip_no_sap": Recipe("mulclip.py", ("--config.loss.weights.sap=0",)),  # global + WPR
-    "longclip": Recipe("longclip.py"),                                 # long + PCM short
-    "finelip": Recipe("finelip.py"),                                   # CLIM ranking loss
-}
+# Every method's runs, as it declares them (`Method.study_runs`), in the registry's order.
+RUNS = {run: Recipe(method.recipe, tuple(overrides))
+        for method in methods.REGISTRY.values() for run, overrides in method.study_runs.items()}
 
 # ------------------------------------------------------------------------------------------------
 # Where the numbers are in an eval JSON (goal_jax/evaluation/report.py), named once.
@@ -169,16 +160,6 @@ def merged_study_config(stored: dict | None, options: StudyOptions) -> dict:
 def read_json(path: str):
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def write_json(path: str, value) -> None:
-  """Atomic: an interrupted study never leaves half a file behind."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def read_study_config(workdir: str) -> dict | None:
@@ -411,7 +392,7 @@ def plot_study(summary: dict, path: str) -> None:
 
 def write_outputs(workdir: str, config: dict) -> dict:
   summary = summarize(workdir, config)
-  write_json(os.path.join(workdir, "study.json"), summary)
+  files.write_json(os.path.join(workdir, "study.json"), summary, ensure_ascii=False)
   with open(os.path.join(workdir, "study.md"), "w", encoding="utf-8") as f:
     f.write(markdown_table(summary))
   plot_study(summary, os.path.join(workdir, "study.png"))
@@ -456,7 +437,7 @@ def run_study(options: StudyOptions, launcher=None) -> dict:
       raise StudyError(f"{options.workdir} holds no {STUDY_CONFIG}: no study to report")
     return write_outputs(options.workdir, stored)
   config = merged_study_config(stored, options)
-  write_json(os.path.join(options.workdir, STUDY_CONFIG), config)
+  files.write_json(os.path.join(options.workdir, STUDY_CONFIG), config, ensure_ascii=False)
   jobs = [(run, seed) for seed in range(options.seeds) for run in options.runs]
   pending = sum(not is_done(run_dir(options.workdir, r, s), final_step(r, config))
                 for r, s in jobs)

@@ -31,6 +31,9 @@ _WORKDIR = flags.DEFINE_string(
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the resolved config (after the knobs and --config.* "
     "overrides) and exit without training.")
+# A bad setup, a busy workdir, a non-finite state, no intact checkpoint: one `error:` line each.
+EXPECTED = (loop.SetupError, workdir_lock.WorkdirBusyError, finite.NonFiniteError,
+            checkpointing.CheckpointError)
 
 
 def main(argv):
@@ -46,12 +49,9 @@ def main(argv):
     # From here on SIGTERM stops cleanly (exit 0), also during start-up and data preparation.
     with preemption.PreemptionGuard():
       result = _train(_CONFIG.value, workdir)
-  except (loop.SetupError, workdir_lock.WorkdirBusyError, finite.NonFiniteError,
-          checkpointing.CheckpointError) as e:
-    raise SystemExit(f"error: {e}") from None
-  except loop.EvaluationError as e:
-    raise SystemExit(f"error: {e}. The trained model is saved in {workdir}/model; evaluate it "
-                     f"with: python -m goal_jax.evaluate --checkpoint={workdir}/model") from None
+  except loop.EvaluationError as e:  # the model is saved: say how to evaluate it
+    raise cli.Error(f"{e}. The trained model is saved in {workdir}/model; evaluate it "
+                    f"with: python -m goal_jax.evaluate --checkpoint={workdir}/model") from None
   if result.get("preempted"):
     print(f"Stopped by a termination signal at step {result['step']}; rerun the same command "
           "to resume.", flush=True)
@@ -64,4 +64,4 @@ def _train(config, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, expected=EXPECTED)

@@ -30,7 +30,6 @@ from PIL import UnidentifiedImageError
 from goal_jax import cli
 from goal_jax import figures
 from goal_jax.data import images as images_lib
-from goal_jax.data import pipeline
 from goal_jax.evaluation import attention_maps
 from goal_jax.evaluation import embedding
 from goal_jax.models import clip
@@ -53,7 +52,7 @@ def _image_fn(config: clip.CLIPConfig):
 
 def encode_image(params, config, image: Image.Image, geometry: str = DEFAULT_GEOMETRY) -> dict:
   """One image through the vision tower with the last block's attention; host numpy outputs."""
-  pixels = pipeline.model_image(image, config.image_size, geometry)
+  pixels = images_lib.model_image(image, config.image_size, geometry)
   out = _image_fn(config)(params, jax.device_put(pixels[None]))
   return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
 
@@ -152,7 +151,7 @@ def plot_curves(records: list[dict], path: str, pattern: str | None = None,
 def define_flags() -> None:
   """Every verb's flags (absl has no subcommands), defined when the command runs: commands share
   flag names and absl's are global."""
-  flags.DEFINE_string("checkpoint", None, "attention, sentences: model checkpoint directory.")
+  cli.define_checkpoint_flag("Read by attention and sentences.")
   flags.DEFINE_string("image", None, "attention, sentences: image file.")
   flags.DEFINE_string("out", None, "Output PNG.")
   flags.DEFINE_enum("geometry", DEFAULT_GEOMETRY, ("squash", "center_crop"),

@@ -5,6 +5,8 @@ import os
 # sharded-versus-dense checks need no special runner. Single-device code still runs on device 0.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests compile in parallel processes: no shared persistent cache (its own test passes a folder).
+os.environ.setdefault("GOAL_JAX_COMPILATION_CACHE", "")
 
 import pytest  # noqa: E402
 

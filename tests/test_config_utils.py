@@ -1,6 +1,12 @@
-"""parse_arg: the `:arg` suffix of `--config file.py:arg` into typed fields."""
+"""parse_arg: the `:arg` suffix of `--config file.py:arg` into typed fields; recipes load without
+the library."""
+import subprocess
+import sys
+
 import pytest
 
+from goal_jax import constants
+from goal_jax import config_utils
 from goal_jax.config_utils import parse_arg
 
 
@@ -50,3 +56,52 @@ def test_bad_values_name_the_field():
 def test_none_default_is_inferred():
   assert parse_arg("init=ckpts/b16", init=None).init == "ckpts/b16"
   assert parse_arg("seed=3", seed=None).seed == 3
+
+
+def test_recipes_load_without_the_library():
+  """As big_vision's configs: a recipe imports config helpers and constants only, so it can be
+  read, loaded and copied without JAX, Flax or any other goal_jax module."""
+  script = (
+      "import glob, os, sys\n"
+      "from goal_jax import config_utils\n"
+      "for path in sorted(glob.glob(os.path.join(config_utils.CONFIGS_DIR, '*.py'))):\n"
+      "  if os.path.basename(path) not in ('__init__.py', 'common.py'):\n"
+      "    for arg in ('', 'demo'):\n"
+      "      config_utils.load_config(path, arg)\n"
+      "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+      "('jax', 'flax', 'goal_jax'))))\n")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  loaded = proc.stdout.split()
+  assert not [m for m in loaded if m.split(".")[0] in ("jax", "flax")], loaded
+  assert "goal_jax.configs.goal" in loaded
+  allowed = {"goal_jax", "goal_jax.config_utils", "goal_jax.constants", "goal_jax.configs"}
+  assert [m for m in loaded if m not in allowed and not m.startswith("goal_jax.configs.")] == []
+
+
+def test_the_library_uses_the_constants_the_recipes_read():
+  """One source of truth: the library's defaults are the recipes' constants."""
+  from goal_jax.data import pipeline  # noqa: PLC0415 - the library, only for this check
+  from goal_jax.data import reproduction  # noqa: PLC0415
+  from goal_jax.training import optimizer  # noqa: PLC0415
+  assert pipeline.default_config().to_dict() == constants.INPUT
+  assert reproduction.COMPAT == constants.COMPAT
+  assert optimizer.DEFAULTS is constants.OPTIMIZER
+
+
+@pytest.mark.parametrize("method, weights, options", [
+    ("goal", "GOAL_WEIGHTS", None), ("longclip", "LONGCLIP_WEIGHTS", None),
+    ("mulclip", "MULCLIP_WEIGHTS", "MulCLIPOptions"),
+    ("finelip", "FINELIP_WEIGHTS", "FineLIPOptions")])
+def test_recipes_write_their_objective_s_defaults(method, weights, options):
+  """A recipe writes its weights and options out (so it reads without the library); they are
+  the objective's own defaults, which the paper's values are."""
+  import dataclasses  # noqa: PLC0415
+  import importlib  # noqa: PLC0415
+  loss = importlib.import_module(f"goal_jax.losses.{method}")
+  config = config_utils.load_config(config_utils.recipe_path(f"{method}.py"), "")
+  assert config.loss.weights.to_dict() == getattr(loss, weights)
+  if options:
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(loss, options))}
+    assert {k: config.loss[k] for k in defaults} == defaults

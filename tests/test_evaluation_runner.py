@@ -12,12 +12,12 @@ from PIL import Image
 
 from _cli import run_command
 from goal_jax import evaluate
+from goal_jax import sharding
 from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
 from goal_jax.evaluation import (benchmark_spec, embedding, inputs, metrics, profiles, report,
                                  runner, sources, tasks, zeroshot)
 from goal_jax.models import checkpoint, clip
 from goal_jax.text import tokenizer as text_tokenizer
-from goal_jax.training import sharding
 
 BATCH = 8
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -164,7 +164,7 @@ def test_batch_size_rounds_to_devices_and_compiles_once(data_dir, model):
 def test_runs_under_a_disallowing_transfer_guard(data_dir, model):
   params, config = model
   mesh = sharding.make_mesh()
-  placed = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  placed = jax.device_put(params, sharding.replicated(mesh))
   expected = runner.evaluate_benchmarks(params, config, "synthetic:test", data_dir,
                                         batch_size=BATCH)
   with jax.set_mesh(mesh), jax.transfer_guard("disallow"):

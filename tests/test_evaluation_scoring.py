@@ -16,7 +16,7 @@ from goal_jax import methods
 from goal_jax.bench import batches
 from goal_jax.data import synthetic
 from goal_jax.evaluation import embedding, metrics, profiles, report, scoring, sources
-from goal_jax.losses import finelip
+from goal_jax.losses import clim
 from goal_jax.models import checkpoint, clip, token_aggregation
 from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import loop
@@ -57,17 +57,17 @@ def tower_outputs(clip_params, model_config, images, ids):
 
 
 def one_piece_fused(params, loss_config, image_out, text_out):
-  """`finelip.fused_score` on `refined_tokens` of the towers' outputs, in one call; and the
+  """`clim.fused_score` on `refined_tokens` of the towers' outputs, in one call; and the
   refined tokens."""
   aggregators = token_aggregation.per_modality(loss_config.aggregation_tokens,
                                                params["aggregation"])
-  image_tokens, text_tokens = finelip.refined_tokens(
+  image_tokens, text_tokens = clim.refined_tokens(
       image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
       aggregators)
-  clim = finelip.late_interaction(image_tokens, text_tokens,
-                                  negative_slope=loss_config.negative_slope)
-  fused = finelip.fused_score(image_out["embedding"], text_out["embedding"], clim,
-                              global_weight=loss_config.global_weight)
+  interaction = clim.late_interaction(image_tokens, text_tokens,
+                                      negative_slope=loss_config.negative_slope)
+  fused = clim.fused_score(image_out["embedding"], text_out["embedding"], interaction,
+                           global_weight=loss_config.global_weight)
   return np.asarray(fused), np.asarray(image_tokens), np.asarray(text_tokens)
 
 

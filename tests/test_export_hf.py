@@ -15,7 +15,7 @@ import _torch_refs as refs  # tests/ is on sys.path under pytest.
 from _cli import run_command
 from goal_jax import embed
 from goal_jax import export_hf
-from goal_jax.data import pipeline
+from goal_jax.data import images as images_lib
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
 from goal_jax.models import state_dicts
@@ -88,12 +88,12 @@ def test_image_processor_makes_the_pipelines_pixels(tmp_path, geometry_name):
   processor = _pil_image_processor(tmp_path)
   for seed, (h, w) in enumerate(ODD_SIZES):
     image = _photo(h, w, seed)
-    want = pipeline.model_image(image, 224, geometry_name)
+    want = images_lib.model_image(image, 224, geometry_name)
     got = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
     assert got.shape == want.shape == (224, 224, 3)
     np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{h}x{w}")
-  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_MEAN), pipeline.MEAN_RGB)
-  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_STD), pipeline.STD_RGB)
+  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_MEAN), images_lib.MEAN_RGB)
+  np.testing.assert_array_equal(np.float32(export_hf.OPENAI_CLIP_STD), images_lib.STD_RGB)
 
 
 def test_clip_processor_and_model_reproduce_goal_jax_embed(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from goal_jax.configs import goal as goal_config
-from goal_jax.data import builder, geometry, pipeline, prepare
+from goal_jax.data import builder, geometry, pipeline, prepare, reproduction
 from goal_jax.text import sentences, spans
 from goal_jax.text import tokenizer as tokenizer_lib
 
@@ -85,24 +85,24 @@ def _block(rows, cols, grid=16):
 
 
 def test_compat_sets_exactly_the_reproduction_fields():
-  assert pipeline.resolve_compat(pipeline.default_config()) == dict(
+  assert reproduction.resolve_compat(pipeline.default_config()) == dict(
       compat="", span_mode="exact", text_norm="clip", box_mode="exact", box_grid_patch=0,
       box_norm="image", geometry="center_crop")
-  goal = pipeline.resolve_compat(_config(compat="goal"))
+  goal = reproduction.resolve_compat(_config(compat="goal"))
   assert goal == dict(compat="goal", span_mode="goal", text_norm="hf", box_mode="goal",
                       box_grid_patch=16, box_norm="json", geometry="center_crop")
-  fixed = pipeline.resolve_compat(_config(compat="goal_fixed"))
+  fixed = reproduction.resolve_compat(_config(compat="goal_fixed"))
   assert {k for k in goal if goal[k] != fixed[k]} == {"compat", "box_norm"}
   assert fixed["box_norm"] == "image"
   # Repeating a value the switch sets is fine; a third value is a conflict, named.
-  assert pipeline.resolve_compat(_config(compat="goal", span_mode="goal")) == goal
+  assert reproduction.resolve_compat(_config(compat="goal", span_mode="goal")) == goal
   for field, value in (("geometry", "squash"), ("box_grid_patch", 14)):
     with pytest.raises(ValueError, match=f"config.compat=goal sets {field}="):
-      pipeline.ProcessContext(_config(compat="goal", **{field: value}))
+      reproduction.resolve(_config(compat="goal", **{field: value}))
   with pytest.raises(ValueError, match="expected '' or one of"):
-    pipeline.ProcessContext(_config(compat="official"))
+    reproduction.resolve(_config(compat="official"))
   with pytest.raises(ValueError, match="need config.box_mode=goal"):
-    pipeline.ProcessContext(_config(box_norm="json"))
+    reproduction.resolve(_config(box_norm="json"))
 
 
 def test_goal_config_arg_reproduce():
@@ -237,13 +237,13 @@ def test_records_without_raw_caption_or_json_size_are_refused(prepared):
                                  if k not in ("raw_caption", "pair_norm_size")})
   assert older["raw_caption"] == "" and not older["pair_norm_size"].any()
   with pytest.raises(ValueError, match="text_norm=hf .* lack"):
-    pipeline.check_source(_config(compat="goal"), [older])
+    reproduction.check_source(_config(compat="goal"), [older])
   # No JSON box size (older shards, or LISM-mined pairs): HEAD's normalisation cannot run, and
   # the error points to the authors' fixed version, which needs none.
   no_size = {**record, "pair_norm_size": np.zeros_like(record["pair_norm_size"])}
   with pytest.raises(ValueError, match="compat=goal_fixed"):
-    pipeline.check_source(_config(compat="goal"), [no_size])
-  pipeline.check_source(_config(compat="goal_fixed"), [no_size])
+    reproduction.check_source(_config(compat="goal"), [no_size])
+  reproduction.check_source(_config(compat="goal_fixed"), [no_size])
   assert pipeline.process(no_size, _config(compat="goal_fixed"))["local_valid"]
 
 

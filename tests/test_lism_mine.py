@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from goal_jax.data import builder, pipeline, prepare
+from goal_jax.data import images as images_lib
 from goal_jax.data import synthetic_v1 as synthetic  # its 96 px scenes, prepared by --version=1
 from goal_jax.lism import mine, scoring, selection
 from goal_jax.text import tokenizer as text_tokenizer
@@ -47,7 +48,7 @@ def _colour_scorer() -> scoring.Scorer:
 
   def encode_images(params, images):
     del params
-    rgb = (images * jnp.asarray(pipeline.STD_RGB) + jnp.asarray(pipeline.MEAN_RGB)) * 255.0
+    rgb = (images * jnp.asarray(images_lib.STD_RGB) + jnp.asarray(images_lib.MEAN_RGB)) * 255.0
     nearest = jnp.argmin(jnp.sum((rgb[..., None, :] - prototypes) ** 2, -1), -1)
     counts = jax.nn.one_hot(nearest, len(prototypes)).sum(axis=(1, 2))
     return normalise(counts @ to_colour)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from goal_jax.losses import contrastive, finelip
+from goal_jax.losses import clim, contrastive, finelip
 from goal_jax.models import token_aggregation
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
@@ -131,7 +131,7 @@ def torch_objective(outs, ints, params, logit_scale, max_violation):
 
 
 def refined(outs, ints, params):
-  return finelip.refined_tokens(outs["image"]["tokens_projected"],
+  return clim.refined_tokens(outs["image"]["tokens_projected"],
                                 outs["text"]["tokens_projected"], ints["eot_index"],
                                 aggregators(params))
 
@@ -143,26 +143,26 @@ def test_late_interaction_by_hand():
   text = np.array([[[1.0, 0.0]], [[-1.0, 0.0]]], np.float32)
   # Text 0 matches image token 0: t→i = 1, i→t = mean(1, 0) = 0.5. Text 1: cosines (-1, 0) after
   # the leaky ReLU are (-0.1, 0): t→i = 0, i→t = mean(-0.1, 0).
-  actual = finelip.late_interaction(image, text)
+  actual = clim.late_interaction(image, text)
   assert_close(actual, [[1.5, -0.05]])
-  assert_close(finelip.late_interaction(image, text, negative_slope=0.5), [[1.5, -0.25]])
+  assert_close(clim.late_interaction(image, text, negative_slope=0.5), [[1.5, -0.25]])
 
 
 def test_late_interaction_masks_padding_like_the_released_slicing():
   images, texts = unit(0, 3, 5, E), unit(1, 4, 6, E)
   lengths = np.array([6, 2, 4, 1])
   mask = np.arange(6)[None] < lengths[:, None]
-  actual = finelip.late_interaction(images, texts, mask, negative_slope=0.1)
+  actual = clim.late_interaction(images, texts, mask, negative_slope=0.1)
   t_images, t_texts = (torch.tensor(x, dtype=torch.float64) for x in (images, texts))
   expected = torch.stack([torch_one_text(t_images, t_texts[j, :n]) for j, n in enumerate(lengths)],
                          dim=1)
   assert_close(actual, expected.numpy())
-  assert_close(finelip.late_interaction(images, texts[:1]), expected[:, :1].numpy())
+  assert_close(clim.late_interaction(images, texts[:1]), expected[:, :1].numpy())
 
 
 def test_clim_matches_released_aggregated_interaction():
   outs, ints, params = make_inputs(1)
-  actual = finelip.late_interaction(*refined(outs, ints, params))
+  actual = clim.late_interaction(*refined(outs, ints, params))
   t_outs, t_params = jax.tree.map(lambda x: torch.tensor(np.asarray(x, np.float64)),
                                   (outs, params))
   expected = torch_clim(t_outs["image"]["tokens_projected"], t_outs["text"]["tokens_projected"],
@@ -176,11 +176,11 @@ def test_clim_matches_released_aggregated_interaction():
 def test_ranking_loss_by_hand():
   scores = np.array([[0.5, 0.6], [0.1, 0.9]], np.float32)
   # Only image 0 against text 1 violates the margin: 0.2 + 0.6 - 0.5.
-  assert_close(finelip.ranking_loss(scores), 0.3)
+  assert_close(clim.ranking_loss(scores), 0.3)
   # Margin 0.5: image 0 vs text 1 (0.6); text 1 vs image 0 (0.5 + 0.6 - 0.9); text 0 vs image 1
   # (0.5 + 0.1 - 0.5). Hardest negatives: the same, one per query here.
-  assert_close(finelip.ranking_loss(scores, margin=0.5), 0.6 + 0.2 + 0.1)
-  assert_close(finelip.ranking_loss(scores, margin=0.5, max_violation=True), 0.6 + 0.2 + 0.1)
+  assert_close(clim.ranking_loss(scores, margin=0.5), 0.6 + 0.2 + 0.1)
+  assert_close(clim.ranking_loss(scores, margin=0.5, max_violation=True), 0.6 + 0.2 + 0.1)
 
 
 @pytest.mark.parametrize("max_violation", [False, True])
@@ -188,7 +188,7 @@ def test_ranking_loss_by_hand():
 def test_ranking_loss_matches_released(max_violation, with_ids):
   scores = np.random.default_rng(2).uniform(-0.2, 2.0, size=(B, B)).astype(np.float32)
   ids = IMAGE_IDS if with_ids else np.arange(B)
-  actual = finelip.ranking_loss(scores, ids if with_ids else None, max_violation=max_violation)
+  actual = clim.ranking_loss(scores, ids if with_ids else None, max_violation=max_violation)
   expected = torch_ranking(torch.tensor(scores, dtype=torch.float64), torch.tensor(ids),
                            max_violation=max_violation)
   assert_close(actual, expected.item())
@@ -197,22 +197,22 @@ def test_ranking_loss_matches_released(max_violation, with_ids):
 @pytest.mark.parametrize("max_violation", [False, True])
 def test_pairs_of_the_same_image_are_not_negatives(max_violation):
   scores = np.random.default_rng(3).uniform(-0.2, 2.0, size=(B, B)).astype(np.float32)
-  loss = functools.partial(finelip.ranking_loss, image_ids=IMAGE_IDS, max_violation=max_violation)
+  loss = functools.partial(clim.ranking_loss, image_ids=IMAGE_IDS, max_violation=max_violation)
   same = (IMAGE_IDS[:, None] == IMAGE_IDS[None]) & ~np.eye(B, dtype=bool)
   assert same.sum() == 4
   raised = np.where(same, 10.0, scores).astype(np.float32)
   assert_close(loss(raised), loss(scores))
   # Without the ids the raised pairs are violations.
-  assert finelip.ranking_loss(raised, max_violation=max_violation) > loss(scores) + 1.0
+  assert clim.ranking_loss(raised, max_violation=max_violation) > loss(scores) + 1.0
 
 
 # --- test-time score -------------------------------------------------------------------------
 
 def test_fused_score_matches_released_evaluation():
   outs, ints, params = make_inputs(4)
-  clim = finelip.late_interaction(*refined(outs, ints, params))
-  actual = finelip.fused_score(outs["image"]["embedding"], outs["text"]["embedding"], clim,
-                               global_weight=finelip.FineLIPOptions().global_weight)
+  interaction = clim.late_interaction(*refined(outs, ints, params))
+  actual = clim.fused_score(outs["image"]["embedding"], outs["text"]["embedding"], interaction,
+                            global_weight=finelip.FineLIPOptions().global_weight)
   t_outs, t_params = jax.tree.map(lambda x: torch.tensor(np.asarray(x, np.float64)),
                                   (outs, params))
   cosine = t_outs["image"]["embedding"] @ t_outs["text"]["embedding"].t()

@@ -11,7 +11,7 @@ from goal_jax import config_utils
 from goal_jax import methods
 from goal_jax.bench import batches
 from goal_jax.data import pipeline
-from goal_jax.losses import finelip
+from goal_jax.losses import clim, finelip
 from goal_jax.models import clip, token_aggregation
 from goal_jax.training import loop
 from test_losses_contrastive import make_mesh, shard_batch
@@ -109,10 +109,10 @@ def test_mulclip_clim_ablation_is_one_override():
   for key in ("global_long", "global_summary", "sap"):
     np.testing.assert_allclose(clim_terms[key], terms[key], rtol=1e-5, err_msg=key)
   image_out, text_out = _encoded(params, batch)
-  image_tokens, text_tokens = finelip.refined_tokens(
+  image_tokens, text_tokens = clim.refined_tokens(
       image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
       token_aggregation.per_modality(4, params["calibration"]))
-  want = finelip.ranking_loss(finelip.late_interaction(image_tokens, text_tokens))
+  want = clim.ranking_loss(clim.late_interaction(image_tokens, text_tokens))
   np.testing.assert_allclose(clim_terms["clim"], want, rtol=1e-5)
   weights = ablated.loss.weights
   np.testing.assert_allclose(

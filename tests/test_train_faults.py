@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from goal_jax.data import pipeline
+from goal_jax import cli
+from goal_jax import config_utils
+from goal_jax import sharding
+from goal_jax import train
 from goal_jax.data import synthetic
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import loop
@@ -78,7 +81,7 @@ def test_an_exception_in_the_loop_still_completes_the_save_in_flight(data_dir, t
   config = tiny_config("goal", data_dir, steps=4)
   config.checkpoint_every = 2
   loop.run(config, str(tmp_path / "straight"))
-  fail_on_call(monkeypatch, pipeline, "make_global_batch", 3)
+  fail_on_call(monkeypatch, sharding, "make_global_batch", 3)
   with pytest.raises(RuntimeError, match="injected fault"):
     loop.run(config, str(tmp_path / "crashed"))
   assert checkpoint_steps(str(tmp_path / "crashed")) == ["2"]
@@ -102,6 +105,25 @@ def test_a_failing_evaluation_never_costs_the_model(data_dir, tmp_path):
   with pytest.raises(loop.EvaluationError):
     loop.run(config, str(tmp_path))
   assert_same_params(model_params(str(tmp_path)), saved)
+
+
+@pytest.mark.parametrize("error, says", [
+    (loop.SetupError("no prepared dataset 'docci'"), "error: no prepared dataset 'docci'"),
+    (loop.EvaluationError("evaluation at step 3 failed"),
+     "error: evaluation at step 3 failed. The trained model is saved in {w}/model; evaluate it "
+     "with: python -m goal_jax.evaluate --checkpoint={w}/model")])
+def test_the_command_prints_one_error_line_and_how_to_evaluate_a_saved_model(
+    tmp_path, monkeypatch, capsys, error, says):
+  def fail(config, workdir):
+    raise error
+  monkeypatch.setattr(train, "_train", fail)
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(train.main, expected=train.EXPECTED,
+            argv=["goal_jax.train", f"--config={config_utils.recipe_path('global_ft.py')}",
+                  f"--workdir={workdir}"])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.strip().splitlines() == [says.format(w=workdir)]
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(data_dir, tmp_path):
@@ -217,7 +239,7 @@ def test_metrics_after_a_crash_are_not_written_twice(data_dir, tmp_path, monkeyp
   config = tiny_config("global", data_dir, steps=4)
   config.checkpoint_every = 2
   loop.run(config, str(tmp_path / "straight"))
-  fail_on_call(monkeypatch, pipeline, "make_global_batch", 4)
+  fail_on_call(monkeypatch, sharding, "make_global_batch", 4)
   with pytest.raises(RuntimeError):
     loop.run(config, str(tmp_path / "crashed"))
   steps = lambda: [row["step"] for row in

@@ -28,8 +28,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from goal_jax.data import pipeline
-from goal_jax.training import checkpointing, finite, metric_log, optimizer, preemption, sharding
+from goal_jax import sharding
+from goal_jax.training import checkpointing, finite, metric_log, optimizer, preemption
 
 BATCH = 8
 FSDP = [(".*kernel", "fsdp(min_size_mb=0)")]
@@ -84,7 +84,7 @@ def compiled_toy(total_steps):
   tx, _ = optimizer.make_optimizer(
       dict(lr=0.05, schedule="cosine", total_steps=total_steps, weight_decay=0.01),
       abstract_params["params"])
-  rng = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(mesh, P()))  # guard-proof
+  rng = jax.device_put(jax.random.key(0), sharding.replicated(mesh))  # guard-proof
   init, abstract = sharding.sharded_init(lambda rng: init_fn(rng, tx), rng, mesh=mesh,
                                          strategy=FSDP)
   step_fn = jax.jit(lambda s, b: train_step(s, b, tx), donate_argnums=(0,),
@@ -106,7 +106,7 @@ def train_toy(workdir, total_steps, *, save_every, stop_at=None, step_sleep=0.0,
     step = int(jax.device_get(state["step"]))
     while step < total_steps:
       host_batch = next(data_iter)
-      state, step_metrics = step_fn(state, pipeline.make_global_batch(host_batch, mesh))
+      state, step_metrics = step_fn(state, sharding.make_global_batch(host_batch, mesh))
       step += 1
       finite_guard(step, step_metrics, host_batch["record_index"])
       if writer.due(step, total_steps):

@@ -59,7 +59,8 @@ def test_tensorboard_scalars(tmp_path):
 def test_runtime_never_imports_torch(tmp_path):
   script = ("import sys\n"
             "from goal_jax.training import checkpointing, metric_log, optimizer, preemption\n"
-            "from goal_jax.training import progress, sharding\n"
+            "from goal_jax import sharding\n"
+            "from goal_jax.training import progress\n"
             "from goal_jax import config_utils\n"
             f"with metric_log.MetricWriter({str(tmp_path)!r}, tensorboard=True) as w:\n"
             "  w.write(1, {'loss': 1.0})\n"

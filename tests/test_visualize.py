@@ -116,7 +116,7 @@ def test_encode_image_attention_is_the_last_blocks(ckpt):
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   # Recompute the last block's attention by hand from the tokens entering it (the output of a
   # tower one block shorter, on the same params).
-  pixels = visualize.pipeline.model_image(Image.open(image_path).convert("RGB"),
+  pixels = visualize.images_lib.model_image(Image.open(image_path).convert("RGB"),
                                           config.image_size, "squash")[None]
   layers = config.vision_layers
   shorter = clip.CLIP(dataclasses.replace(config, vision_layers=layers - 1))

@@ -25,7 +25,7 @@ import numpy as np
 
 from goal_jax import cli
 from goal_jax.data import builder
-from goal_jax.data import pipeline
+from goal_jax.data import images
 from goal_jax.data import prepare
 from goal_jax.data import synthetic
 from goal_jax.lism import mine
@@ -42,7 +42,7 @@ def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
   cli.define_bench_data_flags()
   flags.DEFINE_integer("images", 64, "images per measurement")
-  flags.DEFINE_string("checkpoint", None, "scorer checkpoint (default: random init)")
+  cli.define_checkpoint_flag("The scorer; default: a random-init --model.")
   flags.DEFINE_string("model", "tiny/8", "variant for a random-init scorer")
   flags.DEFINE_string("dtype", None, "compute dtype override")
   flags.DEFINE_string("segmenter", "felzenszwalb", "segmenter (fixed for all modes)")
@@ -80,9 +80,9 @@ class OneByOne:
     self._params = jax.device_put(scorer.params)
 
     def match(params, crops, ids):
-      images = (crops.astype(jnp.float32) / 255.0 - pipeline.MEAN_RGB) / pipeline.STD_RGB
+      pixels = images.normalize_image_on_device(crops)
       scores = jnp.exp(scorer.logit_scale(params)) * (
-          scorer.encode_texts(params, ids) @ scorer.encode_images(params, images).T)
+          scorer.encode_texts(params, ids) @ scorer.encode_images(params, pixels).T)
       return scores
 
     self._match = jax.jit(match)

@@ -20,13 +20,13 @@ import numpy as np
 
 from goal_jax import config_utils
 from goal_jax import methods
+from goal_jax import sharding
 from goal_jax.bench import batches
 from goal_jax.bench import profile
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
-from goal_jax.data import pipeline
 from goal_jax.models import clip
+from goal_jax.models import param_tree
 from goal_jax.training import loop
-from goal_jax.training import sharding
 
 
 def method_config(method: str, variant: str, batch: int, *, attention: str, dtype: str,
@@ -50,7 +50,7 @@ class TrainStep:
   host_batch: dict[str, np.ndarray]
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
-    sharding_ = pipeline.batch_sharding(self.mesh)
+    sharding_ = sharding.batch_sharding(self.mesh)
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding_)
             for k, v in self.host_batch.items()}
 
@@ -71,16 +71,15 @@ def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   if batch % mesh.size:
     raise ValueError(f"--batch={batch} must be a multiple of the {mesh.size} devices")
-  clip_rng, extra_rng = jax.random.split(jax.random.key(0))
-  make_params = lambda: {"clip": clip.init_params(c, clip_rng),
-                         **methods.get(method).init_extra_params(config.loss, c, extra_rng)}
+  method_ = methods.get(method)
   if materialise:
     # On the host, op by op: on an H200 the jitted init compiled for 3 min and the eager one on
     # the GPU compiles every op (a minute before the first row); the state is sharded after.
     with jax.default_device(_host_device()):
-      params = make_params()
+      params = method_.init_params(config, c, jax.random.key(0))
   else:
-    params = jax.eval_shape(make_params)
+    params = param_tree.merge(clip.abstract_params(c),
+                              method_.abstract_extra_params(config.loss, c))
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
   training = loop.build_training(config, c, params, mesh,
                                  config.optim.warmup_steps + extra_steps + 1)
@@ -148,7 +147,7 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
     row.saved_bytes = saved_activation_bytes(train_step)
     return row
   mesh = train_step.mesh
-  batch_arrays = pipeline.make_global_batch(train_step.host_batch, mesh)
+  batch_arrays = sharding.make_global_batch(train_step.host_batch, mesh)
   holder = {"state": train_step.training.init_state()}
   row.setup_s = time.perf_counter() - started
 

@@ -10,8 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from goal_jax import config_utils
-from goal_jax.data import pipeline
-from goal_jax.training import optimizer
+from goal_jax import constants
 
 # Knobs every method accepts after `:` (`--config=configs/goal.py:variant=L/14,batch=32`).
 ARG_DEFAULTS = dict(
@@ -19,7 +18,7 @@ ARG_DEFAULTS = dict(
     variant="B/16",   # model variant when no init checkpoint names one
     init="",          # a `python -m goal_jax.convert` output; required outside the demo
     dataset="docci",  # prepared dataset name (`python -m goal_jax.prepare --dataset=NAME`)
-    data_dir="~/tensorflow_datasets",
+    data_dir=constants.DEFAULT_DATA_DIR,
     batch=16,
     epochs=10.0,
     steps=0,          # > 0 overrides epochs
@@ -51,7 +50,7 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
       scan=False,
   ))
 
-  config.input = pipeline.default_config()
+  config.input = ml_collections.ConfigDict(constants.INPUT)
   config.input.data_dir = args.data_dir
   config.input.dataset = args.dataset
   config.input.split = "train"
@@ -59,7 +58,7 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
 
   # The method file writes its recipe's values (`config.optim.update(lr=..., ...)`).
   config.optim = ml_collections.ConfigDict(
-      {k: v for k, v in optimizer.DEFAULTS.items() if k != "total_steps"})
+      {k: v for k, v in constants.OPTIMIZER.items() if k != "total_steps"})
   config.optim.lr = config_dict.placeholder(float)
   config.optim.decay_regex = config_dict.placeholder(str)
   config.optim.grad_clip_norm = config_dict.placeholder(float)

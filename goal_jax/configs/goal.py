@@ -26,9 +26,8 @@ behaviour and its own field (`--config.input.span_mode=goal`, ...) for ablations
 """
 import ml_collections
 
+from goal_jax import constants
 from goal_jax.configs import common
-from goal_jax.data import pipeline
-from goal_jax.losses import goal as goal_loss
 
 
 # GOAL's released training script: AdamW, lr 5e-6 cosine to 0 without warmup, decay 0.05 on all.
@@ -39,12 +38,14 @@ RECIPE_OPTIMIZER = dict(lr=5e-6, schedule="cosine", warmup_steps=0, lr_floor=0.0
 def get_config(arg=None):
   args = common.parse(arg, reproduce="")  # "", "goal" or "goal_fixed": config.input.compat
   config = common.base_config("goal", args)
-  if args.reproduce and args.reproduce not in pipeline.COMPAT:
+  if args.reproduce and args.reproduce not in constants.COMPAT:
     raise ValueError(f"config arg reproduce={args.reproduce!r}: expected one of "
-                     f"{sorted(pipeline.COMPAT)}")
+                     f"{sorted(constants.COMPAT)}")
   config.input.compat = args.reproduce
   config.optim.update(RECIPE_OPTIMIZER)
-  config.loss.weights = ml_collections.ConfigDict(goal_loss.GOAL_WEIGHTS)
+  # L = global + ½ local + TSL(image) + TSL(text), as the paper and the released code weight them.
+  config.loss.weights = ml_collections.ConfigDict(
+      {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0})
   # TSL against its own crop only, as the official code ("diagonal"), or the paper's Eq. 14
   # read as an n×n batch matrix against the identity ("matrix").
   config.loss.tsl_form = "diagonal"

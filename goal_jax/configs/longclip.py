@@ -15,7 +15,6 @@ import math
 import ml_collections
 
 from goal_jax.configs import common
-from goal_jax.losses import longclip as longclip_loss
 
 
 def get_config(arg=None):
@@ -23,7 +22,7 @@ def get_config(arg=None):
   config = common.base_config("longclip", args)
   config.model.positions = "kps_frozen_prefix"
   config.reset_logit_scale = math.log(100.0)
-  config.loss.weights = ml_collections.ConfigDict(longclip_loss.LONGCLIP_WEIGHTS)
+  config.loss.weights = ml_collections.ConfigDict({"long": 1.0, "short": 1.0})
   config.loss.label_smoothing = 0.1
   config.loss.num_components = 32
   # PCA over the whole global batch, so the result does not depend on the device count;

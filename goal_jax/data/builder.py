@@ -17,16 +17,13 @@ picklable) for `grain.MapDataset.source(...)`; items are dicts of numpy values w
 import collections
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import functools
 import glob
 import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
@@ -34,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from goal_jax import files
 from goal_jax.data import records
 from goal_jax.data.raw import DatasetReader
 
@@ -299,7 +297,7 @@ def staged_version_dir(name: str, version: str, data_dir) -> Iterator[pathlib.Pa
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{version}-", dir=parent))
   try:
     yield staging
-    _swap_in(staging / name / version, parent / version, staging)
+    files.replace_directory(staging / name / version, parent / version)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     if created and parent.is_dir() and not any(parent.iterdir()):
@@ -367,46 +365,6 @@ def _link_or_copy(source: pathlib.Path, target: pathlib.Path):
     os.link(source, target)
   except OSError:
     shutil.copy2(source, target)
-
-
-def _swap_in(fresh: pathlib.Path, final: pathlib.Path, staging: pathlib.Path):
-  """Puts `fresh` at `final`; the replaced folder lands in `staging` (removed by the caller)."""
-  if not final.exists():
-    os.rename(fresh, final)
-    return
-  if _exchange(fresh, final):
-    return
-  replaced = staging / "replaced"
-  os.rename(final, replaced)
-  try:
-    os.rename(fresh, final)
-  except BaseException:
-    os.rename(replaced, final)
-    raise
-
-
-def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
-  """Swaps two folders in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`).
-
-  Readers of `b` see either the old or the new folder, never none. False where the OS or the
-  filesystem has no such call (the caller then renames twice).
-  """
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-  except (OSError, AttributeError):
-    return False
-  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                        ctypes.c_uint]
-  renameat2.restype = ctypes.c_int
-  at_fdcwd, rename_exchange = -100, 2
-  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-    return True
-  error = ctypes.get_errno()
-  if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-    return False
-  raise OSError(error, os.strerror(error), os.fspath(b))
 
 
 def dataset_dir(name: str, data_dir) -> pathlib.Path:

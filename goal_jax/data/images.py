@@ -7,14 +7,21 @@ why: `goal_jax.data.detail`). Pixels are taken as stored (no
 EXIF rotation), as the PyTorch loaders of GOAL and Long-CLIP see them, so boxes mined there agree.
 Every Pillow mode becomes 8-bit RGB by a stated rule (`_to_rgb`): 16-bit, 32-bit and float grey
 are rescaled, not clipped to white.
+
+The model's input is made here too, once: `model_image` (geometry, then OpenAI's mean/std) for
+every image the pipeline and the commands feed a model, and `normalize_image_on_device`, the same
+normalisation in jax.numpy for pixels sent to the device as uint8 (4x less traffic; LISM's crops).
 """
 import contextlib
 import io
 import os
 from typing import Any, Iterator
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from goal_jax.data import geometry
 
 # Allow very large but legitimate photos (SA-1B, DOCCI), while still refusing absurd sizes.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -26,6 +33,11 @@ _UINT16_MAX, _INT32_MAX = 65535, 2**31 - 1
 # (2-core CPU), for 22 / 6 / 2 % more bytes than one JPEG: smaller tiles cost more per tile than
 # they save, larger ones decode more pixels outside the box.
 DETAIL_TILE = 256
+# OpenAI CLIP's normalisation constants (RGB).
+MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD_RGB = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+_SCALE = (1.0 / (255.0 * STD_RGB)).astype(np.float32)  # (x / 255 - mean) / std = x * scale - shift
+_SHIFT = (MEAN_RGB / STD_RGB).astype(np.float32)
 
 
 class ImageDecodeError(ValueError):
@@ -241,6 +253,32 @@ def crop_detail(tiles, layout, window: tuple[int, int, int, int], *,
 def decode_detail(tiles, layout) -> Image.Image:
   """The whole detail copy as one RGB image (`layout[:2]` pixels)."""
   return crop_detail(tiles, layout, (0, 0, int(layout[1]), int(layout[0])))
+
+
+def normalize_image(pixels: np.ndarray) -> np.ndarray:
+  """uint8 `[..., 3]` -> float32, OpenAI mean/std (in place on one float copy: 2x faster)."""
+  out = pixels.astype(np.float32)
+  out *= _SCALE
+  out -= _SHIFT
+  return out
+
+
+def normalize_image_on_device(pixels: jnp.ndarray) -> jnp.ndarray:
+  """`normalize_image` in jax.numpy (jittable): the same float32 scale and shift, out of place.
+
+  Under jit XLA may fuse the two into one multiply-add, so values can differ from the host form
+  in the last bit.
+  """
+  return pixels.astype(jnp.float32) * jnp.asarray(_SCALE) - jnp.asarray(_SHIFT)
+
+
+def model_image(image: Image.Image, image_size: int, geometry_name: str) -> np.ndarray:
+  """An RGB image -> the model's float32 `[S, S, 3]` input: `geometry`, then `normalize_image`.
+
+  Training, evaluation and the commands all make model inputs here; only the geometry differs
+  (`visualize` defaults to `squash`, to show the whole image).
+  """
+  return normalize_image(geometry.resize_image(image, image_size, geometry_name))
 
 
 def _describe(image: Any) -> str:

@@ -14,12 +14,10 @@ Field groups (`config.fields`: groups joined by ',', or `all`) skip work a metho
 patch_mask), `local` (GOAL's local pair). Each method names its groups (`Method.fields`); the
 trainer sets them. `record_index` and `valid` are always present.
 
-Reproduction (`config.compat`, README "Where we differ from the official GOAL code"): the
-defaults are the corrected behaviours; `compat=goal` sets every field that reproduces GOAL's
-released code at once (`COMPAT`): `span_mode`, `text_norm`, `box_mode`, `box_grid_patch`,
-`box_norm`, `geometry`; `make_dataset` then refuses shards not split with GOAL's rule.
+The behaviours that reproduce GOAL's released code (`config.compat`, ...) are
+`goal_jax.data.reproduction`'s; `make_dataset` refuses shards they cannot reproduce GOAL on. Model
+inputs are `images.model_image`; batches go onto devices with `goal_jax.sharding`.
 """
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
@@ -29,62 +27,23 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from goal_jax import constants
 from goal_jax.data import builder
 from goal_jax.data import detail
 from goal_jax.data import geometry
 from goal_jax.data import images
-from goal_jax.text import sentences as text_sentences
+from goal_jax.data import records
+from goal_jax.data import reproduction
 from goal_jax.text import spans as text_spans
 from goal_jax.text import tokenizer as text_tokenizer
-from goal_jax.training import paths
-
-# OpenAI CLIP's normalisation constants (RGB).
-MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-STD_RGB = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-_SCALE = (1.0 / (255.0 * STD_RGB)).astype(np.float32)  # (x / 255 - mean) / std = x * scale - shift
-_SHIFT = (MEAN_RGB / STD_RGB).astype(np.float32)
 
 FIELD_GROUPS = ("global", "summary", "sentences", "local")
-TEXT_NORMS = ("clip", "hf")
-BOX_NORMS = ("image", "json")
-# Reproduction switches: each value sets these fields (https://github.com/PerceptualAI-Lab/GOAL).
-# `goal`: the released `goal_loss_finetuning.py` (HEAD 2db3d4a); `goal_fixed`: the authors' later
-# `goal.py` (4c04bc8, Aug 2025), which divides boxes by the true image size instead. Both need
-# shards split with GOAL's rule (`prepare --splitter=goal`), which `check_source` verifies.
-COMPAT = {
-    "goal": dict(span_mode="goal", text_norm="hf", box_mode="goal", box_grid_patch=16,
-                 box_norm="json", geometry="center_crop"),
-    "goal_fixed": dict(span_mode="goal", text_norm="hf", box_mode="goal", box_grid_patch=16,
-                       box_norm="image", geometry="center_crop"),
-}
-COMPAT_SPLITTER = "goal"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Pipeline defaults: ViT-B/16 at 224 px, 248-token captions, CLIP's centre crop."""
-  config = ml_collections.ConfigDict()
-  config.dataset = "synthetic"
-  config.split = "train"
-  config.batch_size = 32  # global batch; each process gets batch_size / process_count
-  config.image_size = 224
-  config.patch_size = 16  # from the model config: the patch grid is image_size / patch_size
-  config.text_context = 248
-  config.sentence_context = 77
-  config.max_sentences = 8
-  config.caption_sentences = 0  # > 0: `text` is the caption's first N sentences (short captions)
-  config.geometry = "center_crop"  # or "squash"
-  config.span_mode = "exact"  # or "goal": GOAL's span rule (+1 shift, truncation fallback)
-  config.box_mode = "exact"  # or "goal": GOAL's naive stretch of boxes onto the grid
-  config.text_norm = "clip"  # or "hf": the caption normalised as GOAL's HF tokenizer does
-  config.box_grid_patch = 0  # box_mode=goal: patch side boxes are cut with (0: the model's)
-  config.box_norm = "image"  # box_mode=goal: divide boxes by the image size, or "json" (crop)
-  config.compat = ""  # "goal": every behaviour of GOAL's released code; "goal_fixed": (COMPAT)
-  config.fields = "all"  # groups joined by "," (global, summary, sentences, local), or all
-  config.num_workers = 0  # > 0: Grain multiprocessing prefetch
-  config.read_threads = 2
-  config.prefetch_buffer_size = 8
-  config.seed = 0
-  return config
+  """Pipeline defaults (`constants.INPUT`): ViT-B/16 at 224 px, 248-token captions, CLIP's centre
+  crop, the corrected behaviours (`reproduction`)."""
+  return ml_collections.ConfigDict(constants.INPUT)
 
 
 def field_groups(fields: str) -> frozenset[str]:
@@ -97,56 +56,6 @@ def field_groups(fields: str) -> frozenset[str]:
     raise ValueError(f"config.fields={fields!r}: unknown {sorted(unknown)}; use 'all' or "
                      f"groups from {FIELD_GROUPS} joined by ','")
   return groups | {"global"}
-
-
-def resolve_compat(config: Mapping[str, Any]) -> dict[str, Any]:
-  """The behaviour fields in force: the config's, with those `config.compat` sets (`COMPAT`).
-
-  A field left at its default takes the compat value; a field set to a third value conflicts
-  and is an error (for an ablation of one behaviour, leave compat empty and set the fields).
-  """
-  defaults = default_config()
-  compat = config.get("compat", "") or ""
-  fields = {k: config.get(k, defaults[k]) for k in COMPAT["goal"]}
-  if not compat:
-    return {"compat": "", **fields}
-  if compat not in COMPAT:
-    raise ValueError(f"config.compat={compat!r}: expected '' or one of {sorted(COMPAT)}")
-  for key, value in COMPAT[compat].items():
-    if fields[key] not in (value, defaults[key]):
-      raise ValueError(f"config.compat={compat} sets {key}={value!r}, but config.{key}="
-                       f"{fields[key]!r}: drop one (to change one behaviour, leave compat empty "
-                       f"and set the fields one by one: {COMPAT[compat]})")
-    fields[key] = value
-  return {"compat": compat, **fields}
-
-
-def normalize_image(pixels: np.ndarray) -> np.ndarray:
-  """uint8 `[..., 3]` -> float32, OpenAI mean/std (in place on one float copy: 2x faster)."""
-  out = pixels.astype(np.float32)
-  out *= _SCALE
-  out -= _SHIFT
-  return out
-
-
-def model_image(image: Image.Image, image_size: int, geometry_name: str) -> np.ndarray:
-  """An RGB image -> the model's float32 `[S, S, 3]` input: `geometry`, then `normalize_image`.
-
-  Training, evaluation and the commands all make model inputs here; only the geometry differs
-  (`visualize` defaults to `squash`, to show the whole image).
-  """
-  return normalize_image(geometry.resize_image(image, image_size, geometry_name))
-
-
-def _best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | None:
-  """Index of the highest-score non-full-image pair (of `sentence`, if given); first on ties."""
-  scores = np.asarray(record["pair_score"], np.float32)
-  usable = ~np.asarray(record["pair_is_full_image"], bool)
-  if sentence is not None:
-    usable &= np.asarray(record["pair_sentence"]) == sentence
-  if not usable.any():
-    return None
-  return int(np.argmax(np.where(usable, scores, -np.inf)))
 
 
 def _check_record(record: Mapping[str, Any]) -> None:
@@ -183,38 +92,8 @@ class ProcessContext:
     if self.caption_sentences and self.groups & {"sentences", "local"}:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
                        "span-based fields (sentences, local), whose spans index the whole caption")
-    behaviour = resolve_compat(config)
-    self.compat = behaviour["compat"]
-    self.geometry = behaviour["geometry"]
-    self.span_mode = behaviour["span_mode"]
-    self.box_mode = behaviour["box_mode"]
-    self.text_norm = behaviour["text_norm"]
-    self.box_grid_patch = int(behaviour["box_grid_patch"])
-    self.box_norm = behaviour["box_norm"]
-    if self.geometry not in geometry.GEOMETRIES:
-      raise ValueError(f"config.geometry={self.geometry!r}: expected one of {geometry.GEOMETRIES}")
-    if self.span_mode not in text_spans.MODES:
-      raise ValueError(f"config.span_mode={self.span_mode!r}: expected one of "
-                       f"{text_spans.MODES}")
-    if self.box_mode not in geometry.BOX_MODES:
-      raise ValueError(f"config.box_mode={self.box_mode!r}: expected one of {geometry.BOX_MODES}")
-    if self.text_norm not in TEXT_NORMS:
-      raise ValueError(f"config.text_norm={self.text_norm!r}: expected one of {TEXT_NORMS}")
-    if self.box_norm not in BOX_NORMS:
-      raise ValueError(f"config.box_norm={self.box_norm!r}: expected one of {BOX_NORMS}")
-    if self.box_mode != "goal" and (self.box_grid_patch or self.box_norm != "image"):
-      raise ValueError("config.box_grid_patch and config.box_norm=json are parts of GOAL's box "
-                       "rule: they need config.box_mode=goal")
-    if self.box_grid_patch < 0:
-      raise ValueError(f"config.box_grid_patch={self.box_grid_patch}: expected 0 (the model's "
-                       "patch size) or a patch side in pixels")
-    self.pad_id = text_tokenizer.EOT_ID if self.text_norm == "hf" else 0  # HF pads with EOT
+    self.switches = reproduction.resolve(config)
     self._tokenizer = tokenizer  # None: the shared one, looked up per process (picklable)
-
-  @property
-  def reads_reproduction_fields(self) -> bool:
-    """Whether records need what only some preparations give (`check_source`)."""
-    return bool(self.compat or self.text_norm == "hf" or self.box_norm == "json")
 
   @property
   def tokenizer(self):
@@ -223,35 +102,23 @@ class ProcessContext:
   def tokens(self, texts: Sequence[str], context: int) -> np.ndarray:
     # Stored text is already in normal form; normalising again could move tokens off the offsets.
     return self.tokenizer(list(texts), context_length=context, normalize=False,
-                          pad_id=self.pad_id).ids
+                          pad_id=self.switches.pad_id).ids
 
   def patch_mask(self, box, original_hw, stored_hw, norm_hw=None) -> np.ndarray:
-    """The box's patches; `norm_hw`: what GOAL's rule divides it by (`pair_norm_hw`)."""
+    """The box's patches; `norm_hw`: what GOAL's rule divides it by (`Switches.norm_hw`)."""
     return geometry.box_to_patch_mask(box, original_hw, self.image_size, self.patch_size,
-                                      self.geometry, self.box_mode, stored_hw=stored_hw,
-                                      goal_patch=self.box_grid_patch, goal_norm_hw=norm_hw)
-
-  def pair_norm_hw(self, record: Mapping[str, Any], pair: int):
-    """None (the true image size), or with `box_norm=json` the pair's JSON (height, width)."""
-    if self.box_norm != "json":
-      return None
-    sizes = np.asarray(record.get("pair_norm_size", np.zeros((0, 2))), np.float32).reshape(-1, 2)
-    if len(sizes) != len(record["pair_sentence"]) or not np.all(sizes[pair] > 0):
-      raise ValueError(
-          "config.box_norm=json (compat=goal) divides boxes by the width/height of GOAL's released "
-          "training JSON, and this record's local pair has none: only `goal_json` dci_train / "
-          "docci_train prepared by this version store it. Use config.input.compat=goal_fixed "
-          "(true image size, the authors' later fix) for other local pairs")
-    return tuple(float(v) for v in sizes[pair])
+                                      self.switches.geometry, self.switches.box_mode,
+                                      stored_hw=stored_hw, goal_patch=self.switches.box_grid_patch,
+                                      goal_norm_hw=norm_hw)
 
   def model_image(self, image: Image.Image) -> np.ndarray:
-    return model_image(image, self.image_size, self.geometry)
+    return images.model_image(image, self.image_size, self.switches.geometry)
 
 
 def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, stored_hw):
   """GOAL's local pair: the best non-full-image pair's crop, sentence, span and patches."""
   s, lc, g2 = ctx.image_size, ctx.text_context, ctx.grid * ctx.grid
-  best = _best_pair(record)
+  best = records.best_pair(record)
   if best is None:
     return {"local_image": np.zeros((s, s, 3), np.float32),
             "local_text": ctx.tokens([""], lc)[0],
@@ -267,7 +134,7 @@ def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, s
           "local_text": ctx.tokens([record["caption"][start:end]], lc)[0],
           "local_span_mask": span_masks[sentence],
           "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw,
-                                             ctx.pair_norm_hw(record, best)),
+                                             ctx.switches.norm_hw(record, best)),
           "local_valid": np.array(True)}
 
 
@@ -282,10 +149,10 @@ def _sentence_fields(record, ctx: ProcessContext, span_masks, original_hw, store
   span_mask[:n] = span_masks[:n]
   patch_mask = np.zeros((m, g2), bool)
   for k in range(n):
-    best = _best_pair(record, k)
+    best = records.best_pair(record, k)
     if best is not None:
       patch_mask[k] = ctx.patch_mask(record["pair_box"][best], original_hw, stored_hw,
-                                     ctx.pair_norm_hw(record, best))
+                                     ctx.switches.norm_hw(record, best))
   return {"sentences": ctx.tokens(texts + [""] * (m - n), ls),
           "sentence_valid": np.arange(m) < n,
           "span_mask": span_mask,
@@ -300,88 +167,6 @@ def _caption_text(record: Mapping[str, Any], num_sentences: int) -> str:
   return record["caption"][:int(ends[num_sentences - 1])]
 
 
-def _reproduction_problem(record: Mapping[str, Any], ctx: ProcessContext) -> str | None:
-  """Why `ctx` cannot reproduce GOAL on this record's data (None: it can)."""
-  if ctx.compat and record["splitter"].partition("@")[0] != COMPAT_SPLITTER:
-    return (f"config.compat={ctx.compat} reproduces GOAL's spans, which are defined on GOAL's "
-            f"sentence pieces, but these records were split with {record['splitter']!r}")
-  if ctx.text_norm == "hf" and not record.get("raw_caption"):
-    return ("config.text_norm=hf (compat) needs the caption as read, which records prepared "
-            "before it was stored lack")
-  return None
-
-
-def _reproduction_view(record: Mapping[str, Any], ctx: ProcessContext) -> Mapping[str, Any]:
-  """The record as the reproduction switches see it: with `text_norm=hf`, the caption in HF's
-  normal form and its sentences re-split by the record's splitter (same count, so the local
-  pairs' sentence indices still hold). The summary and extra captions keep the stored form."""
-  problem = _reproduction_problem(record, ctx)
-  if problem:
-    dataset = str(record.get("id", "")).partition("/")[0] or "DATASET"
-    raise ValueError(f"{problem}. Prepare it again:\n  "
-                     f"{prepare_command(dataset, '<split>', '<data_dir>')}")
-  if ctx.text_norm != "hf":
-    return record
-  caption = text_tokenizer.normalize_text_hf(record["raw_caption"])
-  if caption == record["caption"]:
-    return record
-  offsets = text_sentences.split_sentences(caption, record["splitter"])
-  if len(offsets) != len(record["sentence_starts"]):
-    raise ValueError(f"config.text_norm=hf: the caption in HF's form splits into {len(offsets)} "
-                     f"sentences, the stored one into {len(record['sentence_starts'])}, so the "
-                     f"local pairs' sentence indices would not hold: {caption[:80]!r}")
-  return {**record, "caption": caption,
-          "sentence_starts": np.asarray([s for s, _ in offsets], np.int32),
-          "sentence_ends": np.asarray([e for _, e in offsets], np.int32)}
-
-
-def prepare_command(dataset: str, split: str, data_dir, manual_dir: str = "") -> str:
-  """The `prepare` command whose shards `compat` accepts (GOAL's splitter; LISM again if mined)."""
-  base = dataset[:-len("_lism")] if dataset.endswith("_lism") else dataset
-  command = (f"python -m goal_jax.prepare --dataset={base} "
-             f"--manual_dir={manual_dir or '/path/to/raw'} --data_dir={data_dir} --split={split} "
-             f"--splitter={COMPAT_SPLITTER}")
-  if base != dataset:
-    command += (f"\n  python -m goal_jax.lism --data_dir={data_dir} --dataset={base} "
-                f"--split={split} --checkpoint=/path/to/converted_clip")
-  return command
-
-
-def check_source(config, source, *, dataset: str = "", split: str = "", data_dir=None,
-                 decode: Callable[[Any], dict] | None = None, max_records: int = 16) -> None:
-  """Refuses, at start-up, data the reproduction switches cannot reproduce GOAL on.
-
-  Reads up to `max_records` records spread through `source`: with `compat` they must have been
-  split by GOAL's rule, with `text_norm=hf` store the raw caption, and with `box_norm=json` carry
-  the JSON box size on their best local pair. The error gives the command that makes such data.
-  """
-  ctx = config if isinstance(config, ProcessContext) else ProcessContext(config)
-  if not ctx.reads_reproduction_fields or not len(source):
-    return
-  indices = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_records)).astype(int))
-  manual_dir = ""
-  if data_dir is not None:
-    try:
-      manual_dir = builder.prepared_metadata(dataset, data_dir).get("manual_dir", "")
-    except Exception:  # noqa: BLE001 - the command just keeps a placeholder
-      pass
-  dataset = dataset or (config.get("dataset", "") if hasattr(config, "get") else "")
-  command = prepare_command(dataset or "DATASET", split or "SPLIT", data_dir or "/path/to/shards",
-                            manual_dir)
-  for index in indices:
-    record = decode(source[int(index)]) if decode is not None else source[int(index)]
-    where = f"{dataset or 'source'}/{split or '?'} record {record.get('id', index)!r}"
-    problem = _reproduction_problem(record, ctx)
-    if problem:
-      raise ValueError(f"{where}: {problem}. Prepare it again:\n  {command}")
-    best = _best_pair(record)
-    if best is not None:
-      try:
-        ctx.pair_norm_hw(record, best)
-      except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
 def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.ndarray]:
   """One decoded shard record -> one example of the batch contract (without `record_index`).
 
@@ -392,7 +177,7 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
   """
   ctx = config if isinstance(config, ProcessContext) else ProcessContext(config, tokenizer)
   _check_record(record)
-  record = _reproduction_view(record, ctx)
+  record = ctx.switches.view(record)
   image = images.open_rgb(record["image"])
   stored_hw = (image.height, image.width)
   original_hw = tuple(int(v) for v in record["original_size"])
@@ -404,7 +189,7 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
     offsets = list(zip(np.asarray(record["sentence_starts"]).tolist(),
                        np.asarray(record["sentence_ends"]).tolist()))
     span_masks = np.asarray(text_spans.caption_span_masks(
-        record["caption"], offsets, ctx.text_context, mode=ctx.span_mode,
+        record["caption"], offsets, ctx.text_context, mode=ctx.switches.span_mode,
         tokenizer=ctx.tokenizer), bool)
     if "sentences" in ctx.groups:
       out.update(_sentence_fields(record, ctx, span_masks, original_hw, stored_hw))
@@ -506,8 +291,8 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
     source = builder.load_source(config.dataset, split, data_dir)
     decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
   transform = ProcessRecord(config, tokenizer, decode, where=where)
-  check_source(config, source, dataset=config.dataset, split=split, data_dir=data_dir,
-               decode=decode)
+  reproduction.check_source(config, source, dataset=config.dataset, split=split,
+                            data_dir=data_dir, decode=decode)
   if train:
     if len(source) < config.batch_size:
       raise ValueError(f"split {split!r} has {len(source)} records: fewer than one batch of "
@@ -532,31 +317,3 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
   return it_ds.batch(local_batch, drop_remainder=train)
 
-
-def batch_sharding(mesh: jax.sharding.Mesh, batch_axes: str | Sequence[str] = "data"):
-  """Sharding of a batch whose leading dim is split over `batch_axes` of the mesh."""
-  axes = batch_axes if isinstance(batch_axes, str) else tuple(batch_axes)
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
-
-
-def make_global_batch(batch: Any, mesh: jax.sharding.Mesh,
-                      batch_axes: str | Sequence[str] = "data") -> Any:
-  """Joins each process's host batch into global `jax.Array`s, rows split over `batch_axes`.
-
-  Every process passes its own rows (numpy); the global batch is their concatenation in process
-  order, as `jax.make_array_from_process_local_data` defines it. The trainer, evaluation and LISM
-  all place their batches with this.
-  """
-  sharding = batch_sharding(mesh, batch_axes)
-  axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-  local_devices = max(math.prod(mesh.shape[a] for a in axes) // jax.process_count(), 1)
-
-  def put(name, x):
-    x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] % local_devices:
-      raise ValueError(f"batch[{name!r}] has shape {x.shape}: its leading (batch) dimension must "
-                       f"divide evenly over the {local_devices} local devices of mesh axis "
-                       f"{batch_axes!r}")
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return paths.map_with_names(put, batch)

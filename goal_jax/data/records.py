@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import math
 import re
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -130,6 +130,21 @@ def splitter_tag(splitter: str) -> str:
   """`name@version` of a sentence splitter, stored in every record."""
   found = sentences.get_splitter(splitter)
   return f"{found.name}@{found.version}"
+
+
+def best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | None:
+  """Index of the highest-score non-full-image pair (of `sentence`, if given); first on ties.
+
+  The local pair training reads (GOAL's local loss, a sentence's patches), and the one whose
+  fields the reproduction switches check.
+  """
+  scores = np.asarray(record["pair_score"], np.float32)
+  usable = ~np.asarray(record["pair_is_full_image"], bool)
+  if sentence is not None:
+    usable &= np.asarray(record["pair_sentence"]) == sentence
+  if not usable.any():
+    return None
+  return int(np.argmax(np.where(usable, scores, -np.inf)))
 
 
 def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex",

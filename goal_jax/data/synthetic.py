@@ -43,13 +43,14 @@ Everything is deterministic: example `i` of a split is a function of `(seed, spl
 """
 import dataclasses
 import math
-import re
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from goal_jax.data import synthetic_v1
 from goal_jax.data.records import LocalPair, RawExample
+from goal_jax.data import synthetic_parts
+from goal_jax.data.synthetic_parts import SceneObject, draw_shape, paint, union_box
 
 VERSIONS = (1, 2)
 LATEST_VERSION = 2
@@ -67,33 +68,17 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230),
 SIZES = {"small": 0.5, "large": 0.8}  # side as a fraction of a layout cell
 TEXTURES = ("solid", "striped", "checkered")
 BACKGROUNDS = {"grey": (140, 140, 140), "black": (20, 20, 20), "brown": (120, 85, 55)}
-NOISE_AMPLITUDE = 8  # uniform +-8 per channel on a noisy background
 EDITS = ("colour", "shape", "size", "texture", "binding")
 OBJECT_SCORES = (1.0, 0.9, 0.8, 0.7)  # distinct: the best pair is a random object, not the first
 RELATION_SCORE = 0.5
 _PLACES = (("in the top left corner", "in the top right corner"),
            ("in the bottom left corner", "in the bottom right corner"))
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
-
-
-def shade(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-  """The darker second colour of a striped or checkered texture."""
-  return tuple(c // 3 for c in colour)
-
-
-@dataclasses.dataclass(frozen=True)
-class SceneObject:
-  """One shape: its attributes, its cell of the 2 x 2 layout and a jitter in cell units."""
-  shape: str
-  colour: str
-  size: str
-  texture: str
-  cell: int
-  jitter: tuple[float, float]
-
-  @property
-  def name(self) -> str:
-    return f"{self.colour} {self.shape}"
+# Shared with version 1, part of this dataset's API (evaluation reads the edit from an id).
+NOISE_AMPLITUDE = synthetic_parts.NOISE_AMPLITUDE
+shade = synthetic_parts.shade
+parse_hard_id = synthetic_parts.parse_hard_id
+hard_group_of = synthetic_parts.hard_group_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,29 +157,6 @@ def _object_square(obj: SceneObject, image_size: int) -> tuple[int, int, int]:
   return int(round(cx - side / 2)), int(round(cy - side / 2)), side
 
 
-def draw_shape(shape: str, x0: int, y0: int, side: int, image_size: int, *, square_inset: int,
-               arm: int) -> np.ndarray:
-  """bool `[S, S]`: `shape` drawn in the square at (x0, y0) of `side` px (both versions use it)."""
-  canvas = Image.new("L", (image_size, image_size), 0)
-  draw = ImageDraw.Draw(canvas)
-  x1, y1, mid_x, mid_y = x0 + side - 1, y0 + side - 1, x0 + side / 2, y0 + side / 2
-  if shape == "circle":
-    draw.ellipse((x0, y0, x1, y1), fill=1)
-  elif shape == "square":
-    draw.rectangle((x0 + square_inset, y0 + square_inset, x1 - square_inset, y1 - square_inset),
-                   fill=1)
-  elif shape == "triangle":
-    draw.polygon(((mid_x, y0), (x1, y1), (x0, y1)), fill=1)
-  elif shape == "diamond":
-    draw.polygon(((mid_x, y0), (x1, mid_y), (mid_x, y1), (x0, mid_y)), fill=1)
-  elif shape == "cross":
-    draw.rectangle((x0, round(mid_y) - arm, x1, round(mid_y) + arm), fill=1)
-    draw.rectangle((round(mid_x) - arm, y0, round(mid_x) + arm, y1), fill=1)
-  else:
-    raise ValueError(f"unknown shape {shape!r}")
-  return np.asarray(canvas, dtype=bool)
-
-
 def _shape_mask(obj: SceneObject, image_size: int) -> np.ndarray:
   x0, y0, side = _object_square(obj, image_size)
   return draw_shape(obj.shape, x0, y0, side, image_size, square_inset=side // 8,
@@ -213,30 +175,6 @@ def _texture(obj: SceneObject, image_size: int) -> np.ndarray:
   if obj.texture == "checkered":  # squares of 5 px: a period of 10 px
     return ((u // 5) + (v // 5)) % 2 == 1
   raise ValueError(f"unknown texture {obj.texture!r}")
-
-
-def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
-  ys, xs = np.nonzero(mask)
-  return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-
-
-def paint(image_size: int, background: tuple[int, int, int], noise_seed: int | None, layers):
-  """Background (+-NOISE_AMPLITUDE noise unless `noise_seed` is None), then each layer
-  `(shape mask, texture mask, colour)` in order, the texture in `shade(colour)`.
-
-  Returns (uint8 image `[S, S, 3]`, the tight box (x1, y1, x2, y2) of each layer's mask).
-  """
-  image = np.empty((image_size, image_size, 3), dtype=np.int16)
-  image[:] = background
-  if noise_seed is not None:
-    noise_rng = np.random.default_rng(noise_seed)
-    image += noise_rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, image.shape, dtype=np.int16)
-  boxes = []
-  for mask, texture, colour in layers:
-    light, dark = np.array(colour, dtype=np.int16), np.array(shade(colour), dtype=np.int16)
-    image[mask] = np.where(texture[mask][:, None], dark, light)
-    boxes.append(_box_of(mask))
-  return np.clip(image, 0, 255).astype(np.uint8), boxes
 
 
 def render(scene: Scene, image_size: int = IMAGE_SIZE):
@@ -265,11 +203,6 @@ def describe(scene: Scene) -> tuple[str, list[str], list[str]]:
     a, b = scene.objects[i], scene.objects[j]
     relations.append(f"The {a.name} is {_relation(a, b)} the {b.name}.")
   return summary, objects, relations
-
-
-def union_box(a, b):
-  """The smallest box holding boxes a and b: a relation sentence's local-pair box."""
-  return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
 def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> RawExample:
@@ -322,23 +255,6 @@ def example_id(split: str, index: int) -> str:
   return f"{split}_{index:06d}"
 
 
-_HARD_ID = re.compile(r"test_hard_g(\d+)_(\d+)(?:_([a-z]+))?$")
-
-
-def parse_hard_id(record_id: str) -> tuple[int, str]:
-  """(group, edit) of a `test_hard` id, raw or prepared; edit "" for the base and for v1 ids."""
-  match = _HARD_ID.search(record_id)
-  if match is None:
-    raise ValueError(f"{record_id!r} is not a synthetic test_hard id")
-  edit = match.group(3) or ""
-  return int(match.group(1)), "" if edit == "base" else edit
-
-
-def hard_group_of(record_id: str) -> int:
-  """Group number of a `test_hard` id (`synthetic/test_hard_g00012_3_size` -> 12)."""
-  return parse_hard_id(record_id)[0]
-
-
 def count(manual_dir=None, split: str = "train", *, num_examples: int | None = None,
           version: int = LATEST_VERSION, **unused) -> int | None:
   """The examples `read_examples` yields with these options (the progress bar's total)."""
@@ -346,7 +262,6 @@ def count(manual_dir=None, split: str = "train", *, num_examples: int | None = N
   if num_examples is not None:
     return num_examples
   if version == 1:
-    from goal_jax.data import synthetic_v1  # pylint: disable=g-import-not-at-top; import cycle
     return synthetic_v1.SPLIT_SIZES.get(split)
   return SPLIT_SIZES.get(split)
 
@@ -362,7 +277,6 @@ def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | 
   if version not in VERSIONS:
     raise ValueError(f"unknown synthetic version {version!r}; expected one of {VERSIONS}")
   if version == 1:
-    from goal_jax.data import synthetic_v1  # pylint: disable=g-import-not-at-top; import cycle
     yield from synthetic_v1.read_examples(split=split, num_examples=num_examples, seed=seed)
     return
   if split not in SPLITS:

@@ -47,7 +47,7 @@ from typing import Iterator
 
 import numpy as np
 
-from goal_jax.data import synthetic as shared  # drawing code; the digest test guards v1
+from goal_jax.data import synthetic_parts as shared  # the digest test guards v1
 from goal_jax.data.records import LocalPair, RawExample
 
 SPLITS = ("train", "test", "test_hard")

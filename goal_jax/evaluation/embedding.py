@@ -27,12 +27,11 @@ from absl import flags
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from goal_jax.data import pipeline
+from goal_jax import sharding as sharding_lib
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
-from goal_jax.training import sharding as sharding_lib
+from goal_jax.models import param_tree
 
 TOWERS = ("image", "text")  # batch keys that are encoded; every other key passes through
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -62,7 +61,7 @@ def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh, features=None):
   methods = {"image": clip.CLIP.encode_image, "text": clip.CLIP.encode_text}
 
   def encode(params, batch):
-    clip_params = params if features is None else params["clip"]
+    clip_params = params if features is None else param_tree.clip_of(params)
     out = dict(batch)
     for key in TOWERS:
       if key in batch:
@@ -71,7 +70,7 @@ def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh, features=None):
                     else features.of(key, tower_out, params))
     return out
 
-  return jax.jit(encode, out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(encode, out_shardings=sharding_lib.replicated(mesh))
 
 
 def concatenate_rows(*parts):
@@ -127,7 +126,7 @@ class Embedder:
     leaves = jax.tree.leaves(params)
     if all(isinstance(x, jax.Array) and set(x.sharding.device_set) == devices for x in leaves):
       return params
-    return jax.device_put(params, NamedSharding(self.mesh, P()))
+    return jax.device_put(params, sharding_lib.replicated(self.mesh))
 
   def encode_local_batch(self, params, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One step on this process's `local_batch_size` rows -> the global batch's outputs on host.
@@ -141,7 +140,7 @@ class Embedder:
     if rows != {self.local_batch_size}:
       raise ValueError(f"every batch entry needs {self.local_batch_size} rows on this process, "
                        f"got {sorted(rows)}")
-    global_batch = pipeline.make_global_batch(dict(batch), self.mesh, self.batch_axes)
+    global_batch = sharding_lib.make_global_batch(dict(batch), self.mesh, self.batch_axes)
     return jax.device_get(self._encode(params, global_batch))
 
   def embed(self, params, kind: str, chunks: Iterable[np.ndarray]) -> np.ndarray:

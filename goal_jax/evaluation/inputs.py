@@ -2,7 +2,7 @@
 
 Records go through the training pipeline's evaluation mode (same decoding, geometry and
 tokenisation as training; each record once, in order), image files through the same
-`pipeline.model_image`, texts through the shared tokenizer; the rows then run through an
+`images.model_image`, texts through the shared tokenizer; the rows then run through an
 `embedding.Embedder`. The evaluation tasks and the `embed` command both embed here.
 """
 from typing import Sequence
@@ -74,6 +74,6 @@ def embed_image_files(embedder, params, paths: Sequence[str], *,
                       geometry=DEFAULT_GEOMETRY) -> np.ndarray:
   """[N, E] embeddings of image files, loaded one batch at a time."""
   size = embedder.config.image_size
-  chunks = (np.stack([pipeline.model_image(images.open_rgb(p), size, geometry) for p in chunk])
+  chunks = (np.stack([images.model_image(images.open_rgb(p), size, geometry) for p in chunk])
             for chunk in embedding.chunked(list(paths), embedder.batch_size))
   return embedder.embed(params, "image", chunks)

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from goal_jax import sharding
+
 DEFAULT_BLOCK_SIZE = 512
 RECALL_KS = (1, 5, 10, 25, 50)
 PAD_RANK = np.iinfo(np.int32).max  # Rank of a padding entry: never retrieved.
@@ -132,7 +134,7 @@ def _placement():
   Inputs put there explicitly leave jit no copy of its own to make (and the guard none to refuse).
   """
   mesh = jax.sharding.get_mesh()
-  return None if mesh.empty else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return None if mesh.empty else sharding.replicated(mesh)
 
 
 def _map_blocks(fn, blocked, pad_values, block_size, *shared):

@@ -62,7 +62,7 @@ def results_document(profile, results, metadata=None):
 def write_results(path, profile, results, metadata=None):
   """Writes the results JSON (atomically) and returns the document."""
   document = results_document(profile, results, metadata)
-  files.write_atomic(path, json.dumps(document, indent=2) + "\n")
+  files.write_json(path, document)
   return document
 
 

@@ -17,6 +17,7 @@ from goal_jax.evaluation import embedding
 from goal_jax.evaluation import inputs
 from goal_jax.evaluation import sources
 from goal_jax.evaluation import tasks
+from goal_jax.models import param_tree
 
 
 def _benchmark_data(benchmark, data_dir, zeroshot_folders):
@@ -70,13 +71,13 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
   ad_hoc = {b.name: note for b in chosen if (note := _ad_hoc_note(b, data[b.name]))}
   for name, note in ad_hoc.items():
     logging.warning("Benchmark %s: %s", name, note)
-  clip_params = params if scoring is None else params["clip"]
+  clip_params = params if scoring is None else param_tree.clip_of(params)
   embedder = embedder or embedding.Embedder.for_params(clip_params, model_config, mesh,
                                                        batch_size)
   clip_params = embedder.place(clip_params)
   if scoring is not None:  # the CLIP params placed once, for both embedders
     scored = embedding.Embedder(model_config, embedder.mesh, batch_size, features=scoring)
-    params = scored.place({**params, "clip": clip_params})
+    params = scored.place(param_tree.merge(clip_params, param_tree.extras_of(params)))
   results = {}
   for benchmark in chosen:
     if benchmark.name in ad_hoc:  # the size check is done: the entry carries the note instead

@@ -24,6 +24,7 @@ from goal_jax import methods
 from goal_jax.evaluation import metrics
 from goal_jax.methods import base
 from goal_jax.models import checkpoint
+from goal_jax.models import param_tree
 
 METHOD = "method"
 EMBEDDING = "embedding"
@@ -48,8 +49,7 @@ class MethodScoring:
   def of(self, kind: str, tower_out, params) -> dict:
     """The features of `kind` (`image` or `text`) from its tower's outputs (jittable)."""
     features = self.scorer.image_features if kind == "image" else self.scorer.text_features
-    extras = {k: v for k, v in params.items() if k != "clip"}
-    return features(tower_out, extras, self.loss_config)
+    return features(tower_out, param_tree.extras_of(params), self.loss_config)
 
   def score(self, image_features, text_features) -> jax.Array:
     return self.scorer.score(image_features, text_features, self.loss_config)
@@ -100,7 +100,7 @@ def for_model(directory: str, clip_params, model_config, choice: str | None = No
     why = ("records no method (a converted model, a training checkpoint step or an older run)"
            if record is None else f"was trained by {record['name']}, which has no scorer")
     raise ValueError(f"--scoring={METHOD}: {directory} {why}; use --scoring={EMBEDDING}")
-  init = functools.partial(methods.get(scoring.method).init_extra_params,
-                           ml_collections.ConfigDict(record["loss"]), model_config)
-  extras = checkpoint.load_method_params(directory, jax.eval_shape(init, jax.random.key(0)))
-  return scoring, {"clip": clip_params, **extras}
+  abstract = methods.get(scoring.method).abstract_extra_params(
+      ml_collections.ConfigDict(record["loss"]), model_config)
+  extras = checkpoint.load_method_params(directory, abstract)
+  return scoring, param_tree.merge(clip_params, extras)

@@ -27,12 +27,11 @@ from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
 from goal_jax.lism import selection
 
-_DATA_DIR = flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
-                                "prepared shards (input and output)")
+_DATA_DIR = cli.define_data_dir_flag(
+    help_suffix="The source is read and --out_dataset written there.")
 _DATASET = flags.DEFINE_string("dataset", None, "prepared source dataset name")
 _SPLIT = flags.DEFINE_string("split", "train", "split to mine")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "scorer model directory "
-                                  "(python -m goal_jax.convert)")
+_CHECKPOINT = cli.define_checkpoint_flag("The scorer matching regions to sentences.")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (e.g. bfloat16)")
 _OUT_DATASET = flags.DEFINE_string("out_dataset", None,
                                    "output dataset name in data_dir (default <dataset>_lism)")

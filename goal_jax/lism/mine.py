@@ -180,10 +180,6 @@ def _chunks_on_disk(folder: pathlib.Path) -> set[int]:
   return {int(m.group(1)) for p in folder.glob("chunk_*.npz") if (m := _CHUNK.fullmatch(p.name))}
 
 
-def _save_json(path: pathlib.Path, value) -> None:
-  files.write_atomic(path, json.dumps(value, indent=2, sort_keys=True))
-
-
 def _chunk_arrays(matches: list[scoring.Match]) -> dict[str, np.ndarray]:
   infos = [m.work.payload for m in matches]
   return {
@@ -245,7 +241,7 @@ def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: boo
                        f"(stored, now): {diff}; re-run with restart=True (--restart) to discard "
                        "them, or use another --out_dataset")
   else:
-    _save_json(path, config)
+    files.write_json(path, config, sort_keys=True)
 
 
 # --- mining ------------------------------------------------------------------------------------
@@ -515,7 +511,7 @@ def run(data_dir, dataset: str, split: str, scorer: scoring.Scorer, scorer_id: s
       print(f"{dataset}/{split}: {result.chunks_before + result.chunks_mined} of "
             f"{result.num_chunks} chunks mined; run again to continue")
     return {"out": out, "mined": result, "summaries": {}}
-  _save_json(result.folder / SELECTION_FILE, dataclasses.asdict(rule))
+  files.write_json(result.folder / SELECTION_FILE, dataclasses.asdict(rule), sort_keys=True)
   summaries = write_output(data_dir, out)
   if verbose:
     print(f"{dataset} -> {builder.dataset_dir(out, data_dir)} (selection: {rule.mode}"

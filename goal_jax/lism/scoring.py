@@ -20,15 +20,13 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from PIL import Image
 
+from goal_jax import sharding
 from goal_jax.data import geometry
-from goal_jax.data import pipeline
+from goal_jax.data import images as images_lib
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
-from goal_jax.training import sharding
 
 _PAD_CROP, _PAD_SENTENCE = -1, -2  # owners of padding rows: never equal, so never matched
 
@@ -139,9 +137,7 @@ def match_scores(scorer: Scorer, params, crops, crop_owner, ids, sentence_owner)
     ids: int32 `[Bt, L]`.
     sentence_owner: int32 `[Bt]` image slot of each sentence.
   """
-  scale = jnp.asarray(1.0 / (255.0 * pipeline.STD_RGB))
-  shift = jnp.asarray(pipeline.MEAN_RGB / pipeline.STD_RGB)
-  images = crops.astype(jnp.float32) * scale - shift
+  images = images_lib.normalize_image_on_device(crops)
   image_emb = scorer.encode_images(params, images).astype(jnp.float32)
   text_emb = scorer.encode_texts(params, ids).astype(jnp.float32)
   cos = jnp.matmul(text_emb, image_emb.T, precision=jax.lax.Precision.HIGHEST)
@@ -167,7 +163,7 @@ class Matcher:
     self.crop_batch = math.ceil(crop_batch / devices) * devices
     self.text_batch = math.ceil(text_batch / devices) * devices
     self.traces = 0
-    self._params = jax.device_put(scorer.params, NamedSharding(self.mesh, P()))
+    self._params = jax.device_put(scorer.params, sharding.replicated(self.mesh))
 
     def step(params, crops, crop_owner, ids, sentence_owner):
       self.traces += 1
@@ -196,7 +192,7 @@ class Matcher:
     return batch
 
   def _dispatch(self, works: list[ImageWork]):
-    batch = pipeline.make_global_batch(self._assemble(works), self.mesh)
+    batch = sharding.make_global_batch(self._assemble(works), self.mesh)
     return self._step(self._params, batch["crops"], batch["crop_owner"], batch["ids"],
                       batch["sentence_owner"])
 

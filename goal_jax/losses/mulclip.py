@@ -26,8 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from goal_jax.losses import clim
 from goal_jax.losses import contrastive
-from goal_jax.losses import finelip
 from goal_jax.models import token_aggregation
 
 # λ_W multiplies both WPR directions: map a config's `wpr_weight` to both keys.
@@ -57,7 +57,7 @@ class MulCLIPOptions:
     cheap reading), with CLIP's `logit_scale`, since the paper writes L_batch.
   - `token_alignment = "wpr"`: the paper's within-sample word-patch reconstruction. `"clim"`
     replaces it by FineLIP's batch-wise late interaction on the same calibrated tokens, trained
-    with FineLIP's ranking loss (`goal_jax.losses.finelip`, its released defaults) as the term
+    with FineLIP's ranking loss (`goal_jax.losses.clim`, FineLIP's released defaults) as the term
     `clim`, in WPR's place and at WPR's weight λ_W (`weights["wpr_image"]`): the ablation "WPR
     replaced by batch-wise CLIM".
   """
@@ -71,8 +71,8 @@ class MulCLIPOptions:
 
   def __post_init__(self):
     if self.token_alignment not in TOKEN_ALIGNMENTS:
-      raise ValueError(f"MulCLIPOptions.token_alignment must be one of {TOKEN_ALIGNMENTS}, "
-                       f"got {self.token_alignment!r}")
+      raise ValueError(f"MulCLIPOptions.token_alignment must be one of "
+                       f"{TOKEN_ALIGNMENTS}, got {self.token_alignment!r}")
     if self.sap_patches not in ("calibrated", "raw"):
       raise ValueError(f"MulCLIPOptions.sap_patches must be 'calibrated' or 'raw', "
                        f"got {self.sap_patches!r}")
@@ -210,11 +210,11 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
   if options.token_alignment == "clim":
     w.update(clim=w["wpr_image"], wpr_image=0.0, wpr_text=0.0)
   if w.get("clim"):
-    image_tokens, text_tokens = finelip.refined_tokens(
+    image_tokens, text_tokens = clim.refined_tokens(
         image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
         calibrators)
-    similarity = finelip.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name))
-    terms["clim"] = finelip.ranking_loss(similarity, axis_name=axis_name)
+    similarity = clim.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name))
+    terms["clim"] = clim.ranking_loss(similarity, axis_name=axis_name)
   need_wpr = bool(w["wpr_image"] or w["wpr_text"])
   need_visual = need_wpr or (w["sap"] and options.sap_patches == "calibrated")
   patches = image_out["tokens_projected"][:, 1:].astype(jnp.float32)

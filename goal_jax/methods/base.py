@@ -5,9 +5,9 @@ the trainable modules it adds beside CLIP, its forward (which tower runs on what
 speed), its objective, its FLOP count, and, if it has one, how it scores pairs at test time.
 Nothing outside `goal_jax/methods/` branches on a method's name.
 
-The trainable params are `{"clip": <CLIP params>, **extras}`, so regex param groups read
-`clip/text/...`, `calibration/...`. A loss runs its objective under `contrastive.data_parallel`
-on the mesh, so the contrastive terms all-gather exactly like the dense single-device computation.
+The trainable params are `{"clip": <CLIP params>, **extras}` (`models/param_tree.py`), built by
+`Method.init_params`. A loss runs its objective under `contrastive.data_parallel` on the mesh, so
+the contrastive terms all-gather exactly like the dense single-device computation.
 """
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from goal_jax.models import clip
+from goal_jax.models import param_tree
 
 LossFn = Callable[[dict, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
@@ -59,9 +61,13 @@ def no_extra_params(loss_config, model_config, rng) -> dict:
   return {}
 
 
-def no_local_pairs(loss_config) -> bool:
-  del loss_config
-  return False
+def no_data_check(config, source) -> None:
+  del config, source
+
+
+def no_step_metrics(batch) -> dict:
+  del batch
+  return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +105,14 @@ class Method:
     forward_flops_per_pair: `(model_config, input_config) -> int`, model FLOPs of one pair's
       forward (a training step is 3× that per pair: backward = 2× forward).
     init_extra_params: `(loss_config, model_config, rng) -> dict`: params of its own modules.
-    needs_local_pairs: `(loss_config) -> bool`: whether its weighted terms read local pairs, so
-      the trainer refuses a dataset without any.
+    check_data: `(config, source) -> None`, run by the trainer before any compilation on the
+      training split's source; raises `ValueError` (with the command that fixes it) for data the
+      method cannot train on, e.g. GOAL without local pairs.
+    step_metrics: `(batch) -> {name: scalar}`: what the method logs beside the loss terms (on
+      device, inside the jitted step).
     scorer: how it ranks pairs at test time (`Scorer`); None: by the embeddings' cosine.
+    study_runs: the runs `python -m goal_jax.study` trains for it, `{run name: overrides of its
+      recipe}` (`--config.<field>=<value>` words): the method itself and its paper's ablations.
   """
   name: str
   recipe: str
@@ -109,13 +120,37 @@ class Method:
   loss: Callable[..., tuple[jax.Array, dict]]
   forward_flops_per_pair: Callable[[clip.CLIPConfig, Any], int]
   init_extra_params: Callable[..., dict] = no_extra_params
-  needs_local_pairs: Callable[[ml_collections.ConfigDict], bool] = no_local_pairs
+  check_data: Callable[[ml_collections.ConfigDict, Any], None] = no_data_check
+  step_metrics: Callable[[Mapping[str, jax.Array]], dict] = no_step_metrics
   scorer: Scorer | None = None
+  study_runs: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   @property
   def input_fields(self) -> str:
     """`fields` as the pipeline config spells them (`config.input.fields`)."""
     return ",".join(self.fields)
+
+  def init_params(self, config: ml_collections.ConfigDict, model_config: clip.CLIPConfig,
+                  rng: jax.Array, clip_params: Any = None) -> dict:
+    """The whole trainable tree on the host: `clip_params` (a pretrained start) or CLIP drawn
+    from `rng`, and the method's own modules drawn from it.
+
+    A pretrained start gets `config.reset_logit_scale` when set (Long-CLIP and FineLIP restart
+    the temperature at ln 100, as their released code does).
+    """
+    clip_rng, extra_rng = jax.random.split(rng)
+    if clip_params is None:
+      clip_params = jax.device_get(clip.init_params(model_config, clip_rng))
+    elif config.get("reset_logit_scale") is not None:
+      clip_params = {**clip_params,
+                     "logit_scale": np.asarray(config.reset_logit_scale, np.float32)}
+    extras = jax.device_get(self.init_extra_params(config.loss, model_config, extra_rng))
+    return param_tree.merge(clip_params, extras)
+
+  def abstract_extra_params(self, loss_config, model_config: clip.CLIPConfig) -> dict:
+    """Shapes of the method's own params (the restore target of a model's `method_params`)."""
+    return jax.eval_shape(functools.partial(self.init_extra_params, loss_config, model_config),
+                          jax.random.key(0))
 
   def make_loss_fn(self, model_config: clip.CLIPConfig, loss_config: ml_collections.ConfigDict,
                    mesh: jax.sharding.Mesh | None = None) -> LossFn:

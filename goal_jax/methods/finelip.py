@@ -5,6 +5,7 @@ One vision and one 248-token text forward per pair; the two token aggregation mo
 train beside CLIP as `aggregation/image` and `aggregation/text`. Retrieval ranks by FineLIP's
 fused score, 0.8·global cosine + 0.2·CLIM on the refined tokens (`SCORER`).
 """
+from goal_jax.losses import clim
 from goal_jax.losses import contrastive
 from goal_jax.losses import finelip as finelip_loss
 from goal_jax.methods import base
@@ -51,14 +52,14 @@ def forward_flops_per_pair(c, input_config) -> int:
 
 def image_features(image_out, extra_params, loss_config) -> dict:
   """The global embedding and the refined tokens `[CLS, ATRM(patches)]`."""
-  tokens = finelip_loss.refined_image_tokens(image_out["tokens_projected"],
+  tokens = clim.refined_image_tokens(image_out["tokens_projected"],
                                              aggregators_of(loss_config, extra_params).image)
   return {"embedding": image_out["embedding"], "tokens": tokens}
 
 
 def text_features(text_out, extra_params, loss_config) -> dict:
   """The global embedding and the refined tokens `[ATRM(SOT+words), EOT]`."""
-  tokens = finelip_loss.refined_text_tokens(text_out["tokens_projected"], text_out["eot_index"],
+  tokens = clim.refined_text_tokens(text_out["tokens_projected"], text_out["eot_index"],
                                             aggregators_of(loss_config, extra_params).text)
   return {"embedding": text_out["embedding"], "tokens": tokens}
 
@@ -66,10 +67,10 @@ def text_features(text_out, extra_params, loss_config) -> dict:
 def score(image_features, text_features, loss_config):
   """FineLIP's retrieval score: global_weight·cosine + (1 − global_weight)·CLIM."""
   options = options_of(loss_config)
-  clim = finelip_loss.late_interaction(image_features["tokens"], text_features["tokens"],
-                                       negative_slope=options.negative_slope)
-  return finelip_loss.fused_score(image_features["embedding"], text_features["embedding"], clim,
-                                  global_weight=options.global_weight)
+  interaction = clim.late_interaction(image_features["tokens"], text_features["tokens"],
+                                      negative_slope=options.negative_slope)
+  return clim.fused_score(image_features["embedding"], text_features["embedding"], interaction,
+                          global_weight=options.global_weight)
 
 
 # 100 texts per block as FineLIP's evaluation: [Ni, 100, 40, 40] fp32 cosines at B/16, 3.2 GB
@@ -79,4 +80,5 @@ SCORER = base.Scorer(image_features=image_features, text_features=text_features,
 
 METHOD = base.Method(name="finelip", recipe="finelip.py", fields=("global",), loss=loss,
                      forward_flops_per_pair=forward_flops_per_pair,
-                     init_extra_params=init_extra_params, scorer=SCORER)
+                     init_extra_params=init_extra_params, scorer=SCORER,
+                     study_runs={"finelip": ()})  # CLIM ranking loss

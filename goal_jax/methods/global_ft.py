@@ -24,4 +24,5 @@ def forward_flops_per_pair(c, input_config) -> int:
 
 
 METHOD = base.Method(name="global", recipe="global_ft.py", fields=("global",), loss=loss,
-                     forward_flops_per_pair=forward_flops_per_pair)
+                     forward_flops_per_pair=forward_flops_per_pair,
+                     study_runs={"global": ()})  # GOAL's baseline

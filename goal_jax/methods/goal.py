@@ -5,8 +5,10 @@ forward over `[text; local_text]`, where the official code
 (https://github.com/PerceptualAI-Lab/GOAL) runs each tower a second time for hidden states.
 Without local terms (the global-only ablation) the local halves are not encoded at all.
 """
+from absl import logging
 import jax.numpy as jnp
 
+from goal_jax.data import detail as data_detail
 from goal_jax.losses import contrastive
 from goal_jax.losses import goal as goal_loss
 from goal_jax.methods import base
@@ -15,8 +17,37 @@ from goal_jax.models import flops
 _LOCAL_FIELDS = ("local_valid", "local_patch_mask", "local_span_mask")
 
 
-def needs_local_pairs(loss_config) -> bool:
-  return goal_loss.reads_local_pairs(base.weights_of(loss_config))
+def check_data(config, source) -> None:
+  """Local terms refuse a dataset without local pairs (they would silently train global-only);
+  a dataset where only some records have one is logged, and so are records whose local crops
+  would come from the small stored copy (no detail copy: `data.detail`)."""
+  if not goal_loss.reads_local_pairs(base.weights_of(config.loss)):
+    return
+  name, split = config.input.dataset, config.input.split
+  # 128 records: enough to tell none from some, without reading 512 detail copies at start-up.
+  found = data_detail.survey(source, max_records=128)
+  with_pair, seen = found.with_pair, found.seen
+  if not with_pair:
+    raise ValueError(
+        f"dataset {name!r} split {split!r} has no local pairs (none in {found.seen} records "
+        f"read), so GOAL's local and TSL terms would all be 0. Mine them with LISM:\n"
+        f"  python -m goal_jax.lism --data_dir={config.input.data_dir} --dataset={name} "
+        f"--split={split} --checkpoint=/path/to/converted_clip\n"
+        f"and train on dataset={name}_lism; or train global-only with configs/global_ft.py")
+  logging.info("%s: %d of %d records read have a local pair", name, with_pair, seen)
+  if found.small_copy_pairs:
+    logging.warning(
+        "%s: %d of the %d records read with a local pair have no detail copy: their local crops "
+        "come from the small stored copy (short side 256 by default), not the original pixels as "
+        "in GOAL. Prepare the dataset again (the detail copy is on by default) and re-run LISM.",
+        name, found.small_copy_pairs, with_pair)
+
+
+def step_metrics(batch) -> dict:
+  """`local_pair_share`: how much of the batch fed the local terms."""
+  if "local_valid" not in batch:
+    return {}
+  return {"local_pair_share": jnp.mean(batch["local_valid"].astype(jnp.float32))}
 
 
 def loss(params, batch, *, model, loss_config, mesh):
@@ -54,6 +85,13 @@ def forward_flops_per_pair(c, input_config) -> int:
       c, c.text_width)
 
 
+# GOAL and two ablations, each leaving one local objective out.
+STUDY_RUNS = {
+    "goal": (),                                                           # global + local + TSL
+    "goal_no_tsl": ("--config.loss.weights.tsl_image=0", "--config.loss.weights.tsl_text=0"),
+    "goal_no_local": ("--config.loss.weights.local=0",),                  # global + TSL
+}
+
 METHOD = base.Method(name="goal", recipe="goal.py", fields=("global", "local"), loss=loss,
-                     forward_flops_per_pair=forward_flops_per_pair,
-                     needs_local_pairs=needs_local_pairs)
+                     forward_flops_per_pair=forward_flops_per_pair, check_data=check_data,
+                     step_metrics=step_metrics, study_runs=STUDY_RUNS)

@@ -30,4 +30,5 @@ def forward_flops_per_pair(c, input_config) -> int:
 
 
 METHOD = base.Method(name="longclip", recipe="longclip.py", fields=("global", "summary"),
-                     loss=loss, forward_flops_per_pair=forward_flops_per_pair)
+                     loss=loss, forward_flops_per_pair=forward_flops_per_pair,
+                     study_runs={"longclip": ()})  # long + PCM short

@@ -58,6 +58,13 @@ def forward_flops_per_pair(c, input_config) -> int:
           + (1 + input_config.max_sentences) * short + token_heads)
 
 
+# MulCLIP and its paper's ablations of the two local levels.
+STUDY_RUNS = {
+    "mulclip": (),                                                        # global + WPR + SAP
+    "mulclip_no_wpr": ("--config.loss.weights.wpr_image=0", "--config.loss.weights.wpr_text=0"),
+    "mulclip_no_sap": ("--config.loss.weights.sap=0",),                   # global + WPR
+}
+
 METHOD = base.Method(name="mulclip", recipe="mulclip.py", fields=("global", "summary", "sentences"),
                      loss=loss, forward_flops_per_pair=forward_flops_per_pair,
-                     init_extra_params=init_extra_params)
+                     init_extra_params=init_extra_params, study_runs=STUDY_RUNS)

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from goal_jax import files
 from goal_jax.models import clip
+from goal_jax.models import param_tree
 
 CONFIG_FILE = "model_config.json"
 INFO_FILE = "model_info.json"
@@ -193,9 +194,9 @@ def load_model(directory: str, scan: bool | None = None,
 def _restore_train_params(state_dir: str, abstract_params) -> dict:
   """The CLIP params out of a trainer's train state, reading nothing else (optimizer moments
   are twice the params' size)."""
-  target = {"params": {"clip": abstract_params}}
+  target = {"params": param_tree.merge(abstract_params, {})}
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
-  return restored["params"]["clip"]
+  return param_tree.clip_of(restored["params"])

@@ -75,6 +75,21 @@ def _path_names(path) -> tuple[str, ...]:
   return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+POSITION_MODES = ("kps", "kps_frozen_prefix")
+
+
+def optimizer_transforms(mode: str, frozen_prefix: int) -> list[optax.GradientTransformation]:
+  """What the optimizer chains after itself for the stretched table (`config.model.positions`):
+  `kps` trains it as one table (GOAL), `kps_frozen_prefix` keeps its first `frozen_prefix` rows
+  (Long-CLIP, FineLIP)."""
+  if mode == "kps_frozen_prefix":
+    return [freeze_position_prefix(frozen_prefix)]
+  if mode != "kps":
+    raise ValueError(f"config.model.positions={mode!r}: use 'kps' (one trainable table, GOAL) "
+                     "or 'kps_frozen_prefix' (Long-CLIP/FineLIP)")
+  return []
+
+
 def freeze_position_prefix(
     keep: int = LONGCLIP_KEEP,
     path: Sequence[str] = TEXT_POSITIONS_PATH) -> optax.GradientTransformation:

@@ -34,6 +34,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from goal_jax import files
+
 STATE = "state"
 DATA_ITER = "data_iter"
 MANIFEST = "checksums.json"
@@ -285,7 +287,7 @@ def _files(step_dir: str) -> dict[str, str]:
     for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir).replace(os.sep, "/")
-      if rel not in (MANIFEST, MANIFEST + ".tmp"):
+      if rel != MANIFEST and not rel.startswith(MANIFEST + ".tmp"):  # it, or a write cut short
         out[rel] = path
   return out
 
@@ -300,12 +302,9 @@ def _sha256(path: str) -> str:
 
 def write_manifest(step_dir: str) -> None:
   """Writes `<step_dir>/checksums.json`: size and sha256 of every file, atomically."""
-  files = {rel: {"size": os.path.getsize(path), "sha256": _sha256(path)}
-           for rel, path in sorted(_files(step_dir).items())}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"format": 1, "files": files}, f, indent=1)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  entries = {rel: {"size": os.path.getsize(path), "sha256": _sha256(path)}
+             for rel, path in sorted(_files(step_dir).items())}
+  files.write_json(os.path.join(step_dir, MANIFEST), {"format": 1, "files": entries}, indent=1)
 
 
 def verify_manifest(step_dir: str) -> str | None:

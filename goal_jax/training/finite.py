@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goal_jax.training import paths
+from goal_jax import tree_paths as paths
 
 
 class NonFiniteError(FloatingPointError):

@@ -21,15 +21,18 @@ import numpy as np
 import optax
 
 from goal_jax import methods
+from goal_jax import sharding
+from goal_jax.methods import base
 from goal_jax.data import builder as data_builder
-from goal_jax.data import detail as data_detail
 from goal_jax.data import pipeline
+from goal_jax.data import reproduction
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import scoring
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import clip
+from goal_jax.models import param_tree
 from goal_jax.models import positions
 from goal_jax.training import checkpointing
 from goal_jax.training import finite
@@ -38,7 +41,6 @@ from goal_jax.training import optimizer as optimizer_lib
 from goal_jax.training import preemption
 from goal_jax.training import progress
 from goal_jax.training import resume
-from goal_jax.training import sharding
 from goal_jax.training import workdir_lock
 
 
@@ -92,8 +94,6 @@ def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPC
     logging.info("Stretching text positions %d -> %d (Long-CLIP KPS)", table.shape[0],
                  config.model.text_context)
     params = positions.stretch_text_positions(params, config.model.text_context)
-  if config.get("reset_logit_scale") is not None:
-    params["logit_scale"] = np.asarray(config.reset_logit_scale, np.float32)
   return params, init_config
 
 
@@ -135,12 +135,7 @@ def total_steps_of(config: ml_collections.ConfigDict, num_records: int) -> int:
 def make_tx(config: ml_collections.ConfigDict, params: Any, total_steps: int):
   optim = ml_collections.ConfigDict(config.optim.to_dict())
   optim.total_steps = total_steps
-  extra = []
-  if config.model.positions == "kps_frozen_prefix":
-    extra.append(positions.freeze_position_prefix(config.model.frozen_prefix))
-  elif config.model.positions != "kps":
-    raise ValueError(f"config.model.positions={config.model.positions!r}: use 'kps' (one "
-                     "trainable table, GOAL) or 'kps_frozen_prefix' (Long-CLIP/FineLIP)")
+  extra = positions.optimizer_transforms(config.model.positions, config.model.frozen_prefix)
   return optimizer_lib.make_optimizer(optim, params, extra_transforms=extra)
 
 
@@ -148,8 +143,9 @@ def make_tx(config: ml_collections.ConfigDict, params: Any, total_steps: int):
 # The step.
 
 
-def make_train_step(loss_fn, tx, schedule):
-  """One optimizer update; returns the new state and the step's scalar metrics (on device)."""
+def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics):
+  """One optimizer update; returns the new state and the step's scalar metrics (on device),
+  the method's own (`Method.step_metrics`) among them."""
 
   def train_step(state, batch):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -157,11 +153,9 @@ def make_train_step(loss_fn, tx, schedule):
     params = optax.apply_updates(state["params"], updates)
     step = state["step"] + 1
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-               "logit_scale": jnp.exp(params["clip"]["logit_scale"]),
+               "logit_scale": jnp.exp(param_tree.clip_of(params)["logit_scale"]),
                "lr": schedule(state["step"]),
-               "grad_norm": optax.tree.norm(grads)}
-    if "local_valid" in batch:  # how much of the batch fed the local terms
-      scalars["local_pair_share"] = jnp.mean(batch["local_valid"].astype(jnp.float32))
+               "grad_norm": optax.tree.norm(grads), **step_metrics(batch)}
     new_state = {"params": params, "opt_state": opt_state, "step": step}
     return new_state, scalars
 
@@ -191,9 +185,11 @@ def build_training(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
   tx, schedule = make_tx(config, params, total_steps)
   init_state, abstract = sharding.sharded_init(functools.partial(initial_state, tx=tx), params,
                                                mesh=mesh, strategy=config.sharding)
-  loss_fn = methods.get(config.method).make_loss_fn(model_config, config.loss, mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=(0,),
+  method = methods.get(config.method)
+  loss_fn = method.make_loss_fn(model_config, config.loss, mesh)
+  replicated = sharding.replicated(mesh)
+  step_fn = jax.jit(make_train_step(loss_fn, tx, schedule, method.step_metrics),
+                    donate_argnums=(0,),
                     out_shardings=(sharding.shardings_of(abstract), replicated))
   return Training(init_state, abstract, loss_fn, step_fn)
 
@@ -228,16 +224,17 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   model_config = model_config_from(config, init_config)
   source = check_data(config)
   num_records = len(source)
-  check_local_pairs(config, source)
+  method = methods.get(config.method)
+  try:
+    method.check_data(config, source)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
   total_steps = total_steps_of(config, num_records)
   data_config = input_config(config, model_config)
   check_reproduction(data_config, config.input.data_dir)
 
-  clip_rng, extra_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-  if init_params is None:
-    init_params = jax.device_get(clip.init_params(model_config, clip_rng))
-  params = {"clip": init_params, **jax.device_get(methods.get(config.method).init_extra_params(
-      config.loss, model_config, extra_rng))}
+  params = method.init_params(config, model_config,
+                              jax.random.fold_in(jax.random.key(config.seed), 1), init_params)
   training = build_training(config, model_config, params, mesh, total_steps)
   logging.info("parameters per optimizer group: %s",
                optimizer_lib.summarize_groups(params, config.optim.param_groups))
@@ -284,7 +281,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         for step in range(start + 1, total_steps + 1):
           host_batch = next(data_iter)
           record_ids = host_batch.pop("record_index")
-          batch = pipeline.make_global_batch(host_batch, mesh)
+          batch = sharding.make_global_batch(host_batch, mesh)
           state, scalars = train_step(state, batch)
           guard(step, scalars, record_ids)  # checks the previous step: no stall
           if writer.due(step, total_steps):
@@ -324,42 +321,16 @@ def say(text: str) -> None:
     print(f"[train] {text}", flush=True)
 
 
-def check_local_pairs(config: ml_collections.ConfigDict, source) -> None:
-  """A method whose terms read local pairs refuses a dataset without any (it would silently
-  train global-only); a dataset where only some records have one is logged, and so are records
-  whose local crops would come from the small stored copy (no detail copy: `data.detail`)."""
-  if not methods.get(config.method).needs_local_pairs(config.loss):
-    return
-  name, split = config.input.dataset, config.input.split
-  # 128 records: enough to tell none from some, without reading 512 detail copies at start-up.
-  found = data_detail.survey(source, max_records=128)
-  with_pair, seen = found.with_pair, found.seen
-  if not with_pair:
-    raise SetupError(
-        f"dataset {name!r} split {split!r} has no local pairs (none in {seen} records read), so "
-        f"{config.method}'s local and TSL terms would all be 0. Mine them with LISM:\n"
-        f"  python -m goal_jax.lism --data_dir={config.input.data_dir} --dataset={name} "
-        f"--split={split} --checkpoint=/path/to/converted_clip\n"
-        f"and train on dataset={name}_lism; or train global-only with configs/global_ft.py")
-  logging.info("%s: %d of %d records read have a local pair", name, with_pair, seen)
-  if found.small_copy_pairs:
-    logging.warning(
-        "%s: %d of the %d records read with a local pair have no detail copy: their local crops "
-        "come from the small stored copy (short side 256 by default), not the original pixels as "
-        "in GOAL. Prepare the dataset again (the detail copy is on by default) and re-run LISM.",
-        name, found.small_copy_pairs, with_pair)
-
-
 def check_reproduction(data_config: ml_collections.ConfigDict, data_dir: str) -> None:
   """The reproduction switches (`config.input.compat`, ...) refuse data they cannot reproduce
   GOAL on (not split with GOAL's rule, no raw captions, no JSON box sizes), with the command
   that makes such data, before any compilation."""
   try:
     ctx = pipeline.ProcessContext(data_config)
-    if not ctx.reads_reproduction_fields:
+    if not ctx.switches.reads_reproduction_fields:
       return
-    pipeline.check_source(
-        ctx, data_builder.load_source(data_config.dataset, data_config.split, data_dir),
+    reproduction.check_source(
+        ctx.switches, data_builder.load_source(data_config.dataset, data_config.split, data_dir),
         dataset=data_config.dataset, split=data_config.split, data_dir=data_dir,
         decode=data_builder.decode_record)
   except ValueError as e:
@@ -390,8 +361,8 @@ def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
     return False
   params = multihost_utils.process_allgather(state["params"], tiled=True)
   model_checkpoint.save_model(
-      out, params["clip"], model_config, info={"step": step}, method=method,
-      method_params={k: v for k, v in params.items() if k != "clip"}, overwrite=True)
+      out, param_tree.clip_of(params), model_config, info={"step": step}, method=method,
+      method_params=param_tree.extras_of(params), overwrite=True)
   return True
 
 
@@ -414,7 +385,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
 
   def evaluate(params, step, writer, final=False, echo=functools.partial(print, flush=True)):
     try:
-      return run_benchmarks(params if method_scoring else params["clip"], step, writer, echo)
+      return run_benchmarks(params if method_scoring else param_tree.clip_of(params), step,
+                            writer, echo)
     except Exception as e:  # noqa: BLE001 - any failure: reported, never fatal to the model
       if final:
         raise EvaluationError(f"evaluation at step {step} failed: {type(e).__name__}: {e}") from e

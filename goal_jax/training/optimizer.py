@@ -15,25 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from goal_jax.training import paths
+from goal_jax import constants
+from goal_jax import tree_paths as paths
 
-# The fields of `config.optim` and the values of those a recipe may leave out. The recipes
-# themselves (learning rate, decay, betas, warmup) are written in each method's config.
-DEFAULTS = dict(
-    lr=None,              # peak learning rate: required
-    schedule="cosine",    # "cosine" (to lr_floor) or "constant"
-    warmup_steps=0,       # linear warmup before the schedule, in optimizer steps
-    total_steps=None,     # optimizer steps of the whole run; needed by "cosine"
-    lr_floor=0.0,         # the cosine's final value (absolute, not a fraction of lr)
-    b1=0.9,               # AdamW's usual betas and eps (PyTorch's and optax's defaults)
-    b2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    decay_regex=None,     # None decays every param; else only names that fully match
-    param_groups=(),      # (regex, multiplier or None to freeze); first match wins; default 1x
-    grad_clip_norm=None,  # clip by the global norm of the trainable gradients
-    grad_accum_steps=1,   # optax.MultiSteps: average k batches per update
-)
+# The fields of `config.optim` and the values of those a recipe may leave out.
+DEFAULTS = constants.OPTIMIZER
 
 FROZEN = "frozen"
 Schedule = Callable[[Any], Any]

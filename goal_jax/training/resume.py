@@ -97,7 +97,6 @@ def check_and_record(workdir: str, config: ml_collections.ConfigDict, start_step
     for name, (old, new) in changes.items():
       logging.warning("Resuming at step %d with %s changed: %r -> %r", start_step, name, old, new)
   if write:
-    text = json.dumps(current, indent=2, sort_keys=True)
     for name in (CONFIG_FILE, f"config_start_{start_step}.json"):
-      files.write_atomic(os.path.join(workdir, name), text)
+      files.write_json(os.path.join(workdir, name), current, sort_keys=True)
   return changes

@@ -1,9 +1,13 @@
-"""Device mesh, parameter sharding rules and sharded init.
+"""Device mesh, parameter sharding rules and sharded init, and batches placed on the mesh.
+
+One module for every package that puts arrays on devices (training, evaluation, LISM, the
+benchmark), so none of them imports another's sharding.
 
 The strategy is big_vision-style `(regex, rule)` pairs over 'a/b/c' state names, first match wins:
 `replicate` (plain data parallelism) or `fsdp(axis="data", min_size_mb=4)`, which shards each large
 tensor's largest divisible dimension over `axis`. FSDP is thus a one-line config change, e.g.
 `[(".*", 'fsdp(axis="data")')]`, and GSPMD inserts the gathers (the mesh axes are `Auto`).
+Batches split their leading (row) dimension over the batch axes (`make_global_batch`).
 """
 import ast
 import math
@@ -14,7 +18,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from goal_jax.training import paths
+from goal_jax import tree_paths as paths
 
 DEFAULT_MESH = (("data", -1),)
 DEFAULT_STRATEGY = ((".*", "replicate"),)
@@ -41,6 +45,11 @@ def make_mesh(axes: Sequence[tuple[str, int]] = DEFAULT_MESH,
     raise ValueError(f"mesh {list(axes)} needs {math.prod(sizes)} devices, have {len(devices)}")
   return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names),
                        devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device of `mesh` holds the whole array."""
+  return NamedSharding(mesh, P())
 
 
 def _replicate(shape, dtype, mesh):
@@ -124,3 +133,30 @@ def shardings_of(tree: Any) -> Any:
   """The `.sharding` of every leaf (arrays or abstract ShapeDtypeStructs)."""
   return jax.tree.map(lambda x: x.sharding, tree)
 
+
+def batch_sharding(mesh: Mesh, batch_axes: str | Sequence[str] = "data") -> NamedSharding:
+  """Sharding of a batch whose leading dim is split over `batch_axes` of the mesh."""
+  axes = batch_axes if isinstance(batch_axes, str) else tuple(batch_axes)
+  return NamedSharding(mesh, P(axes))
+
+
+def make_global_batch(batch: Any, mesh: Mesh, batch_axes: str | Sequence[str] = "data") -> Any:
+  """Joins each process's host batch into global `jax.Array`s, rows split over `batch_axes`.
+
+  Every process passes its own rows (numpy); the global batch is their concatenation in process
+  order, as `jax.make_array_from_process_local_data` defines it. The trainer, evaluation and LISM
+  all place their batches with this.
+  """
+  sharding = batch_sharding(mesh, batch_axes)
+  axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+  local_devices = max(math.prod(mesh.shape[a] for a in axes) // jax.process_count(), 1)
+
+  def put(name, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % local_devices:
+      raise ValueError(f"batch[{name!r}] has shape {x.shape}: its leading (batch) dimension must "
+                       f"divide evenly over the {local_devices} local devices of mesh axis "
+                       f"{batch_axes!r}")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return paths.map_with_names(put, batch)

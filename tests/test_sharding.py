@@ -1,4 +1,5 @@
-"""Mesh, FSDP rules and sharded init on 4 fake CPU devices, against a replicated run."""
+"""Mesh, FSDP rules, sharded init and global batches on 4 fake CPU devices, against a
+replicated run."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from goal_jax.data import pipeline
-from goal_jax.training import sharding as sh
+from goal_jax import sharding as sh
 
 
 class ToyTwoTower(nn.Module):
@@ -53,7 +53,7 @@ def run(strategy, steps=3):
   losses = []
   with jax.set_mesh(mesh):
     for _ in range(steps):
-      state, loss = step(state, pipeline.make_global_batch(x, mesh))
+      state, loss = step(state, sh.make_global_batch(x, mesh))
       losses.append(float(loss))
   return state, shardings, losses
 
@@ -119,3 +119,15 @@ def test_fsdp_matches_replicated_training():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                jax.device_get(fsdp_state), jax.device_get(repl_state))
 
+
+def test_make_global_batch_splits_rows_and_names_a_bad_field():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+  batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3),
+           "record_index": np.arange(8, dtype=np.int32)}
+  out = sh.make_global_batch(batch, mesh)
+  for name, x in out.items():
+    assert x.sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    assert len(x.addressable_shards) == 4 and x.addressable_shards[1].data.shape[0] == 2
+    np.testing.assert_array_equal(np.asarray(x), batch[name])
+  with pytest.raises(ValueError, match="batch\\['text'\\] has shape \\(6, 2\\)"):
+    sh.make_global_batch({"text": np.zeros((6, 2))}, mesh)
