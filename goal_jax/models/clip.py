@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from goal_jax.models import attention as attention_lib
+from goal_jax.models import towers
 from goal_jax.text import tokenizer as text_tokenizer
 
 REMAT_POLICIES = {
@@ -29,7 +30,7 @@ ACTIVATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(towers.TowerConfig):
   """Architecture (saved with checkpoints) plus compute knobs (dtype, attention, remat, scan)."""
   embed_dim: int
   image_size: int
@@ -53,33 +54,9 @@ class CLIPConfig:
   scan: bool = False
 
   def __post_init__(self):
-    for tower in ("vision", "text"):
-      width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
-      if heads < 1 or width % heads:
-        raise ValueError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+    self.check_heads()
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
-
-  @property
-  def grid_size(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
-  def pad_multiple(self) -> int:
-    if self.attention_pad_multiple is not None:
-      return self.attention_pad_multiple
-    return 8 if self.attention == "cudnn" else 1
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "CLIPConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown model config fields {unknown}")
-    return cls(**values)
 
 
 def _openai(embed, image, patch, v_width, v_layers, t_width, t_layers=12):
@@ -110,17 +87,12 @@ VARIANTS = {
 
 def variant_of(config: CLIPConfig) -> str | None:
   """The name of the variant with `config`'s architecture (context and compute knobs aside)."""
-  for name, fields in VARIANTS.items():
-    if all(getattr(config, key) == value for key, value in fields.items()):
-      return name
-  return None
+  return towers.variant_of(config, VARIANTS)
 
 
 def get_model_config(name: str, **overrides) -> CLIPConfig:
   """Config of a named variant ("B/16", "L/14", "tiny/8", ...) with field overrides."""
-  if name not in VARIANTS:
-    raise ValueError(f"unknown model variant {name!r}; known: {sorted(VARIANTS)}")
-  return CLIPConfig(**{**VARIANTS[name], **overrides})
+  return towers.get_variant(CLIPConfig, VARIANTS, name, **overrides)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

@@ -1,0 +1,58 @@
+"""What every two-tower family's config shares (CLIP's, SigLIP's): the checks, the patch grid,
+attention padding, and saving as a dict; named variants looked up both ways."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+ConfigT = TypeVar("ConfigT", bound="TowerConfig")
+
+
+class TowerConfig:
+  """Mixin for a family's frozen config dataclass, which has `{vision,text}_{width,heads}`,
+  `image_size`, `patch_size`, `attention` and `attention_pad_multiple` fields."""
+
+  def check_heads(self) -> None:
+    for tower in ("vision", "text"):
+      width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
+      if heads < 1 or width % heads:
+        raise ValueError(f"{tower}_width {width} is not divisible by {tower}_heads {heads}")
+
+  @property
+  def grid_size(self) -> int:
+    """Patches per side (a convolution with stride `patch_size` drops any remainder)."""
+    return self.image_size // self.patch_size
+
+  @property
+  def pad_multiple(self) -> int:
+    if self.attention_pad_multiple is not None:
+      return self.attention_pad_multiple
+    return 8 if self.attention == "cudnn" else 1  # cuDNN's fused attention wants multiples of 8
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown model config fields {unknown}")
+    return cls(**values)
+
+
+def variant_of(config: TowerConfig, variants: Mapping[str, Mapping[str, Any]]) -> str | None:
+  """The name of the variant with `config`'s architecture (fields the variant does not fix,
+  such as the context and the compute knobs, aside)."""
+  for name, fields in variants.items():
+    if all(getattr(config, key) == value for key, value in fields.items()):
+      return name
+  return None
+
+
+def get_variant(config_class: type[ConfigT], variants: Mapping[str, Mapping[str, Any]],
+                name: str, **overrides) -> ConfigT:
+  if name not in variants:
+    raise ValueError(f"unknown model variant {name!r}; known: {sorted(variants)}")
+  return config_class(**{**variants[name], **overrides})

@@ -1,0 +1,151 @@
+"""SigLIP towers against transformers' `SiglipModel`, and weights in and out (HF, big_vision)."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from goal_jax.models import siglip, siglip_weights
+
+
+def _hf_model(image_size=20, patch_size=4, vocab=97, context=12, seed=0):
+  torch.manual_seed(seed)
+  config = transformers.SiglipConfig(
+      vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=image_size, patch_size=patch_size),
+      text_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                       num_attention_heads=3, vocab_size=vocab, max_position_embeddings=context,
+                       projection_size=32))
+  model = transformers.SiglipModel(config).eval()
+  with torch.no_grad():  # random, not the init's constants: every tensor must be mapped right
+    for p in model.parameters():
+      p.copy_(torch.randn_like(p) * 0.2)
+    model.logit_scale.fill_(2.3)
+    model.logit_bias.fill_(-4.0)
+  return model
+
+
+def _inputs(model, batch=3, seed=1):
+  rng = np.random.default_rng(seed)
+  v, t = model.config.vision_config, model.config.text_config
+  images = rng.normal(size=(batch, v.image_size, v.image_size, 3)).astype(np.float32)
+  ids = rng.integers(0, t.vocab_size, size=(batch, t.max_position_embeddings)).astype(np.int32)
+  return images, ids
+
+
+def _ours(model, **overrides):
+  config = siglip_weights.config_from_hf(model.config.to_dict(), **overrides)
+  params = siglip_weights.from_hf_state_dict(model.state_dict(), config)
+  return config, params
+
+
+@pytest.mark.parametrize("image_size, pad_multiple", [(16, None), (20, None), (20, 8)])
+def test_matches_transformers(image_size, pad_multiple):
+  """Embeddings and pairwise logits (bias included) within 1e-4 at fp32; 20 px gives 25 patch
+  tokens, which the cuDNN path pads to 32 (`attention_pad_multiple=8`, masked keys)."""
+  hf = _hf_model(image_size=image_size)
+  config, params = _ours(hf, attention_pad_multiple=pad_multiple)
+  images, ids = _inputs(hf)
+  model = siglip.SigLIP(config)
+  image_out, text_out = model.apply({"params": params}, images, ids)
+  logits = model.apply({"params": params}, image_out["embedding"], text_out["embedding"],
+                       method=siglip.SigLIP.logits)
+  with torch.no_grad():
+    want = hf(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
+              input_ids=torch.tensor(ids, dtype=torch.long))
+  unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+  np.testing.assert_allclose(image_out["embedding"], unit(want.image_embeds), atol=1e-4)
+  np.testing.assert_allclose(text_out["embedding"], unit(want.text_embeds), atol=1e-4)
+  np.testing.assert_allclose(logits, want.logits_per_image, atol=1e-4)
+  # The contract's other outputs: tokens before the final LayerNorm, the pooled position.
+  with torch.no_grad():
+    hidden = hf.vision_model(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
+                             output_hidden_states=True).hidden_states[-1]
+  np.testing.assert_allclose(image_out["tokens"], hidden, atol=1e-4)
+  assert (text_out["eot_index"] == ids.shape[1] - 1).all()
+
+
+def test_heads_of_a_region_and_of_one_token():
+  """The pooling head over all tokens is the image embedding; over one token it is the closed
+  form out(value(LN(x))) + MLP residual, also what `tokens_projected` holds."""
+  hf = _hf_model()
+  config, params = _ours(hf)
+  images, _ = _inputs(hf)
+  model = siglip.SigLIP(config)
+  out = model.apply({"params": params}, images, method=siglip.SigLIP.encode_image)
+  everything = jnp.ones(out["tokens"].shape[:2], bool)
+  np.testing.assert_allclose(
+      model.apply({"params": params}, out["tokens"], everything,
+                  method=siglip.SigLIP.pool_region), out["embedding"], atol=1e-5)
+  one = jnp.zeros_like(everything).at[:, 7].set(True)
+  region = model.apply({"params": params}, out["tokens"], one, method=siglip.SigLIP.pool_region)
+  projected = out["tokens_projected"][:, 7]
+  np.testing.assert_allclose(region, projected / jnp.linalg.norm(projected, axis=-1,
+                                                                 keepdims=True), atol=1e-5)
+  # By hand, in torch: LayerNorm, value and out projections, then the head's MLP residual.
+  head = hf.vision_model.head
+  with torch.no_grad():
+    x = hf.vision_model.post_layernorm(torch.tensor(np.asarray(out["tokens"][:, 7])))
+    w_v = head.attention.in_proj_weight[64:]
+    b_v = head.attention.in_proj_bias[64:]
+    y = head.attention.out_proj(x @ w_v.T + b_v)
+    y = y + head.mlp(head.layernorm(y))
+  np.testing.assert_allclose(projected, y, atol=1e-4)
+
+
+def test_hf_state_dict_round_trip_and_strictness():
+  hf = _hf_model()
+  config, params = _ours(hf)
+  back = siglip_weights.to_hf_state_dict(params, config)
+  want = {k: v.numpy() for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+  assert set(back) == set(want)
+  for key, value in want.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  state = dict(hf.state_dict())
+  state.pop("text_model.head.bias")
+  with pytest.raises(siglip_weights.WeightsError, match="missing text_model.head.bias"):
+    siglip_weights.from_hf_state_dict(state, config)
+  state = dict(hf.state_dict(), extra_tensor=torch.zeros(1))
+  with pytest.raises(siglip_weights.WeightsError, match="extra_tensor"):
+    siglip_weights.from_hf_state_dict(state, config)
+  wrong = dataclasses.replace(config, text_mlp_dim=44)
+  with pytest.raises(siglip_weights.WeightsError, match="shape"):
+    siglip_weights.from_hf_state_dict(hf.state_dict(), wrong)
+
+
+def test_big_vision_npz_round_trip(tmp_path):
+  """big_vision's `two_towers` layout (`params/img/...`, `t` and `b` of shape (1,)) in and out,
+  exactly, through a real `.npz` file."""
+  config = siglip.get_model_config("siglip-tiny/4")
+  params = jax.device_get(siglip.init_params(config, jax.random.key(3)))
+  tree = siglip_weights.to_big_vision(params)
+  assert tree["params/t"].shape == (1,) and "params/img/MAPHead_0/probe" in tree
+  assert "params/txt/Encoder_0/encoder_norm/scale" in tree
+  np.savez(tmp_path / "siglip.npz", **tree)
+  loaded = dict(np.load(tmp_path / "siglip.npz"))
+  back = siglip_weights.from_big_vision(loaded, config)
+  jax.tree.map(np.testing.assert_array_equal, back, jax.device_get(params))
+  again = siglip_weights.to_big_vision(back)
+  assert set(again) == set(tree)
+  for key in tree:
+    np.testing.assert_array_equal(again[key], tree[key])
+  loaded["params/txt/extra"] = np.zeros(2)
+  with pytest.raises(siglip_weights.WeightsError, match="txt/extra"):
+    siglip_weights.from_big_vision(loaded, config)
+
+
+def test_published_variants():
+  """Widths and depths of the published towers (big_vision's `vit.py`/`two_towers.py`)."""
+  b16 = siglip.get_model_config("siglip2-B/16-256")
+  assert (b16.vision_width, b16.vision_layers, b16.vision_heads, b16.vision_mlp_dim,
+          b16.grid_size, b16.vocab_size, b16.context_length) == (768, 12, 12, 3072, 16, 256000,
+                                                                  64)
+  so = siglip.get_model_config("siglip-So400m/14-384")
+  assert (so.vision_width, so.vision_layers, so.vision_mlp_dim, so.grid_size) == (1152, 27, 4304,
+                                                                                  27)
+  assert siglip.get_model_config("siglip-So400m/14-224").context_length == 16
+  assert siglip.variant_of(b16) == "siglip2-B/16-256"
+  assert len(siglip.VARIANTS) == 1 + 4 + 2 + 2 + 4 + 3 + 2 + 3
