@@ -1,7 +1,10 @@
-r"""Convert a PyTorch CLIP checkpoint into a goal_jax model checkpoint.
+r"""Convert a PyTorch CLIP, or a SigLIP / SigLIP 2, checkpoint into a goal_jax model checkpoint.
 
   python -m goal_jax.convert --source=/models/clip-vit-base-patch16 --out=/ckpt/b16_248 \
       --text_context=248
+  python -m goal_jax.convert --source=/models/siglip2-base-patch16-256 --out=/ckpt/siglip2_b16 \
+      --text_context=196
+  python -m goal_jax.convert --source=siglip2_b16_256.npz --out=/ckpt/siglip2_b16_npz
   python -m goal_jax.convert --source=ViT-L-14.pt --out=/ckpt/l14 --scan
   python -m goal_jax.convert --source=open_clip_model.safetensors --out=/ckpt/oc --activation=gelu
 
@@ -12,6 +15,9 @@ explicitly. The output (Orbax params + model_config.json) is what training start
 output that is not empty is refused before any work unless `--overwrite`. `--text_context`
 applies Long-CLIP stretching of the text positions (77 -> 248). OpenAI/open_clip files carry no
 head count, so it defaults to width // 64 (every released model); override it if yours differs.
+SigLIP comes as a transformers `SiglipModel` directory (SigLIP, and SigLIP 2 at a fixed
+resolution) or a big_vision `.npz` (`two_towers`; its architecture is read from the shapes);
+`--text_context` stretches its 64 positions the same way (196: 20 kept, x4 after them).
 """
 import os
 
@@ -19,6 +25,7 @@ from absl import flags
 
 from goal_jax import cli
 from goal_jax.models import checkpoint
+from goal_jax.models import siglip_weights
 from goal_jax.models import state_dicts
 
 # What an HF directory keeps its weights in: such a file is only convertible with its config.json.
@@ -26,17 +33,19 @@ _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 FLAGS = flags.FLAGS
-EXPECTED = (FileNotFoundError, ValueError)  # a bad source or output: one `error:` line
+EXPECTED = (FileNotFoundError, ValueError)  # WeightsError is a ValueError  # a bad source or output: one `error:` line
 
 
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
-  flags.DEFINE_string("source", None, "HF model directory or OpenAI/open_clip weights file "
-                      "(optionally prefixed hf: | openai: | open_clip:).")
+  flags.DEFINE_string("source", None, "HF model directory (CLIPModel or SiglipModel), big_vision "
+                      "SigLIP .npz, or OpenAI/open_clip weights file (optionally prefixed "
+                      "hf: | openai: | open_clip:).")
   flags.DEFINE_string("out", None, "Model checkpoint directory to write.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
   flags.DEFINE_integer("text_context", None,
-                       "Stretch the text position table to this many rows (e.g. 248).")
+                       "Stretch the text position table to this many rows, Long-CLIP's way "
+                       "(e.g. 248 for CLIP, 196 for SigLIP's 64).")
   flags.DEFINE_bool("scan", False, "Stack layers for nn.scan.")
   flags.DEFINE_string("variant", None, "What the file should be (e.g. B/16, L/14): files without "
                       "a config are then checked for a lost last layer or another architecture.")
@@ -77,8 +86,23 @@ def resolve_source(source: str) -> str:
                           "or a .pt/.bin/.safetensors file)")
 
 
+def _siglip_source(source: str) -> bool:
+  """A SigLIP checkpoint: a `SiglipModel` folder or a big_vision `.npz`."""
+  return source.endswith(".npz") or (os.path.isdir(source)
+                                     and siglip_weights.is_siglip_hf_dir(source))
+
+
 def main(argv):
   cli.check_args(argv, ("source", "out"), hint="pass --source=... --out=...")
+  if _siglip_source(FLAGS.source):
+    cli.check_output_dir(FLAGS.out, FLAGS.overwrite, FLAGS.source)
+    if FLAGS.scan:
+      raise ValueError("--scan: SigLIP models have no scanned layout")
+    load = siglip_weights.load_npz if FLAGS.source.endswith(".npz") else siglip_weights.load_hf_dir
+    params, config = load(FLAGS.source, text_context=FLAGS.text_context)
+    checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite)
+    print(f"wrote {FLAGS.out}: {config}")
+    return
   source = resolve_source(FLAGS.source)
   cli.check_output_dir(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])
   params, config = state_dicts.convert(

@@ -1,6 +1,7 @@
 """SigLIP towers against transformers' `SiglipModel`, and weights in and out (HF, big_vision)."""
 import dataclasses
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,3 +150,90 @@ def test_published_variants():
   assert siglip.get_model_config("siglip-So400m/14-224").context_length == 16
   assert siglip.variant_of(b16) == "siglip2-B/16-256"
   assert len(siglip.VARIANTS) == 1 + 4 + 2 + 2 + 4 + 3 + 2 + 3
+
+
+# --- long text, checkpoints and the convert command -----------------------------------------
+
+def test_long_text_stretch_of_a_big_vision_table():
+  """SigLIP's [1, 64, D] table to 196 rows as Long-CLIP: rows < 20 kept, then 4 target rows per
+  source row, E'[20 + 4i + k] = (1 - k/4) E[20 + i] + (k/4) E[21 + i], the last 4 extrapolated."""
+  from goal_jax.models import positions  # pylint: disable=g-import-not-at-top
+  table = np.random.default_rng(0).normal(size=(1, 64, 3)).astype(np.float32)
+  params = {"txt": {"pos_embedding": table, "Embed_0": {"embedding": np.zeros(2)}}}
+  out = positions.stretch_text_positions(params, positions.SIGLIP_LONG_CONTEXT)["txt"]
+  stretched = out["pos_embedding"]
+  assert stretched.shape == (1, 196, 3) and out["Embed_0"] is params["txt"]["Embed_0"]
+  e = table[0].astype(np.float64)
+  want = [e[j] for j in range(20)]
+  for i in range(43):
+    want += [(1 - k / 4) * e[20 + i] + (k / 4) * e[21 + i] for k in range(4)]
+  want += [e[63] + (k / 4) * (e[63] - e[62]) for k in range(4)]  # past the end: extrapolated
+  np.testing.assert_allclose(stretched[0], np.array(want), rtol=1e-6, atol=1e-6)
+
+
+def test_frozen_prefix_on_a_big_vision_table():
+  from goal_jax.models import positions  # pylint: disable=g-import-not-at-top
+  updates = {"txt": {"pos_embedding": jnp.ones((1, 8, 2))}, "img": {"x": jnp.ones(3)}}
+  frozen, _ = positions.freeze_position_prefix(keep=3).update(updates, None)
+  np.testing.assert_array_equal(frozen["txt"]["pos_embedding"][0, :3], 0)
+  np.testing.assert_array_equal(frozen["txt"]["pos_embedding"][0, 3:], 1)
+  np.testing.assert_array_equal(frozen["img"]["x"], 1)
+
+
+def _hf_folder(tmp_path, **kwargs):
+  hf = _hf_model(**kwargs)
+  folder = tmp_path / "siglip_hf"
+  hf.save_pretrained(folder)
+  return hf, folder
+
+
+def test_convert_command_reads_a_siglip_folder(tmp_path):
+  """`python -m goal_jax.convert` on a SiglipModel folder: a model checkpoint that loads back
+  as SigLIP (`model_config.json` names the family) and embeds as transformers does."""
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert  # pylint: disable=g-import-not-at-top
+  from goal_jax.models import checkpoint  # pylint: disable=g-import-not-at-top
+  hf, folder = _hf_folder(tmp_path, context=24)
+  out = tmp_path / "ckpt"
+  assert run_command(convert, f"--source={folder}", f"--out={out}") == 0
+  params, config = checkpoint.load_model(str(out))
+  assert isinstance(config, siglip.SigLIPConfig) and config.context_length == 24
+  images, ids = _inputs(hf)
+  image_out, text_out = siglip.SigLIP(config).apply({"params": params}, images, ids)
+  with torch.no_grad():
+    want = hf(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
+              input_ids=torch.tensor(ids, dtype=torch.long))
+  unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+  np.testing.assert_allclose(image_out["embedding"], unit(want.image_embeds), atol=1e-4)
+  np.testing.assert_allclose(text_out["embedding"], unit(want.text_embeds), atol=1e-4)
+  # Stretched on the way in: 24 -> 36 keeps rows < 20, then 4 rows per source row.
+  long_out = tmp_path / "ckpt_long"
+  assert run_command(convert, f"--source={folder}", f"--out={long_out}",
+                     "--text_context=36") == 0
+  long_params, long_config = checkpoint.load_model(str(long_out))
+  assert long_config.context_length == 36
+  e, stretched = params["txt"]["pos_embedding"][0], long_params["txt"]["pos_embedding"][0]
+  np.testing.assert_array_equal(stretched[:20], e[:20])
+  np.testing.assert_allclose(stretched[20 + 4 * 1 + 3], 0.25 * e[21] + 0.75 * e[22], atol=1e-6)
+
+
+def test_convert_command_reads_a_big_vision_npz(tmp_path):
+  """An `.npz` carries no config: the architecture comes from its shapes, the image size from
+  the published variant with that grid (So400m/14 at 384 px is a 27 x 27 grid)."""
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert  # pylint: disable=g-import-not-at-top
+  from goal_jax.models import checkpoint  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(siglip.get_model_config("siglip-tiny/4"), vision_heads=4,
+                               text_heads=4)
+  params = jax.device_get(siglip.init_params(config, jax.random.key(5)))
+  np.savez(tmp_path / "tiny.npz", **siglip_weights.to_big_vision(params))
+  out = tmp_path / "ckpt"
+  assert run_command(convert, f"--source={tmp_path / 'tiny.npz'}", f"--out={out}") == 0
+  loaded, loaded_config = checkpoint.load_model(str(out))
+  assert loaded_config == config
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), params)
+  so400m = siglip.get_model_config("siglip-So400m/14-384")
+  shapes = flax.traverse_util.flatten_dict(siglip.abstract_params(so400m), sep="/")
+  assert siglip_weights.config_from_big_vision(shapes) == so400m
+  assert run_command(convert, f"--source={tmp_path / 'missing.npz'}",
+                     f"--out={tmp_path / 'x'}") == 1

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from goal_jax import files
 from goal_jax.models import clip
+from goal_jax.models import families
 from goal_jax.models import param_tree
 
 CONFIG_FILE = "model_config.json"
@@ -59,7 +60,7 @@ def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
       checkpointer.save(os.path.join(tmp, METHOD_PARAMS_DIR), method_params)
     checkpointer.wait_until_finished()
   if main:
-    _write_json(os.path.join(tmp, CONFIG_FILE), config.to_dict())
+    _write_json(os.path.join(tmp, CONFIG_FILE), families.config_to_dict(config))
     if info is not None:
       _write_json(os.path.join(tmp, INFO_FILE), info)
     if method is not None:
@@ -118,7 +119,7 @@ def _read_json(path: str):
 
 def save_config(directory: str, config: clip.CLIPConfig) -> None:
   """Writes `<directory>/model_config.json` (the trainer: its workdir's, for its checkpoints)."""
-  _write_json(os.path.join(directory, CONFIG_FILE), config.to_dict())
+  _write_json(os.path.join(directory, CONFIG_FILE), families.config_to_dict(config))
 
 
 def _train_workdir(directory: str) -> str | None:
@@ -164,7 +165,7 @@ def load_config(directory: str) -> clip.CLIPConfig:
   if not os.path.isfile(path):
     raise FileNotFoundError(_not_a_model(directory))
   with open(path) as f:
-    return clip.CLIPConfig.from_dict(json.load(f))
+    return families.config_from_dict(json.load(f))
 
 
 def load_model(directory: str, scan: bool | None = None,
@@ -177,7 +178,7 @@ def load_model(directory: str, scan: bool | None = None,
   directory = os.path.abspath(directory)
   config = load_config(directory)
   if abstract_params is None:
-    abstract_params = clip.abstract_params(config)
+    abstract_params = families.of(config).abstract_params(config)
   if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
     with ocp.StandardCheckpointer() as checkpointer:
       params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), abstract_params)
@@ -185,7 +186,9 @@ def load_model(directory: str, scan: bool | None = None,
     params = _restore_train_params(os.path.join(directory, TRAIN_STATE_DIR), abstract_params)
   else:  # e.g. a training workdir, which holds the model_config.json of its checkpoints
     raise FileNotFoundError(_not_a_model(directory))
-  if scan is not None and scan != config.scan:
+  if scan is not None and scan != getattr(config, "scan", False):
+    if not hasattr(config, "scan"):
+      raise ValueError(f"{directory}: a {families.of(config).name} model has no scanned layout")
     params = clip.to_param_layout(jax.device_get(params), scan)
     config = dataclasses.replace(config, scan=scan)
   return params, config

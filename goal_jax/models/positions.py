@@ -8,12 +8,16 @@ table as one parameter; Long-CLIP/FineLIP keep the first 20 rows frozen. Both ar
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 LONGCLIP_KEEP = 20
-TEXT_POSITIONS_PATH = ("text", "positional_embedding")
+TEXT_POSITIONS_PATH = ("text", "positional_embedding")  # CLIP: [L, D]
+SIGLIP_TEXT_POSITIONS_PATH = ("txt", "pos_embedding")  # SigLIP (big_vision's names): [1, L, D]
+TEXT_POSITIONS_PATHS = (TEXT_POSITIONS_PATH, SIGLIP_TEXT_POSITIONS_PATH)
+# SigLIP's 64 positions stretched as Long-CLIP stretches CLIP's 77: keep 20, 4 target rows per
+# source row after them, 20 + 44 x 4 = 196 (the length FG-CLIP 2 trains SigLIP 2 at).
+SIGLIP_LONG_CONTEXT = 196
 
 
 def source_positions(length: int, target_length: int, keep: int = LONGCLIP_KEEP) -> np.ndarray:
@@ -48,14 +52,26 @@ def stretch_positions(table: Any, target_length: int, keep: int = LONGCLIP_KEEP)
   return out.astype(table.dtype)
 
 
+def text_positions_path(params: dict) -> tuple[str, str]:
+  """Where the text position table is in `params` (CLIP's or SigLIP's names)."""
+  for tower, name in TEXT_POSITIONS_PATHS:
+    if name in params.get(tower, {}):
+      return tower, name
+  raise ValueError(f"no text position table in params (looked for "
+                   f"{', '.join('/'.join(p) for p in TEXT_POSITIONS_PATHS)})")
+
+
 def stretch_text_positions(params: dict, context_length: int, keep: int = LONGCLIP_KEEP) -> dict:
-  """CLIP params whose text position table is stretched to `context_length` rows.
+  """Params whose text position table is stretched to `context_length` rows (CLIP's `[L, D]`
+  table or SigLIP's `[1, L, D]`).
 
   Conversion (`convert --text_context`) and the trainer (a checkpoint of another context) both
-  stretch here. New `params` and `params["text"]` dicts; the other leaves are shared, not copied.
+  stretch here. New `params` and tower dicts; the other leaves are shared, not copied.
   """
-  tower, name = TEXT_POSITIONS_PATH
-  text = {**params[tower], name: stretch_positions(params[tower][name], context_length, keep)}
+  tower, name = text_positions_path(params)
+  table = np.asarray(params[tower][name])
+  stretched = stretch_positions(table.reshape(table.shape[-2:]), context_length, keep)
+  text = {**params[tower], name: stretched.reshape(*table.shape[:-2], *stretched.shape)}
   return {**params, tower: text}
 
 
@@ -92,14 +108,16 @@ def optimizer_transforms(mode: str, frozen_prefix: int) -> list[optax.GradientTr
 
 def freeze_position_prefix(
     keep: int = LONGCLIP_KEEP,
-    path: Sequence[str] = TEXT_POSITIONS_PATH) -> optax.GradientTransformation:
+    path: Sequence[str] | None = None) -> optax.GradientTransformation:
   """Zeroes the updates of the first `keep` rows of the text position table (Long-CLIP's freeze).
 
   Chain it *after* the optimiser (`optax.chain(optax.adamw(...), freeze_position_prefix())`) so
   that weight decay, which adamw folds into its updates, is zeroed too and the rows never move.
-  The table is found by the suffix `path` of its tree path (works with or without a 'params' root).
+  The table is found by the suffix `path` of its tree path (works with or without a 'params'
+  root); None: CLIP's or SigLIP's. Rows are the second-to-last axis (SigLIP's table is
+  `[1, L, D]`).
   """
-  path = tuple(path)
+  paths = TEXT_POSITIONS_PATHS if path is None else (tuple(path),)
 
   def update_fn(updates, state, params=None):
     del params
@@ -107,15 +125,15 @@ def freeze_position_prefix(
 
     def freeze(leaf_path, update):
       names = _path_names(leaf_path)
-      if names[-len(path):] != path:
+      if not any(names[-len(p):] == p for p in paths):
         return update
       found.append(names)
-      return update.at[:keep].set(jnp.zeros_like(update[:keep]))
+      return update.at[..., :keep, :].set(0)
 
     updates = jax.tree_util.tree_map_with_path(freeze, updates)
     if not found:
       raise ValueError("freeze_position_prefix: no parameter whose path ends with "
-                       f"{'/'.join(path)}")
+                       f"{' or '.join('/'.join(p) for p in paths)}")
     return updates, state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

@@ -9,13 +9,19 @@ the pooling head's packed `in_proj` is split into query, key and value.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import flax
 import numpy as np
 
+from goal_jax.models import positions
 from goal_jax.models import siglip
+from goal_jax.models import state_dicts
 
 _BLOCK = {  # transformers' encoder layer -> big_vision's encoder block
     "layer_norm1": "LayerNorm_0", "layer_norm2": "LayerNorm_1",
@@ -240,3 +246,77 @@ def to_big_vision(params: dict) -> dict[str, np.ndarray]:
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   return {f"params/{inverse.get(k, k)}": (np.asarray(v).reshape(1) if k in inverse
                                           else np.asarray(v)) for k, v in flat.items()}
+
+
+def is_siglip_hf_dir(directory: str) -> bool:
+  """Whether an HF model directory holds a `SiglipModel` (its config.json's `model_type`)."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("model_type") == "siglip"
+
+
+def load_hf_dir(directory: str, text_context: int | None = None):
+  """(params, config) of a transformers `SiglipModel` folder (SigLIP, or SigLIP 2 at a fixed
+  resolution), the text positions stretched to `text_context` rows when given."""
+  state, hf_config, weights = state_dicts.read_hf_dir(directory)
+  if hf_config.get("model_type") != "siglip":
+    raise WeightsError(f"{directory}: model_type {hf_config.get('model_type')!r}, not 'siglip' "
+                       "(NaFlex SigLIP 2 checkpoints, `siglip2`, are not supported)")
+  config = config_from_hf(hf_config)
+  return _with_context(from_hf_state_dict(state, config, source=weights), config, text_context)
+
+
+def config_from_big_vision(flat: Mapping[str, np.ndarray]) -> siglip.SigLIPConfig:
+  """The architecture a `two_towers` tree implies (big_vision's `.npz` carries no config): sizes
+  from the shapes, heads from the attention kernels `[D, H, Dh]`; the image size of the
+  published variant with that tower and grid (So400m/14 at 384 px has a 27 x 27 grid, 378 px
+  of it), else grid x patch."""
+  def get(key):
+    if key not in flat:
+      raise WeightsError(f".npz: no {key}; not a big_vision two_towers SigLIP checkpoint")
+    return flat[key]
+
+  def layers(prefix):
+    return len({k.split("/")[len(prefix.split("/"))] for k in flat
+                if k.startswith(prefix + "/encoderblock_")})
+
+  patch, _, _, width = get("img/embedding/kernel").shape
+  grid = round(math.sqrt(get("img/pos_embedding").shape[1]))
+  vocab, text_width = get("txt/Embed_0/embedding").shape
+  block = "img/Transformer/encoderblock_0"
+  fields = dict(
+      patch_size=patch, vision_width=width, vision_layers=layers("img/Transformer"),
+      vision_heads=get(f"{block}/MultiHeadDotProductAttention_0/query/kernel").shape[1],
+      vision_mlp_dim=get(f"{block}/MlpBlock_0/Dense_0/kernel").shape[1],
+      text_width=text_width, text_layers=layers("txt/Encoder_0"),
+      text_heads=get("txt/Encoder_0/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"
+                     ).shape[1],
+      text_mlp_dim=get("txt/Encoder_0/encoderblock_0/MlpBlock_0/Dense_0/kernel").shape[1],
+      embed_dim=get("txt/head/kernel").shape[1], context_length=get("txt/pos_embedding").shape[1],
+      vocab_size=vocab)
+  image_size = next((v["image_size"] for v in siglip.VARIANTS.values()
+                     if v["patch_size"] == patch and v["vision_width"] == width
+                     and v["image_size"] // patch == grid), grid * patch)
+  return siglip.SigLIPConfig(image_size=image_size, **fields)
+
+
+def load_npz(path: str, text_context: int | None = None):
+  """(params, config) of a big_vision SigLIP / SigLIP 2 `.npz` (`params/img/...` keys)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no such file: {path}")
+  try:
+    with np.load(path) as archive:
+      flat = {k.removeprefix("params/"): archive[k] for k in archive.files}
+  except (OSError, ValueError) as e:
+    raise WeightsError(f"cannot read {path} as an .npz: {e}") from e
+  config = config_from_big_vision(flat)
+  return _with_context(from_big_vision(flat, config, source=path), config, text_context)
+
+
+def _with_context(params, config, text_context):
+  if text_context is None or text_context == config.context_length:
+    return params, config
+  return (positions.stretch_text_positions(params, text_context),
+          dataclasses.replace(config, context_length=text_context))

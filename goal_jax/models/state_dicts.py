@@ -270,7 +270,7 @@ def read_file(path: str) -> dict[str, np.ndarray]:
   return read_torch_file(path)
 
 
-def _read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict, str]:
+def read_hf_dir(directory: str) -> tuple[dict[str, np.ndarray], dict, str]:
   """(state dict, config.json, which weights file(s)) of an HF CLIPModel directory."""
   config_path = os.path.join(directory, "config.json")
   if not os.path.isfile(config_path):
@@ -317,7 +317,7 @@ def read_source(source: str) -> tuple[dict[str, np.ndarray], "SourceNames", dict
   """
   fmt, path = parse_source(source)
   if fmt == "hf":
-    state, hf_config, weights = _read_hf_dir(path)
+    state, hf_config, weights = read_hf_dir(path)
     return (_drop_buffers(state), SourceNames(file=weights), _fields_from_hf_config(hf_config),
             _stated_by_hf_config(hf_config, os.path.join(path, "config.json")))
   state = read_file(path)
