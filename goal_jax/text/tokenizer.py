@@ -263,7 +263,7 @@ class ClipTokenizer:
       else:
         offsets += [(start + s, start + e) for s, e in ranges]
     if len(lowered) != len(text):
-      offsets = _map_lowered_offsets(text, offsets)
+      offsets = map_lowered_offsets(text, offsets)
     return ids, offsets
 
   def __call__(self, texts: str | Sequence[str], context_length: int = 77,
@@ -344,7 +344,7 @@ def _byte_ranges_to_char_ranges(word: str, byte_lengths: list[int]):
   return tuple(ranges)
 
 
-def _map_lowered_offsets(text: str, offsets):
+def map_lowered_offsets(text: str, offsets):
   """Map ranges in `text.lower()` back to `text`, where some characters lowercase to several."""
   origin, is_last = [], []  # Per lowered character: source index, whether last of its source.
   for i, char in enumerate(text):

@@ -1,0 +1,118 @@
+"""SentencePiece tokenizers with character offsets: SigLIP's (the English c4 32k model) and
+SigLIP 2's (Gemma's 256k), read from a checkpoint's `.model` file.
+
+Backed by Google's `sentencepiece` library, so ids are the library's own; offsets come from the
+pieces it returns (UTF-8 byte ranges of the input) turned into character ranges of the text as
+given, without the whitespace a piece's leading '▁' stands for, so that, as for CLIP's BPE
+(`goal_jax.text.tokenizer`), ranges are non-decreasing, non-overlapping and only whitespace lies
+between them: sentence spans (TSL, MulCLIP's sub-captions, WPR's words) are cut by them.
+
+How a batch is laid out follows big_vision's `tok(..., bos="no", eos="sticky")`, which SigLIP's
+towers were trained on: no BOS, the text's tokens, then EOS repeated to the end of the context
+(`pad_id` = EOS: "sticky"); a text too long for the context keeps its first `L - 1` tokens and
+ends with EOS. SigLIP's text tower pools the last position, so it always reads an EOS.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from goal_jax.text.tokenizer import TokenBatch, map_lowered_offsets
+
+MODEL_FILES = ("spiece.model", "tokenizer.model")  # transformers' SigLIP and Gemma names
+
+
+class SentencePieceTokenizer:
+  """`encode`, `encode_with_offsets`, batch `__call__`, `decode` over one SentencePiece model.
+
+  `lowercase`: lowercase texts first (SigLIP 2's authors recommend lowercase text; big_vision's
+  SigLIP 1 colab does not lowercase). Offsets always index the text as given.
+  """
+
+  def __init__(self, model_proto: bytes, *, lowercase: bool = False):
+    import sentencepiece  # pylint: disable=g-import-not-at-top - only SigLIP models need it
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+    self.model_proto = model_proto
+    self.lowercase = lowercase
+    self.eos_id = self._sp.eos_id()
+    if self.eos_id < 0:
+      raise ValueError("the SentencePiece model defines no end-of-sequence piece, which SigLIP's "
+                       "text tower pools")
+    self.vocab_size = self._sp.get_piece_size()
+
+  @classmethod
+  def from_file(cls, path: str, *, lowercase: bool = False) -> "SentencePieceTokenizer":
+    """From a `.model` file, or a folder holding `spiece.model` or `tokenizer.model`."""
+    if os.path.isdir(path):
+      found = [os.path.join(path, n) for n in MODEL_FILES if os.path.isfile(os.path.join(path, n))]
+      if not found:
+        raise FileNotFoundError(f"{path} holds no SentencePiece model ({' or '.join(MODEL_FILES)})")
+      path = found[0]
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no SentencePiece model (a .model file, or a folder holding "
+                              f"{' or '.join(MODEL_FILES)})")
+    with open(path, "rb") as f:
+      return cls(f.read(), lowercase=lowercase)
+
+  def _prepare(self, text: str) -> str:
+    return text.lower() if self.lowercase else text
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without EOS."""
+    return list(self._sp.encode(self._prepare(text)))
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids (as `encode`) and each token's (start, end) character range in `text`.
+
+    A piece that is only the word-boundary mark '▁' gets the empty range where its word begins.
+    """
+    prepared = self._prepare(text)
+    pieces = self._sp.encode(prepared, return_type="proto").pieces
+    char_of_byte = np.zeros(len(prepared.encode("utf-8")) + 1, np.int64)
+    position = 0
+    for i, char in enumerate(prepared):
+      n = len(char.encode("utf-8"))
+      char_of_byte[position:position + n] = i
+      position += n
+    char_of_byte[position] = len(prepared)
+    ids, offsets = [], []
+    for piece in pieces:
+      start, end = int(char_of_byte[piece.begin]), int(char_of_byte[piece.end])
+      while start < end and prepared[start].isspace():
+        start += 1
+      if start == end:  # '▁' alone: at the next word
+        while start < len(prepared) and prepared[start].isspace():
+          start += 1
+        end = start
+      ids.append(piece.id)
+      offsets.append((start, end))
+    if prepared != text and len(prepared) != len(text):
+      offsets = map_lowered_offsets(text, offsets)
+    return ids, offsets
+
+  def __call__(self, texts: str | Sequence[str], context_length: int = 64) -> TokenBatch:
+    """`[N, context_length]`: tokens, then EOS to the end (big_vision's sticky EOS); a long
+    text keeps `context_length - 1` tokens and its EOS."""
+    if isinstance(texts, str):
+      texts = [texts]
+    if context_length < 1:
+      raise ValueError(f"context_length must be >= 1 (EOS), got {context_length}")
+    ids = np.full((len(texts), context_length), self.eos_id, np.int32)
+    lengths = np.zeros((len(texts),), np.int32)
+    truncated = np.zeros((len(texts),), bool)
+    room = context_length - 1
+    for row, text in enumerate(texts):
+      tokens = self.encode(text)
+      truncated[row] = len(tokens) > room
+      tokens = tokens[:room]
+      ids[row, :len(tokens)] = tokens
+      lengths[row] = len(tokens) + 1
+    return TokenBatch(ids, lengths, truncated)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids` up to the first EOS."""
+    ids = [int(i) for i in ids]
+    ids = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+    return self._sp.decode(ids)

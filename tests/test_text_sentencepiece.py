@@ -1,0 +1,84 @@
+"""SentencePiece tokenizers (SigLIP's) on a model trained here: ids, offsets, the batch layout."""
+import io
+
+import numpy as np
+import pytest
+
+sentencepiece = pytest.importorskip("sentencepiece")
+
+from goal_jax.text import sentencepiece_tokenizer  # noqa: E402
+
+CAPTIONS = [
+    "A small red circle sits beside a large blue square.",
+    "Café au lait — a naïve façade, 3.5 cm wide, in İstanbul’s old town.",
+    "Über den Wolken: the skyline at dusk, with «quotes» and emoji-free text.",
+    "Two   spaces and\ttabs between words; the end.",
+]
+
+
+@pytest.fixture(scope="module")
+def model_proto():
+  out = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(CAPTIONS * 40), model_writer=out, vocab_size=64,
+      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      minloglevel=2)
+  return out.getvalue()
+
+
+def test_ids_are_the_library_s(model_proto):
+  tok = sentencepiece_tokenizer.SentencePieceTokenizer(model_proto)
+  library = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+  for text in CAPTIONS:
+    assert tok.encode(text) == library.encode(text)
+    assert tok.encode_with_offsets(text)[0] == library.encode(text)
+
+
+def test_offsets_are_the_library_s_pieces_in_characters(model_proto):
+  """Each range holds the text of the library's own byte range for that piece, without the
+  whitespace its '▁' marks; ranges do not overlap and only whitespace lies between them."""
+  tok = sentencepiece_tokenizer.SentencePieceTokenizer(model_proto)
+  library = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+  for text in CAPTIONS:
+    _, offsets = tok.encode_with_offsets(text)
+    raw = text.encode("utf-8")
+    pieces = library.encode(text, return_type="proto").pieces
+    assert len(pieces) == len(offsets)
+    for piece, (start, end) in zip(pieces, offsets):
+      assert text[start:end] == raw[piece.begin:piece.end].decode("utf-8").lstrip()
+    previous_end = 0
+    for start, end in offsets:
+      assert previous_end <= start <= end
+      assert text[previous_end:start].strip() == ""
+      previous_end = end
+    assert text[previous_end:].strip() == ""
+
+
+def test_lowercase_offsets_index_the_text_as_given(model_proto):
+  """'İ' lowercases to two characters ('i' + a combining dot): ranges still index the input."""
+  tok = sentencepiece_tokenizer.SentencePieceTokenizer(model_proto, lowercase=True)
+  text = "İstanbul’s old TOWN"
+  ids, offsets = tok.encode_with_offsets(text)
+  assert ids == tok.encode(text) == list(sentencepiece.SentencePieceProcessor(
+      model_proto=model_proto).encode(text.lower()))
+  covered = "".join(text[s:e] for s, e in offsets)
+  assert covered == text.replace(" ", "")
+  assert text[offsets[-1][0]:offsets[-1][1]] in ("TOWN", "N", "WN", "OWN")
+
+
+def test_batch_ends_with_sticky_eos(model_proto, tmp_path):
+  (tmp_path / "spiece.model").write_bytes(model_proto)
+  tok = sentencepiece_tokenizer.SentencePieceTokenizer.from_file(str(tmp_path))
+  short, long = "A red square.", " ".join(CAPTIONS)
+  n = len(tok.encode(short))
+  context = n + 5
+  batch = tok([short, long], context_length=context)
+  assert len(tok.encode(long)) > context
+  np.testing.assert_array_equal(batch.ids[0, :n], tok.encode(short))
+  assert (batch.ids[0, n:] == tok.eos_id).all()  # EOS, then EOS to the end: the last reads EOS
+  np.testing.assert_array_equal(batch.ids[1, :-1], tok.encode(long)[:context - 1])
+  assert batch.ids[1, -1] == tok.eos_id
+  assert batch.lengths.tolist() == [n + 1, context] and batch.truncated.tolist() == [False, True]
+  assert tok.decode(batch.ids[0]) == short
+  with pytest.raises(FileNotFoundError, match="spiece.model"):
+    sentencepiece_tokenizer.SentencePieceTokenizer.from_file(str(tmp_path / "nothing"))
