@@ -47,6 +47,9 @@ def define_flags() -> None:
                        "Stretch the text position table to this many rows, Long-CLIP's way "
                        "(e.g. 248 for CLIP, 196 for SigLIP's 64).")
   flags.DEFINE_bool("scan", False, "Stack layers for nn.scan.")
+  flags.DEFINE_string("tokenizer", None, "SigLIP: the SentencePiece model to keep with the "
+                      "checkpoint (default: the folder's spiece.model or tokenizer.model; an "
+                      ".npz needs it given).")
   flags.DEFINE_string("variant", None, "What the file should be (e.g. B/16, L/14): files without "
                       "a config are then checked for a lost last layer or another architecture.")
   flags.DEFINE_integer("vision_heads", None, "Vision attention heads (default: width // 64).")
@@ -100,8 +103,14 @@ def main(argv):
       raise ValueError("--scan: SigLIP models have no scanned layout")
     load = siglip_weights.load_npz if FLAGS.source.endswith(".npz") else siglip_weights.load_hf_dir
     params, config = load(FLAGS.source, text_context=FLAGS.text_context)
-    checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite)
+    tokenizer = siglip_weights.find_tokenizer(FLAGS.source, FLAGS.tokenizer)
+    checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite,
+                          extra_files={siglip_weights.TOKENIZER_FILE: tokenizer} if tokenizer
+                          else None)
     print(f"wrote {FLAGS.out}: {config}")
+    if tokenizer is None:
+      print(f"warning: no SentencePiece model kept with {FLAGS.out}; texts cannot be embedded "
+            "with it until it is converted again with --tokenizer=<.model file>")
     return
   source = resolve_source(FLAGS.source)
   cli.check_output_dir(FLAGS.out, FLAGS.overwrite, source.partition(":")[2])

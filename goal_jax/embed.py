@@ -6,7 +6,8 @@
 Rows are L2-normalised float32 embeddings. Images: every image file directly in the folder, in
 sorted name order; the names are written next to the output (`img_files.txt`, one per line) so
 row i is named. Texts: one per line (blank lines are an error), tokenised at the model's context
-or `--text_context` (longer texts are truncated, keeping EOT). Batches are sharded over all
+or `--text_context` (longer texts are truncated, keeping EOT). A SigLIP checkpoint resizes and
+normalises images as SigLIP does and tokenises with the SentencePiece model it carries. Batches are sharded over all
 devices (`jax.devices()`). The model computes in float32 whatever dtype it was trained in, so the
 rows match the HF export's (`--dtype=bfloat16` for speed).
 """
@@ -20,6 +21,7 @@ from goal_jax import cli
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import inputs
 from goal_jax.evaluation import zeroshot
+from goal_jax.models import families
 
 
 FLAGS = flags.FLAGS
@@ -35,8 +37,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 64, "Rows per batch.", lower_bound=1)
   flags.DEFINE_integer("text_context", None,
                        "Text tokens per row (default: the model's context).")
-  flags.DEFINE_enum("geometry", inputs.DEFAULT_GEOMETRY, ("center_crop", "squash"),
-                    "How images become the model's square input.")
+  flags.DEFINE_enum("geometry", None, ("center_crop", "squash"),
+                    "How images become the model's square input (default: as its family was "
+                    "trained, center_crop for CLIP, squash for SigLIP).")
   embedding.define_dtype_flag()
   flags.declare_key_flag("dtype")  # listed by --help with the command's own flags
 
@@ -63,14 +66,15 @@ def read_texts(path: str) -> list[str]:
   return lines
 
 
-def embed_texts(embedder, params, texts, text_context=None) -> np.ndarray:
+def embed_texts(embedder, params, texts, text_context=None, tokenizer=None) -> np.ndarray:
   """[N, E] embeddings of raw texts (normalised like the data pipeline, then tokenised)."""
   model_context = embedder.config.context_length
   context = text_context or model_context
   if not 2 <= context <= model_context:
     raise ValueError(f"--text_context must be in [2, {model_context}] (the model's context), "
                      f"got {context}")
-  return inputs.embed_texts(embedder, params, texts, normalize=True, context_length=context)
+  return inputs.embed_texts(embedder, params, texts, normalize=True, context_length=context,
+                            tokenizer=tokenizer)
 
 
 def files_list_path(out: str) -> str:
@@ -88,7 +92,8 @@ def main(argv):
     paths = [os.path.join(FLAGS.images, n) for n in names]
     out = inputs.embed_image_files(embedder, params, paths, geometry=FLAGS.geometry)
   else:
-    out = embed_texts(embedder, params, read_texts(FLAGS.texts), FLAGS.text_context)
+    tokenizer = families.of(config).tokenizer(FLAGS.checkpoint)
+    out = embed_texts(embedder, params, read_texts(FLAGS.texts), FLAGS.text_context, tokenizer)
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -237,3 +237,52 @@ def test_convert_command_reads_a_big_vision_npz(tmp_path):
   assert siglip_weights.config_from_big_vision(shapes) == so400m
   assert run_command(convert, f"--source={tmp_path / 'missing.npz'}",
                      f"--out={tmp_path / 'x'}") == 1
+
+
+def test_convert_then_embed_as_a_user(tmp_path):
+  """A SiglipModel folder with its SentencePiece model -> `convert` -> `embed` of texts and of
+  image files: the rows equal transformers' on the same ids and on SiglipImageProcessor's
+  pixels (bicubic resize, [-1, 1])."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert, embed  # pylint: disable=g-import-not-at-top
+  from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
+  texts = ["a red circle beside a blue square", "Café façade at dusk — naïve art",
+           "two dogs run on the beach"]
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts * 30), model_writer=model, vocab_size=36,
+      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      minloglevel=2)
+  hf, folder = _hf_folder(tmp_path, vocab=36, context=16)
+  (folder / "spiece.model").write_bytes(model.getvalue())
+  out = tmp_path / "ckpt"
+  assert run_command(convert, f"--source={folder}", f"--out={out}") == 0
+  assert (out / "spiece.model").read_bytes() == model.getvalue()
+
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+  assert run_command(embed, f"--checkpoint={out}", f"--texts={tmp_path / 'texts.txt'}",
+                     f"--out={tmp_path / 'txt.npy'}") == 0
+  ids = sentencepiece_tokenizer.SentencePieceTokenizer(model.getvalue())(texts, 16).ids
+  unit = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
+  with torch.no_grad():
+    features = hf.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long))
+  want_text = unit(getattr(features, "pooler_output", features))
+  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"), want_text, atol=1e-4)
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), np.uint8)).save(photos / f"{i}.png")
+  assert run_command(embed, f"--checkpoint={out}", f"--images={photos}",
+                     f"--out={tmp_path / 'img.npy'}") == 0
+  processor = transformers.SiglipImageProcessor(size={"height": 20, "width": 20})
+  pixels = processor([Image.open(photos / f"{i}.png") for i in range(3)],
+                     return_tensors="pt").pixel_values
+  with torch.no_grad():
+    features = hf.get_image_features(pixel_values=pixels)
+  features = getattr(features, "pooler_output", features)
+  np.testing.assert_allclose(np.load(tmp_path / "img.npy"), unit(features), atol=1e-5)

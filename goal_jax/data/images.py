@@ -255,11 +255,17 @@ def decode_detail(tiles, layout) -> Image.Image:
   return crop_detail(tiles, layout, (0, 0, int(layout[1]), int(layout[0])))
 
 
-def normalize_image(pixels: np.ndarray) -> np.ndarray:
-  """uint8 `[..., 3]` -> float32, OpenAI mean/std (in place on one float copy: 2x faster)."""
+def normalize_image(pixels: np.ndarray, mean=None, std=None) -> np.ndarray:
+  """uint8 `[..., 3]` -> float32, OpenAI mean/std unless given (a backbone family's, of pixels
+  in [0, 1]); in place on one float copy: 2x faster."""
+  scale, shift = _SCALE, _SHIFT
+  if mean is not None or std is not None:
+    mean = np.asarray(MEAN_RGB if mean is None else mean, np.float32)
+    std = np.asarray(STD_RGB if std is None else std, np.float32)
+    scale, shift = (1.0 / (255.0 * std)).astype(np.float32), (mean / std).astype(np.float32)
   out = pixels.astype(np.float32)
-  out *= _SCALE
-  out -= _SHIFT
+  out *= scale
+  out -= shift
   return out
 
 
@@ -272,13 +278,15 @@ def normalize_image_on_device(pixels: jnp.ndarray) -> jnp.ndarray:
   return pixels.astype(jnp.float32) * jnp.asarray(_SCALE) - jnp.asarray(_SHIFT)
 
 
-def model_image(image: Image.Image, image_size: int, geometry_name: str) -> np.ndarray:
-  """An RGB image -> the model's float32 `[S, S, 3]` input: `geometry`, then `normalize_image`.
+def model_image(image: Image.Image, image_size: int, geometry_name: str, mean=None,
+                std=None) -> np.ndarray:
+  """An RGB image -> the model's float32 `[S, S, 3]` input: `geometry`, then `normalize_image`
+  (with a backbone family's `mean`/`std`, default CLIP's).
 
   Training, evaluation and the commands all make model inputs here; only the geometry differs
   (`visualize` defaults to `squash`, to show the whole image).
   """
-  return normalize_image(geometry.resize_image(image, image_size, geometry_name))
+  return normalize_image(geometry.resize_image(image, image_size, geometry_name), mean, std)
 
 
 def _describe(image: Any) -> str:

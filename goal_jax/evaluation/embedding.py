@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from goal_jax import sharding as sharding_lib
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
+from goal_jax.models import families
 from goal_jax.models import param_tree
 
 TOWERS = ("image", "text")  # batch keys that are encoded; every other key passes through
@@ -57,8 +58,9 @@ def load_model(directory: str, dtype: str = DEFAULT_DTYPE) -> tuple[dict, clip.C
 def _encode_fn(config: clip.CLIPConfig, mesh: jax.sharding.Mesh, features=None):
   """`fn(params, batch) -> batch` with `image`/`text` replaced by embeddings (or by
   `features.of(kind, tower_out, params)`, params then holding `clip`), all replicated."""
-  model = clip.CLIP(config)
-  methods = {"image": clip.CLIP.encode_image, "text": clip.CLIP.encode_text}
+  model_class = families.of(config).model_class
+  model = model_class(config)
+  methods = {"image": model_class.encode_image, "text": model_class.encode_text}
 
   def encode(params, batch):
     clip_params = params if features is None else param_tree.clip_of(params)

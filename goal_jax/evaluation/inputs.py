@@ -13,6 +13,7 @@ import numpy as np
 from goal_jax.data import images
 from goal_jax.data import pipeline
 from goal_jax.evaluation import embedding
+from goal_jax.models import families
 from goal_jax.text import tokenizer as text_tokenizer
 
 DEFAULT_GEOMETRY = "center_crop"
@@ -71,9 +72,12 @@ def embed_texts(embedder, params, texts: Sequence[str], *, tokenizer=None, norma
 
 
 def embed_image_files(embedder, params, paths: Sequence[str], *,
-                      geometry=DEFAULT_GEOMETRY) -> np.ndarray:
-  """[N, E] embeddings of image files, loaded one batch at a time."""
-  size = embedder.config.image_size
-  chunks = (np.stack([images.model_image(images.open_rgb(p), size, geometry) for p in chunk])
+                      geometry=None) -> np.ndarray:
+  """[N, E] embeddings of image files, loaded one batch at a time, resized and normalised as
+  the model's family was trained (`geometry` overrides the resize)."""
+  size, family = embedder.config.image_size, families.of(embedder.config)
+  geometry = geometry or family.geometry
+  chunks = (np.stack([images.model_image(images.open_rgb(p), size, geometry, family.image_mean,
+                                         family.image_std) for p in chunk])
             for chunk in embedding.chunked(list(paths), embedder.batch_size))
   return embedder.embed(params, "image", chunks)

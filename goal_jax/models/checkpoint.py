@@ -36,11 +36,13 @@ TRAIN_STATE_DIR = "state"  # a trainer checkpoint step: <workdir>/checkpoints/<s
 
 def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
                info: dict | None = None, method: dict | None = None,
-               method_params: dict | None = None, overwrite: bool = False) -> None:
+               method_params: dict | None = None, overwrite: bool = False,
+               extra_files: dict[str, bytes] | None = None) -> None:
   """Writes params (either layout; must match `config.scan`), the config and optional `info`.
 
   `method`: `{"name": config.method, "loss": config.loss as a dict}` of the method that trained
-  the params; `method_params`: its params beside CLIP (`{}` or None: it has none).
+  the params; `method_params`: its params beside CLIP (`{}` or None: it has none);
+  `extra_files`: `{name: bytes}` kept beside them (a SigLIP model's SentencePiece model).
 
   Everything goes to `<directory>.tmp` first, which is renamed into place when complete, so a
   crash never leaves a half-written model where commands look for one. `overwrite` replaces an
@@ -65,6 +67,8 @@ def save_model(directory: str, params: dict, config: clip.CLIPConfig, *,
       _write_json(os.path.join(tmp, INFO_FILE), info)
     if method is not None:
       _write_json(os.path.join(tmp, METHOD_FILE), method)
+    for name, data in (extra_files or {}).items():
+      files.write_atomic(os.path.join(tmp, name), data)
     files.replace_directory(tmp, directory)
   _barrier(f"model saved: {directory}")
 

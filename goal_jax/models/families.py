@@ -3,7 +3,9 @@ place that tells them apart: by a config's class, or by the `family` a saved con
 
 A family module gives its config class, its Flax model (`encode_image`, `encode_text`,
 `image_head`, `text_head`: DESIGN.md's model contract), random and abstract params and its named
-variants; code that holds a config asks `of(config)` instead of importing a family.
+variants; and the family says what its towers were trained to read: the image normalisation and
+resize, and the tokenizer (CLIP's BPE is built in; a SigLIP checkpoint carries its SentencePiece
+model). Code that holds a config asks `of(config)` instead of importing a family.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 
 from goal_jax.models import clip
 from goal_jax.models import siglip
+from goal_jax.text import sentencepiece_tokenizer
+from goal_jax.text import tokenizer as clip_tokenizer
 
 FAMILY_KEY = "family"  # in a saved config; absent: CLIP (checkpoints from before SigLIP)
 
@@ -26,13 +30,25 @@ class Family:
   abstract_params: Callable[[Any], dict]
   variants: Mapping[str, Mapping[str, Any]]
   variant_of: Callable[[Any], str | None]
+  image_mean: tuple[float, float, float]  # of pixels in [0, 1], per RGB channel
+  image_std: tuple[float, float, float]
+  geometry: str  # how an image becomes S x S: `center_crop` (CLIP's processor) or `squash`
+  tokenizer: Callable[[str], Any]  # (checkpoint directory) -> its tokenizer
 
 
 REGISTRY = {
     "clip": Family("clip", clip.CLIPConfig, clip.CLIP, clip.init_params, clip.abstract_params,
-                   clip.VARIANTS, clip.variant_of),
+                   clip.VARIANTS, clip.variant_of,
+                   image_mean=(0.48145466, 0.4578275, 0.40821073),
+                   image_std=(0.26862954, 0.26130258, 0.27577711), geometry="center_crop",
+                   tokenizer=lambda directory: clip_tokenizer.get_tokenizer()),
+    # SigLIP: pixels to [-1, 1] and a plain resize to S x S (big_vision's `resize|value_range`,
+    # transformers' SiglipImageProcessor).
     siglip.FAMILY: Family(siglip.FAMILY, siglip.SigLIPConfig, siglip.SigLIP, siglip.init_params,
-                          siglip.abstract_params, siglip.VARIANTS, siglip.variant_of),
+                          siglip.abstract_params, siglip.VARIANTS, siglip.variant_of,
+                          image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                          geometry="squash",
+                          tokenizer=sentencepiece_tokenizer.SentencePieceTokenizer.from_file),
 }
 
 

@@ -32,6 +32,7 @@ _BLOCK = {  # transformers' encoder layer -> big_vision's encoder block
     "mlp.fc1": "MlpBlock_0/Dense_0", "mlp.fc2": "MlpBlock_0/Dense_1",
 }
 _NPZ_SCALARS = {"t": "logit_scale", "b": "logit_bias"}
+TOKENIZER_FILE = "spiece.model"  # the SentencePiece model a converted checkpoint keeps
 
 
 class WeightsError(ValueError):
@@ -320,3 +321,21 @@ def _with_context(params, config, text_context):
     return params, config
   return (positions.stretch_text_positions(params, text_context),
           dataclasses.replace(config, context_length=text_context))
+
+
+def find_tokenizer(source: str, given: str | None = None) -> bytes | None:
+  """The SentencePiece model to keep with a converted SigLIP: `given`, else the source folder's
+  `spiece.model` / `tokenizer.model`; None when there is none (an `.npz` alone)."""
+  if given is not None:
+    if not os.path.isfile(given):
+      raise FileNotFoundError(f"--tokenizer={given}: no such file")
+    path = given
+  else:
+    folder = source if os.path.isdir(source) else None
+    names = ("spiece.model", "tokenizer.model")
+    path = next((os.path.join(folder, n) for n in names
+                 if folder and os.path.isfile(os.path.join(folder, n))), None)
+    if path is None:
+      return None
+  with open(path, "rb") as f:
+    return f.read()

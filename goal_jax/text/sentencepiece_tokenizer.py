@@ -92,9 +92,15 @@ class SentencePieceTokenizer:
       offsets = map_lowered_offsets(text, offsets)
     return ids, offsets
 
-  def __call__(self, texts: str | Sequence[str], context_length: int = 64) -> TokenBatch:
+  def __call__(self, texts: str | Sequence[str], context_length: int = 64,
+               normalize: bool = False) -> TokenBatch:
     """`[N, context_length]`: tokens, then EOS to the end (big_vision's sticky EOS); a long
-    text keeps `context_length - 1` tokens and its EOS."""
+    text keeps `context_length - 1` tokens and its EOS.
+
+    `normalize` is accepted so that both families' tokenizers take the same call; SentencePiece
+    normalises text itself (the model's own NFKC rules), whatever it says.
+    """
+    del normalize
     if isinstance(texts, str):
       texts = [texts]
     if context_length < 1:
