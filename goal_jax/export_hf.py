@@ -1,4 +1,4 @@
-"""Export a goal_jax model checkpoint as a Hugging Face `CLIPModel` directory.
+"""Export a goal_jax model checkpoint as a Hugging Face `CLIPModel` (or `SiglipModel`) directory.
 
   python -m goal_jax.export_hf --checkpoint=/ckpt/goal_b16 --out=/export/goal_b16_hf
 
@@ -23,6 +23,9 @@ from goal_jax import cli
 from goal_jax import files
 from goal_jax.models import checkpoint
 from goal_jax.models import clip
+from goal_jax.models import families
+from goal_jax.models import siglip
+from goal_jax.models import siglip_weights
 from goal_jax.models import state_dicts
 from goal_jax.text import tokenizer
 
@@ -73,12 +76,54 @@ def preprocessor_config(config: clip.CLIPConfig, geometry: str = "center_crop") 
               image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 
 
+def siglip_preprocessor_config(config) -> dict:
+  """A `SiglipImageProcessor`: bicubic resize straight to S x S, pixels to [-1, 1] (what
+  `embed` does for a SigLIP model)."""
+  family = families.of(config)
+  return dict(image_processor_type="SiglipImageProcessor", processor_class="SiglipProcessor",
+              do_convert_rgb=True, do_resize=True,
+              size={"height": config.image_size, "width": config.image_size},
+              resample=_PIL_BICUBIC, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+              image_mean=list(family.image_mean), image_std=list(family.image_std))
+
+
+def _export_siglip(checkpoint_dir, tmp, params, config, with_tokenizer) -> list[str]:
+  """A `SiglipModel` folder: config.json, model.safetensors, preprocessor_config.json and, from
+  the checkpoint's SentencePiece model, a `SiglipTokenizer` (spiece.model + its config).
+
+  transformers' SiglipTokenizer lowercases and drops ASCII punctuation before tokenising (as
+  big_vision's zero-shot prompts); `embed` tokenises the text as given, so their ids agree on
+  lowercase text without punctuation.
+  """
+  files.write_json(os.path.join(tmp, "config.json"),
+                   {**siglip_weights.config_to_hf(config), "torch_dtype": "float32"})
+  save_file(siglip_weights.to_hf_state_dict(params, config),
+            os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+  files.write_json(os.path.join(tmp, "preprocessor_config.json"),
+                   siglip_preprocessor_config(config))
+  names = ["config.json", "model.safetensors", "preprocessor_config.json"]
+  if with_tokenizer:
+    spiece = os.path.join(checkpoint_dir, siglip_weights.TOKENIZER_FILE)
+    if not os.path.isfile(spiece):
+      raise FileNotFoundError(f"{checkpoint_dir} keeps no {siglip_weights.TOKENIZER_FILE}: "
+                              "convert it again with --tokenizer=<.model>, or pass --no_tokenizer")
+    with open(spiece, "rb") as f:
+      files.write_atomic(os.path.join(tmp, "spiece.model"), f.read())
+    files.write_json(os.path.join(tmp, "tokenizer_config.json"), dict(
+        tokenizer_class="SiglipTokenizer", processor_class="SiglipProcessor",
+        model_max_length=config.context_length, do_lower_case=False, eos_token="</s>",
+        pad_token="</s>", unk_token="<unk>"))
+    names += ["spiece.model", "tokenizer_config.json"]
+  return names
+
+
 def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
            overwrite: bool = False, geometry: str = "center_crop") -> list[str]:
   """Writes the HF directory (complete, or not at all); returns the written file paths.
 
   The files go to `<out_dir>.tmp`, renamed into place at the end, so `overwrite` replaces an old
   export wholesale (no stale shard or tokenizer file survives) and a crash leaves none half-done.
+  A SigLIP checkpoint becomes a `SiglipModel` folder (`_export_siglip`).
   """
   cli.check_output_dir(out_dir, overwrite, checkpoint_dir)
   if geometry not in GEOMETRIES:
@@ -86,6 +131,10 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
   params, config = checkpoint.load_model(checkpoint_dir)
   out_dir = os.path.abspath(out_dir)
   tmp = files.staging_directory(out_dir)
+  if families.of(config).name == siglip.FAMILY:
+    names = _export_siglip(checkpoint_dir, tmp, params, config, with_tokenizer)
+    files.replace_directory(tmp, out_dir)
+    return [os.path.join(out_dir, n) for n in names]
   names = ["config.json", "model.safetensors", "preprocessor_config.json"]
   with open(os.path.join(tmp, names[0]), "w") as f:
     json.dump(hf_config(config), f, indent=2)

@@ -286,3 +286,52 @@ def test_convert_then_embed_as_a_user(tmp_path):
     features = hf.get_image_features(pixel_values=pixels)
   features = getattr(features, "pooler_output", features)
   np.testing.assert_allclose(np.load(tmp_path / "img.npy"), unit(features), atol=1e-5)
+
+
+def test_export_loads_in_transformers_and_embeds_as_embed(tmp_path):
+  """`export_hf` of a converted SigLIP: `AutoProcessor` and `SiglipModel.from_pretrained` load
+  it, and on lowercase text without punctuation (what SiglipTokenizer keeps) and on images its
+  embeddings equal `embed`'s within 1e-5 at fp32; the positions at the stretched length."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert, embed, export_hf  # pylint: disable=g-import-not-at-top
+  texts = ["a red circle beside a blue square", "two dogs run on the beach at dusk"]
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts * 30), model_writer=model, vocab_size=30,
+      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      minloglevel=2)
+  _, folder = _hf_folder(tmp_path, vocab=30, context=24)
+  (folder / "spiece.model").write_bytes(model.getvalue())
+  ckpt, out = tmp_path / "ckpt", tmp_path / "export"
+  assert run_command(convert, f"--source={folder}", f"--out={ckpt}", "--text_context=32") == 0
+  assert run_command(export_hf, f"--checkpoint={ckpt}", f"--out={out}") == 0
+  processor = transformers.AutoProcessor.from_pretrained(out)
+  exported = transformers.SiglipModel.from_pretrained(out).eval()
+  assert exported.config.text_config.max_position_embeddings == 32
+
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+  assert run_command(embed, f"--checkpoint={ckpt}", f"--texts={tmp_path / 'texts.txt'}",
+                     f"--out={tmp_path / 'txt.npy'}") == 0
+  tokens = processor(text=texts, padding="max_length", max_length=32, return_tensors="pt")
+  unit = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
+  with torch.no_grad():
+    features = exported.get_text_features(input_ids=tokens.input_ids)
+  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"),
+                             unit(getattr(features, "pooler_output", features)), atol=1e-5)
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(2):
+    Image.fromarray(rng.integers(0, 256, (41, 29, 3), np.uint8)).save(photos / f"{i}.png")
+  assert run_command(embed, f"--checkpoint={ckpt}", f"--images={photos}",
+                     f"--out={tmp_path / 'img.npy'}") == 0
+  pixels = processor(images=[Image.open(photos / f"{i}.png") for i in range(2)],
+                     return_tensors="pt").pixel_values
+  with torch.no_grad():
+    features = exported.get_image_features(pixel_values=pixels)
+  np.testing.assert_allclose(np.load(tmp_path / "img.npy"),
+                             unit(getattr(features, "pooler_output", features)), atol=1e-5)

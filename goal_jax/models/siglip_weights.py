@@ -211,7 +211,8 @@ def to_hf_state_dict(params: dict, config: siglip.SigLIPConfig) -> dict[str, np.
         kernel.shape[0], -1)
     out[f"{prefix}.weight"] = rows.T
     out[f"{prefix}.bias"] = flat[f"{path}/bias"].reshape(-1)
-  return out
+  # Contiguous: safetensors writes an array's buffer, not its strides (a transpose is a view).
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 def from_big_vision(tree: Mapping[str, Any], config: siglip.SigLIPConfig,
