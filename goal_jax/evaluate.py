@@ -25,12 +25,12 @@ import jax
 from goal_jax import cli
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
-from goal_jax.evaluation import inputs
 from goal_jax.evaluation import profiles
 from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import scoring
 from goal_jax.evaluation import zeroshot
+from goal_jax.models import families
 
 
 FLAGS = flags.FLAGS
@@ -45,8 +45,9 @@ def define_flags() -> None:
   cli.define_data_dir_flag()
   flags.DEFINE_string("out", None, "Results JSON to write.")
   flags.DEFINE_integer("batch_size", 64, "Rows per embedding batch.", lower_bound=1)
-  flags.DEFINE_enum("geometry", inputs.DEFAULT_GEOMETRY, ("center_crop", "squash"),
-                    "How images become the model's square input.")
+  flags.DEFINE_enum("geometry", None, ("center_crop", "squash"),
+                    "How images become the model's square input (default: as its family was "
+                    "trained, center_crop for CLIP, squash for SigLIP).")
   flags.DEFINE_string("zeroshot_folder", None, "ImageFolder for zero-shot.")
   flags.DEFINE_enum("zeroshot_classes", None, sorted(zeroshot.ZEROSHOT_SETS),
                     "Class names and prompts of --zeroshot_folder.")
@@ -74,11 +75,14 @@ def main(argv):
   profile, _ = benchmark_spec.resolve_benchmarks(items)
   params, config = embedding.load_model(FLAGS.checkpoint, FLAGS.dtype)
   method_scoring, params = scoring.for_model(FLAGS.checkpoint, params, config, FLAGS.scoring)
+  family = families.of(config)
+  geometry = FLAGS.geometry or family.geometry
   results = runner.evaluate_benchmarks(
       params, config, items, os.path.expanduser(FLAGS.data_dir), batch_size=FLAGS.batch_size,
-      geometry=FLAGS.geometry, zeroshot_folders=folders, scoring=method_scoring, verbose=True)
+      tokenizer=family.tokenizer(FLAGS.checkpoint), geometry=geometry,
+      zeroshot_folders=folders, scoring=method_scoring, verbose=True)
   metadata = {"checkpoint": FLAGS.checkpoint, "benchmarks": ",".join(items),
-              "geometry": FLAGS.geometry, "model": config.to_dict(),
+              "geometry": geometry, "model": families.config_to_dict(config),
               "scoring": scoring.label(method_scoring)}
   if jax.process_index() != 0:
     return

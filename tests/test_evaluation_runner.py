@@ -1,5 +1,6 @@
 """The evaluation runner end to end on prepared fixtures, against plain single-device references."""
 import io
+import json
 import math
 import os
 import subprocess
@@ -16,7 +17,7 @@ from goal_jax import sharding
 from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
 from goal_jax.evaluation import (benchmark_spec, embedding, inputs, metrics, profiles, report,
                                  runner, sources, tasks, zeroshot)
-from goal_jax.models import checkpoint, clip
+from goal_jax.models import checkpoint, clip, families
 from goal_jax.text import tokenizer as text_tokenizer
 
 BATCH = 8
@@ -444,3 +445,60 @@ def test_evaluate_given_a_workdir_names_its_model_and_checkpoints(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f"error: {workdir} is not a model checkpoint. It is a training workdir: its final model is "
       f"{workdir}/model; a checkpoint of it is {workdir}/checkpoints/10 (steps 5, 10)"]
+
+
+def test_evaluate_command_on_a_siglip_checkpoint(data_dir, tmp_path):
+  """`python -m goal_jax.evaluate` on a converted SigLIP: records resized and normalised as
+  SigLIP (transformers' SiglipImageProcessor on the stored image), captions through the
+  checkpoint's SentencePiece model; recall equals the reference computed from SiglipModel."""
+  sentencepiece = pytest.importorskip("sentencepiece")
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert  # pylint: disable=g-import-not-at-top
+  from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
+  records = _records(data_dir, "photos", "test")
+  spm = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([r["caption"] for r in records] * 5), model_writer=spm,
+      vocab_size=200, model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, minloglevel=2)
+  torch.manual_seed(0)
+  hf = transformers.SiglipModel(transformers.SiglipConfig(
+      vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      text_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, vocab_size=200, max_position_embeddings=48,
+                       projection_size=32))).eval()
+  folder = tmp_path / "siglip"
+  hf.save_pretrained(folder)
+  (folder / "spiece.model").write_bytes(spm.getvalue())
+  ckpt = tmp_path / "ckpt"
+  assert run_command(convert, f"--source={folder}", f"--out={ckpt}") == 0
+  ids = sentencepiece_tokenizer.SentencePieceTokenizer(spm.getvalue())(
+      [r["caption"] for r in records], 48).ids
+  pixels = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})(
+      [_decode(r["image"]) for r in records], return_tensors="pt").pixel_values
+  with torch.no_grad():
+    ref_image = hf.get_image_features(pixel_values=pixels)
+    ref_text = hf.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long))
+  unit = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
+  ref_image, ref_text = (unit(getattr(x, "pooler_output", x)) for x in (ref_image, ref_text))
+
+  # What evaluate embeds, row by row.
+  params, config = embedding.load_model(str(ckpt))
+  image, text = inputs.embed_records(
+      embedding.Embedder(config, batch_size=BATCH), params,
+      sources.open_split("photos", "test", data_dir),
+      tokenizer=families.of(config).tokenizer(str(ckpt)))
+  np.testing.assert_allclose(image, ref_image, atol=1e-5)
+  np.testing.assert_allclose(text, ref_text, atol=1e-5)
+
+  out = tmp_path / "results.json"
+  assert run_command(evaluate, f"--checkpoint={ckpt}", "--benchmarks=photos:test",
+                     f"--data_dir={data_dir}", f"--out={out}", "--batch_size=8") == 0
+  result = json.loads(out.read_text())
+  assert result["results"]["photos:test"]["metrics"] == pytest.approx(
+      metrics.retrieval_recall(ref_image, ref_text))
+  assert result["metadata"]["geometry"] == "squash"
+  assert result["metadata"]["model"]["family"] == "siglip"

@@ -80,7 +80,8 @@ def _check_record(record: Mapping[str, Any]) -> None:
 class ProcessContext:
   """What `process` needs besides the record: the validated config values and the tokenizer."""
 
-  def __init__(self, config: Mapping[str, Any] | ml_collections.ConfigDict, tokenizer=None):
+  def __init__(self, config: Mapping[str, Any] | ml_collections.ConfigDict, tokenizer=None,
+               image_norm: tuple[Any, Any] | None = None):
     self.image_size = int(config["image_size"])
     self.patch_size = int(config["patch_size"])
     self.grid = geometry.grid_size(self.image_size, self.patch_size)
@@ -94,6 +95,7 @@ class ProcessContext:
                        "span-based fields (sentences, local), whose spans index the whole caption")
     self.switches = reproduction.resolve(config)
     self._tokenizer = tokenizer  # None: the shared one, looked up per process (picklable)
+    self.image_norm = image_norm or (None, None)  # a backbone family's (mean, std); None: CLIP's
 
   @property
   def tokenizer(self):
@@ -112,7 +114,7 @@ class ProcessContext:
                                       goal_norm_hw=norm_hw)
 
   def model_image(self, image: Image.Image) -> np.ndarray:
-    return images.model_image(image, self.image_size, self.switches.geometry)
+    return images.model_image(image, self.image_size, self.switches.geometry, *self.image_norm)
 
 
 def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, stored_hw):
@@ -228,8 +230,9 @@ class ProcessRecord:
   """
 
   def __init__(self, config, tokenizer=None, decode: Callable[[Any], dict] | None = None,
-               where: str = ""):
-    self._ctx = ProcessContext(config, tokenizer)  # validates the config now, not in a worker
+               where: str = "", image_norm=None):
+    # Validates the config now, not in a worker.
+    self._ctx = ProcessContext(config, tokenizer, image_norm)
     self._decode = decode
     self._where = where
 
@@ -263,7 +266,8 @@ def _ensure_absl_flags_parsed() -> None:
 def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None, *,
                  split: str | None = None, train: bool = True, tokenizer=None,
                  seed: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None, source=None) -> grain.IterDataset:
+                 process_count: int | None = None, source=None,
+                 image_norm=None) -> grain.IterDataset:
   """The Grain dataset of host-local batches for this process.
 
   Args:
@@ -276,6 +280,7 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
     seed: overrides `config.seed` (shuffle order).
     process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
     source: random-access records already decoded (tests, in-memory data) instead of the shards.
+    image_norm: `(mean, std)` of the model's backbone family; default CLIP's.
 
   Returns:
     An IterDataset; `iter(ds)` yields dicts of numpy arrays with leading dim
@@ -290,7 +295,7 @@ def make_dataset(config: ml_collections.ConfigDict, data_dir: str | None = None,
   if source is None:
     source = builder.load_source(config.dataset, split, data_dir)
     decode, where = builder.decode_record, f"{config.dataset}/{split} in {data_dir}"
-  transform = ProcessRecord(config, tokenizer, decode, where=where)
+  transform = ProcessRecord(config, tokenizer, decode, where=where, image_norm=image_norm)
   reproduction.check_source(config, source, dataset=config.dataset, split=split,
                             data_dir=data_dir, decode=decode)
   if train:

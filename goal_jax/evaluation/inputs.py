@@ -33,15 +33,18 @@ def pipeline_config(model_config, batch_size: int, geometry: str = DEFAULT_GEOME
   return config
 
 
-def embed_records(embedder: embedding.Embedder, params, source, *, geometry=DEFAULT_GEOMETRY,
+def embed_records(embedder: embedding.Embedder, params, source, *, geometry=None,
                   tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
   """(image [N, E], long caption [N, E]) embeddings (or the embedder's features) of decoded
-  records, in source order."""
+  records, in source order; images resized (`geometry`, default the model family's) and
+  normalised as the model's family was trained."""
   params = embedder.place(params)
-  config = pipeline_config(embedder.config, embedder.batch_size, geometry)
+  family = families.of(embedder.config)
+  config = pipeline_config(embedder.config, embedder.batch_size, geometry or family.geometry)
   num = len(source)
   indices, images, texts = [], [], []
-  batches = pipeline.make_dataset(config, train=False, source=source, tokenizer=tokenizer)
+  batches = pipeline.make_dataset(config, train=False, source=source, tokenizer=tokenizer,
+                                  image_norm=(family.image_mean, family.image_std))
   for batch in batches:
     out = embedder.encode_local_batch(
         params, {k: batch[k] for k in ("image", "text", "record_index", "valid")})

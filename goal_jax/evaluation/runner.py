@@ -14,7 +14,6 @@ from absl import logging
 
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
-from goal_jax.evaluation import inputs
 from goal_jax.evaluation import sources
 from goal_jax.evaluation import tasks
 from goal_jax.models import param_tree
@@ -45,7 +44,7 @@ def _ad_hoc_note(benchmark, data) -> str | None:
 
 
 def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_size=64, mesh=None,
-                        tokenizer=None, geometry=inputs.DEFAULT_GEOMETRY, zeroshot_folders=None,
+                        tokenizer=None, geometry=None, zeroshot_folders=None,
                         scoring=None, embedder=None, verbose=False) -> dict[str, dict]:
   """Evaluates `params` on benchmarks; returns {benchmark name: report.benchmark_result}.
 

@@ -47,7 +47,7 @@ def extra_captions(source) -> tuple[list[str], np.ndarray]:
   return texts, np.asarray(owners, np.int64)
 
 
-def evaluate_retrieval(embedder, params, source, benchmark, *, geometry=inputs.DEFAULT_GEOMETRY,
+def evaluate_retrieval(embedder, params, source, benchmark, *, geometry=None,
                        tokenizer=None, scoring=None) -> dict:
   """Recall@K both ways, every caption (long + extra) of an image counting as its caption."""
   image, text = inputs.embed_records(embedder, params, source, geometry=geometry,
@@ -67,7 +67,7 @@ def evaluate_retrieval(embedder, params, source, benchmark, *, geometry=inputs.D
                                  num_texts=len(text_to_image))
 
 
-def evaluate_joint(embedder, params, source, benchmark, *, geometry=inputs.DEFAULT_GEOMETRY,
+def evaluate_joint(embedder, params, source, benchmark, *, geometry=None,
                    tokenizer=None, scoring=None) -> dict:
   """GOAL's joint global+local mAP@K (and MRR@K); `num_texts` counts the whole mixed gallery."""
   image, text = inputs.embed_records(embedder, params, source, geometry=geometry,
@@ -92,7 +92,7 @@ def evaluate_joint(embedder, params, source, benchmark, *, geometry=inputs.DEFAU
 
 
 def evaluate_hard_groups(embedder, params, source, benchmark, *,
-                         geometry=inputs.DEFAULT_GEOMETRY, tokenizer=None, scoring=None) -> dict:
+                         geometry=None, tokenizer=None, scoring=None) -> dict:
   """Matching inside each `test_hard` group and 2AFC per attribute; long captions only.
 
   A method's scorer scores every image against every caption (`test_hard` is small), of which
@@ -113,7 +113,7 @@ def evaluate_hard_groups(embedder, params, source, benchmark, *,
 
 
 def evaluate_zeroshot(embedder, params, folder: str, benchmark, *,
-                      geometry=inputs.DEFAULT_GEOMETRY, tokenizer=None,
+                      geometry=None, tokenizer=None,
                       prompt_batch_size=256) -> dict:
   """Zero-shot top-k on an ImageFolder (`folder/<class>/<image>`) with the benchmark set's
   class names and prompts."""

@@ -93,14 +93,14 @@ class SentencePieceTokenizer:
     return ids, offsets
 
   def __call__(self, texts: str | Sequence[str], context_length: int = 64,
-               normalize: bool = False) -> TokenBatch:
+               normalize: bool = False, pad_id: int | None = None) -> TokenBatch:
     """`[N, context_length]`: tokens, then EOS to the end (big_vision's sticky EOS); a long
     text keeps `context_length - 1` tokens and its EOS.
 
-    `normalize` is accepted so that both families' tokenizers take the same call; SentencePiece
-    normalises text itself (the model's own NFKC rules), whatever it says.
+    `normalize` and `pad_id` are accepted so that both families' tokenizers take the same call;
+    SentencePiece normalises text itself (the model's own rules), and SigLIP pads with EOS.
     """
-    del normalize
+    del normalize, pad_id
     if isinstance(texts, str):
       texts = [texts]
     if context_length < 1:
