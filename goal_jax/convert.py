@@ -19,6 +19,7 @@ SigLIP comes as a transformers `SiglipModel` directory (SigLIP, and SigLIP 2 at 
 resolution) or a big_vision `.npz` (`two_towers`; its architecture is read from the shapes);
 `--text_context` stretches its 64 positions the same way (196: 20 kept, x4 after them).
 """
+import json
 import os
 
 from absl import flags
@@ -49,7 +50,10 @@ def define_flags() -> None:
   flags.DEFINE_bool("scan", False, "Stack layers for nn.scan.")
   flags.DEFINE_string("tokenizer", None, "SigLIP: the SentencePiece model to keep with the "
                       "checkpoint (default: the folder's spiece.model or tokenizer.model; an "
-                      ".npz needs it given).")
+                      ".npz: the one .model file beside it).")
+  flags.DEFINE_bool("lowercase", None, "SigLIP: lowercase texts before tokenising (default: as "
+                    "the folder's tokenizer_config.json says; an .npz: yes, as SigLIP 2's authors "
+                    "recommend).")
   flags.DEFINE_string("variant", None, "What the file should be (e.g. B/16, L/14): files without "
                       "a config are then checked for a lost last layer or another architecture.")
   flags.DEFINE_integer("vision_heads", None, "Vision attention heads (default: width // 64).")
@@ -104,9 +108,13 @@ def main(argv):
     load = siglip_weights.load_npz if FLAGS.source.endswith(".npz") else siglip_weights.load_hf_dir
     params, config = load(FLAGS.source, text_context=FLAGS.text_context)
     tokenizer = siglip_weights.find_tokenizer(FLAGS.source, FLAGS.tokenizer)
+    lowercase = (siglip_weights.lowercase_of(FLAGS.source) if FLAGS.lowercase is None
+                 else FLAGS.lowercase)
+    extra = {siglip_weights.TEXT_FILE: json.dumps({"lowercase": lowercase}).encode()}
+    if tokenizer:
+      extra[siglip_weights.TOKENIZER_FILE] = tokenizer
     checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite,
-                          extra_files={siglip_weights.TOKENIZER_FILE: tokenizer} if tokenizer
-                          else None)
+                          extra_files=extra)
     print(f"wrote {FLAGS.out}: {config}")
     if tokenizer is None:
       print(f"warning: no SentencePiece model kept with {FLAGS.out}; texts cannot be embedded "

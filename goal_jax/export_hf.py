@@ -109,9 +109,10 @@ def _export_siglip(checkpoint_dir, tmp, params, config, with_tokenizer) -> list[
                               "convert it again with --tokenizer=<.model>, or pass --no_tokenizer")
     with open(spiece, "rb") as f:
       files.write_atomic(os.path.join(tmp, "spiece.model"), f.read())
+    lowercase = families.of(config).tokenizer(checkpoint_dir).lowercase
     files.write_json(os.path.join(tmp, "tokenizer_config.json"), dict(
         tokenizer_class="SiglipTokenizer", processor_class="SiglipProcessor",
-        model_max_length=config.context_length, do_lower_case=False, eos_token="</s>",
+        model_max_length=config.context_length, do_lower_case=lowercase, eos_token="</s>",
         pad_token="</s>", unk_token="<unk>"))
     names += ["spiece.model", "tokenizer_config.json"]
   return names

@@ -335,3 +335,46 @@ def test_export_loads_in_transformers_and_embeds_as_embed(tmp_path):
     features = exported.get_image_features(pixel_values=pixels)
   np.testing.assert_allclose(np.load(tmp_path / "img.npy"),
                              unit(getattr(features, "pooler_output", features)), atol=1e-5)
+
+
+def test_tokenizer_kept_with_its_lowercasing(tmp_path):
+  """A folder whose tokenizer_config.json is SiglipTokenizer's lowercases (as transformers
+  does); an `.npz` takes the one `.model` file beside it, lowercasing unless told not to."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert  # pylint: disable=g-import-not-at-top
+  from goal_jax.models import families  # pylint: disable=g-import-not-at-top
+  spm = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(["a red circle", "A Blue Square", "two dogs"] * 30),
+      model_writer=spm, vocab_size=23, model_type="unigram", character_coverage=1.0, pad_id=0,
+      eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  _, folder = _hf_folder(tmp_path, vocab=23, context=16)
+  (folder / "spiece.model").write_bytes(spm.getvalue())
+  (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "SiglipTokenizer"}')
+  assert run_command(convert, f"--source={folder}", f"--out={tmp_path / 'a'}") == 0
+  config = siglip_weights.config_from_hf(transformers.AutoConfig.from_pretrained(
+      folder).to_dict())
+  tok = families.of(config).tokenizer(str(tmp_path / "a"))
+  assert tok.lowercase and tok.encode("A Blue Square") == tok.encode("a blue square")
+  assert run_command(convert, f"--source={folder}", f"--out={tmp_path / 'b'}",
+                     "--nolowercase") == 0
+  assert not families.of(config).tokenizer(str(tmp_path / "b")).lowercase
+
+  npz_dir = tmp_path / "npz"
+  npz_dir.mkdir()
+  tiny = siglip.get_model_config("siglip-tiny/4")
+  np.savez(npz_dir / "tiny.npz", **siglip_weights.to_big_vision(
+      jax.device_get(siglip.init_params(tiny, jax.random.key(0)))))
+  (npz_dir / "c4_en.model").write_bytes(spm.getvalue())
+  assert run_command(convert, f"--source={npz_dir / 'tiny.npz'}", f"--out={tmp_path / 'c'}") == 0
+  assert (tmp_path / "c" / "spiece.model").read_bytes() == spm.getvalue()
+  assert families.of(tiny).tokenizer(str(tmp_path / "c")).lowercase
+  no_tokenizer = tmp_path / "npz_alone"
+  no_tokenizer.mkdir()
+  (no_tokenizer / "tiny.npz").write_bytes((npz_dir / "tiny.npz").read_bytes())
+  assert run_command(convert, f"--source={no_tokenizer / 'tiny.npz'}",
+                     f"--out={tmp_path / 'd'}") == 0
+  with pytest.raises(FileNotFoundError, match="--tokenizer"):
+    families.of(tiny).tokenizer(str(tmp_path / "d"))

@@ -48,7 +48,7 @@ REGISTRY = {
                           siglip.abstract_params, siglip.VARIANTS, siglip.variant_of,
                           image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
                           geometry="squash",
-                          tokenizer=sentencepiece_tokenizer.SentencePieceTokenizer.from_file),
+                          tokenizer=sentencepiece_tokenizer.from_checkpoint),
 }
 
 

@@ -33,6 +33,7 @@ _BLOCK = {  # transformers' encoder layer -> big_vision's encoder block
 }
 _NPZ_SCALARS = {"t": "logit_scale", "b": "logit_bias"}
 TOKENIZER_FILE = "spiece.model"  # the SentencePiece model a converted checkpoint keeps
+TEXT_FILE = "text_processing.json"  # how texts are prepared for it: {"lowercase": bool}
 
 
 class WeightsError(ValueError):
@@ -326,17 +327,32 @@ def _with_context(params, config, text_context):
 
 def find_tokenizer(source: str, given: str | None = None) -> bytes | None:
   """The SentencePiece model to keep with a converted SigLIP: `given`, else the source folder's
-  `spiece.model` / `tokenizer.model`; None when there is none (an `.npz` alone)."""
+  `spiece.model` / `tokenizer.model`, else the one `.model` file beside an `.npz`; None when
+  there is none."""
   if given is not None:
     if not os.path.isfile(given):
       raise FileNotFoundError(f"--tokenizer={given}: no such file")
     path = given
+  elif os.path.isdir(source):
+    path = next((os.path.join(source, n) for n in ("spiece.model", "tokenizer.model")
+                 if os.path.isfile(os.path.join(source, n))), None)
   else:
-    folder = source if os.path.isdir(source) else None
-    names = ("spiece.model", "tokenizer.model")
-    path = next((os.path.join(folder, n) for n in names
-                 if folder and os.path.isfile(os.path.join(folder, n))), None)
-    if path is None:
-      return None
+    folder = os.path.dirname(os.path.abspath(source))
+    beside = sorted(n for n in os.listdir(folder) if n.endswith(".model"))
+    path = os.path.join(folder, beside[0]) if len(beside) == 1 else None
+  if path is None:
+    return None
   with open(path, "rb") as f:
     return f.read()
+
+
+def lowercase_of(source: str) -> bool:
+  """Whether the checkpoint's texts are lowercased before tokenising: a transformers folder's
+  `tokenizer_config.json` says (`do_lower_case`; SiglipTokenizer lowercases unless told not
+  to); a big_vision `.npz` has no such file, and SigLIP 2's authors recommend lowercase text."""
+  path = os.path.join(source, "tokenizer_config.json") if os.path.isdir(source) else None
+  if path is None or not os.path.isfile(path):
+    return not os.path.isdir(source)
+  with open(path, encoding="utf-8") as f:
+    config = json.load(f)
+  return bool(config.get("do_lower_case", config.get("tokenizer_class") == "SiglipTokenizer"))

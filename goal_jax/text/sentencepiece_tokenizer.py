@@ -14,6 +14,7 @@ ends with EOS. SigLIP's text tower pools the last position, so it always reads a
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -122,3 +123,20 @@ class SentencePieceTokenizer:
     ids = [int(i) for i in ids]
     ids = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
     return self._sp.decode(ids)
+
+
+TEXT_FILE = "text_processing.json"  # written by `convert` beside the model: {"lowercase": bool}
+
+
+def from_checkpoint(directory: str) -> SentencePieceTokenizer:
+  """The tokenizer a converted SigLIP checkpoint keeps, lowercasing as it says."""
+  lowercase = False
+  path = os.path.join(directory, TEXT_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      lowercase = bool(json.load(f).get("lowercase", False))
+  try:
+    return SentencePieceTokenizer.from_file(directory, lowercase=lowercase)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e}; convert the model again with "
+                            "--tokenizer=<its SentencePiece .model file>") from None
