@@ -48,8 +48,9 @@ def define_flags() -> None:
                        "Stretch the text position table to this many rows, Long-CLIP's way "
                        "(e.g. 248 for CLIP, 196 for SigLIP's 64).")
   flags.DEFINE_bool("scan", False, "Stack layers for nn.scan.")
-  flags.DEFINE_string("tokenizer", None, "SigLIP: the SentencePiece model to keep with the "
-                      "checkpoint (default: the folder's spiece.model or tokenizer.model; an "
+  flags.DEFINE_string("tokenizer", None, "SigLIP: the SentencePiece model (or tokenizer.json) "
+                      "to keep with the checkpoint (default: the folder's spiece.model, "
+                      "tokenizer.model or tokenizer.json; an "
                       ".npz: the one .model file beside it).")
   flags.DEFINE_bool("lowercase", None, "SigLIP: lowercase texts before tokenising (default: as "
                     "the folder's tokenizer_config.json says; an .npz: yes, as SigLIP 2's authors "
@@ -112,7 +113,7 @@ def main(argv):
                  else FLAGS.lowercase)
     extra = {siglip_weights.TEXT_FILE: json.dumps({"lowercase": lowercase}).encode()}
     if tokenizer:
-      extra[siglip_weights.TOKENIZER_FILE] = tokenizer
+      extra[tokenizer[0]] = tokenizer[1]
     checkpoint.save_model(FLAGS.out, params, config, overwrite=FLAGS.overwrite,
                           extra_files=extra)
     print(f"wrote {FLAGS.out}: {config}")

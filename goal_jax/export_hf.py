@@ -105,8 +105,9 @@ def _export_siglip(checkpoint_dir, tmp, params, config, with_tokenizer) -> list[
   if with_tokenizer:
     spiece = os.path.join(checkpoint_dir, siglip_weights.TOKENIZER_FILE)
     if not os.path.isfile(spiece):
-      raise FileNotFoundError(f"{checkpoint_dir} keeps no {siglip_weights.TOKENIZER_FILE}: "
-                              "convert it again with --tokenizer=<.model>, or pass --no_tokenizer")
+      raise FileNotFoundError(f"{checkpoint_dir} keeps no {siglip_weights.TOKENIZER_FILE} (a "
+                              "SiglipTokenizer needs the SentencePiece model): convert it again "
+                              "with --tokenizer=<.model>, or pass --no_tokenizer")
     with open(spiece, "rb") as f:
       files.write_atomic(os.path.join(tmp, "spiece.model"), f.read())
     lowercase = families.of(config).tokenizer(checkpoint_dir).lowercase

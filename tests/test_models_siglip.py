@@ -378,3 +378,39 @@ def test_tokenizer_kept_with_its_lowercasing(tmp_path):
                      f"--out={tmp_path / 'd'}") == 0
   with pytest.raises(FileNotFoundError, match="--tokenizer"):
     families.of(tiny).tokenizer(str(tmp_path / "d"))
+
+
+def test_a_folder_with_only_tokenizer_json(tmp_path):
+  """`convert` keeps a folder's tokenizer.json when it has no .model; `embed` then tokenises with
+  it (ids from the `tokenizers` library) and equals SiglipModel on those ids."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import convert, embed  # pylint: disable=g-import-not-at-top
+  from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
+  texts = ["a red circle beside a blue square", "two dogs run on the beach"]
+  spm = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts * 30), model_writer=spm, vocab_size=26, model_type="unigram",
+      character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  library = sentencepiece.SentencePieceProcessor(model_proto=spm.getvalue())
+  json_tok = tokenizers.Tokenizer(tokenizers.models.Unigram(
+      [(library.id_to_piece(i), library.get_score(i)) for i in range(26)], unk_id=2))
+  json_tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  hf, folder = _hf_folder(tmp_path, vocab=26, context=16)
+  (folder / "tokenizer.json").write_text(json_tok.to_str(), encoding="utf-8")
+  out = tmp_path / "ckpt"
+  assert run_command(convert, f"--source={folder}", f"--out={out}") == 0
+  assert (out / "tokenizer.json").is_file() and not (out / "spiece.model").exists()
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+  assert run_command(embed, f"--checkpoint={out}", f"--texts={tmp_path / 'texts.txt'}",
+                     f"--out={tmp_path / 'txt.npy'}") == 0
+  ids = sentencepiece_tokenizer.from_checkpoint(str(out))(texts, 16).ids
+  want = json_tok.encode(texts[0]).ids[:15]  # the library's ids, EOS last
+  assert ids[0, :len(want)].tolist() == want and ids[0, -1] == 1
+  with torch.no_grad():
+    features = hf.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long))
+  features = getattr(features, "pooler_output", features)
+  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"),
+                             (features / features.norm(dim=-1, keepdim=True)).numpy(), atol=1e-5)

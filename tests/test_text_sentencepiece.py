@@ -82,3 +82,40 @@ def test_batch_ends_with_sticky_eos(model_proto, tmp_path):
   assert tok.decode(batch.ids[0]) == short
   with pytest.raises(FileNotFoundError, match="spiece.model"):
     sentencepiece_tokenizer.SentencePieceTokenizer.from_file(str(tmp_path / "nothing"))
+
+
+def _tokenizer_json(model_proto):
+  """The same Unigram model as a `tokenizers` file (what a folder without a .model carries)."""
+  tokenizers = pytest.importorskip("tokenizers")
+  library = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+  vocab = [(library.id_to_piece(i), library.get_score(i)) for i in range(library.get_piece_size())]
+  tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=library.unk_id()))
+  tok.normalizer = tokenizers.normalizers.NFKC()
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+  tok.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always")
+  return tok
+
+
+def test_a_tokenizer_json_reads_the_same_way(model_proto, tmp_path):
+  """A checkpoint keeping only `tokenizer.json`: ids and offsets are the `tokenizers` library's
+  (without the whitespace of '▁'), the batch as for a .model."""
+  library = _tokenizer_json(model_proto)
+  (tmp_path / "tokenizer.json").write_text(library.to_str(), encoding="utf-8")
+  tok = sentencepiece_tokenizer.from_checkpoint(str(tmp_path))
+  assert isinstance(tok, sentencepiece_tokenizer.JsonTokenizer) and tok.eos_id == 1
+  for text in CAPTIONS:
+    encoding = library.encode(text, add_special_tokens=False)
+    ids, offsets = tok.encode_with_offsets(text)
+    assert ids == encoding.ids == tok.encode(text)
+    for (start, end), token, (lib_start, lib_end) in zip(offsets, encoding.tokens,
+                                                         encoding.offsets):
+      # The word mark alone holds no characters (the library lends it the first one).
+      want = "" if token == "▁" else text[lib_start:lib_end].lstrip()
+      assert text[start:end] == want
+    previous_end = 0
+    for start, end in offsets:
+      assert previous_end <= start <= end and text[previous_end:start].strip() == ""
+      previous_end = end
+  batch = tok(["A red square."], context_length=12)
+  n = len(tok.encode("A red square."))
+  assert (batch.ids[0, n:] == 1).all() and batch.lengths.tolist() == [n + 1]

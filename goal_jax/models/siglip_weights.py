@@ -325,16 +325,18 @@ def _with_context(params, config, text_context):
           dataclasses.replace(config, context_length=text_context))
 
 
-def find_tokenizer(source: str, given: str | None = None) -> bytes | None:
-  """The SentencePiece model to keep with a converted SigLIP: `given`, else the source folder's
-  `spiece.model` / `tokenizer.model`, else the one `.model` file beside an `.npz`; None when
+def find_tokenizer(source: str, given: str | None = None) -> tuple[str, bytes] | None:
+  """`(file name to keep it under, contents)` of the tokenizer to keep with a converted SigLIP:
+  `given` (a `.model`, or a `tokenizer.json`), else the source folder's `spiece.model` /
+  `tokenizer.model` / `tokenizer.json`, else the one `.model` file beside an `.npz`; None when
   there is none."""
   if given is not None:
     if not os.path.isfile(given):
       raise FileNotFoundError(f"--tokenizer={given}: no such file")
     path = given
   elif os.path.isdir(source):
-    path = next((os.path.join(source, n) for n in ("spiece.model", "tokenizer.model")
+    path = next((os.path.join(source, n) for n in ("spiece.model", "tokenizer.model",
+                                                  "tokenizer.json")
                  if os.path.isfile(os.path.join(source, n))), None)
   else:
     folder = os.path.dirname(os.path.abspath(source))
@@ -342,8 +344,9 @@ def find_tokenizer(source: str, given: str | None = None) -> bytes | None:
     path = os.path.join(folder, beside[0]) if len(beside) == 1 else None
   if path is None:
     return None
+  name = "tokenizer.json" if path.endswith(".json") else TOKENIZER_FILE
   with open(path, "rb") as f:
-    return f.read()
+    return name, f.read()
 
 
 def lowercase_of(source: str) -> bool:

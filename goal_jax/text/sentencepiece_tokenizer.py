@@ -1,5 +1,6 @@
 """SentencePiece tokenizers with character offsets: SigLIP's (the English c4 32k model) and
-SigLIP 2's (Gemma's 256k), read from a checkpoint's `.model` file.
+SigLIP 2's (Gemma's 256k), read from a checkpoint's `.model` file, or from its `tokenizer.json`
+(through the `tokenizers` library) when the folder has no `.model`.
 
 Backed by Google's `sentencepiece` library, so ids are the library's own; offsets come from the
 pieces it returns (UTF-8 byte ranges of the input) turned into character ranges of the text as
@@ -23,10 +24,79 @@ import numpy as np
 from goal_jax.text.tokenizer import TokenBatch, map_lowered_offsets
 
 MODEL_FILES = ("spiece.model", "tokenizer.model")  # transformers' SigLIP and Gemma names
+JSON_FILE = "tokenizer.json"  # a `tokenizers` file, read when a folder has no .model
+EOS_TOKENS = ("</s>", "<eos>")  # SigLIP's and Gemma's end of sequence
 
 
-class SentencePieceTokenizer:
-  """`encode`, `encode_with_offsets`, batch `__call__`, `decode` over one SentencePiece model.
+def _word_ranges(prepared: str, ranges) -> list[tuple[int, int]]:
+  """Character ranges without the whitespace a piece's leading '▁' stands for; a piece that is
+  only that mark gets the empty range where its word begins."""
+  out = []
+  for start, end in ranges:
+    while start < end and prepared[start].isspace():
+      start += 1
+    if start == end:
+      while start < len(prepared) and prepared[start].isspace():
+        start += 1
+      end = start
+    out.append((start, end))
+  return out
+
+
+class _SigLIPText:
+  """What both readers share: lowercasing, the sticky-EOS batch and decoding. A subclass has
+  `eos_id`, `lowercase`, `_pieces(prepared) -> (ids, character ranges)` and `_decode(ids)`."""
+
+  def _prepare(self, text: str) -> str:
+    return text.lower() if self.lowercase else text
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without EOS."""
+    return self._pieces(self._prepare(text))[0]
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids (as `encode`) and each token's (start, end) character range in `text`."""
+    prepared = self._prepare(text)
+    ids, ranges = self._pieces(prepared)
+    offsets = _word_ranges(prepared, ranges)
+    if prepared != text and len(prepared) != len(text):
+      offsets = map_lowered_offsets(text, offsets)
+    return ids, offsets
+
+  def __call__(self, texts: str | Sequence[str], context_length: int = 64,
+               normalize: bool = False, pad_id: int | None = None) -> TokenBatch:
+    """`[N, context_length]`: tokens, then EOS to the end (big_vision's sticky EOS); a long
+    text keeps `context_length - 1` tokens and its EOS.
+
+    `normalize` and `pad_id` are accepted so that both families' tokenizers take the same call;
+    the model normalises text itself (its own rules), and SigLIP pads with EOS.
+    """
+    del normalize, pad_id
+    if isinstance(texts, str):
+      texts = [texts]
+    if context_length < 1:
+      raise ValueError(f"context_length must be >= 1 (EOS), got {context_length}")
+    ids = np.full((len(texts), context_length), self.eos_id, np.int32)
+    lengths = np.zeros((len(texts),), np.int32)
+    truncated = np.zeros((len(texts),), bool)
+    room = context_length - 1
+    for row, text in enumerate(texts):
+      tokens = self.encode(text)
+      truncated[row] = len(tokens) > room
+      tokens = tokens[:room]
+      ids[row, :len(tokens)] = tokens
+      lengths[row] = len(tokens) + 1
+    return TokenBatch(ids, lengths, truncated)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids` up to the first EOS."""
+    ids = [int(i) for i in ids]
+    ids = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+    return self._decode(ids)
+
+
+class SentencePieceTokenizer(_SigLIPText):
+  """A SentencePiece model (`.model`) through Google's `sentencepiece` library.
 
   `lowercase`: lowercase texts first (SigLIP 2's authors recommend lowercase text; big_vision's
   SigLIP 1 colab does not lowercase). Offsets always index the text as given.
@@ -57,19 +127,8 @@ class SentencePieceTokenizer:
     with open(path, "rb") as f:
       return cls(f.read(), lowercase=lowercase)
 
-  def _prepare(self, text: str) -> str:
-    return text.lower() if self.lowercase else text
-
-  def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, without EOS."""
-    return list(self._sp.encode(self._prepare(text)))
-
-  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids (as `encode`) and each token's (start, end) character range in `text`.
-
-    A piece that is only the word-boundary mark '▁' gets the empty range where its word begins.
-    """
-    prepared = self._prepare(text)
+  def _pieces(self, prepared: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character ranges, from the library's pieces (UTF-8 byte ranges of `prepared`)."""
     pieces = self._sp.encode(prepared, return_type="proto").pieces
     char_of_byte = np.zeros(len(prepared.encode("utf-8")) + 1, np.int64)
     position = 0
@@ -78,63 +137,56 @@ class SentencePieceTokenizer:
       char_of_byte[position:position + n] = i
       position += n
     char_of_byte[position] = len(prepared)
-    ids, offsets = [], []
-    for piece in pieces:
-      start, end = int(char_of_byte[piece.begin]), int(char_of_byte[piece.end])
-      while start < end and prepared[start].isspace():
-        start += 1
-      if start == end:  # '▁' alone: at the next word
-        while start < len(prepared) and prepared[start].isspace():
-          start += 1
-        end = start
-      ids.append(piece.id)
-      offsets.append((start, end))
-    if prepared != text and len(prepared) != len(text):
-      offsets = map_lowered_offsets(text, offsets)
-    return ids, offsets
+    return ([p.id for p in pieces],
+            [(int(char_of_byte[p.begin]), int(char_of_byte[p.end])) for p in pieces])
 
-  def __call__(self, texts: str | Sequence[str], context_length: int = 64,
-               normalize: bool = False, pad_id: int | None = None) -> TokenBatch:
-    """`[N, context_length]`: tokens, then EOS to the end (big_vision's sticky EOS); a long
-    text keeps `context_length - 1` tokens and its EOS.
-
-    `normalize` and `pad_id` are accepted so that both families' tokenizers take the same call;
-    SentencePiece normalises text itself (the model's own rules), and SigLIP pads with EOS.
-    """
-    del normalize, pad_id
-    if isinstance(texts, str):
-      texts = [texts]
-    if context_length < 1:
-      raise ValueError(f"context_length must be >= 1 (EOS), got {context_length}")
-    ids = np.full((len(texts), context_length), self.eos_id, np.int32)
-    lengths = np.zeros((len(texts),), np.int32)
-    truncated = np.zeros((len(texts),), bool)
-    room = context_length - 1
-    for row, text in enumerate(texts):
-      tokens = self.encode(text)
-      truncated[row] = len(tokens) > room
-      tokens = tokens[:room]
-      ids[row, :len(tokens)] = tokens
-      lengths[row] = len(tokens) + 1
-    return TokenBatch(ids, lengths, truncated)
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Text of `ids` up to the first EOS."""
-    ids = [int(i) for i in ids]
-    ids = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+  def _decode(self, ids: list[int]) -> str:
     return self._sp.decode(ids)
+
+
+class JsonTokenizer(_SigLIPText):
+  """A `tokenizer.json` (a checkpoint folder without a `.model`) through the `tokenizers` library,
+  which gives ids and character offsets directly; EOS is `</s>` or `<eos>`."""
+
+  def __init__(self, json_text: str, *, lowercase: bool = False):
+    import tokenizers  # pylint: disable=g-import-not-at-top - only SigLIP models need it
+    self._tok = tokenizers.Tokenizer.from_str(json_text)
+    self.json_text = json_text
+    self.lowercase = lowercase
+    found = [self._tok.token_to_id(t) for t in EOS_TOKENS if self._tok.token_to_id(t) is not None]
+    if not found:
+      raise ValueError(f"{JSON_FILE} defines no end-of-sequence token ({' or '.join(EOS_TOKENS)}), "
+                       "which SigLIP's text tower pools")
+    self.eos_id = found[0]
+    self.vocab_size = self._tok.get_vocab_size()
+
+  def _pieces(self, prepared: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoding = self._tok.encode(prepared, add_special_tokens=False)
+    # A piece that is only the word mark stands for whitespace (or the mark the pre-tokenizer
+    # put before the text, to which the library gives the first character): no characters.
+    ranges = [(start, start) if token == "▁" else (start, end)
+              for token, (start, end) in zip(encoding.tokens, encoding.offsets)]
+    return list(encoding.ids), ranges
+
+  def _decode(self, ids: list[int]) -> str:
+    return self._tok.decode(ids)
 
 
 TEXT_FILE = "text_processing.json"  # written by `convert` beside the model: {"lowercase": bool}
 
 
-def from_checkpoint(directory: str) -> SentencePieceTokenizer:
+def from_checkpoint(directory: str) -> SentencePieceTokenizer | JsonTokenizer:
   """The tokenizer a converted SigLIP checkpoint keeps, lowercasing as it says."""
   lowercase = False
   path = os.path.join(directory, TEXT_FILE)
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       lowercase = bool(json.load(f).get("lowercase", False))
+  json_path = os.path.join(directory, JSON_FILE)
+  if not any(os.path.isfile(os.path.join(directory, n)) for n in MODEL_FILES) and \
+      os.path.isfile(json_path):
+    with open(json_path, encoding="utf-8") as f:
+      return JsonTokenizer(f.read(), lowercase=lowercase)
   try:
     return SentencePieceTokenizer.from_file(directory, lowercase=lowercase)
   except FileNotFoundError as e:
