@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from _cli import run_command
+import _spm
 from goal_jax import evaluate
 from goal_jax import sharding
 from goal_jax.data import builder, geometry, photos, prepare, raw, synthetic
@@ -451,18 +452,13 @@ def test_evaluate_command_on_a_siglip_checkpoint(data_dir, tmp_path):
   """`python -m goal_jax.evaluate` on a converted SigLIP: records resized and normalised as
   SigLIP (transformers' SiglipImageProcessor on the stored image), captions through the
   checkpoint's SentencePiece model; recall equals the reference computed from SiglipModel."""
-  sentencepiece = pytest.importorskip("sentencepiece")
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from _cli import run_command  # pylint: disable=g-import-not-at-top
   from goal_jax import convert  # pylint: disable=g-import-not-at-top
   from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
   records = _records(data_dir, "photos", "test")
-  spm = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter([r["caption"] for r in records] * 5), model_writer=spm,
-      vocab_size=200, model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1,
-      unk_id=2, bos_id=-1, minloglevel=2)
+  spm = _spm.train([r["caption"] for r in records] * 5, 200)
   torch.manual_seed(0)
   hf = transformers.SiglipModel(transformers.SiglipConfig(
       vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -472,10 +468,10 @@ def test_evaluate_command_on_a_siglip_checkpoint(data_dir, tmp_path):
                        projection_size=32))).eval()
   folder = tmp_path / "siglip"
   hf.save_pretrained(folder)
-  (folder / "spiece.model").write_bytes(spm.getvalue())
+  (folder / "spiece.model").write_bytes(spm)
   ckpt = tmp_path / "ckpt"
   assert run_command(convert, f"--source={folder}", f"--out={ckpt}") == 0
-  ids = sentencepiece_tokenizer.SentencePieceTokenizer(spm.getvalue())(
+  ids = sentencepiece_tokenizer.SentencePieceTokenizer(spm)(
       [r["caption"] for r in records], 48).ids
   pixels = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})(
       [_decode(r["image"]) for r in records], return_tensors="pt").pixel_values

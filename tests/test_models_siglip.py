@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 import transformers
 
+import _spm
 from goal_jax.models import siglip, siglip_weights
 
 
@@ -37,6 +39,17 @@ def _inputs(model, batch=3, seed=1):
   return images, ids
 
 
+def _assert_embeds_like_hf(hf, config, params, images, ids):
+  """Our towers' unit embeddings against `hf`'s within 1e-4; returns ours and its output."""
+  image_out, text_out = siglip.SigLIP(config).apply({"params": params}, images, ids)
+  with torch.no_grad():
+    want = hf(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
+              input_ids=torch.tensor(ids, dtype=torch.long))
+  np.testing.assert_allclose(image_out["embedding"], _unit(want.image_embeds), atol=1e-4)
+  np.testing.assert_allclose(text_out["embedding"], _unit(want.text_embeds), atol=1e-4)
+  return image_out, text_out, want
+
+
 def _ours(model, **overrides):
   config = siglip_weights.config_from_hf(model.config.to_dict(), **overrides)
   params = siglip_weights.from_hf_state_dict(model.state_dict(), config)
@@ -50,16 +63,10 @@ def test_matches_transformers(image_size, pad_multiple):
   hf = _hf_model(image_size=image_size)
   config, params = _ours(hf, attention_pad_multiple=pad_multiple)
   images, ids = _inputs(hf)
-  model = siglip.SigLIP(config)
-  image_out, text_out = model.apply({"params": params}, images, ids)
-  logits = model.apply({"params": params}, image_out["embedding"], text_out["embedding"],
-                       method=siglip.SigLIP.logits)
-  with torch.no_grad():
-    want = hf(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
-              input_ids=torch.tensor(ids, dtype=torch.long))
-  unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-  np.testing.assert_allclose(image_out["embedding"], unit(want.image_embeds), atol=1e-4)
-  np.testing.assert_allclose(text_out["embedding"], unit(want.text_embeds), atol=1e-4)
+  image_out, text_out, want = _assert_embeds_like_hf(hf, config, params, images, ids)
+  logits = siglip.SigLIP(config).apply(
+      {"params": params}, image_out["embedding"], text_out["embedding"],
+      method=siglip.SigLIP.logits)
   np.testing.assert_allclose(logits, want.logits_per_image, atol=1e-4)
   # The contract's other outputs: tokens before the final LayerNorm, the pooled position.
   with torch.no_grad():
@@ -180,6 +187,27 @@ def test_frozen_prefix_on_a_big_vision_table():
   np.testing.assert_array_equal(frozen["img"]["x"], 1)
 
 
+def _unit(features) -> np.ndarray:
+  """transformers' features (a tensor, or an output holding `pooler_output`) as unit rows."""
+  x = getattr(features, "pooler_output", features)
+  return (x / x.norm(dim=-1, keepdim=True)).numpy()
+
+
+def _embed_image_files(tmp_path, checkpoint, shape, *, count, seed):
+  """`count` random image files of `shape` embedded by the `embed` command: (rows, images)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from _cli import run_command  # pylint: disable=g-import-not-at-top
+  from goal_jax import embed  # pylint: disable=g-import-not-at-top
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), np.uint8)).save(photos / f"{i}.png")
+  assert run_command(embed, f"--checkpoint={checkpoint}", f"--images={photos}",
+                     f"--out={tmp_path / 'img.npy'}") == 0
+  return np.load(tmp_path / "img.npy"), [Image.open(photos / f"{i}.png") for i in range(count)]
+
+
 def _hf_folder(tmp_path, **kwargs):
   hf = _hf_model(**kwargs)
   folder = tmp_path / "siglip_hf"
@@ -198,14 +226,7 @@ def test_convert_command_reads_a_siglip_folder(tmp_path):
   assert run_command(convert, f"--source={folder}", f"--out={out}") == 0
   params, config = checkpoint.load_model(str(out))
   assert isinstance(config, siglip.SigLIPConfig) and config.context_length == 24
-  images, ids = _inputs(hf)
-  image_out, text_out = siglip.SigLIP(config).apply({"params": params}, images, ids)
-  with torch.no_grad():
-    want = hf(pixel_values=torch.tensor(images).permute(0, 3, 1, 2),
-              input_ids=torch.tensor(ids, dtype=torch.long))
-  unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-  np.testing.assert_allclose(image_out["embedding"], unit(want.image_embeds), atol=1e-4)
-  np.testing.assert_allclose(text_out["embedding"], unit(want.text_embeds), atol=1e-4)
+  _assert_embeds_like_hf(hf, config, params, *_inputs(hf))
   # Stretched on the way in: 24 -> 36 keeps rows < 20, then 4 rows per source row.
   long_out = tmp_path / "ckpt_long"
   assert run_command(convert, f"--source={folder}", f"--out={long_out}",
@@ -243,68 +264,44 @@ def test_convert_then_embed_as_a_user(tmp_path):
   """A SiglipModel folder with its SentencePiece model -> `convert` -> `embed` of texts and of
   image files: the rows equal transformers' on the same ids and on SiglipImageProcessor's
   pixels (bicubic resize, [-1, 1])."""
-  import io  # pylint: disable=g-import-not-at-top
-  import sentencepiece  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from _cli import run_command  # pylint: disable=g-import-not-at-top
   from goal_jax import convert, embed  # pylint: disable=g-import-not-at-top
   from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
   texts = ["a red circle beside a blue square", "Café façade at dusk — naïve art",
            "two dogs run on the beach"]
-  model = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts * 30), model_writer=model, vocab_size=36,
-      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      minloglevel=2)
+  model = _spm.train(texts * 30, 36)
   hf, folder = _hf_folder(tmp_path, vocab=36, context=16)
-  (folder / "spiece.model").write_bytes(model.getvalue())
+  (folder / "spiece.model").write_bytes(model)
   out = tmp_path / "ckpt"
   assert run_command(convert, f"--source={folder}", f"--out={out}") == 0
-  assert (out / "spiece.model").read_bytes() == model.getvalue()
+  assert (out / "spiece.model").read_bytes() == model
 
   (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
   assert run_command(embed, f"--checkpoint={out}", f"--texts={tmp_path / 'texts.txt'}",
                      f"--out={tmp_path / 'txt.npy'}") == 0
-  ids = sentencepiece_tokenizer.SentencePieceTokenizer(model.getvalue())(texts, 16).ids
-  unit = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
+  ids = sentencepiece_tokenizer.SentencePieceTokenizer(model)(texts, 16).ids
   with torch.no_grad():
     features = hf.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long))
-  want_text = unit(getattr(features, "pooler_output", features))
-  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"), want_text, atol=1e-4)
+  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"), _unit(features), atol=1e-4)
 
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(3):
-    Image.fromarray(rng.integers(0, 256, (37, 53, 3), np.uint8)).save(photos / f"{i}.png")
-  assert run_command(embed, f"--checkpoint={out}", f"--images={photos}",
-                     f"--out={tmp_path / 'img.npy'}") == 0
+  rows, photos = _embed_image_files(tmp_path, out, (37, 53), count=3, seed=0)
   processor = transformers.SiglipImageProcessor(size={"height": 20, "width": 20})
-  pixels = processor([Image.open(photos / f"{i}.png") for i in range(3)],
-                     return_tensors="pt").pixel_values
+  pixels = processor(photos, return_tensors="pt").pixel_values
   with torch.no_grad():
     features = hf.get_image_features(pixel_values=pixels)
-  features = getattr(features, "pooler_output", features)
-  np.testing.assert_allclose(np.load(tmp_path / "img.npy"), unit(features), atol=1e-5)
+  np.testing.assert_allclose(rows, _unit(features), atol=1e-5)
 
 
 def test_export_loads_in_transformers_and_embeds_as_embed(tmp_path):
   """`export_hf` of a converted SigLIP: `AutoProcessor` and `SiglipModel.from_pretrained` load
   it, and on lowercase text without punctuation (what SiglipTokenizer keeps) and on images its
   embeddings equal `embed`'s within 1e-5 at fp32; the positions at the stretched length."""
-  import io  # pylint: disable=g-import-not-at-top
-  import sentencepiece  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from _cli import run_command  # pylint: disable=g-import-not-at-top
   from goal_jax import convert, embed, export_hf  # pylint: disable=g-import-not-at-top
   texts = ["a red circle beside a blue square", "two dogs run on the beach at dusk"]
-  model = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts * 30), model_writer=model, vocab_size=30,
-      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      minloglevel=2)
+  model = _spm.train(texts * 30, 30)
   _, folder = _hf_folder(tmp_path, vocab=30, context=24)
-  (folder / "spiece.model").write_bytes(model.getvalue())
+  (folder / "spiece.model").write_bytes(model)
   ckpt, out = tmp_path / "ckpt", tmp_path / "export"
   assert run_command(convert, f"--source={folder}", f"--out={ckpt}", "--text_context=32") == 0
   assert run_command(export_hf, f"--checkpoint={ckpt}", f"--out={out}") == 0
@@ -316,42 +313,26 @@ def test_export_loads_in_transformers_and_embeds_as_embed(tmp_path):
   assert run_command(embed, f"--checkpoint={ckpt}", f"--texts={tmp_path / 'texts.txt'}",
                      f"--out={tmp_path / 'txt.npy'}") == 0
   tokens = processor(text=texts, padding="max_length", max_length=32, return_tensors="pt")
-  unit = lambda x: (x / x.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
   with torch.no_grad():
     features = exported.get_text_features(input_ids=tokens.input_ids)
-  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"),
-                             unit(getattr(features, "pooler_output", features)), atol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / "txt.npy"), _unit(features), atol=1e-5)
 
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  rng = np.random.default_rng(1)
-  for i in range(2):
-    Image.fromarray(rng.integers(0, 256, (41, 29, 3), np.uint8)).save(photos / f"{i}.png")
-  assert run_command(embed, f"--checkpoint={ckpt}", f"--images={photos}",
-                     f"--out={tmp_path / 'img.npy'}") == 0
-  pixels = processor(images=[Image.open(photos / f"{i}.png") for i in range(2)],
-                     return_tensors="pt").pixel_values
+  rows, photos = _embed_image_files(tmp_path, ckpt, (41, 29), count=2, seed=1)
+  pixels = processor(images=photos, return_tensors="pt").pixel_values
   with torch.no_grad():
     features = exported.get_image_features(pixel_values=pixels)
-  np.testing.assert_allclose(np.load(tmp_path / "img.npy"),
-                             unit(getattr(features, "pooler_output", features)), atol=1e-5)
+  np.testing.assert_allclose(rows, _unit(features), atol=1e-5)
 
 
 def test_tokenizer_kept_with_its_lowercasing(tmp_path):
   """A folder whose tokenizer_config.json is SiglipTokenizer's lowercases (as transformers
   does); an `.npz` takes the one `.model` file beside it, lowercasing unless told not to."""
-  import io  # pylint: disable=g-import-not-at-top
-  import sentencepiece  # pylint: disable=g-import-not-at-top
   from _cli import run_command  # pylint: disable=g-import-not-at-top
   from goal_jax import convert  # pylint: disable=g-import-not-at-top
   from goal_jax.models import families  # pylint: disable=g-import-not-at-top
-  spm = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(["a red circle", "A Blue Square", "two dogs"] * 30),
-      model_writer=spm, vocab_size=23, model_type="unigram", character_coverage=1.0, pad_id=0,
-      eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  spm = _spm.train(["a red circle", "A Blue Square", "two dogs"] * 30, 23)
   _, folder = _hf_folder(tmp_path, vocab=23, context=16)
-  (folder / "spiece.model").write_bytes(spm.getvalue())
+  (folder / "spiece.model").write_bytes(spm)
   (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "SiglipTokenizer"}')
   assert run_command(convert, f"--source={folder}", f"--out={tmp_path / 'a'}") == 0
   config = siglip_weights.config_from_hf(transformers.AutoConfig.from_pretrained(
@@ -367,9 +348,9 @@ def test_tokenizer_kept_with_its_lowercasing(tmp_path):
   tiny = siglip.get_model_config("siglip-tiny/4")
   np.savez(npz_dir / "tiny.npz", **siglip_weights.to_big_vision(
       jax.device_get(siglip.init_params(tiny, jax.random.key(0)))))
-  (npz_dir / "c4_en.model").write_bytes(spm.getvalue())
+  (npz_dir / "c4_en.model").write_bytes(spm)
   assert run_command(convert, f"--source={npz_dir / 'tiny.npz'}", f"--out={tmp_path / 'c'}") == 0
-  assert (tmp_path / "c" / "spiece.model").read_bytes() == spm.getvalue()
+  assert (tmp_path / "c" / "spiece.model").read_bytes() == spm
   assert families.of(tiny).tokenizer(str(tmp_path / "c")).lowercase
   no_tokenizer = tmp_path / "npz_alone"
   no_tokenizer.mkdir()
@@ -383,18 +364,13 @@ def test_tokenizer_kept_with_its_lowercasing(tmp_path):
 def test_a_folder_with_only_tokenizer_json(tmp_path):
   """`convert` keeps a folder's tokenizer.json when it has no .model; `embed` then tokenises with
   it (ids from the `tokenizers` library) and equals SiglipModel on those ids."""
-  import io  # pylint: disable=g-import-not-at-top
-  import sentencepiece  # pylint: disable=g-import-not-at-top
   import tokenizers  # pylint: disable=g-import-not-at-top
   from _cli import run_command  # pylint: disable=g-import-not-at-top
   from goal_jax import convert, embed  # pylint: disable=g-import-not-at-top
   from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
   texts = ["a red circle beside a blue square", "two dogs run on the beach"]
-  spm = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts * 30), model_writer=spm, vocab_size=26, model_type="unigram",
-      character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
-  library = sentencepiece.SentencePieceProcessor(model_proto=spm.getvalue())
+  spm = _spm.train(texts * 30, 26)
+  library = sentencepiece.SentencePieceProcessor(model_proto=spm)
   json_tok = tokenizers.Tokenizer(tokenizers.models.Unigram(
       [(library.id_to_piece(i), library.get_score(i)) for i in range(26)], unk_id=2))
   json_tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()

@@ -1,11 +1,10 @@
 """SentencePiece tokenizers (SigLIP's) on a model trained here: ids, offsets, the batch layout."""
-import io
-
 import numpy as np
 import pytest
 
 sentencepiece = pytest.importorskip("sentencepiece")
 
+import _spm  # noqa: E402
 from goal_jax.text import sentencepiece_tokenizer  # noqa: E402
 
 CAPTIONS = [
@@ -18,12 +17,8 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def model_proto():
-  out = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(CAPTIONS * 40), model_writer=out, vocab_size=64,
-      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      minloglevel=2)
-  return out.getvalue()
+  out = _spm.train(CAPTIONS * 40, 64)
+  return out
 
 
 def test_ids_are_the_library_s(model_proto):
