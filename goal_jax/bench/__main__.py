@@ -49,7 +49,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("attention", None, ("xla", "cudnn"), "Default: cudnn on GPUs, else xla.")
   flags.DEFINE_string("dtype", None,
                       "Compute dtype; default bfloat16 (float32 when timing on a CPU).")
-  flags.DEFINE_enum("remat", "", ("", "full", "dots"), "Activation rematerialisation.")
+  flags.DEFINE_enum("remat", "", ("", "full", "dots", "auto"),
+                    "Activation rematerialisation; auto: the least that fits the device's memory "
+                    "(bench/remat.py).")
   flags.DEFINE_bool("scan", False, "nn.scan over layers.")
   flags.DEFINE_bool("analyze_only", False, "Count FLOPs (analytic, XLA's) and saved activations "
                     "without running; any variant, also on a CPU.")

@@ -23,6 +23,7 @@ from goal_jax import methods
 from goal_jax import sharding
 from goal_jax.bench import batches
 from goal_jax.bench import profile
+from goal_jax.bench import remat as remat_lib
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
 from goal_jax.models import clip
 from goal_jax.models import param_tree
@@ -120,6 +121,31 @@ def saved_activation_bytes(step: TrainStep) -> int:
              if "from the argument" not in source)
 
 
+def choose_remat(method: str, variant: str, batch: int, *, attention: str, dtype: str,
+                 scan: bool = False, model_overrides: dict[str, Any] | None = None,
+                 device_bytes: int | None = None) -> str:
+  """`--remat=auto` for this row: each option's kept activations per device, counted from
+  shapes (no device memory), against this device's memory (or `device_bytes`)."""
+  kept, param_bytes = {}, 0
+  for option in remat_lib.ORDER:
+    config = method_config(method, variant, batch, attention=attention, dtype=dtype,
+                           remat=option, scan=scan)
+    c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
+    step = make_train_step(method, config, c, batch, extra_steps=1, materialise=False)
+    kept[option] = saved_activation_bytes(step) // step.mesh.size
+    param_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
+                      for x in jax.tree.leaves(step.training.abstract_state["params"]))
+  device_bytes = device_bytes if device_bytes is not None else remat_lib.device_memory()
+  choice = remat_lib.choose(kept, param_bytes, device_bytes)
+  gib = 2 ** 30
+  print(f"--remat=auto for {method} {variant} batch {batch}: "
+        + ", ".join(f"{o or 'none'} keeps {kept[o] / gib:.2f} GiB" for o in remat_lib.ORDER)
+        + f" per device; params {param_bytes / gib:.2f} GiB; device "
+        + (f"{device_bytes / gib:.0f} GiB" if device_bytes else "memory unknown")
+        + f" -> {choice or 'none'}", flush=True)
+  return choice
+
+
 def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: int,
                  attention: str, dtype: str, remat: str = "", scan: bool = False,
                  peak: float | None = None, time_it: bool = True,
@@ -132,6 +158,9 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   with fewer layers this way). `profile_dir`: also trace `profile_steps` steps into
   `<profile_dir>/<method>_<variant>_b<batch>/` and summarise them (`profile`).
   """
+  if remat == "auto":
+    remat = choose_remat(method, variant, batch, attention=attention, dtype=dtype, scan=scan,
+                         model_overrides=model_overrides)
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
   c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
