@@ -62,9 +62,6 @@ def define_bench_data_flags() -> None:
   flags.DEFINE_string("split", "test", "split to read")
 
 
-COMPILATION_CACHE_BYTES = 8 << 30  # least recently used entries go first
-
-
 def default_compilation_cache() -> str:
   """`$GOAL_JAX_COMPILATION_CACHE` if set ('' turns the cache off), else <cache>/jax."""
   return os.environ.get("GOAL_JAX_COMPILATION_CACHE", os.path.join(files.cache_dir(), "jax"))
@@ -85,7 +82,6 @@ def enable_compilation_cache(path: str, min_compile_s: float = 1.0) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
 
 
 def quiet_logs() -> None:
