@@ -62,10 +62,12 @@ parse_options() {
   ((${#TRAIN_ARGS[@]})) || die "no training arguments after -- (at least --config and --workdir)"
 }
 
-# Checks --attention's value and appends it to TRAIN_ARGS as --config.model.attention, unless the
-# user gave that override (overrides must follow --config, so it goes last).
+# Checks --attention's value against $2 (default "cudnn xla") and appends it to TRAIN_ARGS as
+# --config.model.attention, unless the user gave that override (overrides must follow --config,
+# so it goes last).
 add_attention_override() {
-  [[ "$1" == cudnn || "$1" == xla ]] || die "--attention must be cudnn or xla"
+  local allowed=" ${2:-cudnn xla} "
+  [[ "$allowed" == *" $1 "* ]] || die "--attention must be one of:${allowed% }"
   [[ -n "$(train_arg --config.model.attention "${TRAIN_ARGS[@]}")" ]] ||
     TRAIN_ARGS+=(--config.model.attention="$1")
 }

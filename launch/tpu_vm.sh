@@ -18,6 +18,9 @@
 #   --queued              create through a queued resource and wait until it is ACTIVE
 #   --spot                spot capacity (cheaper, preemptible; the trainer resumes)
 #   --repo=URL[@REF]      git clone this on the workers instead of copying the local checkout
+#   --attention=NAME      xla (default) or pallas_tpu (Pallas flash attention; both lower for
+#                         TPUs, tests/test_tpu_lowering.py; xla until a TPU measurement says
+#                         otherwise): --config.model.attention unless given
 #   --reuse               the VM exists: do not create it (and do not delete it)
 #   --keep                do not delete the VM at the end
 #   --dry_run             print the commands instead of running them
@@ -26,9 +29,10 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-name="" zone="" accelerator="" version="tpu-ubuntu2204-base" project="" repo=""
+name="" zone="" accelerator="" version="tpu-ubuntu2204-base" project="" repo="" attention="xla"
 queued=0 spot=0 reuse=0 keep=0
-parse_options "name= zone= accelerator= version= project= repo= queued spot reuse keep" "$@"
+parse_options "name= zone= accelerator= version= project= repo= attention= queued spot reuse keep" "$@"
+add_attention_override "$attention" "xla pallas_tpu"
 [[ -n "$name" ]] || die "--name is required"
 [[ -n "$zone" ]] || die "--zone is required"
 ((reuse)) || [[ -n "$accelerator" ]] || die "--accelerator is required (or --reuse an existing VM)"

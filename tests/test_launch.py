@@ -217,3 +217,19 @@ def test_slurm_submits_the_script(tmp_path):
           env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
   expected = dry.split("# submitted with:")[0].split("\n", 1)[1]
   assert (tmp_path / "submitted.sh").read_text() == expected
+
+
+@pytest.mark.parametrize("args, want", [((), "xla"), (("--attention=pallas_tpu",), "pallas_tpu")])
+def test_tpu_vm_attention_choice(args, want):
+  """XLA's attention by default, Pallas flash attention when asked; either goes last."""
+  proc = _launch("tpu_vm.sh", "--dry_run", "--name=v", "--zone=z", "--accelerator=v4-8", *args,
+                 "--", *TRAIN_ARGS)
+  ssh = [c for c in _commands(proc.stdout) if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm",
+                                                         "ssh"]]
+  assert _contains(_remote(ssh[-1]), [*TRAIN_ARGS, f"--config.model.attention={want}"])
+
+
+def test_tpu_vm_refuses_a_gpu_kernel():
+  proc = _launch("tpu_vm.sh", "--dry_run", "--name=v", "--zone=z", "--accelerator=v4-8",
+                 "--attention=cudnn", "--", *TRAIN_ARGS, check=False)
+  assert proc.returncode == 2 and "--attention must be one of: xla pallas_tpu" in proc.stderr

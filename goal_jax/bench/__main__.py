@@ -46,7 +46,8 @@ def define_flags() -> None:
   flags.DEFINE_list("methods", ["global", "goal", "mulclip"], f"Of {sorted(methods.REGISTRY)}.")
   flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
   flags.DEFINE_integer("warmup", 2, "Untimed steps (the first compiles).", lower_bound=0)
-  flags.DEFINE_enum("attention", None, ("xla", "cudnn"), "Default: cudnn on GPUs, else xla.")
+  flags.DEFINE_enum("attention", None, ("xla", "cudnn", "pallas_tpu"),
+                    "Default: cudnn on GPUs, else xla.")
   flags.DEFINE_string("dtype", None,
                       "Compute dtype; default bfloat16 (float32 when timing on a CPU).")
   flags.DEFINE_enum("remat", "", ("", "full", "dots", "auto"),

@@ -45,7 +45,7 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
       positions="kps",            # one trainable table (GOAL); "kps_frozen_prefix": Long-CLIP
       frozen_prefix=20,
       dtype="bfloat16",           # compute; params stay fp32
-      attention="xla",            # "cudnn" on GPUs: cuDNN's fused attention kernel
+      attention="xla",            # "cudnn" on GPUs (fused kernel), "pallas_tpu" on TPUs (flash)
       remat="",                   # "", "full" or "dots"
       scan=False,
   ))

@@ -1,18 +1,23 @@
-"""Multi-head self-attention with a selectable kernel (XLA or cuDNN) and padding helpers.
+"""Multi-head self-attention with a selectable kernel (XLA, cuDNN, Pallas on TPU) and padding.
 
 Params follow Linen's `MultiHeadDotProductAttention` (query/key/value kernel [D, H, hd], bias
 [H, hd]; out kernel [H, hd, D]) so the converter is a reshape of the PyTorch weights. The kernel is
 `jax.nn.dot_product_attention`: cuDNN's fused kernel is ~40% faster on GPU but rejects sequence
 lengths that are not a multiple of 8 (vision 197, text 77), so towers pad once with
-`pad_to_multiple` and pass the true length.
+`pad_to_multiple` and pass the true length. `pallas_tpu` is JAX's Pallas flash attention for TPUs
+(`jax.experimental.pallas.ops.tpu.flash_attention`): its blocks are 128 long, so towers pad to
+multiples of 128 for it, and padded keys are another segment, which no query attends to.
 """
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("xla", "cudnn")
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas_tpu")
+PAD_MULTIPLES = {"cudnn": 8, "pallas_tpu": 128}  # the sequence lengths each kernel accepts
+BATCH_AXIS = "data"  # the mesh axis batch rows are split over (`goal_jax.sharding`)
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, int]:
@@ -48,6 +53,29 @@ def explicit_attention(q, k, v, causal: bool, true_length: int | None):
   return out, weights
 
 
+def _pallas_tpu_attention(q, k, v, causal: bool, true_length: int | None):
+  """[B, T, H, hd] attention through the Pallas TPU flash kernel ([B, H, T, hd] inside); keys at
+  and after `true_length` are segment 0, every query segment 1."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as flash  # pylint: disable=g-import-not-at-top
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+  segments = None
+  if true_length is not None and true_length < k.shape[2]:
+    batch, length = q.shape[0], k.shape[2]
+    kv = jnp.broadcast_to((jnp.arange(length) < true_length).astype(jnp.int32), (batch, length))
+    segments = flash.SegmentIds(q=jnp.ones((batch, q.shape[2]), jnp.int32), kv=kv)
+  def kernel(q, k, v, segments):
+    return flash.flash_attention(q, k, v, segment_ids=segments, causal=causal,
+                                 sm_scale=q.shape[-1] ** -0.5)
+
+  # A Mosaic kernel is not partitioned automatically: on a mesh, each device runs it on its
+  # batch rows (the towers' activations are split over the `data` axis).
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1 and BATCH_AXIS in mesh.axis_names:
+    kernel = jax.shard_map(kernel, mesh=mesh, in_specs=P(BATCH_AXIS), out_specs=P(BATCH_AXIS),
+                           check_vma=False)
+  return kernel(q, k, v, segments).transpose(0, 2, 1, 3)
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention over [B, T, D]; `true_length` masks keys at and after it (padding)."""
   num_heads: int
@@ -70,6 +98,8 @@ class MultiHeadAttention(nn.Module):
     weights = None
     if return_weights:
       out, weights = explicit_attention(q, k, v, self.causal, true_length)
+    elif self.implementation == "pallas_tpu":
+      out = _pallas_tpu_attention(q, k, v, self.causal, true_length)
     else:
       lengths = None
       if true_length is not None and true_length < x.shape[1]:

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from goal_jax.models import attention as attention_lib
+
 ConfigT = TypeVar("ConfigT", bound="TowerConfig")
 
 
@@ -28,7 +30,7 @@ class TowerConfig:
   def pad_multiple(self) -> int:
     if self.attention_pad_multiple is not None:
       return self.attention_pad_multiple
-    return 8 if self.attention == "cudnn" else 1  # cuDNN's fused attention wants multiples of 8
+    return attention_lib.PAD_MULTIPLES.get(self.attention, 1)  # what each kernel accepts
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
