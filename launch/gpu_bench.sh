@@ -19,11 +19,11 @@ set -uo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-out="" done_dir="" python="python3" variant="B/16"
+out_dir="" done_dir="" python="python3" variant="B/16"
 rows="b16_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
 for arg in "$@"; do
   case "$arg" in
-    --out=*) out="${arg#*=}" ;;
+    --out=*) out_dir="${arg#*=}" ;;
     --done=*) done_dir="${arg#*=}" ;;
     --python=*) python="${arg#*=}" ;;
     --rows=*) rows="${arg#*=}" ;;
@@ -32,30 +32,31 @@ for arg in "$@"; do
     *) die "unknown option $arg (--out=DIR [--done=DIR] [--python=PYTHON] [--rows=a,b])" ;;
   esac
 done
-[[ -n "$out" ]] || die "--out=DIR is required"
+[[ -n "$out_dir" ]] || die "--out=DIR is required"
 export GOAL_JAX_CACHE="${GOAL_JAX_CACHE:-/tmp/goal_jax_cache}"
 export PYTHONPATH PYTHONUNBUFFERED=1
 PYTHONPATH="$(checkout_pythonpath)"
-work="$GOAL_JAX_CACHE/gpu_bench"  # rows and profiles; packed into $out after every row
-mkdir -p "$out" "$work/rows" "$work/profiles"
-log="$out/log.txt"
+work="$GOAL_JAX_CACHE/gpu_bench"  # rows and profiles; packed into --out after every row
+mkdir -p "$out_dir" "$work/rows" "$work/profiles"
+log="$out_dir/log.txt"
 
 # Traces, compiled HLO and summaries and the rows in one archive (at most a few files come back
 # from a lease); jax.profiler's own folders (the same trace as .xplane.pb) are left out.
 pack() {
   local archive="$work/results.tar.gz"
   tar -czf "$archive.tmp" -C "$work" --exclude=plugins rows profiles && mv "$archive.tmp" "$archive"
-  rm -f "$out"/results.tar.gz*
+  rm -f "$out_dir"/results.tar.gz*
   if (($(stat -c %s "$archive") > 15000000)); then
-    split -b 15000000 -d "$archive" "$out/results.tar.gz.part"
+    split -b 15000000 -d "$archive" "$out_dir/results.tar.gz.part"
   else
-    cp "$archive" "$out/results.tar.gz"
+    cp "$archive" "$out_dir/results.tar.gz"
   fi
 }
 # Also every minute, so a run stopped by the lease's limit brings back what it measured.
-(while sleep 60; do pack 2>/dev/null; done) &
+# Its output goes nowhere, so it never holds the caller's pipe open after the script ends.
+(while sleep 60; do pack; done) >/dev/null 2>&1 &
 packer=$!
-trap 'kill $packer 2>/dev/null' EXIT
+trap 'pkill -P $packer 2>/dev/null; kill $packer 2>/dev/null' EXIT
 
 bench_row() {  # name, then bench flags
   local name="$1"

@@ -9,7 +9,7 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO_ROOT, "launch")
-SCRIPTS = ("common.sh", "tpu_vm.sh", "gpu_node.sh", "slurm.sh")
+SCRIPTS = ("common.sh", "tpu_vm.sh", "gpu_node.sh", "slurm.sh", "gpu_bench.sh")
 # Training arguments with characters a careless script would mangle: ',' ':' a space and a quote.
 TRAIN_ARGS = ["--config=configs/goal.py:init=gs://bkt/ckpt,batch=256", "--workdir=gs://bkt/run",
               "--config.input.data_dir=gs://bkt/tfds", "--config.evals.profile_name=it's a b"]
@@ -20,10 +20,10 @@ def _pinned_jax():
     return re.search(r"^\s*jax==([0-9.]+)$", f.read(), re.M).group(1)
 
 
-def _launch(script, *args, env=None, check=True, cwd=REPO_ROOT):
+def _launch(script, *args, env=None, check=True, cwd=REPO_ROOT, timeout=60):
   env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": "", **(env or {})}
   proc = subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True,
-                        text=True, timeout=60, env=env, cwd=cwd)
+                        text=True, timeout=timeout, env=env, cwd=cwd)
   if check:
     assert proc.returncode == 0, proc.stderr
   return proc
@@ -233,3 +233,20 @@ def test_tpu_vm_refuses_a_gpu_kernel():
   proc = _launch("tpu_vm.sh", "--dry_run", "--name=v", "--zone=z", "--accelerator=v4-8",
                  "--attention=cudnn", "--", *TRAIN_ARGS, check=False)
   assert proc.returncode == 2 and "--attention must be one of: xla pallas_tpu" in proc.stderr
+
+
+def test_gpu_bench_script_keeps_rows_and_skips_them_on_a_rerun(tmp_path):
+  """The lease's script on this CPU with the tiny model: a row's JSON comes back in the
+  archive, and a second run of the same row skips it."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  env = {"GOAL_JAX_CACHE": str(tmp_path / "cache"), "PYTHONPATH": REPO_ROOT}
+  out = tmp_path / "out"
+  args = (f"--out={out}", "--variant=tiny/8", "--rows=b16_64_cached")
+  _launch("gpu_bench.sh", *args, env=env, timeout=300)
+  with tarfile.open(out / "results.tar.gz") as archive:
+    row = json.load(archive.extractfile("rows/b16_64_cached.json"))
+  assert [(r["method"], r["batch"]) for r in row["rows"]] == [("goal", 64)]
+  assert row["rows"][0]["step_s"] > 0
+  again = _launch("gpu_bench.sh", *args, env=env)
+  assert "b16_64_cached: measured already, skipped" in again.stdout
