@@ -61,9 +61,7 @@ def one_piece_fused(params, loss_config, image_out, text_out):
   refined tokens."""
   aggregators = token_aggregation.per_modality(loss_config.aggregation_tokens,
                                                params["aggregation"])
-  image_tokens, text_tokens = clim.refined_tokens(
-      image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
-      aggregators)
+  image_tokens, text_tokens = clim.refined_tokens(image_out, text_out, aggregators)
   interaction = clim.late_interaction(image_tokens, text_tokens,
                                       negative_slope=loss_config.negative_slope)
   fused = clim.fused_score(image_out["embedding"], text_out["embedding"], interaction,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from goal_jax.losses import clim, contrastive, finelip
+from goal_jax.losses import clim, contrastive, finelip, pairwise
 from goal_jax.models import token_aggregation
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
@@ -71,8 +71,7 @@ def make_inputs(seed=0):
   """Float encoder outputs, integer inputs (EOT positions, image ids), ATRM parameters."""
   rng = np.random.default_rng(seed)
   outs = {
-      "image": {"embedding": unit(seed + 1, B, E),
-                "tokens_projected": rng.normal(size=(B, 1 + N, E)).astype(np.float32)},
+      "image": {"tokens_projected": rng.normal(size=(B, 1 + N, E)).astype(np.float32)},
       "text": {"embedding": unit(seed + 2, B, E),
                "tokens_projected": rng.normal(size=(B, L, E)).astype(np.float32)},
   }
@@ -87,13 +86,26 @@ def aggregators(params):
       text=lambda x, m: AGGREGATION.apply({"params": params["text"]}, x, m))
 
 
+def clip_image_out(image):
+  """A CLIP vision tower's outputs from its projected tokens `[B, 1+N, E]`: the embedding is the
+  unit CLS, the patches follow it."""
+  tokens = image["tokens_projected"]
+  return {"embedding": contrastive.l2_normalize(tokens[:, 0]),
+          "patch_tokens_projected": tokens[:, 1:]}
+
+
+def clip_text_out(text, eot_index):
+  """A CLIP text tower's outputs: its words end at the EOT, which it pools."""
+  return {**text, "eot_index": eot_index, "text_end": eot_index}
+
+
 def objective(outs, ints, params, logit_scale, weights=None, options=finelip.FineLIPOptions(),
               axis_name=None):
-  text_out = {**outs["text"], "eot_index": ints["eot_index"]}
   return finelip.finelip_objective(
-      outs["image"], text_out, ints["image_ids"], aggregators=aggregators(params),
-      logit_scale=logit_scale, weights=weights, options=options, label_smoothing=0.1,
-      axis_name=axis_name)
+      clip_image_out(outs["image"]), clip_text_out(outs["text"], ints["eot_index"]),
+      ints["image_ids"], aggregators=aggregators(params),
+      pair_loss=pairwise.infonce(logit_scale, label_smoothing=0.1), weights=weights,
+      options=options, axis_name=axis_name)
 
 
 WITH_GLOBAL = {"global_long": 1.0, "clim": 1.0}
@@ -119,7 +131,8 @@ def torch_objective(outs, ints, params, logit_scale, max_violation):
   scores = torch_clim(t_outs["image"]["tokens_projected"], t_outs["text"]["tokens_projected"],
                       lengths, t_params)
   terms = {
-      "global_long": torch_infonce(t_outs["image"]["embedding"], t_outs["text"]["embedding"],
+      "global_long": torch_infonce(F.normalize(t_outs["image"]["tokens_projected"][:, 0], dim=-1),
+                                   t_outs["text"]["embedding"],
                                    torch.tensor(logit_scale, dtype=torch.float64),
                                    label_smoothing=0.1),
       "clim": torch_ranking(scores, torch.tensor(ints["image_ids"]), max_violation=max_violation),
@@ -131,9 +144,8 @@ def torch_objective(outs, ints, params, logit_scale, max_violation):
 
 
 def refined(outs, ints, params):
-  return clim.refined_tokens(outs["image"]["tokens_projected"],
-                                outs["text"]["tokens_projected"], ints["eot_index"],
-                                aggregators(params))
+  return clim.refined_tokens(clip_image_out(outs["image"]),
+                            clip_text_out(outs["text"], ints["eot_index"]), aggregators(params))
 
 
 # --- CLIM ------------------------------------------------------------------------------------
@@ -211,11 +223,13 @@ def test_pairs_of_the_same_image_are_not_negatives(max_violation):
 def test_fused_score_matches_released_evaluation():
   outs, ints, params = make_inputs(4)
   interaction = clim.late_interaction(*refined(outs, ints, params))
-  actual = clim.fused_score(outs["image"]["embedding"], outs["text"]["embedding"], interaction,
+  actual = clim.fused_score(clip_image_out(outs["image"])["embedding"], outs["text"]["embedding"],
+                            interaction,
                             global_weight=finelip.FineLIPOptions().global_weight)
   t_outs, t_params = jax.tree.map(lambda x: torch.tensor(np.asarray(x, np.float64)),
                                   (outs, params))
-  cosine = t_outs["image"]["embedding"] @ t_outs["text"]["embedding"].t()
+  cosine = F.normalize(t_outs["image"]["tokens_projected"][:, 0], dim=-1) @ t_outs["text"][
+      "embedding"].t()
   fine = torch_clim(t_outs["image"]["tokens_projected"], t_outs["text"]["tokens_projected"],
                     ints["eot_index"] + 1, t_params)
   alpha = 0.8

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from goal_jax.losses import contrastive, goal
+from goal_jax.losses import contrastive, goal, pairwise
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
 
 B, N, L, DV, DT, E = 8, 9, 7, 12, 10, 6  # batch, patches (3x3 grid), text length, widths
 # GOAL's global fine-tuning baseline (Table 1) as weight overrides.
 GLOBAL_FINETUNE_WEIGHTS = {"global": 1.0, "local": 0.0, "tsl_image": 0.0, "tsl_text": 0.0}
+IDENTITY_POOL = goal.mean_then_head(lambda x: x)  # TSL's pooling with an identity head
 
 
 def head(params, x):
@@ -62,11 +63,12 @@ def make_inputs(seed=0):
 
 
 def objective(outs, batch, params, logit_scale, weights=None, axis_name=None):
-  heads = goal.Heads(functools.partial(head, params["image"]),
-                     functools.partial(head, params["text"]))
-  return goal.goal_objective(outs["image"], outs["text"], outs["local_image"], outs["local_text"],
-                             batch, heads=heads, logit_scale=logit_scale, weights=weights,
-                             axis_name=axis_name)
+  poolers = goal.Poolers(goal.mean_then_head(functools.partial(head, params["image"])),
+                         goal.mean_then_head(functools.partial(head, params["text"])))
+  image = {**outs["image"], "patch_tokens": outs["image"]["tokens"][:, 1:]}  # CLIP: CLS first
+  return goal.goal_objective(image, outs["text"], outs["local_image"], outs["local_text"],
+                             batch, poolers=poolers, pair_loss=pairwise.infonce(logit_scale),
+                             weights=weights, axis_name=axis_name)
 
 
 @functools.cache
@@ -134,7 +136,7 @@ def test_tsl_by_hand():
   mask = np.array([[True, False, True]])
   target = np.array([[1.0, 0.0]], np.float32)
   # mean of kept tokens (4, 2) -> unit (2, 1)/sqrt(5); cosine with (1, 0) is 2/sqrt(5).
-  value = goal.token_similarity(tokens, mask, lambda x: x, target)
+  value = goal.token_similarity(tokens, mask, IDENTITY_POOL, target)
   assert_close(value, (2 / math.sqrt(5) - 1) ** 2)
 
 
@@ -142,13 +144,13 @@ def test_tsl_empty_mask_is_guarded():
   tokens = np.random.default_rng(1).normal(size=(3, 4, 2)).astype(np.float32)
   target = unit(2, 3, 2)
   mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]], bool)
-  loss = lambda x, t: goal.token_similarity(x, mask, lambda y: y, t)
+  loss = lambda x, t: goal.token_similarity(x, mask, IDENTITY_POOL, t)
   value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(tokens, target)
   kept = [0, 2]
-  assert_close(value, goal.token_similarity(tokens[kept], mask[kept], lambda y: y, target[kept]))
+  assert_close(value, goal.token_similarity(tokens[kept], mask[kept], IDENTITY_POOL, target[kept]))
   assert all(np.all(np.isfinite(g)) for g in grads)
   assert not np.any(grads[0][1]) and not np.any(grads[1][1])
-  all_empty = goal.token_similarity(tokens, np.zeros_like(mask), lambda y: y, target)
+  all_empty = goal.token_similarity(tokens, np.zeros_like(mask), IDENTITY_POOL, target)
   assert float(all_empty) == 0.0
 
 
@@ -182,8 +184,9 @@ def test_zeroing_a_weight_removes_exactly_that_term():
 
 def test_global_finetuning_needs_no_local_outputs():
   outs, batch, params = make_inputs(3)
-  total, terms = goal.goal_objective(outs["image"], outs["text"], None, None, batch, heads=None,
-                                     logit_scale=2.0, weights=GLOBAL_FINETUNE_WEIGHTS)
+  total, terms = goal.goal_objective(outs["image"], outs["text"], None, None, batch, poolers=None,
+                                     pair_loss=pairwise.infonce(2.0),
+                                     weights=GLOBAL_FINETUNE_WEIGHTS)
   assert list(terms) == ["global"]
   image, text = to_torch(outs["image"]["embedding"]), to_torch(outs["text"]["embedding"])
   expected = torch_infonce(image, text, to_torch(2.0))
@@ -224,11 +227,11 @@ def test_tsl_matrix_form_by_hand():
   target = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
   a, b = 2 / math.sqrt(5), 1 / math.sqrt(5)
   expected = ((a - 1) ** 2 + b ** 2 + 0.0 + 0.0) / 4
-  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target, form="matrix"), expected)
-  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target),  # the diagonal
+  assert_close(goal.token_similarity(tokens, mask, IDENTITY_POOL, target, form="matrix"), expected)
+  assert_close(goal.token_similarity(tokens, mask, IDENTITY_POOL, target),  # the diagonal
                ((a - 1) ** 2 + 0.0) / 2)
   # An invalid sample leaves its row and its column: only sample 0's own cell is left.
-  assert_close(goal.token_similarity(tokens, mask, lambda x: x, target,
+  assert_close(goal.token_similarity(tokens, mask, IDENTITY_POOL, target,
                                      valid=np.array([True, False]), form="matrix"), (a - 1) ** 2)
 
 
@@ -238,14 +241,14 @@ def test_tsl_matrix_form_sharded_equals_dense():
   outs, batch, params = make_inputs()
   tokens, target = outs["image"]["tokens"][:, 1:], outs["local_image"]["embedding"]
   mask, valid = batch["local_patch_mask"], batch["local_valid"]
-  image_head = functools.partial(head, params["image"])
+  image_pool = goal.mean_then_head(functools.partial(head, params["image"]))
 
   def dense(tokens, target):
-    return goal.token_similarity(tokens, mask, image_head, target, valid, form="matrix")
+    return goal.token_similarity(tokens, mask, image_pool, target, valid, form="matrix")
 
   def sharded(tokens, target, mask, valid):
     run = contrastive.data_parallel(
-        lambda t, g, m, v, axis_name: goal.token_similarity(t, m, image_head, g, v, axis_name,
+        lambda t, g, m, v, axis_name: goal.token_similarity(t, m, image_pool, g, v, axis_name,
                                                             form="matrix"), mesh)
     return run(tokens, target, mask, valid)
 
@@ -254,5 +257,5 @@ def test_tsl_matrix_form_sharded_equals_dense():
     got = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(
         *shard_batch((tokens, target, mask, valid), mesh))
   assert_trees_close(got, want)
-  diagonal = goal.token_similarity(tokens, mask, image_head, target, valid)
+  diagonal = goal.token_similarity(tokens, mask, image_pool, target, valid)
   assert not np.allclose(want[0], diagonal)  # the off-diagonal cells count

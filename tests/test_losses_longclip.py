@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from goal_jax.losses import contrastive, longclip
+from goal_jax.losses import contrastive, longclip, pairwise
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
 
@@ -40,10 +40,13 @@ def make_inputs(seed=0):
   return outs
 
 
-def objective(outs, logit_scale, weights=None, axis_name=None, num_components=3, **kwargs):
+def objective(outs, logit_scale, weights=None, axis_name=None, num_components=3,
+              label_smoothing=0.1, max_scale=None, **kwargs):
+  pair_options = dict(label_smoothing=label_smoothing, max_scale=max_scale)
   return longclip.longclip_objective(outs["image"], outs["text"], outs["short"],
-                                     logit_scale=logit_scale, weights=weights,
-                                     num_components=num_components, axis_name=axis_name, **kwargs)
+                                     pair_loss=pairwise.infonce(logit_scale, **pair_options),
+                                     weights=weights, num_components=num_components,
+                                     axis_name=axis_name, **kwargs)
 
 
 @functools.cache

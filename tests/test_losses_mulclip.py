@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from goal_jax.losses import contrastive, mulclip
+from goal_jax.losses import contrastive, mulclip, pairwise
 from goal_jax.models import token_aggregation
 from test_losses_contrastive import (assert_close, assert_trees_close, check_ablations, make_mesh,
                                      shard_batch, to_torch, torch_infonce, unit)
@@ -93,8 +93,10 @@ def objective(outs, batch, params, logit_scale, weights=None, options=OPTIONS, a
   calibrators = token_aggregation.PerModality(
       image=lambda x, m: CALIBRATION.apply({"params": params["image"]}, x, m),
       text=lambda x, m: CALIBRATION.apply({"params": params["text"]}, x, m))
-  return mulclip.mulclip_objective(outs["image"], outs["text"], outs["summary"], outs["sentences"],
-                                   batch, calibrators=calibrators, logit_scale=logit_scale,
+  image = {**outs["image"], "patch_tokens_projected": outs["image"]["tokens_projected"][:, 1:]}
+  text = {**outs["text"], "text_end": outs["text"]["eot_index"]}  # CLIP: words end at the EOT
+  return mulclip.mulclip_objective(image, text, outs["summary"], outs["sentences"], batch,
+                                   calibrators=calibrators, pair_loss=pairwise.infonce(logit_scale),
                                    weights=weights, options=options, axis_name=axis_name)
 
 
@@ -185,7 +187,8 @@ def test_wpr_matches_torch_loop():
 def test_sap_by_hand():
   patches = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], np.float32)  # one patch per image
   sentences = np.array([[[1.0, 0.0]], [[0.6, 0.8]]], np.float32)
-  value = mulclip.subcaption_patch_alignment(sentences, patches, np.ones((2, 1), bool), 0.0)
+  value = mulclip.subcaption_patch_alignment(sentences, patches, np.ones((2, 1), bool),
+                                             pairwise.infonce(0.0))
   # The aggregate is the single patch: the 2x2 InfoNCE of the contrastive hand example.
   i2t = math.log1p(math.exp(0.6 - 1.0)) + math.log1p(math.exp(0.0 - 0.8))
   t2i = math.log1p(math.exp(0.0 - 1.0)) + math.log1p(math.exp(0.6 - 0.8))
@@ -202,7 +205,8 @@ def test_sap_top_k_one_picks_the_best_patch():
 def test_sap_matches_torch_loop_with_absent_sentences():
   sentences, patches = unit(4, B, M, E), unit(5, B, N, E)
   _, batch, _ = make_inputs()
-  actual = mulclip.subcaption_patch_alignment(sentences, patches, batch["sentence_valid"], 2.0,
+  actual = mulclip.subcaption_patch_alignment(sentences, patches, batch["sentence_valid"],
+                                              pairwise.infonce(2.0),
                                               temperature=0.3)
   expected = torch_sap(torch.tensor(sentences, dtype=torch.float64),
                        torch.tensor(patches, dtype=torch.float64), batch["sentence_valid"],

@@ -11,7 +11,7 @@ from goal_jax import config_utils
 from goal_jax import methods
 from goal_jax.bench import batches
 from goal_jax.data import pipeline
-from goal_jax.losses import clim, finelip
+from goal_jax.losses import clim, finelip, pairwise
 from goal_jax.models import clip, token_aggregation
 from goal_jax.training import loop
 from test_losses_contrastive import make_mesh, shard_batch
@@ -83,8 +83,9 @@ def test_finelip_loss_is_its_objective_on_the_towers_outputs():
   image_out, text_out = _encoded(params, batch)
   aggregators = token_aggregation.per_modality(4, params["aggregation"])
   want, want_terms = finelip.finelip_objective(
-      image_out, text_out, aggregators=aggregators, logit_scale=params["clip"]["logit_scale"],
-      weights={"global_long": 1.0, "clim": 1.0}, label_smoothing=0.1)
+      image_out, text_out, aggregators=aggregators,
+      pair_loss=pairwise.infonce(params["clip"]["logit_scale"], label_smoothing=0.1),
+      weights={"global_long": 1.0, "clim": 1.0})
   assert set(terms) == {"global_long", "clim"}
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_allclose(terms["clim"], want_terms["clim"], rtol=1e-5)
@@ -110,8 +111,7 @@ def test_mulclip_clim_ablation_is_one_override():
     np.testing.assert_allclose(clim_terms[key], terms[key], rtol=1e-5, err_msg=key)
   image_out, text_out = _encoded(params, batch)
   image_tokens, text_tokens = clim.refined_tokens(
-      image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
-      token_aggregation.per_modality(4, params["calibration"]))
+      image_out, text_out, token_aggregation.per_modality(4, params["calibration"]))
   want = clim.ranking_loss(clim.late_interaction(image_tokens, text_tokens))
   np.testing.assert_allclose(clim_terms["clim"], want, rtol=1e-5)
   weights = ablated.loss.weights

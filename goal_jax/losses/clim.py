@@ -3,13 +3,16 @@ and the hinge ranking loss FineLIP trains it with; MulCLIP's WPR ablation uses i
 
 FineLIP (Asokan et al., CVPR 2025; https://github.com/tiiuae/FineLIP) refines each side's tokens
 with its ATRM (`goal_jax.models.token_aggregation.TokenAggregation`): image = [CLS, N′ aggregated
-patches], text = [N′ aggregated SOT+word tokens, EOT], all L2-normalised. CLIM scores a pair by
+patches], text = [N′ aggregated SOT+word tokens, EOT], all L2-normalised. On SigLIP, which has no
+class token, the image's first token is its attention-pooled embedding, and the text's last the
+token at the pooled (last) position. CLIM scores a pair by
 token-to-token cosines through a leaky ReLU, max-pooled over the other side and averaged, summed
 over both directions; retrieval fuses it with the global cosine (`fused_score`).
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,38 +24,41 @@ _einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
 _MASKED_SIMILARITY = -1e9  # below any leaky-ReLU'd cosine: a padded text token is never the max
 
 
-def refined_image_tokens(image_tokens: jax.Array,
+def refined_image_tokens(image_out: Mapping[str, jax.Array],
                          aggregate: token_aggregation.Aggregate) -> jax.Array:
-  """`[CLS, ATRM(patches)]`, unit fp32 `[B, 1+N′, E]`, from projected image tokens `[B, 1+N, E]`
-  (the ATRM sees them unnormalised, as released)."""
-  image_tokens = image_tokens.astype(jnp.float32)
-  patches = image_tokens[:, 1:]
+  """`[global, ATRM(patches)]`, unit fp32 `[B, 1+N′, E]`, from a vision tower's outputs: its
+  `embedding` (CLIP: the normalised projected CLS, so this is FineLIP's `[CLS, ...]`; SigLIP:
+  the attention-pooled embedding) and `patch_tokens_projected` `[B, N, E]` (the ATRM sees them
+  unnormalised, as released)."""
+  patches = image_out["patch_tokens_projected"].astype(jnp.float32)
   aggregated = aggregate(patches, jnp.ones(patches.shape[:2], bool)).astype(jnp.float32)
-  return contrastive.l2_normalize(jnp.concatenate([image_tokens[:, :1], aggregated], axis=1))
+  pooled = image_out["embedding"].astype(jnp.float32)[:, None]
+  return contrastive.l2_normalize(jnp.concatenate([pooled, aggregated], axis=1))
 
 
-def refined_text_tokens(text_tokens: jax.Array, eot_index: jax.Array,
+def refined_text_tokens(text_out: Mapping[str, jax.Array],
                         aggregate: token_aggregation.Aggregate) -> jax.Array:
-  """`[ATRM(SOT+words), EOT]`, unit fp32 `[B, N′+1, E]`, from projected text tokens `[B, L, E]`."""
-  text_tokens = text_tokens.astype(jnp.float32)
-  words = aggregate(text_tokens, token_aggregation.text_token_mask(eot_index, text_tokens.shape[1]))
-  eot = jnp.take_along_axis(text_tokens, eot_index[:, None, None], axis=1)
+  """`[ATRM(words), pooled]`, unit fp32 `[B, N′+1, E]`, from a text tower's outputs: the
+  `tokens_projected` `[B, L, E]` before `text_end` (CLIP: SOT and the words) aggregated, and the
+  token at `eot_index` (the pooled position: CLIP's EOT)."""
+  text_tokens = text_out["tokens_projected"].astype(jnp.float32)
+  mask = token_aggregation.text_token_mask(text_out["text_end"], text_tokens.shape[1])
+  words = aggregate(text_tokens, mask)
+  eot = jnp.take_along_axis(text_tokens, text_out["eot_index"][:, None, None], axis=1)
   return contrastive.l2_normalize(jnp.concatenate([words.astype(jnp.float32), eot], axis=1))
 
 
-def refined_tokens(image_tokens: jax.Array, text_tokens: jax.Array, eot_index: jax.Array,
+IMAGE_KEYS = ("embedding", "patch_tokens_projected")  # the tower outputs CLIM reads
+TEXT_KEYS = ("embedding", "tokens_projected", "eot_index", "text_end")
+
+
+def refined_tokens(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
                    aggregators: token_aggregation.PerModality) -> tuple[jax.Array, jax.Array]:
-  """The unit tokens CLIM compares: `[CLS, ATRM(patches)]` and `[ATRM(SOT+words), EOT]`.
-
-  Args:
-    image_tokens: `[B, 1+N, E]` projected image tokens (CLS first); text_tokens: `[B, L, E]`
-      projected text tokens; eot_index: `[B]`. The ATRMs see unnormalised tokens, as released.
-
-  Returns:
-    `([B, 1+N′, E], [B, N′+1, E])`, L2-normalised fp32.
-  """
-  return (refined_image_tokens(image_tokens, aggregators.image),
-          refined_text_tokens(text_tokens, eot_index, aggregators.text))
+  """The unit tokens CLIM compares: `[global, ATRM(patches)]` and `[ATRM(words), pooled]`,
+  `([B, 1+N′, E], [B, N′+1, E])` L2-normalised fp32, from the towers' outputs (`IMAGE_KEYS`,
+  `TEXT_KEYS`). The ATRMs see unnormalised tokens, as released."""
+  return (refined_image_tokens(image_out, aggregators.image),
+          refined_text_tokens(text_out, aggregators.text))
 
 
 def late_interaction(image_tokens: jax.Array, text_tokens: jax.Array,

@@ -28,6 +28,7 @@ import jax
 
 from goal_jax.losses import clim
 from goal_jax.losses import contrastive
+from goal_jax.losses import pairwise
 from goal_jax.models import token_aggregation
 
 FINELIP_WEIGHTS = {"global_long": 0.0, "clim": 1.0}
@@ -53,11 +54,9 @@ class FineLIPOptions:
 
 def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
                       image_ids: jax.Array | None = None, *,
-                      aggregators: token_aggregation.PerModality | None, logit_scale: jax.Array,
-                      weights: Mapping[str, float] | None = None,
+                      aggregators: token_aggregation.PerModality | None,
+                      pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
                       options: FineLIPOptions = FineLIPOptions(),
-                      label_smoothing: float = 0.0,
-                      max_scale: float | None = None,
                       axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """FineLIP's loss. See the module docstring for what each argument holds.
 
@@ -66,7 +65,7 @@ def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
       (0 as released) adds the symmetric long-caption InfoNCE, FineLIP's baseline loss (it uses
       label smoothing 0.1 there).
     options: `FineLIPOptions`.
-    label_smoothing, max_scale: for the InfoNCE term.
+    pair_loss: the `global_long` contrastive term (InfoNCE on CLIP).
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
   Returns:
@@ -75,13 +74,10 @@ def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
   w = contrastive.resolve_weights(FINELIP_WEIGHTS, weights)
   terms = {}
   if w["global_long"]:
-    terms["global_long"] = contrastive.infonce(
-        image_out["embedding"], text_out["embedding"], logit_scale,
-        label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
+    terms["global_long"] = pair_loss(image_out["embedding"], text_out["embedding"],
+                                     axis_name=axis_name)
   if w["clim"]:
-    image_tokens, text_tokens = clim.refined_tokens(image_out["tokens_projected"],
-                                                    text_out["tokens_projected"],
-                                                    text_out["eot_index"], aggregators)
+    image_tokens, text_tokens = clim.refined_tokens(image_out, text_out, aggregators)
     similarity = clim.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name),
                                        negative_slope=options.negative_slope)
     terms["clim"] = clim.ranking_loss(similarity, image_ids, margin=options.margin,

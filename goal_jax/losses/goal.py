@@ -4,14 +4,17 @@
 
 What the trainer passes (one forward over `[image; local_image]` and `[text; local_text]`, split
 into halves with `split_halves` on the *global* arrays, before any `data_parallel`):
-- `image_out` / `text_out`: `CLIP.encode_image(batch["image"])` / `encode_text(batch["text"])`
-  (uses `embedding`, and `tokens` = pre-LN last-block outputs for TSL);
+- `image_out` / `text_out`: `encode_image(batch["image"])` / `encode_text(batch["text"])`
+  (uses `embedding`, and for TSL the pre-LN last-block outputs: `patch_tokens` of the image,
+  `tokens` of the text);
 - `local_image_out` / `local_text_out`: the same for `batch["local_image"]` / `batch["local_text"]`
   (uses `embedding` only);
-- `batch`: `local_valid [B]`, `local_patch_mask [B, G*G]` (patch tokens 1..N, CLS excluded),
+- `batch`: `local_valid [B]`, `local_patch_mask [B, G*G]` (over `patch_tokens`),
   `local_span_mask [B, Lc]` (the sentence's tokens inside `text`);
-- `heads`: `Heads(image=lambda x: model.apply(v, x, method=CLIP.image_head), text=...)`, i.e.
-  post-LN + projection applied to pooled pre-LN tokens, exactly the CLS/EOT path.
+- `poolers`: how a box's patches and a sentence's tokens become one unit embedding. CLIP: the
+  mean of the pre-LN tokens through post-LN + projection, exactly the CLS/EOT path
+  (`CLIP.pool_region`, `mean_then_head(text_head)`); SigLIP: its attention-pooling head over
+  the box's patches (`SigLIP.pool_region`), the text as CLIP's.
 Local outputs may be `None` when the local and TSL weights are 0 (global fine-tuning baseline).
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from goal_jax.losses import contrastive
+from goal_jax.losses import pairwise
+from goal_jax.models.clip import masked_mean
 
 GOAL_WEIGHTS = {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}
 LOCAL_TERMS = ("local", "tsl_image", "tsl_text")  # the terms that read a local pair
@@ -34,10 +39,18 @@ def reads_local_pairs(weights: Mapping[str, float] | None) -> bool:
   return any(resolved[k] for k in LOCAL_TERMS)
 
 
-class Heads(NamedTuple):
-  """The final LN + projection of each tower, as callables on `[..., D]` arrays."""
-  image: Callable[[jax.Array], jax.Array]
-  text: Callable[[jax.Array], jax.Array]
+Pool = Callable[[jax.Array, jax.Array], jax.Array]  # (tokens [B, T, D], mask [B, T]) -> [B, E]
+
+
+class Poolers(NamedTuple):
+  """How each tower turns the tokens a mask selects into one embedding (TSL's pooled side)."""
+  image: Pool
+  text: Pool
+
+
+def mean_then_head(head: Callable[[jax.Array], jax.Array]) -> Pool:
+  """GOAL's pooling: the masked mean of pre-LN tokens through the tower's final LN + projection."""
+  return lambda tokens, mask: head(masked_mean(tokens, mask))
 
 
 def split_halves(outputs: Mapping[str, jax.Array], size: int) -> tuple[dict, dict]:
@@ -47,25 +60,16 @@ def split_halves(outputs: Mapping[str, jax.Array], size: int) -> tuple[dict, dic
   return first, second
 
 
-def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `tokens [..., T, D]` over `mask [..., T]`; zeros (not NaN) where the mask is empty."""
-  weights = mask.astype(jnp.float32)
-  total = jnp.einsum("...t,...td->...d", weights, tokens.astype(jnp.float32),
-                     precision=contrastive.PRECISION)
-  count = jnp.sum(weights, axis=-1, keepdims=True)
-  return total / jnp.maximum(count, 1.0)
-
-
 TSL_FORMS = ("diagonal", "matrix")
 
 
-def token_similarity(tokens: jax.Array, mask: jax.Array, head: Callable[[jax.Array], jax.Array],
+def token_similarity(tokens: jax.Array, mask: jax.Array, pool: Pool,
                      target: jax.Array, valid: jax.Array | None = None,
                      axis_name: str | None = None, form: str = "diagonal") -> jax.Array:
   """One TSL term between each pooled region and the embedding of its own crop (or sentence).
 
   `form="diagonal"` (the default, what the official code runs): the mean over samples of
-  (cos(norm(head(masked_mean(tokens))), target) − 1)². `form="matrix"`: the paper's Eq. 14 read
+  (cos(norm(pool(tokens, mask)), target) − 1)², `pool` being GOAL's `mean_then_head` on CLIP. `form="matrix"`: the paper's Eq. 14 read
   literally, MSE between the n×n batch similarity matrix (each pooled region against every
   target of the global batch) and the identity, so a region is also pushed away from the other
   samples' crops. No temperature in either; gradients reach both the pooled tokens and the
@@ -74,10 +78,10 @@ def token_similarity(tokens: jax.Array, mask: jax.Array, head: Callable[[jax.Arr
   """
   if tokens.shape[:-1] != mask.shape:
     raise ValueError(f"TSL: tokens {tokens.shape} and mask {mask.shape} disagree; the patch mask "
-                     "must index patch tokens 1..N (CLS excluded) and the span mask text tokens")
+                     "must index the patch tokens (no class token) and the span mask text tokens")
   if form not in TSL_FORMS:
     raise ValueError(f"TSL form {form!r}: expected one of {TSL_FORMS}")
-  pooled = contrastive.l2_normalize(head(masked_mean(tokens, mask)).astype(jnp.float32))
+  pooled = contrastive.l2_normalize(pool(tokens, mask).astype(jnp.float32))
   target = target.astype(jnp.float32)
   keep = jnp.any(mask, axis=-1)
   if valid is not None:
@@ -101,16 +105,17 @@ def token_similarity(tokens: jax.Array, mask: jax.Array, head: Callable[[jax.Arr
 def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
                    local_image_out: Mapping[str, jax.Array] | None,
                    local_text_out: Mapping[str, jax.Array] | None,
-                   batch: Mapping[str, Any], *, heads: Heads | None, logit_scale: jax.Array,
-                   weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0,
-                   max_scale: float | None = None, tsl_form: str = "diagonal",
+                   batch: Mapping[str, Any], *, poolers: Poolers | None,
+                   pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
+                   tsl_form: str = "diagonal",
                    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GOAL's loss. See the module docstring for what each argument holds.
 
   Args:
     weights: overrides of `GOAL_WEIGHTS` (`global`, `local`, `tsl_image`, `tsl_text`); a term
       whose weight is 0 is not computed and its inputs may be `None`.
-    label_smoothing, max_scale: passed to both InfoNCE terms (GOAL: 0 and unclamped).
+    pair_loss: the global and local contrastive terms (GOAL: InfoNCE, no label smoothing, no
+      clamp; SigLIP's sigmoid on a SigLIP backbone).
     tsl_form: `diagonal` (the official code) or `matrix` (Eq. 14 read literally); see
       `token_similarity`.
     axis_name: set when running inside `data_parallel` / `shard_map`. Global and local rows are
@@ -121,21 +126,20 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
     `(total, terms)`: `terms` maps each computed term's name to its unweighted value.
   """
   w = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
-  common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
   local_valid = batch["local_valid"] if reads_local_pairs(w) else None
   terms = {}
   if w["global"]:
-    terms["global"] = contrastive.infonce(image_out["embedding"], text_out["embedding"],
-                                          logit_scale, **common)
+    terms["global"] = pair_loss(image_out["embedding"], text_out["embedding"],
+                                axis_name=axis_name)
   if w["local"]:
-    terms["local"] = contrastive.infonce(local_image_out["embedding"], local_text_out["embedding"],
-                                         logit_scale, valid=local_valid, **common)
+    terms["local"] = pair_loss(local_image_out["embedding"], local_text_out["embedding"],
+                               valid=local_valid, axis_name=axis_name)
   if w["tsl_image"]:
     terms["tsl_image"] = token_similarity(
-        image_out["tokens"][:, 1:], batch["local_patch_mask"], heads.image,
+        image_out["patch_tokens"], batch["local_patch_mask"], poolers.image,
         local_image_out["embedding"], local_valid, axis_name, tsl_form)
   if w["tsl_text"]:
     terms["tsl_text"] = token_similarity(
-        text_out["tokens"], batch["local_span_mask"], heads.text,
+        text_out["tokens"], batch["local_span_mask"], poolers.text,
         local_text_out["embedding"], local_valid, axis_name, tsl_form)
   return contrastive.weighted_total(terms, w), terms

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from goal_jax.losses import contrastive
+from goal_jax.losses import pairwise
 
 LONGCLIP_WEIGHTS = {"long": 1.0, "short": 1.0}
 _dot = functools.partial(jnp.matmul, precision=contrastive.PRECISION)
@@ -90,17 +91,16 @@ def primary_component_embedding(image: jax.Array, num_components: int = 32, *,
 
 
 def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, jax.Array],
-                       short_embedding: jax.Array | None, *, logit_scale: jax.Array,
+                       short_embedding: jax.Array | None, *, pair_loss: pairwise.PairLoss,
                        weights: Mapping[str, float] | None = None, num_components: int = 32,
-                       label_smoothing: float = 0.1, pca_scope: str = "global",
-                       max_scale: float | None = None,
+                       pca_scope: str = "global",
                        axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Long-CLIP's loss: `long` = InfoNCE(image, long caption), `short` = InfoNCE(PCM(image), short).
+  """Long-CLIP's loss: `long` = pair_loss(image, long caption), `short` = pair_loss(PCM(image),
+  short), `pair_loss` being InfoNCE with label smoothing 0.1 on CLIP, as released.
 
   Args:
     weights: overrides of `LONGCLIP_WEIGHTS`; a 0-weight term is not computed.
     num_components: principal components kept (Long-CLIP: 32).
-    label_smoothing: Long-CLIP uses 0.1 on both terms.
     pca_scope: see `primary_component_embedding`.
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
@@ -108,14 +108,12 @@ def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str
     `(total, terms)` with the unweighted computed terms.
   """
   w = contrastive.resolve_weights(LONGCLIP_WEIGHTS, weights)
-  infonce = functools.partial(contrastive.infonce, logit_scale=logit_scale,
-                              label_smoothing=label_smoothing, max_scale=max_scale,
-                              axis_name=axis_name)
+  pair = functools.partial(pair_loss, axis_name=axis_name)
   terms = {}
   if w["long"]:
-    terms["long"] = infonce(image_out["embedding"], text_out["embedding"])
+    terms["long"] = pair(image_out["embedding"], text_out["embedding"])
   if w["short"]:
-    terms["short"] = infonce(primary_component_embedding(
+    terms["short"] = pair(primary_component_embedding(
         image_out["embedding"], num_components, scope=pca_scope, axis_name=axis_name),
         short_embedding)
   return contrastive.weighted_total(terms, w), terms

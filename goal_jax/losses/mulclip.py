@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from goal_jax.losses import clim
 from goal_jax.losses import contrastive
+from goal_jax.losses import pairwise
 from goal_jax.models import token_aggregation
 
 # λ_W multiplies both WPR directions: map a config's `wpr_weight` to both keys.
@@ -155,25 +156,23 @@ def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: 
 
 
 def subcaption_patch_alignment(sentences: jax.Array, patches: jax.Array,
-                               sentence_valid: jax.Array, logit_scale: jax.Array, *,
+                               sentence_valid: jax.Array, pair_loss: pairwise.PairLoss, *,
                                temperature: float = 0.07, top_k: int | None = None,
-                               label_smoothing: float = 0.0, max_scale: float | None = None,
                                axis_name: str | None = None) -> jax.Array:
-  """SAP (L_Sub): per sentence index i, InfoNCE over the batch between v̄ᵢ and tᵢ; mean over i.
+  """SAP (L_Sub): per sentence index i, the contrastive term (`pair_loss`: InfoNCE on CLIP)
+  over the batch between v̄ᵢ and tᵢ; mean over i.
 
   Absent sentences (`sentence_valid` False) leave both denominators of their index; an index
   with no sentence in the whole batch leaves the mean.
   """
   aggregates = aggregate_patches(sentences, patches, temperature=temperature, top_k=top_k)
-  scale = contrastive.temperature(logit_scale, max_scale)
 
   def one_index(agg, sent, valid):
-    return contrastive.infonce_parts(agg, sent, scale, valid=valid,
-                                     label_smoothing=label_smoothing, axis_name=axis_name)
+    return pair_loss.parts(agg, sent, valid=valid, axis_name=axis_name)
 
   totals, counts = jax.vmap(one_index, in_axes=(1, 1, 1))(aggregates, sentences, sentence_valid)
   present = counts > 0
-  per_index = totals / (2.0 * jnp.maximum(counts, 1.0))
+  per_index = totals / jnp.maximum(counts, 1.0)
   return jnp.sum(jnp.where(present, per_index, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
@@ -181,9 +180,8 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
                       summary_embedding: jax.Array | None, sentence_embedding: jax.Array | None,
                       batch: Mapping[str, Any], *,
                       calibrators: token_aggregation.PerModality | None,
-                      logit_scale: jax.Array, weights: Mapping[str, float] | None = None,
-                      options: MulCLIPOptions = MulCLIPOptions(), label_smoothing: float = 0.0,
-                      max_scale: float | None = None,
+                      pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
+                      options: MulCLIPOptions = MulCLIPOptions(),
                       axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """MulCLIP's loss. See the module docstring for what each argument holds.
 
@@ -192,38 +190,35 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
       `{"wpr_image": 0, "wpr_text": 0}`), and unused inputs may be `None`. With
       `options.token_alignment="clim"` the term `clim` replaces both WPR terms at λ_W.
     options: the open design choices (`MulCLIPOptions`).
-    label_smoothing, max_scale: for the batch InfoNCE terms (global and SAP).
+    pair_loss: the batch contrastive terms (global and SAP): InfoNCE on CLIP.
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
   Returns:
     `(total, terms)`, `terms` holding each computed term unweighted.
   """
   w = contrastive.resolve_weights(MULCLIP_WEIGHTS, weights)
-  common = dict(label_smoothing=label_smoothing, max_scale=max_scale, axis_name=axis_name)
   image = image_out["embedding"]
   terms = {}
   if w["global_long"]:
-    terms["global_long"] = contrastive.infonce(image, text_out["embedding"], logit_scale, **common)
+    terms["global_long"] = pair_loss(image, text_out["embedding"], axis_name=axis_name)
   if w["global_summary"]:
-    terms["global_summary"] = contrastive.infonce(image, summary_embedding, logit_scale, **common)
+    terms["global_summary"] = pair_loss(image, summary_embedding, axis_name=axis_name)
 
   if options.token_alignment == "clim":
     w.update(clim=w["wpr_image"], wpr_image=0.0, wpr_text=0.0)
   if w.get("clim"):
-    image_tokens, text_tokens = clim.refined_tokens(
-        image_out["tokens_projected"], text_out["tokens_projected"], text_out["eot_index"],
-        calibrators)
+    image_tokens, text_tokens = clim.refined_tokens(image_out, text_out, calibrators)
     similarity = clim.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name))
     terms["clim"] = clim.ranking_loss(similarity, axis_name=axis_name)
   need_wpr = bool(w["wpr_image"] or w["wpr_text"])
   need_visual = need_wpr or (w["sap"] and options.sap_patches == "calibrated")
-  patches = image_out["tokens_projected"][:, 1:].astype(jnp.float32)
+  patches = image_out["patch_tokens_projected"].astype(jnp.float32)
   if need_visual:
     visual = contrastive.l2_normalize(
         calibrators.image(patches, jnp.ones(patches.shape[:2], bool)))
   if need_wpr:
     text_tokens = text_out["tokens_projected"].astype(jnp.float32)
-    mask = token_aggregation.text_token_mask(text_out["eot_index"], text_tokens.shape[1])
+    mask = token_aggregation.text_token_mask(text_out["text_end"], text_tokens.shape[1])
     textual = contrastive.l2_normalize(calibrators.text(text_tokens, mask))
     wpr_image, wpr_text = word_patch_reconstruction(
         visual, textual, attention_temperature=options.wpr_attention_temperature,
@@ -239,6 +234,6 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
     else:
       sap_patches = contrastive.l2_normalize(patches)
     terms["sap"] = subcaption_patch_alignment(
-        sentence_embedding, sap_patches, batch["sentence_valid"], logit_scale,
-        temperature=options.sap_temperature, top_k=options.sap_top_k, **common)
+        sentence_embedding, sap_patches, batch["sentence_valid"], pair_loss,
+        temperature=options.sap_temperature, top_k=options.sap_top_k, axis_name=axis_name)
   return contrastive.weighted_total(terms, w), terms

@@ -50,19 +50,18 @@ def _pair_terms(image, text, scale, bias, positive: bool, valid_rows, valid_cols
   return total
 
 
-def sigmoid_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
-                 logit_bias: jax.Array, *, valid: jax.Array | None = None,
-                 axis_name: str | None = None, form: str = "ring") -> jax.Array:
-  """The pairwise sigmoid loss of unit embeddings `image`, `text` `[n, E]` (this device's rows).
+def sigmoid_parts(image: jax.Array, text: jax.Array, scale: jax.Array, bias: jax.Array, *,
+                  valid: jax.Array | None = None, axis_name: str | None = None,
+                  form: str = "ring") -> tuple[jax.Array, jax.Array]:
+  """(Σ over the global batch's valid pairs of -log σ(z_ij logit_ij), number of valid rows |B|).
 
-  `valid` `[n]` leaves padding rows out of every pair (and of |B|). `form` (sharded only):
-  `ring` or `gather` (module docstring); both equal the dense loss.
+  `scale` is the temperature exp(logit_scale) (fp32), `bias` the logit bias. Building block for
+  objectives that average several problems themselves (MulCLIP's SAP, one per sentence index).
   """
   if form not in FORMS:
     raise ValueError(f"sigmoid loss form must be one of {FORMS}, got {form!r}")
   image, text = image.astype(jnp.float32), text.astype(jnp.float32)
-  scale = contrastive.temperature(logit_scale)
-  bias = jnp.asarray(logit_bias, jnp.float32)
+  bias = jnp.asarray(bias, jnp.float32)
   mask = None if valid is None else valid.astype(bool)
   count = contrastive.global_sum(
       jnp.ones(image.shape[0]) if mask is None else mask.astype(jnp.float32), axis_name)
@@ -72,7 +71,22 @@ def sigmoid_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
     total = _gathered_terms(image, text, scale, bias, mask, axis_name)
   else:
     total = _ring_terms(image, text, scale, bias, mask, axis_name)
-  return contrastive.global_sum(total, axis_name) / jnp.maximum(count, 1.0)
+  return contrastive.global_sum(total, axis_name), count
+
+
+def sigmoid_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
+                 logit_bias: jax.Array, *, valid: jax.Array | None = None,
+                 axis_name: str | None = None, form: str = "ring",
+                 max_scale: float | None = None) -> jax.Array:
+  """The pairwise sigmoid loss of unit embeddings `image`, `text` `[n, E]` (this device's rows).
+
+  `valid` `[n]` leaves padding rows out of every pair (and of |B|). `form` (sharded only):
+  `ring` or `gather` (module docstring); both equal the dense loss. `max_scale` clamps the
+  temperature from above, as for InfoNCE (SigLIP itself does not clamp).
+  """
+  total, count = sigmoid_parts(image, text, contrastive.temperature(logit_scale, max_scale),
+                               logit_bias, valid=valid, axis_name=axis_name, form=form)
+  return total / jnp.maximum(count, 1.0)
 
 
 def _ring_terms(image, text, scale, bias, mask, axis_name):

@@ -1,13 +1,17 @@
 """What a training method is: the one object the trainer, the benchmark and evaluation ask.
 
 A method owns everything that makes it that method: the pipeline field groups its batches carry,
-the trainable modules it adds beside CLIP, its forward (which tower runs on what, shaped for
-speed), its objective, its FLOP count, and, if it has one, how it scores pairs at test time.
-Nothing outside `goal_jax/methods/` branches on a method's name.
+the trainable modules it adds beside the backbone, its forward (which tower runs on what, shaped
+for speed), its objective, its FLOP count, and, if it has one, how it scores pairs at test time.
+Nothing outside `goal_jax/methods/` branches on a method's name, and no method branches on the
+backbone's family: it reads the towers' outputs (DESIGN.md's model contract) and compares
+embeddings with the backbone's contrastive term (`pair_loss`: InfoNCE on CLIP, the sigmoid on
+SigLIP, unless `config.loss.contrastive` says otherwise).
 
-The trainable params are `{"clip": <CLIP params>, **extras}` (`models/param_tree.py`), built by
+The trainable params are `{"clip": <backbone params>, **extras}` (`models/param_tree.py`; the key
+predates SigLIP and names the two-tower backbone of either family), built by
 `Method.init_params`. A loss runs its objective under `contrastive.data_parallel` on the mesh, so
-the contrastive terms all-gather exactly like the dense single-device computation.
+the contrastive terms equal the dense single-device computation.
 """
 from __future__ import annotations
 
@@ -16,33 +20,53 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-from goal_jax.models import clip
+from goal_jax.losses import pairwise
+from goal_jax.models import families
 from goal_jax.models import param_tree
 
 LossFn = Callable[[dict, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
 class Towers(NamedTuple):
-  """CLIP's towers and heads bound to one set of params (`CLIP.encode_image` etc.)."""
+  """The backbone's towers and heads bound to one set of params (`encode_image` etc.)."""
   encode_image: Callable[[jax.Array], dict]
   encode_text: Callable[[jax.Array], dict]
   image_head: Callable[[jax.Array], jax.Array]
   text_head: Callable[[jax.Array], jax.Array]
+  pool_region: Callable[[jax.Array, jax.Array], jax.Array]  # (patch tokens, mask) -> unit [B, E]
 
 
-def towers(model: clip.CLIP, clip_params: dict) -> Towers:
+def towers(model, clip_params: dict) -> Towers:
+  """`model`: a family's Flax model (`clip.CLIP`, `siglip.SigLIP`)."""
+  cls = type(model)
   bind = lambda method: functools.partial(model.apply, {"params": clip_params}, method=method)
-  return Towers(bind(clip.CLIP.encode_image), bind(clip.CLIP.encode_text),
-                bind(clip.CLIP.image_head), bind(clip.CLIP.text_head))
+  return Towers(bind(cls.encode_image), bind(cls.encode_text), bind(cls.image_head),
+                bind(cls.text_head), bind(cls.pool_region))
 
 
-def contrastive_options(loss_config: ml_collections.ConfigDict) -> dict:
-  """The InfoNCE options every method's config carries (`config.loss`)."""
-  return dict(label_smoothing=loss_config.label_smoothing, max_scale=loss_config.max_scale)
+def contrastive_form(loss_config: ml_collections.ConfigDict, model_config) -> str:
+  """`config.loss.contrastive`, or the loss the backbone was pretrained with."""
+  return loss_config.get("contrastive") or families.of(model_config).contrastive
+
+
+def pair_loss(model, clip_params: dict, loss_config: ml_collections.ConfigDict
+              ) -> pairwise.PairLoss:
+  """The contrastive term every objective uses, bound to the backbone's temperature and bias,
+  with the options every method's config carries (`config.loss`)."""
+  form = contrastive_form(loss_config, model.config)
+  if form == "sigmoid" and loss_config.get("label_smoothing"):
+    logging.warning("config.loss.label_smoothing=%s applies to the softmax; the sigmoid loss "
+                    "ignores it", loss_config.label_smoothing)
+  return pairwise.PairLoss(
+      form, clip_params["logit_scale"], clip_params.get("logit_bias"),
+      label_smoothing=loss_config.get("label_smoothing", 0.0),
+      max_scale=loss_config.get("max_scale"),
+      sigmoid_sharding=loss_config.get("sigmoid_sharding", "ring"))
 
 
 def weights_of(loss_config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -118,7 +142,7 @@ class Method:
   recipe: str
   fields: tuple[str, ...]
   loss: Callable[..., tuple[jax.Array, dict]]
-  forward_flops_per_pair: Callable[[clip.CLIPConfig, Any], int]
+  forward_flops_per_pair: Callable[[Any, Any], int]
   init_extra_params: Callable[..., dict] = no_extra_params
   check_data: Callable[[ml_collections.ConfigDict, Any], None] = no_data_check
   step_metrics: Callable[[Mapping[str, jax.Array]], dict] = no_step_metrics
@@ -130,35 +154,39 @@ class Method:
     """`fields` as the pipeline config spells them (`config.input.fields`)."""
     return ",".join(self.fields)
 
-  def init_params(self, config: ml_collections.ConfigDict, model_config: clip.CLIPConfig,
-                  rng: jax.Array, clip_params: Any = None) -> dict:
-    """The whole trainable tree on the host: `clip_params` (a pretrained start) or CLIP drawn
-    from `rng`, and the method's own modules drawn from it.
+  def init_params(self, config: ml_collections.ConfigDict, model_config, rng: jax.Array,
+                  clip_params: Any = None) -> dict:
+    """The whole trainable tree on the host: `clip_params` (a pretrained start) or the backbone
+    drawn from `rng`, and the method's own modules drawn from it.
 
     A pretrained start gets `config.reset_logit_scale` when set (Long-CLIP and FineLIP restart
     the temperature at ln 100, as their released code does).
     """
     clip_rng, extra_rng = jax.random.split(rng)
     if clip_params is None:
-      clip_params = jax.device_get(clip.init_params(model_config, clip_rng))
+      clip_params = jax.device_get(families.of(model_config).init_params(model_config, clip_rng))
     elif config.get("reset_logit_scale") is not None:
       clip_params = {**clip_params,
                      "logit_scale": np.asarray(config.reset_logit_scale, np.float32)}
     extras = jax.device_get(self.init_extra_params(config.loss, model_config, extra_rng))
     return param_tree.merge(clip_params, extras)
 
-  def abstract_extra_params(self, loss_config, model_config: clip.CLIPConfig) -> dict:
+  def abstract_extra_params(self, loss_config, model_config) -> dict:
     """Shapes of the method's own params (the restore target of a model's `method_params`)."""
     return jax.eval_shape(functools.partial(self.init_extra_params, loss_config, model_config),
                           jax.random.key(0))
 
-  def make_loss_fn(self, model_config: clip.CLIPConfig, loss_config: ml_collections.ConfigDict,
+  def make_loss_fn(self, model_config, loss_config: ml_collections.ConfigDict,
                    mesh: jax.sharding.Mesh | None = None) -> LossFn:
-    """`loss_fn(params, batch) -> (loss, terms)`; pure, jittable."""
-    return functools.partial(self.loss, model=clip.CLIP(model_config), loss_config=loss_config,
-                             mesh=mesh)
+    """`loss_fn(params, batch) -> (loss, terms)`; pure, jittable. The contrastive form is
+    checked here, before anything compiles."""
+    form = contrastive_form(loss_config, model_config)
+    if form not in pairwise.FORMS:
+      raise ValueError(f"config.loss.contrastive={form!r}: expected one of {pairwise.FORMS}")
+    model = families.of(model_config).model_class(model_config)
+    return functools.partial(self.loss, model=model, loss_config=loss_config, mesh=mesh)
 
-  def train_flops_per_step(self, model_config: clip.CLIPConfig, input_config: Any,
+  def train_flops_per_step(self, model_config, input_config: Any,
                            batch: int) -> int:
     """Model FLOPs of one training step: forward + backward (2× forward) for every pair."""
     return 3 * batch * self.forward_flops_per_pair(model_config, input_config)

@@ -31,15 +31,16 @@ def loss(params, batch, *, model, loss_config, mesh):
   towers = base.towers(model, params["clip"])
   image_out = towers.encode_image(batch["image"])
   text_out = towers.encode_text(batch["text"])
-  image_out = {k: image_out[k] for k in ("embedding", "tokens_projected")}
-  text_out = {k: text_out[k] for k in ("embedding", "tokens_projected", "eot_index")}
+  image_out = {k: image_out[k] for k in clim.IMAGE_KEYS}
+  text_out = {k: text_out[k] for k in clim.TEXT_KEYS}
   calibrators = aggregators_of(loss_config, params)
+  pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
   def objective(image_out, text_out, axis_name):
     return finelip_loss.finelip_objective(
-        image_out, text_out, aggregators=calibrators, logit_scale=params["clip"]["logit_scale"],
+        image_out, text_out, aggregators=calibrators, pair_loss=pair_loss,
         weights=base.weights_of(loss_config), options=options_of(loss_config),
-        axis_name=axis_name, **base.contrastive_options(loss_config))
+        axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(image_out, text_out)
 
@@ -52,15 +53,13 @@ def forward_flops_per_pair(c, input_config) -> int:
 
 def image_features(image_out, extra_params, loss_config) -> dict:
   """The global embedding and the refined tokens `[CLS, ATRM(patches)]`."""
-  tokens = clim.refined_image_tokens(image_out["tokens_projected"],
-                                             aggregators_of(loss_config, extra_params).image)
+  tokens = clim.refined_image_tokens(image_out, aggregators_of(loss_config, extra_params).image)
   return {"embedding": image_out["embedding"], "tokens": tokens}
 
 
 def text_features(text_out, extra_params, loss_config) -> dict:
   """The global embedding and the refined tokens `[ATRM(SOT+words), EOT]`."""
-  tokens = clim.refined_text_tokens(text_out["tokens_projected"], text_out["eot_index"],
-                                            aggregators_of(loss_config, extra_params).text)
+  tokens = clim.refined_text_tokens(text_out, aggregators_of(loss_config, extra_params).text)
   return {"embedding": text_out["embedding"], "tokens": tokens}
 
 

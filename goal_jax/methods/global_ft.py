@@ -1,4 +1,5 @@
-"""Global fine-tuning, GOAL's baseline (its Table 1, row 1): InfoNCE(image, long caption) only."""
+"""Global fine-tuning, GOAL's baseline (its Table 1, row 1): the contrastive term between image and
+long caption only (InfoNCE on CLIP, SigLIP's sigmoid on SigLIP)."""
 from goal_jax.losses import contrastive
 from goal_jax.methods import base
 from goal_jax.models import flops
@@ -8,10 +9,10 @@ def loss(params, batch, *, model, loss_config, mesh):
   towers = base.towers(model, params["clip"])
   image_embedding = towers.encode_image(batch["image"])["embedding"]
   text_embedding = towers.encode_text(batch["text"])["embedding"]
+  pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
   def objective(image_embedding, text_embedding, axis_name):
-    total = contrastive.infonce(image_embedding, text_embedding, params["clip"]["logit_scale"],
-                                axis_name=axis_name, **base.contrastive_options(loss_config))
+    total = pair_loss(image_embedding, text_embedding, axis_name=axis_name)
     return total, {"global": total}
 
   return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding)

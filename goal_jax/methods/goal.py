@@ -64,14 +64,15 @@ def loss(params, batch, *, model, loss_config, mesh):
     image_out, text_out = towers.encode_image(batch["image"]), towers.encode_text(batch["text"])
     local_image_out = local_text_out = None
     local_batch = {}
-  heads = goal_loss.Heads(image=towers.image_head, text=towers.text_head)
+  poolers = goal_loss.Poolers(image=towers.pool_region,
+                              text=goal_loss.mean_then_head(towers.text_head))
+  pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
   def objective(image_out, text_out, local_image_out, local_text_out, local_batch, axis_name):
     return goal_loss.goal_objective(
-        image_out, text_out, local_image_out, local_text_out, local_batch, heads=heads,
-        logit_scale=params["clip"]["logit_scale"], weights=weights,
-        tsl_form=loss_config.get("tsl_form", "diagonal"), axis_name=axis_name,
-        **base.contrastive_options(loss_config))
+        image_out, text_out, local_image_out, local_text_out, local_batch, poolers=poolers,
+        pair_loss=pair_loss, weights=weights,
+        tsl_form=loss_config.get("tsl_form", "diagonal"), axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
       image_out, text_out, local_image_out, local_text_out, local_batch)

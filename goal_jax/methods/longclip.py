@@ -1,4 +1,5 @@
-"""Long-CLIP (Zhang et al., ECCV 2024): long-caption InfoNCE + primary-component short InfoNCE."""
+"""Long-CLIP (Zhang et al., ECCV 2024): long-caption InfoNCE + primary-component short InfoNCE
+(the backbone's contrastive term: the sigmoid on SigLIP)."""
 from goal_jax.losses import contrastive
 from goal_jax.losses import longclip as longclip_loss
 from goal_jax.methods import base
@@ -10,14 +11,14 @@ def loss(params, batch, *, model, loss_config, mesh):
   image_embedding = towers.encode_image(batch["image"])["embedding"]
   text_embedding = towers.encode_text(batch["text"])["embedding"]
   short_embedding = towers.encode_text(batch["summary"])["embedding"]
+  pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
   def objective(image_embedding, text_embedding, short_embedding, axis_name):
     return longclip_loss.longclip_objective(
         {"embedding": image_embedding}, {"embedding": text_embedding}, short_embedding,
-        logit_scale=params["clip"]["logit_scale"], weights=base.weights_of(loss_config),
+        pair_loss=pair_loss, weights=base.weights_of(loss_config),
         num_components=loss_config.num_components, pca_scope=loss_config.pca_scope,
-        axis_name=axis_name,
-        **base.contrastive_options(loss_config))
+        axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding,
                                                     short_embedding)

@@ -7,6 +7,7 @@ MulCLIP calls token calibration) train beside CLIP as `calibration/image` and
 """
 import jax.numpy as jnp
 
+from goal_jax.losses import clim
 from goal_jax.losses import contrastive
 from goal_jax.losses import mulclip as mulclip_loss
 from goal_jax.methods import base
@@ -31,18 +32,17 @@ def loss(params, batch, *, model, loss_config, mesh):
   sentence_embedding = short_embedding[size:].reshape(size, num_sentences, -1)
   calibrators = token_aggregation.per_modality(loss_config.calibration_tokens,
                                                params["calibration"])
-  image_out = {k: image_out[k] for k in ("embedding", "tokens_projected")}
-  text_out = {k: text_out[k] for k in ("embedding", "tokens_projected", "eot_index")}
+  image_out = {k: image_out[k] for k in clim.IMAGE_KEYS}
+  text_out = {k: text_out[k] for k in clim.TEXT_KEYS}
+  pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
   def objective(image_out, text_out, summary_embedding, sentence_embedding, sentence_valid,
                 axis_name):
     return mulclip_loss.mulclip_objective(
         image_out, text_out, summary_embedding, sentence_embedding,
-        {"sentence_valid": sentence_valid}, calibrators=calibrators,
-        logit_scale=params["clip"]["logit_scale"], weights=base.weights_of(loss_config),
-        options=base.options_of(mulclip_loss.MulCLIPOptions, loss_config),
-        axis_name=axis_name,
-        **base.contrastive_options(loss_config))
+        {"sentence_valid": sentence_valid}, calibrators=calibrators, pair_loss=pair_loss,
+        weights=base.weights_of(loss_config),
+        options=base.options_of(mulclip_loss.MulCLIPOptions, loss_config), axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
       image_out, text_out, summary_embedding, sentence_embedding, batch["sentence_valid"])

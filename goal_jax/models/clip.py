@@ -95,6 +95,15 @@ def get_model_config(name: str, **overrides) -> CLIPConfig:
   return towers.get_variant(CLIPConfig, VARIANTS, name, **overrides)
 
 
+def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of `tokens [..., T, D]` over `mask [..., T]` in fp32; zeros (not NaN) where the mask
+  is empty."""
+  weights = mask.astype(jnp.float32)
+  total = jnp.einsum("...t,...td->...d", weights, tokens.astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+  return total / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1.0)
+
+
 def l2_normalize(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
@@ -228,7 +237,14 @@ class VisionTower(nn.Module):
     x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(dtype)
     x = self.ln_pre(x)
     tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, False, return_attention)
-    return _tower_outputs(self.head, tokens, tokens[:, 0], weights, return_attention)
+    out = _tower_outputs(self.head, tokens, tokens[:, 0], weights, return_attention)
+    return {**out, "patch_tokens": tokens[:, 1:],
+            "patch_tokens_projected": out["tokens_projected"][:, 1:]}
+
+  def pool_region(self, tokens, mask):
+    """GOAL's region embedding: the mean of the patch tokens `mask` [B, N] selects, through the
+    head (the CLS path): [B, E] fp32, unit."""
+    return l2_normalize(self.head(masked_mean(tokens, mask)))
 
 
 class TextTower(nn.Module):
@@ -265,7 +281,7 @@ class TextTower(nn.Module):
     eot_index = jnp.argmax(ids, axis=-1)
     pooled = jnp.take_along_axis(tokens, eot_index[:, None, None], axis=1)[:, 0]
     return _tower_outputs(self.head, tokens, pooled, weights, return_attention,
-                          eot_index=eot_index)
+                          eot_index=eot_index, text_end=eot_index)
 
 
 class CLIP(nn.Module):
@@ -288,6 +304,9 @@ class CLIP(nn.Module):
 
   def image_head(self, x):
     return self.visual.head(x)
+
+  def pool_region(self, tokens, mask):
+    return self.visual.pool_region(tokens, mask)
 
   def text_head(self, x):
     return self.text.head(x)

@@ -34,6 +34,7 @@ class Family:
   image_std: tuple[float, float, float]
   geometry: str  # how an image becomes S x S: `center_crop` (CLIP's processor) or `squash`
   tokenizer: Callable[[str], Any]  # (checkpoint directory) -> its tokenizer
+  contrastive: str  # the loss it was pretrained with: `softmax` (InfoNCE) or `sigmoid`
 
 
 REGISTRY = {
@@ -41,14 +42,16 @@ REGISTRY = {
                    clip.VARIANTS, clip.variant_of,
                    image_mean=(0.48145466, 0.4578275, 0.40821073),
                    image_std=(0.26862954, 0.26130258, 0.27577711), geometry="center_crop",
-                   tokenizer=lambda directory: clip_tokenizer.get_tokenizer()),
+                   tokenizer=lambda directory: clip_tokenizer.get_tokenizer(),
+                   contrastive="softmax"),
     # SigLIP: pixels to [-1, 1] and a plain resize to S x S (big_vision's `resize|value_range`,
     # transformers' SiglipImageProcessor).
     siglip.FAMILY: Family(siglip.FAMILY, siglip.SigLIPConfig, siglip.SigLIP, siglip.init_params,
                           siglip.abstract_params, siglip.VARIANTS, siglip.variant_of,
                           image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
                           geometry="squash",
-                          tokenizer=sentencepiece_tokenizer.from_checkpoint),
+                          tokenizer=sentencepiece_tokenizer.from_checkpoint,
+                          contrastive="sigmoid"),
 }
 
 

@@ -266,8 +266,9 @@ class VisionTower(nn.Module):
     x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.pos_embedding.astype(x.dtype)
     tokens = self.Transformer(x)
     pooled = self.MAPHead_0(self.Transformer.norm(tokens))
-    return {"embedding": l2_normalize(pooled), "tokens": tokens,
-            "tokens_projected": self.head(tokens)}
+    projected = self.head(tokens)
+    return {"embedding": l2_normalize(pooled), "tokens": tokens, "tokens_projected": projected,
+            "patch_tokens": tokens, "patch_tokens_projected": projected}
 
 
 class TextTower(nn.Module):
@@ -298,7 +299,14 @@ class TextTower(nn.Module):
     eot_index = jnp.full((ids.shape[0],), length - 1, jnp.int32)
     projected = self.head(tokens)
     return {"embedding": l2_normalize(projected[:, -1]), "tokens": tokens,
-            "tokens_projected": projected, "eot_index": eot_index}
+            "tokens_projected": projected, "eot_index": eot_index, "text_end": text_end(ids)}
+
+
+def text_end(ids: jax.Array) -> jax.Array:
+  """[B] the first EOS position: with the sticky EOS every position from there on holds the id
+  the last one holds, and no caption token is an EOS."""
+  trailing = jnp.cumprod((ids == ids[:, -1:])[:, ::-1].astype(jnp.int32), axis=1).sum(axis=1)
+  return ids.shape[1] - trailing
 
 
 class SigLIP(nn.Module):

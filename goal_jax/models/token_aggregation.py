@@ -73,6 +73,7 @@ def per_modality(num_tokens: int, params: dict) -> PerModality:
                      text=lambda x, m: module.apply({"params": params["text"]}, x, m))
 
 
-def text_token_mask(eot_index: jax.Array, length: int) -> jax.Array:
-  """The text tokens both papers aggregate: SOT and the words, not EOT nor the padding after it."""
-  return jnp.arange(length)[None, :] < eot_index[:, None]
+def text_token_mask(text_end: jax.Array, length: int) -> jax.Array:
+  """The text tokens both papers aggregate: those before the tower's `text_end` (CLIP: SOT and
+  the words, not EOT nor the padding after it; SigLIP: the words, not the EOS run)."""
+  return jnp.arange(length)[None, :] < text_end[:, None]
