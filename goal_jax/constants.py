@@ -32,6 +32,16 @@ OPTIMIZER = dict(
 
 # The input pipeline's config (`goal_jax.data.pipeline.default_config`): ViT-B/16 at 224 px,
 # 248-token captions, CLIP's centre crop.
+# The backbone families a recipe can start from (`configs/<method>.py:backbone=...`): the variant
+# built without an init checkpoint, the demo's tiny one, and the text contexts: the pretrained
+# one (short captions, sentences) and Long-CLIP's stretch of it for long captions.
+BACKBONES = {
+    "clip": dict(default_variant="B/16", demo_variant="demo", short_context=77,
+                 long_context=248),
+    "siglip": dict(default_variant="siglip2-B/16-256", demo_variant="siglip-demo",
+                   short_context=64, long_context=196),
+}
+
 INPUT = dict(
     dataset="synthetic",
     split="train",
@@ -42,6 +52,9 @@ INPUT = dict(
     sentence_context=77,
     max_sentences=8,
     caption_sentences=0,   # > 0: `text` is the caption's first N sentences (short captions)
+    max_regions=4,         # regions (boxed pairs) per record: FG-CLIP's `max_anns`
+    region_context=77,     # tokens of a region's caption and of its hard negatives
+    hard_negatives=10,     # K hard-negative captions per region (FG-CLIP: 10)
     geometry="center_crop",  # or "squash"
     span_mode="exact",     # or "goal": GOAL's span rule (+1 shift, truncation fallback)
     box_mode="exact",      # or "goal": GOAL's naive stretch of boxes onto the grid
@@ -49,7 +62,8 @@ INPUT = dict(
     box_grid_patch=0,      # box_mode=goal: patch side boxes are cut with (0: the model's)
     box_norm="image",      # box_mode=goal: divide boxes by the image size, or "json" (crop)
     compat="",             # "goal": every behaviour of GOAL's released code; "goal_fixed": (COMPAT)
-    fields="all",          # groups joined by "," (global, summary, sentences, local), or all
+    fields="all",          # "all", or groups joined by ",": global, summary, sentences, local,
+                           # regions
     num_workers=0,         # > 0: Grain multiprocessing prefetch
     read_threads=2,
     prefetch_buffer_size=8,

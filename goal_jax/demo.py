@@ -5,7 +5,9 @@ The papers start from OpenAI CLIP: pretrained on short captions at 77 tokens, th
 
 1. prepare the embedded `synthetic` dataset into the cache (once);
 2. pretrain a tiny CLIP with the global loss on *short* captions (the summary and the first shape
-   sentence) at 32 tokens — our stand-in for OpenAI CLIP (once; cached by its config);
+   sentence) at 32 tokens — our stand-in for OpenAI CLIP (once; cached by its config). With
+   `backbone=siglip` a tiny SigLIP instead, with the sigmoid loss and a SentencePiece model
+   trained on the training captions — the stand-in for a released SigLIP;
 3. stretch its text positions 32 -> 64 (Long-CLIP's KPS) and fine-tune it with the configured
    method on the long captions; then evaluate retrieval on `test` and `test_hard`.
 
@@ -25,12 +27,15 @@ from goal_jax import files
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
 from goal_jax.models import checkpoint as model_checkpoint
+from goal_jax.models import families
+from goal_jax.text import sentencepiece_tokenizer
 from goal_jax.training import loop
 
 PRETRAIN_CONTEXT = 32
 PRETRAIN_STEPS = 400
 FINETUNE_CONTEXT = 64  # a synthetic caption has at most 62 tokens
 SHORT_CAPTION_SENTENCES = 2  # the summary and the first shape: a COCO-like short caption
+DEMO_VOCAB = 512  # the demo SigLIP's vocabulary bound (the synthetic captions need ~200 pieces)
 
 
 cache_dir = files.cache_dir
@@ -51,10 +56,27 @@ def ensure_synthetic(data_dir: str, seed: int = 0) -> None:
     data_prepare.prepare("synthetic", data_dir, seed=seed, verbose=True)
 
 
-def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
-  """Global InfoNCE on short captions at 32 tokens, from random weights."""
-  config = config_utils.load_config(config_utils.recipe_path("global_ft.py"), "demo")
+def ensure_tokenizer(data_dir: str) -> str:
+  """The demo SigLIP's SentencePiece model, trained once on the training split's captions (a
+  pretrained SigLIP brings its own; a tiny one from random weights needs one of its data)."""
+  path = os.path.join(data_dir, "siglip_tokenizer", sentencepiece_tokenizer.MODEL_FILES[0])
+  if not os.path.isfile(path):
+    source = data_builder.load_source("synthetic", "train", data_dir)
+    records = (data_builder.decode_record(source[i]) for i in range(len(source)))
+    texts = [text for r in records for text in (r["caption"], r["summary"])]
+    files.write_atomic(path, sentencepiece_tokenizer.train_model(texts, DEMO_VOCAB))
+  return path
+
+
+def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS,
+                    backbone: str = "clip") -> ml_collections.ConfigDict:
+  """The backbone's own loss (CLIP: InfoNCE, SigLIP: sigmoid) on short captions at 32 tokens,
+  from random weights."""
+  config = config_utils.load_config(config_utils.recipe_path("global_ft.py"),
+                                    f"demo,backbone={backbone}")
   config.model_init = loop.RANDOM_INIT
+  if backbone != "clip":
+    config.model.tokenizer = ensure_tokenizer(data_dir)
   config.model.text_context = PRETRAIN_CONTEXT
   config.input.data_dir = data_dir
   config.input.caption_sentences = SHORT_CAPTION_SENTENCES
@@ -67,19 +89,25 @@ def pretrain_config(data_dir: str, steps: int = PRETRAIN_STEPS) -> ml_collection
   return config
 
 
-def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS) -> str | None:
-  """The pretrained tiny CLIP, trained once and cached under a hash of its config.
+def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS,
+                      backbone: str = "clip") -> str | None:
+  """The pretrained tiny model of the backbone family, trained once and cached under a hash of
+  its config.
 
   None when the pretraining was stopped by a termination signal (it resumes on the next call).
   """
-  config = pretrain_config(data_dir, steps)
+  config = pretrain_config(data_dir, steps, backbone)
   key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
+  if config.model.tokenizer:  # its contents, not only its path, make the model
+    with open(config.model.tokenizer, "rb") as f:
+      key.update(f.read())
   path = os.path.join(cache_dir(), "pretrained", key.hexdigest()[:12])
   model_dir = os.path.join(path, "model")
   if os.path.isfile(os.path.join(model_dir, model_checkpoint.CONFIG_FILE)):
     return model_dir
-  logging.info("Pretraining the demo's tiny CLIP on short captions into %s", path)
-  print(f"[demo] pretraining a tiny CLIP on short captions (cached in {path})", flush=True)
+  logging.info("Pretraining the demo's tiny %s on short captions into %s", backbone, path)
+  print(f"[demo] pretraining a tiny {backbone} model on short captions (cached in {path})",
+        flush=True)
   workdir = files.staging_directory(path, create=False)  # kept: a stopped pretraining resumes
   if loop.run(config, workdir)["preempted"]:
     return None
@@ -102,7 +130,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str,
   ensure_synthetic(data_dir, seed)
   config.input.data_dir = config.input.data_dir or data_dir
   if not config.model_init:
-    config.model_init = ensure_pretrained(config.input.data_dir, pretrain_steps)
+    backbone = families.of(families.get_variant(config.model.variant)).name
+    config.model_init = ensure_pretrained(config.input.data_dir, pretrain_steps, backbone)
     if config.model_init is None:
       return {"preempted": True, "step": 0}
   config.model.text_context = FINETUNE_CONTEXT

@@ -15,12 +15,15 @@ learned.
   python -m goal_jax.study --workdir=/tmp/study --runs=global,goal --data_seed=1 --steps=300
   python -m goal_jax.study --workdir=/tmp/study --report_only       # outputs from what finished
   python -m goal_jax.study --workdir=/tmp/study_ci --tiny           # CI: 2 runs, 4 steps
+  python -m goal_jax.study --workdir=/tmp/study_siglip --backbone=siglip --runs=global,goal,mulclip
 
-Each run is one `python -m goal_jax.train` subprocess on `configs/<method>.py:demo,data_seed=D`
+Each run is one `python -m goal_jax.train` subprocess on
+`configs/<method>.py:demo,data_seed=D,backbone=B` (B: the tiny CLIP start or the tiny SigLIP one)
 into `<workdir>/<run>/seed<K>` (its output in `train.log` there); `RUNS` below lists them.
 A run whose workdir holds `model/` and its final step's `eval_<step>.json` is done and skipped;
 an unfinished one is rerun and the trainer resumes from its checkpoints. `study_config.json` keeps
-the options that change results (data seed, steps, eval cadence, pretraining steps): a rerun into
+the options that change results (backbone, data seed, steps, eval cadence, pretraining steps): a
+rerun into
 the same directory must repeat them, but may add seeds or runs.
 
 Outputs, rebuilt from every finished run's `eval_<step>.json` files:
@@ -106,7 +109,9 @@ MISSING = "–"
 # Options.
 
 STUDY_CONFIG = "study_config.json"
-RESULT_OPTIONS = ("data_seed", "steps", "eval_every", "pretrain_steps")  # change the numbers
+RESULT_OPTIONS = ("backbone", "data_seed", "steps", "eval_every",
+                  "pretrain_steps")  # change the numbers
+OLDER_STUDIES = {"backbone": "clip"}  # what a study config from before an option holds
 TINY = dict(seeds=1, runs=("global", "goal"), steps=4, eval_every=2, pretrain_steps=4)
 
 
@@ -119,6 +124,7 @@ class StudyOptions:
   workdir: str
   seeds: int = 3
   runs: tuple[str, ...] = tuple(RUNS)
+  backbone: str = "clip"   # the demo start's family: "clip" or "siglip"
   data_seed: int = 0
   steps: int = 0           # 0: each config's own
   eval_every: int = 50
@@ -145,6 +151,7 @@ def merged_study_config(stored: dict | None, options: StudyOptions) -> dict:
   requested = options.result_options()
   if stored is None:
     return {**requested, "seeds": list(range(options.seeds)), "runs": list(options.runs)}
+  stored = {**OLDER_STUDIES, **stored}
   changed = [k for k in RESULT_OPTIONS if stored.get(k) != requested[k]]
   if changed:
     was = ", ".join(f"{k}={stored.get(k)}" for k in changed)
@@ -181,7 +188,7 @@ def train_command(run: str, seed: int, workdir: str, config: dict) -> list[str]:
   command = [
       sys.executable, "-m", "goal_jax.train",
       f"--config={config_utils.recipe_path(recipe.config_file)}:demo,"
-      f"data_seed={config['data_seed']}",
+      f"data_seed={config['data_seed']},backbone={config.get('backbone', 'clip')}",
       f"--workdir={run_dir(workdir, run, seed)}",
       f"--config.seed={seed}",
       f"--config.eval_every={config['eval_every']}",
@@ -347,7 +354,8 @@ def markdown_table(summary: dict) -> str:
   options = summary["options"]
   lines = [
       "# Study: local alignment on the synthetic benchmark", "",
-      f"Data seed {options['data_seed']}, steps {options['steps'] or 'per config'}, "
+      f"Backbone {options.get('backbone', 'clip')}, data seed {options['data_seed']}, "
+      f"steps {options['steps'] or 'per config'}, "
       f"pretraining steps {options['pretrain_steps'] or 'demo default'}. Cells: mean (min–max) "
       f"over seeds at the final step, in %; {MISSING}: not reported.", "",
       "| run | seeds | " + " | ".join(c.label for c in TABLE_COLUMNS) + " |",
@@ -479,6 +487,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("seeds", 3, "Number of training seeds: 0..N-1.", lower_bound=1)
   flags.DEFINE_list("runs", list(RUNS), f"Runs to train, of: {', '.join(RUNS)}.")
   flags.DEFINE_integer("data_seed", 0, "Generator seed of the synthetic dataset.")
+  flags.DEFINE_enum("backbone", "clip", ["clip", "siglip"],
+                    "The demo start every run fine-tunes: the tiny CLIP or the tiny SigLIP.")
   flags.DEFINE_integer("steps", 0, "Fine-tuning steps; 0: each config's own.", lower_bound=0)
   flags.DEFINE_integer("eval_every", 50, "Evaluate every this many steps.", lower_bound=1)
   flags.DEFINE_integer("pretrain_steps", 0,
@@ -498,7 +508,7 @@ def options_from_flags() -> StudyOptions:
   values = {name: FLAGS[name].value for name in TINY}
   if FLAGS.tiny:
     values = with_tiny_defaults(values, {name for name in TINY if FLAGS[name].present})
-  return StudyOptions(workdir=FLAGS.workdir, data_seed=FLAGS.data_seed,
+  return StudyOptions(workdir=FLAGS.workdir, data_seed=FLAGS.data_seed, backbone=FLAGS.backbone,
                       report_only=FLAGS.report_only, **{**values,
                                                         "runs": check_runs(values["runs"])})
 

@@ -6,7 +6,8 @@
   python -m goal_jax.visualize curves --workdir=/runs/goal_b16 --out=curves.png
 
 `attention`: GOAL's map (last vision block, heads averaged, CLS removed, mean attention each
-patch receives), bicubic to the image, 'jet' at alpha 0.5 over the image; the PNG has the size of
+patch receives; a SigLIP model, which has no class token, shows its pooling head's attention over
+the patches instead), bicubic to the image, 'jet' at alpha 0.5 over the image; the PNG has the size of
 the part of the image the model sees: the whole image with the default `--geometry=squash`, the
 central square with `center_crop`. `--heatmap_out` also writes the bare colour map.
 `sentences`: per sentence of the caption, the softmax over patches of cos(sentence, patch) /
@@ -32,7 +33,7 @@ from goal_jax import figures
 from goal_jax.data import images as images_lib
 from goal_jax.evaluation import attention_maps
 from goal_jax.evaluation import embedding
-from goal_jax.models import clip
+from goal_jax.models import families
 from goal_jax.text import sentences
 from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import metric_log
@@ -44,15 +45,19 @@ EXPECTED = (FileNotFoundError, ValueError, UnidentifiedImageError)  # one `error
 
 
 @functools.lru_cache(maxsize=None)
-def _image_fn(config: clip.CLIPConfig):
-  model = clip.CLIP(config)
+def _image_fn(config):
+  model_class = families.of(config).model_class
+  model = model_class(config)
   return jax.jit(lambda params, images: model.apply(
-      {"params": params}, images, True, method=clip.CLIP.encode_image))
+      {"params": params}, images, True, method=model_class.encode_image))
 
 
 def encode_image(params, config, image: Image.Image, geometry: str = DEFAULT_GEOMETRY) -> dict:
-  """One image through the vision tower with the last block's attention; host numpy outputs."""
-  pixels = images_lib.model_image(image, config.image_size, geometry)
+  """One image through the vision tower with its attention (CLIP: the last block's; SigLIP: the
+  pooling head's); host numpy outputs."""
+  family = families.of(config)
+  pixels = images_lib.model_image(image, config.image_size, geometry, family.image_mean,
+                                  family.image_std)
   out = _image_fn(config)(params, jax.device_put(pixels[None]))
   return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
 
@@ -67,7 +72,7 @@ def attention_overlay(params, config, image: Image.Image, geometry: str = DEFAUL
                       alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
   """(overlay, heat map), uint8 RGB of the model view's size, of GOAL's attention map."""
   out = encode_image(params, config, image, geometry)
-  grid_map = attention_maps.goal_attention_map(out["attention"])
+  grid_map = attention_maps.attention_map(out)
   view = model_view(image, config, geometry)
   heat = attention_maps.heat_image(
       attention_maps.min_max(attention_maps.bicubic_resize(grid_map, view.shape[:2])))
@@ -85,10 +90,12 @@ def split_caption(caption: str, splitter: str = "sentencex") -> list[str]:
 
 def sentence_overlays(params, config, image: Image.Image, sentences: list[str], *,
                       geometry: str = DEFAULT_GEOMETRY, temperature: float = 0.07,
-                      alpha: float = 0.5) -> tuple[np.ndarray, list[np.ndarray]]:
-  """(weights [M, G, G], one overlay per sentence) of the sentence-conditioned patch maps."""
-  patches = encode_image(params, config, image, geometry)["tokens_projected"][1:]
-  ids = text_tokenizer.get_tokenizer()(sentences, context_length=config.context_length).ids
+                      alpha: float = 0.5, tokenizer=None) -> tuple[np.ndarray, list[np.ndarray]]:
+  """(weights [M, G, G], one overlay per sentence) of the sentence-conditioned patch maps;
+  `tokenizer`: the model's (None: CLIP's)."""
+  patches = encode_image(params, config, image, geometry)["patch_tokens_projected"]
+  tokenizer = tokenizer or text_tokenizer.get_tokenizer()
+  ids = tokenizer(sentences, context_length=config.context_length).ids
   text = embedding.Embedder(config, batch_size=8).embed_array(params, "text", ids)
   weights = attention_maps.sentence_patch_weights(text, patches, temperature)
   grid = config.grid_size
@@ -223,7 +230,8 @@ def main(argv):
       caption = f.read()
   sentences = split_caption(caption, FLAGS.splitter)
   _, overlays = sentence_overlays(params, config, image, sentences, geometry=FLAGS.geometry,
-                                  temperature=FLAGS.temperature, alpha=FLAGS.alpha)
+                                  temperature=FLAGS.temperature, alpha=FLAGS.alpha,
+                                  tokenizer=families.of(config).tokenizer(FLAGS.checkpoint))
   for index, panel in enumerate(overlays):
     save_png(panel, f"{_stem(FLAGS.out)}_s{index}.png")
   save_grid(overlays, [f"{i}: {s}" for i, s in enumerate(sentences)], FLAGS.out)

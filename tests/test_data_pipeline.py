@@ -108,6 +108,10 @@ def test_process_shapes_and_values_on_a_hand_built_record(tok):
       "patch_mask": ((4, 16), np.bool_), "local_image": ((32, 32, 3), np.float32),
       "local_text": ((32,), np.int32), "local_span_mask": ((32,), np.bool_),
       "local_patch_mask": ((16,), np.bool_), "local_valid": ((), np.bool_),
+      # `regions` (FG-CLIP; values in test_data_regions.py): 4 regions, K = 10, 77 tokens.
+      "region_box": ((4, 4), np.float32), "region_text": ((4, 77), np.int32),
+      "region_valid": ((4,), np.bool_), "region_negatives": ((4, 10, 77), np.int32),
+      "region_negative_valid": ((4, 10), np.bool_),
   }
   assert {k: (v.shape, v.dtype) for k, v in out.items()} == expected
 

@@ -24,7 +24,7 @@ def layout(request, tmp_path_factory):
 SPLITS_SOURCES = {"docci": "raw.docci", "dci": "raw.dci", "urban1k": "raw.urban1k",
                   "sharegpt4v": "raw.sharegpt4v", "coco_karpathy": "raw.karpathy:COCO_SPLITS",
                   "flickr30k_karpathy": "raw.karpathy:FLICKR_SPLITS", "goal_json": "raw.goal_json",
-                  "synthetic": "synthetic", "photos": "photos"}
+                  "finehard": "raw.finehard", "synthetic": "synthetic", "photos": "photos"}
 
 
 def test_registry_splits_match_reader_modules():

@@ -1,6 +1,7 @@
 """`synthetic` v2: the promises of its docstring, each checked on generated scenes."""
 import collections
 import dataclasses
+import hashlib
 import itertools
 import json
 
@@ -228,3 +229,146 @@ def test_reader_table_names_the_generator_defaults():
   from goal_jax.data import raw  # noqa: PLC0415
   assert raw.get_reader("synthetic").generator == {"seed": 0,
                                                    "version": synthetic.LATEST_VERSION}
+
+
+# Hard negatives (FG-CLIP): parsed here by word position, independently of the generator's regex.
+_VOCABULARY = {"size": synthetic.SIZES, "colour": synthetic.COLOURS,
+               "texture": synthetic.TEXTURES, "shape": synthetic.SHAPES}
+
+
+def _parse_object(sentence):
+  """"A small red solid circle." -> {size, colour, texture, shape}, each checked against the
+  generator's vocabulary."""
+  words = sentence.rstrip(".").split()
+  assert words[0] == "A" and len(words) == 5, sentence
+  parsed = dict(zip(("size", "colour", "texture", "shape"), words[1:]))
+  assert all(value in _VOCABULARY[key] for key, value in parsed.items()), sentence
+  return parsed
+
+
+def _parse_relation(sentence):
+  """"The red circle is left of the blue square." -> (colour, shape, relation, colour, shape)."""
+  head, _, tail = sentence.rstrip(".").partition(" is ")
+  relation, _, second = tail.rpartition(" the ")
+  (_, colour_a, shape_a), (colour_b, shape_b) = head.split(), second.split()
+  assert {colour_a, colour_b} <= set(synthetic.COLOURS), sentence
+  assert {shape_a, shape_b} <= set(synthetic.SHAPES), sentence
+  return colour_a, shape_a, relation, colour_b, shape_b
+
+
+def _where(a, b):
+  """Where object a is relative to b, from their cells of the 2 x 2 layout."""
+  (row_a, col_a), (row_b, col_b) = divmod(a.cell, 2), divmod(b.cell, 2)
+  if row_a == row_b:
+    return "left of" if col_a < col_b else "right of"
+  vertical = "above" if row_a < row_b else "below"
+  return vertical if col_a == col_b else f"diagonally {vertical}"
+
+
+def _true_of(scene, sentence):
+  if sentence.startswith("A "):
+    attrs = _parse_object(sentence)
+    return any(all(getattr(o, k) == v for k, v in attrs.items()) for o in scene.objects)
+  colour_a, shape_a, relation, colour_b, shape_b = _parse_relation(sentence)
+  return any((a.colour, a.shape, b.colour, b.shape) == (colour_a, shape_a, colour_b, shape_b)
+             and _where(a, b) == relation
+             for a in scene.objects for b in scene.objects if a is not b)
+
+
+def _one_edit(positive, negative):
+  """The one thing `negative` changes in `positive` (an attribute, or `binding`), else fails."""
+  if positive.startswith("A "):
+    a, b = _parse_object(positive), _parse_object(negative)
+    changed = [key for key in a if a[key] != b[key]]
+    assert len(changed) == 1, (positive, negative)
+    return changed[0]
+  a, b = _parse_relation(positive), _parse_relation(negative)
+  assert a[2] == b[2], (positive, negative)  # the relation itself is never the edit
+  if (b[0], b[3]) == (a[3], a[0]) and (b[1], b[4]) == (a[1], a[4]):
+    return "binding"  # the two colours swapped
+  changed = [k for k in (0, 1, 3, 4) if a[k] != b[k]]
+  assert len(changed) == 1, (positive, negative)
+  return ("colour", "shape", None, "colour", "shape")[changed[0]]
+
+
+def test_training_pairs_get_false_one_edit_hard_negatives():
+  edits = collections.Counter()
+  for index, ex in enumerate(_take("train", 60)):
+    scene = synthetic.scene("train", index)
+    for pair in ex.local_pairs:
+      assert _true_of(scene, pair.sentence) and synthetic.describes(scene, pair.sentence)
+      assert len(pair.hard_negatives) == synthetic.HARD_NEGATIVES
+      assert len(set(pair.hard_negatives)) == len(pair.hard_negatives)
+      for negative in pair.hard_negatives:
+        edits[_one_edit(pair.sentence, negative)] += 1
+        assert not _true_of(scene, negative), (pair.sentence, negative)
+  assert set(edits) == {"colour", "shape", "size", "texture", "binding"}, edits
+
+
+def test_a_negative_that_is_still_true_is_never_kept():
+  """Two small red/blue solid circles: "A small blue solid circle." changes the first one's
+  colour but is true of the second, so it is not a negative of the first."""
+  first = synthetic.SceneObject("circle", "red", "small", "solid", 0, (0.0, 0.0))
+  second = dataclasses.replace(first, colour="blue", cell=1)
+  scene = dataclasses.replace(synthetic.scene("train", 0), objects=(first, second),
+                              relations=((0, 1),))
+  negatives = synthetic.hard_negatives(scene, np.random.default_rng(0), count=100)
+  assert "A small blue solid circle." not in negatives[0]
+  assert "A small red solid circle." not in negatives[1]
+  assert len(negatives[0]) == 10  # 4 colours + 4 shapes + 1 size + 2 textures, one of them true
+  # Swapping the relation's colours gives "The blue circle is left of the red circle.": false.
+  assert "The blue circle is left of the red circle." in negatives[2]
+  assert all(not _true_of(scene, text) for texts in negatives for text in texts)
+
+
+def test_test_splits_have_no_hard_negatives_and_seeds_repeat():
+  for split in ("test", "test_hard"):
+    assert all(not p.hard_negatives for ex in _take(split, 8) for p in ex.local_pairs)
+  first = [p.hard_negatives for ex in _take("train", 5, seed=4) for p in ex.local_pairs]
+  again = [p.hard_negatives for ex in _take("train", 5, seed=4) for p in ex.local_pairs]
+  other = [p.hard_negatives for ex in _take("train", 5, seed=5) for p in ex.local_pairs]
+  assert first == again and first != other
+
+
+# sha256 of (id, caption, summary, pairs without negatives) of the first examples, as generated
+# before hard negatives existed: the negatives' own random stream leaves every scene unchanged.
+_DIGESTS = {("train", 40, 0): "bbcd061c2ad925a7a0df1d8fcd52b2cefe4bca0b7aae20b681af06178b3ce4e2",
+            ("train", 12, 3): "e86a400f74ab4a46e5b21da592e29636ac47c9442548a73375b86bcd1f12c5d6",
+            ("test", 40, 0): "c5dc43ac58b5e8453cc24b7acd4e18affd35dbe082bd5f683c2318e37235a99e",
+            ("test_hard", 40, 0):
+                "a922dbb9d3fc393ed5805af505627f243fe2b3c67c8f54c4e0fb72ec8be49a9e"}
+
+
+@pytest.mark.parametrize("split,count,seed", list(_DIGESTS))
+def test_hard_negatives_leave_scenes_captions_and_pairs_as_before(split, count, seed):
+  digest = hashlib.sha256()
+  for ex in _take(split, count, seed=seed):
+    pairs = [(p.box, p.sentence, p.score, p.is_full_image) for p in ex.local_pairs]
+    digest.update(repr((ex.id, ex.caption, ex.summary, pairs)).encode())
+  assert digest.hexdigest() == _DIGESTS[split, count, seed]
+
+
+def test_records_differ_only_by_the_hard_negative_fields():
+  ex = _take("train", 1)[0]
+  plain = dataclasses.replace(ex, local_pairs=tuple(
+      dataclasses.replace(p, hard_negatives=()) for p in ex.local_pairs))
+  with_negatives, _ = records.make_record(ex, dataset="synthetic", detail=False)
+  without, _ = records.make_record(plain, dataset="synthetic", detail=False)
+  new = {"pair_hard_negatives", "pair_hard_negative_count"}
+  for key in set(records.FIELDS) - new:
+    np.testing.assert_equal(with_negatives[key], without[key], err_msg=key)
+  assert without["pair_hard_negatives"] == [] and not without["pair_hard_negative_count"].any()
+  assert with_negatives["pair_hard_negative_count"].tolist() == [10] * len(ex.local_pairs)
+  assert with_negatives["pair_hard_negatives"] == [t for p in ex.local_pairs
+                                                   for t in p.hard_negatives]
+
+
+def test_prepared_train_split_round_trips_the_hard_negatives(tmp_path, monkeypatch):
+  monkeypatch.setitem(synthetic.SPLIT_SIZES, "train", 3)
+  prepare.prepare("synthetic", tmp_path, splits=["train"], seed=2, verbose=False)
+  source = builder.load_source("synthetic", "train", tmp_path)
+  for index, ex in enumerate(_take("train", 3, seed=2)):
+    record = builder.decode_record(source[index])
+    counts = record["pair_hard_negative_count"]
+    assert counts.dtype == np.int32 and counts.tolist() == [10] * len(ex.local_pairs)
+    assert record["pair_hard_negatives"] == [t for p in ex.local_pairs for t in p.hard_negatives]

@@ -65,7 +65,7 @@ def test_batched_matching_equals_a_per_image_dense_reference():
   model = clip.CLIP(config)
   works = _images_and_sentences(np.random.default_rng(0), config,
                                 [(4, 3), (7, 2), (1, 1), (5, 4), (8, 2), (3, 5), (2, 1)])
-  matcher = scoring.Matcher(scoring.clip_scorer(params, config), crop_batch=12, text_batch=8)
+  matcher = scoring.Matcher(scoring.model_scorer(params, config), crop_batch=12, text_batch=8)
   matches = list(matcher.match(iter(works)))
   assert [m.work.payload for m in matches] == list(range(len(works)))
   assert matcher.traces == 1  # several steps (4 here), one compilation

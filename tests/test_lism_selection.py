@@ -115,3 +115,6 @@ def test_pairs_fields_take_box_score_and_full_image_flag_of_the_match():
   assert got["pair_sentence"].dtype == np.int32 and got["pair_box"].dtype == np.float32
   empty = selection.pairs(np.zeros(2, int), np.ones(2, np.float32), boxes[:1])
   assert empty["pair_box"].shape == (0, 4) and empty["pair_is_full_image"].dtype == bool
+  # Mined pairs carry no hard negatives: the source's belonged to its own pairs.
+  assert got["pair_hard_negatives"] == []
+  np.testing.assert_array_equal(got["pair_hard_negative_count"], [0, 0])

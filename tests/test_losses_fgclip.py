@@ -46,7 +46,8 @@ def _numpy_hard_negative(region, positive, negative, valid, negative_valid, scal
     if not negative_valid[i, r].any():
       continue
     logits = [scale * region[i, r] @ positive[i, r]]
-    logits += [scale * region[i, r] @ negative[i, r, j] for j in np.flatnonzero(negative_valid[i, r])]
+    logits += [scale * region[i, r] @ negative[i, r, j]
+               for j in np.flatnonzero(negative_valid[i, r])]
     logits = np.asarray(logits, np.float64)
     losses.append(np.log(np.exp(logits).sum()) - logits[0])
   return np.mean(losses)

@@ -55,6 +55,39 @@ def test_sharded_equals_dense_values_and_gradients(form):
   assert_trees_close(actual, expected)
 
 
+@pytest.mark.parametrize("form", sigmoid.FORMS)
+def test_uneven_final_chunk_and_duplicate_captions(form):
+  """A last device holding one real row and three padding rows, and captions repeated across
+  devices (each copy a negative of the other images, as the dense loss counts it): the ring and
+  the gather form still equal the dense loss in value and gradients."""
+  mesh = make_mesh()
+  image, text = unit(6, 16, 8), unit(7, 16, 8)
+  text[9] = text[1]  # the same caption on devices 0 and 2
+  text[5] = text[4]  # ... and twice on device 1
+  valid = np.arange(16) < 13  # device 3 holds rows 12..15: only row 12 is real
+
+  def dense(i, t, s, b):
+    return sigmoid.sigmoid_loss(i, t, s, b, valid=valid)
+
+  def sharded(i, t, s, b):
+    def objective(i, t, v, axis_name):
+      return sigmoid.sigmoid_loss(i, t, s, b, valid=v, axis_name=axis_name, form=form)
+    return contrastive.data_parallel(objective, mesh)(i, t, valid)
+
+  expected = jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(image, text, 2.1, -4.0)
+  # The dense reference itself, by the paper's formula over the 13 real rows.
+  t, b = math.exp(2.1), -4.0
+  logits = t * image[:13].astype(np.float64) @ text[:13].astype(np.float64).T + b
+  labels = 2 * np.eye(13) - 1
+  assert_close(expected[0], np.sum(np.log1p(np.exp(-labels * logits))) / 13)
+  image_s, text_s = shard_batch((image, text), mesh)
+  with jax.set_mesh(mesh):
+    actual = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(image_s, text_s, 2.1,
+                                                                         -4.0)
+  assert_trees_close(actual, expected)
+  assert not np.any(actual[1][0][13:]) and not np.any(actual[1][1][13:])  # padding: no gradient
+
+
 def test_ring_never_holds_the_global_logits():
   """The ring's compiled program has no [B, B] or [n, B] array: only [n, n] blocks."""
   mesh = make_mesh()

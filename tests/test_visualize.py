@@ -250,3 +250,56 @@ def test_verbs_check_their_flags(ckpt, capsys, args, code, message):
   capsys.readouterr()
   assert run_command(visualize, *args) == code
   assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+@pytest.fixture(scope="module")
+def siglip_ckpt(tmp_path_factory):
+  """A tiny SigLIP saved with its SentencePiece model, as `convert` keeps one."""
+  from goal_jax.models import siglip  # pylint: disable=g-import-not-at-top
+  from goal_jax.text import sentencepiece_tokenizer  # pylint: disable=g-import-not-at-top
+  texts = ["A dark corner of the frame.", "A light corner.", "The gradient fills the frame."]
+  tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(
+      sentencepiece_tokenizer.train_model(texts * 10, 60))
+  config = siglip.get_model_config("siglip-tiny/4", vocab_size=tokenizer.vocab_size)
+  params = jax.device_get(siglip.init_params(config, jax.random.key(3)))
+  path = tmp_path_factory.mktemp("siglip") / "model"
+  checkpoint.save_model(path, params, config, extra_files=tokenizer.checkpoint_files())
+  image_path = tmp_path_factory.mktemp("img") / "photo.png"
+  gradient = np.linspace(0, 255, 40 * 60 * 3).reshape(40, 60, 3).astype(np.uint8)
+  Image.fromarray(gradient).save(image_path)
+  return path, params, config, image_path
+
+
+def test_siglip_attention_is_its_pooling_heads(siglip_ckpt, tmp_path):
+  """SigLIP has no class token: the map is the attention-pooling head's probe over the patches,
+  recomputed here from the head's params; the explicit weights give the fused path's embedding."""
+  from goal_jax.models import siglip  # pylint: disable=g-import-not-at-top
+  path, params, config, image_path = siglip_ckpt
+  image = Image.open(image_path).convert("RGB")
+  out = visualize.encode_image(params, config, image)
+  weights = out["pool_attention"]
+  assert weights.shape == (config.vision_heads, config.grid_size ** 2)
+  pixels = np.asarray(image.resize((config.image_size,) * 2, Image.BICUBIC), np.float32)
+  fused = siglip.SigLIP(config).apply({"params": params}, (pixels / 127.5 - 1.0)[None],
+                                      method=siglip.SigLIP.encode_image)
+  np.testing.assert_allclose(out["embedding"], fused["embedding"][0], atol=1e-4)
+  head = params["img"]["MAPHead_0"]
+  tokens = np.asarray(fused["tokens"][0], np.float64)
+  norm = params["img"]["Transformer"]["encoder_norm"]
+  mean, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
+  x = (tokens - mean) / np.sqrt(var + config.layer_norm_eps) * norm["scale"] + norm["bias"]
+  attention = head["MultiHeadDotProductAttention_0"]
+  q = np.einsum("d,dhk->hk", head["probe"][0, 0], attention["query"]["kernel"]) + \
+      attention["query"]["bias"]
+  k = np.einsum("td,dhk->thk", x, attention["key"]["kernel"]) + attention["key"]["bias"]
+  logits = np.einsum("hk,thk->ht", q, k) / np.sqrt(q.shape[-1])
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  np.testing.assert_allclose(weights, expected / expected.sum(-1, keepdims=True), atol=2e-4)
+  out_png = tmp_path / "attn.png"
+  assert run_command(visualize, "attention", f"--checkpoint={path}", f"--image={image_path}",
+                     f"--out={out_png}") == 0
+  assert Image.open(out_png).size == (60, 40)
+  sentences_png = tmp_path / "sent.png"
+  assert run_command(visualize, "sentences", f"--checkpoint={path}", f"--image={image_path}",
+                     f"--out={sentences_png}", "--caption=A dark corner. A light corner.") == 0
+  assert Image.open(tmp_path / "sent_s1.png").size == (60, 40)

@@ -1,15 +1,19 @@
 """Random batches of the batch contract's shapes (DESIGN.md), for timing without a data pipeline."""
 import numpy as np
 
-from goal_jax.models import clip
 from goal_jax.text.tokenizer import EOT_ID, SOT_ID
 
 
-def random_ids(rng: np.random.Generator, shape: tuple[int, ...], context: int) -> np.ndarray:
-  """SOT, random word ids, EOT at a random position in the second half, then 0-padding."""
-  ids = rng.integers(1, SOT_ID, size=(*shape, context), dtype=np.int32)
+def random_ids(rng: np.random.Generator, shape: tuple[int, ...], context: int,
+               vocab_size: int = EOT_ID + 1) -> np.ndarray:
+  """SOT, random word ids, EOT at a random position in the second half, then 0-padding; for a
+  vocabulary without CLIP's ids (SigLIP's), random ids then EOS (1) to the end (sticky EOS)."""
   lengths = rng.integers(context // 2, context + 1, size=shape)
   positions = np.arange(context)
+  if vocab_size <= EOT_ID:
+    ids = rng.integers(2, vocab_size, size=(*shape, context), dtype=np.int32)
+    return np.where(positions < lengths[..., None] - 1, ids, 1).astype(np.int32)
+  ids = rng.integers(1, SOT_ID, size=(*shape, context), dtype=np.int32)
   ids[..., 0] = SOT_ID
   ids = np.where(positions == lengths[..., None] - 1, EOT_ID, ids)
   return np.where(positions < lengths[..., None], ids, 0).astype(np.int32)
@@ -30,22 +34,23 @@ def _random_boxes(rng, shape, grid: int) -> np.ndarray:
           & (rows >= y0[..., None]) & (rows < y1[..., None]))
 
 
-def synthetic_batch(c: clip.CLIPConfig, batch: int, sentence_context: int = 77,
+def synthetic_batch(c, batch: int, sentence_context: int = 77,
                     max_sentences: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
   """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes."""
   rng = np.random.default_rng(seed)
   size, lc, m = c.image_size, c.context_length, max_sentences
   image = lambda: rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+  ids = lambda shape, context: random_ids(rng, shape, context, c.vocab_size)
   return {
       "image": image(),
-      "text": random_ids(rng, (batch,), lc),
-      "summary": random_ids(rng, (batch,), sentence_context),
-      "sentences": random_ids(rng, (batch, m), sentence_context),
+      "text": ids((batch,), lc),
+      "summary": ids((batch,), sentence_context),
+      "sentences": ids((batch, m), sentence_context),
       "sentence_valid": np.arange(m)[None, :] < rng.integers(1, m + 1, size=(batch, 1)),
       "span_mask": _random_spans(rng, (batch, m), lc),
       "patch_mask": _random_boxes(rng, (batch, m), c.grid_size),
       "local_image": image(),
-      "local_text": random_ids(rng, (batch,), lc),
+      "local_text": ids((batch,), lc),
       "local_span_mask": _random_spans(rng, (batch,), lc),
       "local_patch_mask": _random_boxes(rng, (batch,), c.grid_size),
       "local_valid": np.ones((batch,), bool),

@@ -58,7 +58,7 @@ def _scorer() -> scoring.Scorer:
     return scoring.load_scorer(FLAGS.checkpoint, FLAGS.dtype)
   overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else {}
   config = clip.get_model_config(FLAGS.model, **overrides)
-  return scoring.clip_scorer(clip.init_params(config, jax.random.key(0)), config)
+  return scoring.model_scorer(clip.init_params(config, jax.random.key(0)), config)
 
 
 def _source(data_dir: str):

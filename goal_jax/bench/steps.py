@@ -25,7 +25,7 @@ from goal_jax.bench import batches
 from goal_jax.bench import profile
 from goal_jax.bench import remat as remat_lib
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
-from goal_jax.models import clip
+from goal_jax.models import families
 from goal_jax.models import param_tree
 from goal_jax.training import loop
 
@@ -63,7 +63,7 @@ def _host_device() -> jax.Device:
     return jax.local_devices()[0]
 
 
-def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
+def make_train_step(method: str, config, c, batch: int, *,
                     extra_steps: int, materialise: bool) -> TrainStep:
   """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device.
 
@@ -79,13 +79,14 @@ def make_train_step(method: str, config, c: clip.CLIPConfig, batch: int, *,
     with jax.default_device(_host_device()):
       params = method_.init_params(config, c, jax.random.key(0))
   else:
-    params = param_tree.merge(clip.abstract_params(c),
+    params = param_tree.merge(families.of(c).abstract_params(c),
                               method_.abstract_extra_params(config.loss, c))
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
   training = loop.build_training(config, c, params, mesh,
                                  config.optim.warmup_steps + extra_steps + 1)
-  host_batch = batches.synthetic_batch(c, batch, sentence_context=config.input.sentence_context,
-                                       max_sentences=config.input.max_sentences)
+  host_batch = batches.synthetic_batch(
+      c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
+      max_sentences=config.input.max_sentences)
   return TrainStep(training, mesh, host_batch)
 
 
@@ -165,7 +166,8 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
                          scan=scan)
   c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
   row = Row("goal_jax", method, variant, batch,
-            train_flops=methods.get(method).train_flops_per_step(c, config.input, batch))
+            train_flops=methods.get(method).train_flops_per_step(c, loop.input_config(config, c),
+                                                                 batch))
   started = time.perf_counter()
   train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup,
                                materialise=time_it)

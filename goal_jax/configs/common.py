@@ -15,7 +15,9 @@ from goal_jax import constants
 # Knobs every method accepts after `:` (`--config=configs/goal.py:variant=L/14,batch=32`).
 ARG_DEFAULTS = dict(
     demo=False,       # tiny model on the embedded synthetic data, a few minutes on a CPU
-    variant="B/16",   # model variant when no init checkpoint names one
+    backbone="clip",  # "clip" or "siglip": the family of the demo and of `variant`'s default
+    variant="",       # model variant without an init checkpoint; "": the backbone's (B/16,
+                      # siglip2-B/16-256); an init checkpoint's architecture always wins
     init="",          # a `python -m goal_jax.convert` output; required outside the demo
     dataset="docci",  # prepared dataset name (`python -m goal_jax.prepare --dataset=NAME`)
     data_dir=constants.DEFAULT_DATA_DIR,
@@ -39,9 +41,15 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
   config.model_init = args.init
   config.reset_logit_scale = config_dict.placeholder(float)  # Long-CLIP: ln(100)
 
+  if args.backbone not in constants.BACKBONES:
+    raise ValueError(f"config arg backbone={args.backbone!r}: expected one of "
+                     f"{sorted(constants.BACKBONES)}")
+  backbone = constants.BACKBONES[args.backbone]
   config.model = ml_collections.ConfigDict(dict(
-      variant=args.variant,
-      text_context=248,           # Long-CLIP's knowledge-preserved stretching 77 -> 248
+      variant=args.variant or backbone["default_variant"],
+      tokenizer="",               # SigLIP from random weights: its SentencePiece .model
+      text_context=0,             # 0: Long-CLIP's stretch of the backbone (CLIP 77 -> 248,
+                                  # SigLIP 64 -> 196, as FG-CLIP 2)
       positions="kps",            # one trainable table (GOAL); "kps_frozen_prefix": Long-CLIP
       frozen_prefix=20,
       dtype="bfloat16",           # compute; params stay fp32
@@ -55,6 +63,8 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
   config.input.dataset = args.dataset
   config.input.split = "train"
   config.input.batch_size = args.batch
+  config.input.geometry = ""  # the backbone's: CLIP's centre crop, SigLIP's squash
+  config.input.sentence_context = 0  # summary and sentences: the backbone's pretrained context
 
   # The method file writes its recipe's values (`config.optim.update(lr=..., ...)`).
   config.optim = ml_collections.ConfigDict(
@@ -67,6 +77,10 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
 
   config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
   config.loss.max_scale = config_dict.placeholder(float)
+  # Every contrastive term's form: "softmax" (InfoNCE) or "sigmoid" (SigLIP's); None: the loss
+  # the backbone was pretrained with. The sigmoid runs as the SigLIP paper's ring on a mesh.
+  config.loss.contrastive = config_dict.placeholder(str)
+  config.loss.sigmoid_sharding = "ring"  # or "gather"
 
   config.log_every = 50
   config.checkpoint_every = 500
@@ -96,7 +110,7 @@ def demo_overrides(config: ml_collections.ConfigDict, args: ml_collections.Confi
   config.demo_data = ml_collections.ConfigDict(dict(
       seed=args.data_seed,  # `prepare synthetic --seed`: another draw
       pretrain_steps=0))    # of the cached start; 0: goal_jax.demo's (fewer: smoke runs)
-  config.model.variant = "demo"
+  config.model.variant = constants.BACKBONES[args.backbone]["demo_variant"]
   config.model.dtype = "float32"  # CPUs gain nothing from bf16
   config.input.dataset = "synthetic"
   config.input.data_dir = ""      # the demo prepares it into its cache (goal_jax/demo.py)

@@ -429,6 +429,10 @@ def decode_record(raw: dict[str, Any]) -> dict[str, Any]:
   norm = raw.get("pair_norm_size")
   out["pair_norm_size"] = (np.zeros((len(out["pair_sentence"]), 2), np.float32) if norm is None
                            else np.asarray(norm, np.float32).reshape(-1, 2))
+  out["pair_hard_negatives"] = [_to_str(t) for t in raw.get("pair_hard_negatives", ())]
+  count = raw.get("pair_hard_negative_count")  # absent: no pair has hard negatives
+  out["pair_hard_negative_count"] = (np.zeros(len(out["pair_sentence"]), np.int32) if count is None
+                                     else np.asarray(count, np.int32).reshape(-1))
   return {key: out[key] for key in records.FIELDS}
 
 

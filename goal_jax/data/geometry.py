@@ -212,6 +212,25 @@ def box_to_patch_mask(box_xyxy: Sequence[float], original_hw: Sequence[int], ima
   return _mask_from_ranges(rows, cols, grid)
 
 
+def model_box(box_xyxy: Sequence[float], original_hw: Sequence[int], image_size: int,
+              geometry: str = "squash", *,
+              stored_hw: Sequence[int] | None = None) -> tuple[float, ...] | None:
+  """A box in original pixels as (x1, y1, x2, y2) fractions of the model input, clipped to it.
+
+  Through the geometry actually applied, as `box_to_patch_mask`'s `exact` mode (FG-CLIP's
+  RoIAlign reads these: `goal_jax.models.roi_align`). With `squash` it is the box divided by the
+  image size. None when nothing of the box is visible (cut off by the centre crop, or empty).
+  """
+  original_hw = _check_hw(original_hw, "original_hw")
+  x1, y1, x2, y2 = _exact_output_box(tuple(float(v) for v in box_xyxy), original_hw, image_size,
+                                     geometry, stored_hw)
+  x1, y1 = max(x1, 0.0) / image_size, max(y1, 0.0) / image_size
+  x2, y2 = min(x2, float(image_size)) / image_size, min(y2, float(image_size)) / image_size
+  if x2 <= x1 or y2 <= y1:
+    return None
+  return x1, y1, x2, y2
+
+
 def crop_box(box_xyxy: Sequence[float], original_hw: Sequence[int],
              stored_hw: Sequence[int]) -> tuple[int, int, int, int]:
   """Integer crop window (left, top, right, bottom) of a box in the stored image.

@@ -11,8 +11,9 @@ marked `valid=False` (the same number of batches on every process).
 
 Field groups (`config.fields`: groups joined by ',', or `all`) skip work a method does not use:
 `global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
-patch_mask), `local` (GOAL's local pair). Each method names its groups (`Method.fields`); the
-trainer sets them. `record_index` and `valid` are always present.
+patch_mask), `local` (GOAL's local pair), `regions` (FG-CLIP's boxes, their captions and hard
+negatives). Each method names its groups (`Method.fields`); the trainer sets them.
+`record_index` and `valid` are always present.
 
 The behaviours that reproduce GOAL's released code (`config.compat`, ...) are
 `goal_jax.data.reproduction`'s; `make_dataset` refuses shards they cannot reproduce GOAL on. Model
@@ -37,7 +38,7 @@ from goal_jax.data import reproduction
 from goal_jax.text import spans as text_spans
 from goal_jax.text import tokenizer as text_tokenizer
 
-FIELD_GROUPS = ("global", "summary", "sentences", "local")
+FIELD_GROUPS = ("global", "summary", "sentences", "local", "regions")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -89,6 +90,9 @@ class ProcessContext:
     self.sentence_context = int(config["sentence_context"])
     self.groups = field_groups(config["fields"])
     self.max_sentences = int(config["max_sentences"])
+    self.max_regions = int(config.get("max_regions", constants.INPUT["max_regions"]))
+    self.region_context = int(config.get("region_context", constants.INPUT["region_context"]))
+    self.hard_negatives = int(config.get("hard_negatives", constants.INPUT["hard_negatives"]))
     self.caption_sentences = int(config.get("caption_sentences", 0))
     if self.caption_sentences and self.groups & {"sentences", "local"}:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
@@ -161,6 +165,51 @@ def _sentence_fields(record, ctx: ProcessContext, span_masks, original_hw, store
           "patch_mask": patch_mask}
 
 
+def _hard_negatives(record) -> tuple[np.ndarray, list[str]]:
+  """(count per pair, all hard negatives); none in shards older than the fields. Checked here,
+  where they are read: code that replaces a record's pairs must replace these too (LISM does)."""
+  num_pairs = len(record["pair_sentence"])
+  counts = record.get("pair_hard_negative_count")
+  counts = np.zeros(num_pairs, np.int32) if counts is None else np.asarray(counts)
+  stored = list(record.get("pair_hard_negatives", ()))
+  if counts.shape != (num_pairs,) or np.any(counts < 0) or counts.sum() != len(stored):
+    raise ValueError(f"pair_hard_negative_count {counts.tolist()} does not split the "
+                     f"{len(stored)} hard negatives over {num_pairs} pairs")
+  return counts, stored
+
+
+def _region_fields(record, ctx: ProcessContext, original_hw, stored_hw):
+  """FG-CLIP's regions: the first `max_regions` pairs with a visible box (not matched to the
+  full image), in record order as FG-CLIP takes its first boxes; each box as fractions of the
+  model input (`geometry.model_box`), its sentence, and its first K hard negatives."""
+  r, k, lr = ctx.max_regions, ctx.hard_negatives, ctx.region_context
+  boxes, valid = np.zeros((r, 4), np.float32), np.zeros((r,), bool)
+  texts, negatives = [""] * r, [""] * (r * k)
+  negative_valid = np.zeros((r, k), bool)
+  counts, stored = _hard_negatives(record)
+  firsts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+  slot = 0
+  for pair in range(len(record["pair_sentence"])):
+    if slot == r:
+      break
+    box = None if record["pair_is_full_image"][pair] else geometry.model_box(
+        record["pair_box"][pair], original_hw, ctx.image_size, ctx.switches.geometry,
+        stored_hw=stored_hw)
+    if box is None:
+      continue
+    sentence = int(record["pair_sentence"][pair])
+    start, end = int(record["sentence_starts"][sentence]), int(record["sentence_ends"][sentence])
+    boxes[slot], valid[slot], texts[slot] = box, True, record["caption"][start:end]
+    own = stored[firsts[pair]:firsts[pair + 1]][:k]
+    negatives[slot * k:slot * k + len(own)] = own
+    negative_valid[slot, :len(own)] = True
+    slot += 1
+  tokens = ctx.tokens(texts + negatives, lr)
+  return {"region_box": boxes, "region_text": tokens[:r], "region_valid": valid,
+          "region_negatives": tokens[r:].reshape(r, k, lr),
+          "region_negative_valid": negative_valid}
+
+
 def _caption_text(record: Mapping[str, Any], num_sentences: int) -> str:
   """The caption, or its first `num_sentences` sentences (a short caption, for pretraining)."""
   ends = record["sentence_ends"]
@@ -197,6 +246,8 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
       out.update(_sentence_fields(record, ctx, span_masks, original_hw, stored_hw))
     if "local" in ctx.groups:
       out.update(_local_fields(record, ctx, image, span_masks, original_hw, stored_hw))
+  if "regions" in ctx.groups:
+    out.update(_region_fields(record, ctx, original_hw, stored_hw))
   return out
 
 

@@ -38,12 +38,13 @@ WRONG_FIELD_TYPE = "wrong_field_type"
 MISSING_ANNOTATION = "missing_annotation"
 NOT_UTF8 = "not_utf8"
 PATH_OUTSIDE_DATASET = "path_outside_dataset"
+BAD_HARD_NEGATIVE = "bad_hard_negative"
 
 # The shard record fields, in DESIGN.md's order.
 FIELDS = ("id", "image", "original_size", "detail_tiles", "detail_layout", "caption",
           "extra_captions", "summary", "sentence_starts", "sentence_ends", "splitter",
           "pair_sentence", "pair_box", "pair_score", "pair_is_full_image", "source",
-          "raw_caption", "pair_norm_size")
+          "raw_caption", "pair_norm_size", "pair_hard_negatives", "pair_hard_negative_count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class LocalPair:
   # (height, width) the source divides this box by: GOAL's JSON `bbox_coordinates` height/width
   # (LISM's crop size; its released code divides by it). None: the source gives none.
   norm_size: tuple[float, float] | None = None
+  # Captions that each change one attribute of `sentence` (FG-CLIP's hard negatives): what the
+  # region must NOT match. Empty: none (most sources).
+  hard_negatives: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +126,10 @@ def features():
       "source": text(),
       "raw_caption": text(),  # the reader's caption before normalisation (GOAL's HF form)
       "pair_norm_size": tensor(shape=(None, 2), dtype=np.float32),  # 0: none (`LocalPair`)
+      # Hard negatives of all pairs, pair by pair (TFDS stores no ragged string lists), and how
+      # many belong to each pair: pair p owns the `count[p]` after those of pairs 0..p-1.
+      "pair_hard_negatives": tfds.features.Sequence(text()),
+      "pair_hard_negative_count": tensor(shape=(None,), dtype=np.int32),
   })
 
 
@@ -206,10 +214,12 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
   except images.ImageDecodeError as e:
     raise bad(CORRUPT_IMAGE, str(e)) from e
 
-  pair_sentence, pair_box = [], []
+  pair_sentence, pair_box, negatives = [], [], []
   for pair in example.local_pairs:
     pair_sentence.append(_resolve_sentence(pair.sentence, caption, spans, bad))
     pair_box.append(_check_box(pair.box, original_size, bad))
+    start, end = spans[pair_sentence[-1]]
+    negatives.append(_hard_negatives(pair.hard_negatives, caption[start:end], bad))
 
   record = {
       "id": f"{dataset}/{example.id}",
@@ -231,6 +241,8 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
       "raw_caption": example.caption,
       "pair_norm_size": np.asarray([p.norm_size or (0.0, 0.0) for p in example.local_pairs],
                                    np.float32).reshape(-1, 2),
+      "pair_hard_negatives": [text for texts in negatives for text in texts],
+      "pair_hard_negative_count": np.asarray([len(texts) for texts in negatives], np.int32),
   }
   num_tokens = len(tok.encode(caption, normalize=False)) + 2
   return record, CaptionStats(len(spans), num_tokens)
@@ -264,6 +276,9 @@ def _check_types(example, bad):
     expect("local pair", pair, LocalPair)
     expect("local pair sentence", pair.sentence, (int, np.integer, str))
     expect("local pair score", pair.score, (int, float, np.number))
+    expect("local pair hard negatives", pair.hard_negatives, (tuple, list))
+    for text in pair.hard_negatives:
+      expect("hard negative", text, str)
   if not example.id:
     raise bad(WRONG_FIELD_TYPE, "empty id")
 
@@ -284,6 +299,8 @@ def _check_utf8(example, bad):
   texts += [("extra caption", text) for text in example.extra_captions]
   texts += [("local pair sentence", pair.sentence) for pair in example.local_pairs
             if isinstance(pair.sentence, str)]
+  texts += [("hard negative", text) for pair in example.local_pairs
+            for text in pair.hard_negatives]
   for name, text in texts:
     found = _SURROGATE.search(text)
     if found:
@@ -337,6 +354,20 @@ def _resolve_sentence(sentence, caption, spans, bad) -> int:
     return containing[0]
   raise bad(UNMATCHED_SENTENCE, f"local pair sentence {sentence[:80]!r} matches "
             f"{len(containing)} sentences of the caption (needs exactly one)")
+
+
+def _hard_negatives(texts, sentence: str, bad) -> list[str]:
+  """Normalised like the caption; an empty one, or one that is its own positive, is refused:
+  the region would be asked to rank a caption below itself."""
+  out = [tokenizer.normalize_text(text) for text in texts]
+  positive = _sentence_key(sentence).lower()
+  for text in out:
+    if not text:
+      raise bad(BAD_HARD_NEGATIVE, f"an empty hard negative for the pair of {sentence[:80]!r}")
+    if _sentence_key(text).lower() == positive:
+      raise bad(BAD_HARD_NEGATIVE, f"hard negative {text[:80]!r} is the pair's own sentence; "
+                "remove it from the annotation")
+  return out
 
 
 def _check_box(box, original_size, bad) -> list[float]:

@@ -39,11 +39,21 @@ five edits so each is equally common. A model that keeps only the gist ranks an 
 among its group's four at chance (25 %); `goal_jax.evaluation` reports that within-group accuracy
 and a two-alternative (base vs variant) accuracy per edit.
 
+**Hard negatives** (FG-CLIP's third kind of supervision), in the `train` split only: each local
+pair's sentence gets `HARD_NEGATIVES` captions that change exactly one thing it states, drawn
+from the generator's own vocabulary: an object sentence's colour, shape, size or texture; a
+relation sentence's colour or shape of one of its two objects, or the two objects' colours
+swapped (the binding). A candidate that is still true of the scene is never kept (`describes`):
+the region must not be taught that a true caption is false. They come from a random stream of
+their own, so the scenes, captions and pairs are exactly those of a generator without them; the
+`test` and `test_hard` splits carry none.
+
 Everything is deterministic: example `i` of a split is a function of `(seed, split, i)` alone.
 """
 import dataclasses
 import math
-from typing import Iterator
+import re
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -71,6 +81,8 @@ BACKGROUNDS = {"grey": (140, 140, 140), "black": (20, 20, 20), "brown": (120, 85
 EDITS = ("colour", "shape", "size", "texture", "binding")
 OBJECT_SCORES = (1.0, 0.9, 0.8, 0.7)  # distinct: the best pair is a random object, not the first
 RELATION_SCORE = 0.5
+HARD_NEGATIVES = 10  # per training pair, as FineHARD's 10 per region
+_NEGATIVE_STREAM = 1  # the hard negatives' own random stream (the scenes' stays as it was)
 _PLACES = (("in the top left corner", "in the top right corner"),
            ("in the bottom left corner", "in the bottom right corner"))
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
@@ -194,19 +206,98 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
   return f"diagonally {'above' if row_a < row_b else 'below'}"
 
 
+def _object_sentence(size: str, colour: str, texture: str, shape: str) -> str:
+  return f"A {size} {colour} {texture} {shape}."
+
+
+def _relation_sentence(colour_a: str, shape_a: str, relation: str, colour_b: str,
+                       shape_b: str) -> str:
+  return f"The {colour_a} {shape_a} is {relation} the {colour_b} {shape_b}."
+
+
 def describe(scene: Scene) -> tuple[str, list[str], list[str]]:
   """(summary, one sentence per object, one sentence per relation)."""
   summary = f"Four shapes on a {'noisy' if scene.noisy else 'plain'} {scene.background} background."
-  objects = [f"A {o.size} {o.colour} {o.texture} {o.shape}." for o in scene.objects]
+  objects = [_object_sentence(o.size, o.colour, o.texture, o.shape) for o in scene.objects]
   relations = []
   for i, j in scene.relations:
     a, b = scene.objects[i], scene.objects[j]
-    relations.append(f"The {a.name} is {_relation(a, b)} the {b.name}.")
+    relations.append(_relation_sentence(a.colour, a.shape, _relation(a, b), b.colour, b.shape))
   return summary, objects, relations
 
 
-def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> RawExample:
-  """Renders and captions a scene; local pairs name their sentence by text."""
+_RELATIONS = ("left of", "right of", "above", "below", "diagonally above", "diagonally below")
+
+
+def _any(words) -> str:
+  return "(" + "|".join(words) + ")"
+
+
+_OBJECT_SENTENCE = re.compile(
+    f"A {_any(SIZES)} {_any(COLOURS)} {_any(TEXTURES)} {_any(SHAPES)}\\.$")
+_RELATION_SENTENCE = re.compile(f"The {_any(COLOURS)} {_any(SHAPES)} is {_any(_RELATIONS)} "
+                                f"the {_any(COLOURS)} {_any(SHAPES)}\\.$")
+
+
+def describes(scene: Scene, sentence: str) -> bool:
+  """Whether an object or relation sentence is true of the scene (some object, or some two
+  objects, are as it says)."""
+  found = _OBJECT_SENTENCE.match(sentence)
+  if found:
+    size, colour, texture, shape = found.groups()
+    return any((o.size, o.colour, o.texture, o.shape) == (size, colour, texture, shape)
+               for o in scene.objects)
+  found = _RELATION_SENTENCE.match(sentence)
+  if found:
+    colour_a, shape_a, relation, colour_b, shape_b = found.groups()
+    return any((a.colour, a.shape, b.colour, b.shape) == (colour_a, shape_a, colour_b, shape_b)
+               and _relation(a, b) == relation
+               for a in scene.objects for b in scene.objects if a is not b)
+  raise ValueError(f"not a synthetic object or relation sentence: {sentence!r}")
+
+
+def _object_edits(obj: SceneObject) -> list[str]:
+  """Every sentence that changes one attribute of the object's sentence."""
+  out = [_object_sentence(obj.size, c, obj.texture, obj.shape) for c in COLOURS if c != obj.colour]
+  out += [_object_sentence(obj.size, obj.colour, obj.texture, s) for s in SHAPES if s != obj.shape]
+  out += [_object_sentence(z, obj.colour, obj.texture, obj.shape) for z in SIZES if z != obj.size]
+  out += [_object_sentence(obj.size, obj.colour, t, obj.shape) for t in TEXTURES
+          if t != obj.texture]
+  return out
+
+
+def _relation_edits(a: SceneObject, b: SceneObject) -> list[str]:
+  """Every sentence that changes one object's colour or shape, or swaps the two colours."""
+  relation = _relation(a, b)
+  out = [_relation_sentence(c, a.shape, relation, b.colour, b.shape) for c in COLOURS
+         if c != a.colour]
+  out += [_relation_sentence(a.colour, a.shape, relation, c, b.shape) for c in COLOURS
+          if c != b.colour]
+  out += [_relation_sentence(a.colour, s, relation, b.colour, b.shape) for s in SHAPES
+          if s != a.shape]
+  out += [_relation_sentence(a.colour, a.shape, relation, b.colour, s) for s in SHAPES
+          if s != b.shape]
+  if a.colour != b.colour:
+    out.append(_relation_sentence(b.colour, a.shape, relation, a.colour, b.shape))
+  return out
+
+
+def hard_negatives(scene: Scene, rng: np.random.Generator,
+                   count: int = HARD_NEGATIVES) -> list[tuple[str, ...]]:
+  """Up to `count` false one-edit sentences per local pair, in `to_example`'s pair order."""
+  edits = [_object_edits(o) for o in scene.objects]
+  edits += [_relation_edits(scene.objects[i], scene.objects[j]) for i, j in scene.relations]
+  out = []
+  for candidates in edits:
+    false = [text for text in candidates if not describes(scene, text)]
+    out.append(tuple(false[k] for k in rng.permutation(len(false))[:count]))
+  return out
+
+
+def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE,
+               negatives: Sequence[tuple[str, ...]] | None = None) -> RawExample:
+  """Renders and captions a scene; local pairs name their sentence by text and carry
+  `negatives` (one tuple per pair, `hard_negatives`; None: none)."""
   image, _ = render(scene, image_size)
   summary, object_sentences, relation_sentences = describe(scene)
   cells = [cell_box(o.cell, image_size) for o in scene.objects]
@@ -214,14 +305,22 @@ def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE) -> R
            for box, text, score in zip(cells, object_sentences, scene.scores)]
   pairs += [LocalPair(box=union_box(cells[i], cells[j]), sentence=text, score=RELATION_SCORE)
             for (i, j), text in zip(scene.relations, relation_sentences)]
+  if negatives is not None:
+    pairs = [dataclasses.replace(p, hard_negatives=tuple(n)) for p, n in zip(pairs, negatives)]
   caption = " ".join([summary, *object_sentences, *relation_sentences])
   return RawExample(id=example_id, image=image, caption=caption, summary=summary,
                     local_pairs=tuple(pairs), source=f"synthetic/{example_id}")
 
 
-def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+def _rng(seed: int, split: str, index: int, stream: int | None = None) -> np.random.Generator:
   # The version is part of the stream, so v2 never replays v1's random numbers.
-  return np.random.default_rng([LATEST_VERSION, seed, _SPLIT_CODES[split], index])
+  key = [LATEST_VERSION, seed, _SPLIT_CODES[split], index]
+  return np.random.default_rng(key if stream is None else key + [stream])
+
+
+def negative_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  """The hard negatives' random stream of example `index`: apart from its scene's."""
+  return _rng(seed, split, index, _NEGATIVE_STREAM)
 
 
 def group_edits(group: int) -> tuple[str, ...]:
@@ -290,4 +389,7 @@ def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | 
           yield to_example(hard_scene, example_id(split, index), image_size)
     return
   for index in range(count):
-    yield to_example(scene(split, index, seed), example_id(split, index), image_size)
+    this = scene(split, index, seed)
+    negatives = (hard_negatives(this, negative_rng(seed, split, index)) if split == "train"
+                 else None)
+    yield to_example(this, example_id(split, index), image_size, negatives)

@@ -40,6 +40,24 @@ def goal_attention_map(attention: np.ndarray) -> np.ndarray:
   return received.reshape(grid, grid)
 
 
+def pool_attention_map(attention: np.ndarray) -> np.ndarray:
+  """One image's attention-pooling weights [heads, N] (SigLIP's MAP head: how much of each patch
+  the embedding is made of) -> [G, G], heads averaged."""
+  attention = np.asarray(attention, np.float64)
+  grid = math.isqrt(attention.shape[-1])
+  if attention.ndim != 2 or grid * grid != attention.shape[-1]:
+    raise ValueError(f"pooling attention must be [heads, G*G], got {attention.shape}")
+  return attention.mean(axis=0).reshape(grid, grid)
+
+
+def attention_map(image_out) -> np.ndarray:
+  """[G, G] of one image's vision outputs: the pooling head's attention where the tower pools by
+  attention (SigLIP), else GOAL's map of the last block's attention (CLIP, a class token)."""
+  if "pool_attention" in image_out:
+    return pool_attention_map(image_out["pool_attention"])
+  return goal_attention_map(image_out["attention"])
+
+
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
   """Cubic-convolution weights of the 4 taps at offsets -1, 0, 1, 2 for fractions t: [n, 4]."""
   a = CUBIC_A

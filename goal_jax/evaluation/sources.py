@@ -84,7 +84,8 @@ def local_pair_record(record: Mapping[str, Any]) -> dict[str, Any] | None:
           "sentence_starts": np.array([0], np.int32),
           "sentence_ends": np.array([len(text)], np.int32),
           "pair_sentence": np.zeros((0,), np.int32), "pair_box": np.zeros((0, 4), np.float32),
-          "pair_score": np.zeros((0,), np.float32), "pair_is_full_image": np.zeros((0,), bool)}
+          "pair_score": np.zeros((0,), np.float32), "pair_is_full_image": np.zeros((0,), bool),
+          "pair_hard_negatives": [], "pair_hard_negative_count": np.zeros((0,), np.int32)}
 
 
 class LocalPairSource:

@@ -42,9 +42,12 @@ _SEGMENTER_OPTIONS = flags.DEFINE_string("segmenter_options", "",
 _MIN_AREA = flags.DEFINE_float("min_area", 0.01, "smallest segment, as a share of the image")
 _MAX_AREA = flags.DEFINE_float("max_area", 0.8, "largest segment, as a share of the image")
 _MAX_CANDIDATES = flags.DEFINE_integer("max_candidates", 255, "segments kept per image")
-_CROP_GEOMETRY = flags.DEFINE_enum("crop_geometry", "center_crop", ["center_crop", "squash"],
-                                   "crop -> scorer input")
-_TEXT_CONTEXT = flags.DEFINE_integer("text_context", 77, "tokens per sentence (longer: truncated)")
+_CROP_GEOMETRY = flags.DEFINE_enum("crop_geometry", None, ["center_crop", "squash"],
+                                   "crop -> scorer input (default: the scorer family's: "
+                                   "center_crop for CLIP as GOAL, squash for SigLIP)")
+_TEXT_CONTEXT = flags.DEFINE_integer("text_context", None,
+                                     "tokens per sentence, longer ones truncated (default: GOAL's "
+                                     "77, or the scorer's context if shorter: SigLIP's 64)")
 _SELECTION = flags.DEFINE_enum("selection", "max", list(selection.SELECTIONS),
                                "max: GOAL's one best pair; topk; all")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "pairs per image for --selection=topk")
@@ -67,16 +70,18 @@ def main(argv):
                      (_CHECKPOINT, "the scorer's model directory (python -m goal_jax.convert)")):
     if flag.value is None:
       cli.fail(f"--{flag.name} is required: {what}", code=2)
+  scorer = scoring.load_scorer(_CHECKPOINT.value, _DTYPE.value)
   options = mine.MineOptions(
       segmenter=_SEGMENTER.value,
       segmenter_options=segmenters.parse_options(_SEGMENTER.value, _SEGMENTER_OPTIONS.value),
       candidates=selection.CandidateOptions(_MIN_AREA.value, _MAX_AREA.value,
                                             _MAX_CANDIDATES.value),
-      crop_geometry=_CROP_GEOMETRY.value, text_context=_TEXT_CONTEXT.value,
+      crop_geometry=_CROP_GEOMETRY.value or scorer.geometry,
+      text_context=_TEXT_CONTEXT.value or min(mine.MineOptions.text_context,
+                                              scorer.context_length),
       chunk_images=_CHUNK.value, crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value,
       num_workers=_THREADS.value)
   rule = selection.SelectionOptions(_SELECTION.value, _TOP_K.value, _KEEP_FULL.value)
-  scorer = scoring.load_scorer(_CHECKPOINT.value, _DTYPE.value)
   scorer_id = f"{os.path.abspath(_CHECKPOINT.value)} dtype={_DTYPE.value or 'checkpoint'}"
   result = mine.run(os.path.expanduser(_DATA_DIR.value), _DATASET.value, _SPLIT.value, scorer,
                     scorer_id, options, rule, out=_OUT_DATASET.value, restart=_RESTART.value,

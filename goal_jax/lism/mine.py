@@ -126,7 +126,7 @@ class _ImageInfo:
 
 
 def _prepare_image(index: int, raw: dict, *, segment, options: MineOptions, image_size: int,
-                   where: str) -> scoring.ImageWork:
+                   where: str, text_tokenizer=None) -> scoring.ImageWork:
   """Decodes, segments, crops and tokenises one record (runs in a host thread)."""
   record_id = "?"
   try:
@@ -142,8 +142,8 @@ def _prepare_image(index: int, raw: dict, *, segment, options: MineOptions, imag
     caption = record["caption"]
     texts = [caption[int(s):int(e)]
              for s, e in zip(record["sentence_starts"], record["sentence_ends"])]
-    tokens = tokenizer.get_tokenizer()(texts, context_length=options.text_context,
-                                       normalize=False)
+    tokens = (text_tokenizer or tokenizer.get_tokenizer())(
+        texts, context_length=options.text_context, normalize=False)
   except Exception as e:  # name the record, keep the cause
     raise ValueError(f"{where} record {index} (id {record_id!r}): {e}") from e
   if len(texts) > options.text_batch:
@@ -155,15 +155,16 @@ def _prepare_image(index: int, raw: dict, *, segment, options: MineOptions, imag
 
 
 def prepare_works(source, indices, options: MineOptions, image_size: int, *,
-                  where: str = "source") -> Iterator[scoring.ImageWork]:
-  """`ImageWork`s of `source[i]` for `i` in `indices`, in order, made on host threads.
+                  where: str = "source", text_tokenizer=None) -> Iterator[scoring.ImageWork]:
+  """`ImageWork`s of `source[i]` for `i` in `indices`, in order, made on host threads
+  (`text_tokenizer`: the scorer's; None: CLIP's).
 
   A bounded window of images is in flight (`builder.ordered_map`), so the threads keep working
   while the caller waits on the device, across chunk boundaries too.
   """
   segment = segmenters.get_segmenter(options.segmenter, **options.segmenter_options)
   prepare = functools.partial(_prepare_image, segment=segment, options=options,
-                              image_size=image_size, where=where)
+                              image_size=image_size, where=where, text_tokenizer=text_tokenizer)
   tasks = (functools.partial(prepare, i, source[i]) for i in indices)
   for future in builder.ordered_map(tasks, options.num_workers):
     yield future.result()
@@ -310,7 +311,7 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
   if todo:
     matcher = scoring.Matcher(scorer, options.crop_batch, options.text_batch, mesh=mesh)
     works = prepare_works(source, (i for r in ranges for i in r), options, scorer.image_size,
-                          where=f"{dataset}/{split}")
+                          where=f"{dataset}/{split}", text_tokenizer=scorer.tokenizer)
     with tqdm(total=len(source), initial=sum(len(chunk_range(k)) for k in done), unit=" img",
               disable=not progress, desc=f"LISM {dataset}/{split}") as bar:
       for chunk, indices in zip(todo, ranges):

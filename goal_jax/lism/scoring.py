@@ -10,8 +10,10 @@ runs step n. An image is never split across steps, so its result does not depend
 neighbours' presence beyond floating-point batch effects, and a chunk-aligned resume repeats the
 same steps exactly (`goal_jax.lism.mine`).
 
-The score is `exp(logit_scale) * cos` (CLIP's own scale: 100 for OpenAI checkpoints). Crops arrive
-as uint8 (4x less host-to-device traffic) and are normalised on the device.
+The score is the model's own logit: `exp(logit_scale) * cos` (CLIP's scale: 100 for OpenAI
+checkpoints), plus `logit_bias` for a SigLIP scorer (its sigmoid's logit; the argmax is the same
+as the cosine's either way). Crops arrive as uint8 (4x less host-to-device traffic) and are
+normalised on the device with the scorer's family's mean and std.
 """
 import dataclasses
 import math
@@ -26,7 +28,7 @@ from goal_jax import sharding
 from goal_jax.data import geometry
 from goal_jax.data import images as images_lib
 from goal_jax.models import checkpoint
-from goal_jax.models import clip
+from goal_jax.models import families
 
 _PAD_CROP, _PAD_SENTENCE = -1, -2  # owners of padding rows: never equal, so never matched
 
@@ -42,6 +44,10 @@ class Scorer:
     encode_images: `(params, images f32 [B, S, S, 3] CLIP-normalised) -> [B, E]` L2-normalised.
     encode_texts: `(params, ids int32 [B, L]) -> [B, E]` L2-normalised.
     logit_scale: `params -> scalar` log temperature; scores are `exp(.) * cos`.
+    logit_bias: `params -> scalar` added to the scores (SigLIP's b); None: none.
+    tokenizer: how sentences become ids (None: CLIP's BPE).
+    image_mean, image_std: the family's normalisation of pixels in [0, 1] (None: OpenAI's).
+    geometry: how the family's processor makes a square input (`center_crop` or `squash`).
   """
   params: Any
   image_size: int
@@ -49,20 +55,30 @@ class Scorer:
   encode_images: Callable[[Any, jax.Array], jax.Array]
   encode_texts: Callable[[Any, jax.Array], jax.Array]
   logit_scale: Callable[[Any], jax.Array]
+  logit_bias: Callable[[Any], jax.Array] | None = None
+  tokenizer: Any = None
+  image_mean: tuple[float, float, float] | None = None
+  image_std: tuple[float, float, float] | None = None
+  geometry: str = "center_crop"
 
 
-def clip_scorer(params, config) -> Scorer:
-  """A `Scorer` of a `goal_jax.models.clip` model (any converted checkpoint)."""
-  model = clip.CLIP(config)
+def model_scorer(params, config, tokenizer=None) -> Scorer:
+  """A `Scorer` of a converted model of either family (`tokenizer`: a SigLIP's, which its
+  checkpoint folder keeps)."""
+  family = families.of(config)
+  model = family.model_class(config)
+  cls = family.model_class
 
   def encode_images(p, images):
-    return model.apply({"params": p}, images, method=clip.CLIP.encode_image)["embedding"]
+    return model.apply({"params": p}, images, method=cls.encode_image)["embedding"]
 
   def encode_texts(p, ids):
-    return model.apply({"params": p}, ids, method=clip.CLIP.encode_text)["embedding"]
+    return model.apply({"params": p}, ids, method=cls.encode_text)["embedding"]
 
+  bias = (lambda p: p["logit_bias"]) if "logit_bias" in params else None
   return Scorer(params, config.image_size, config.context_length, encode_images, encode_texts,
-                lambda p: p["logit_scale"])
+                lambda p: p["logit_scale"], bias, tokenizer, family.image_mean, family.image_std,
+                family.geometry)
 
 
 def load_scorer(checkpoint_dir: str, dtype: str | None = None) -> Scorer:
@@ -70,7 +86,7 @@ def load_scorer(checkpoint_dir: str, dtype: str | None = None) -> Scorer:
   params, config = checkpoint.load_model(checkpoint_dir)
   if dtype:
     config = dataclasses.replace(config, dtype=dtype)
-  return clip_scorer(params, config)
+  return model_scorer(params, config, families.of(config).tokenizer(checkpoint_dir))
 
 
 def crop_candidates(image: Image.Image, boxes: np.ndarray, original_hw, size: int,
@@ -137,11 +153,13 @@ def match_scores(scorer: Scorer, params, crops, crop_owner, ids, sentence_owner)
     ids: int32 `[Bt, L]`.
     sentence_owner: int32 `[Bt]` image slot of each sentence.
   """
-  images = images_lib.normalize_image_on_device(crops)
+  images = images_lib.normalize_image_on_device(crops, scorer.image_mean, scorer.image_std)
   image_emb = scorer.encode_images(params, images).astype(jnp.float32)
   text_emb = scorer.encode_texts(params, ids).astype(jnp.float32)
   cos = jnp.matmul(text_emb, image_emb.T, precision=jax.lax.Precision.HIGHEST)
   scores = jnp.exp(scorer.logit_scale(params).astype(jnp.float32)) * cos
+  if scorer.logit_bias is not None:
+    scores = scores + scorer.logit_bias(params).astype(jnp.float32)
   scores = jnp.where(sentence_owner[:, None] == crop_owner[None, :], scores, -jnp.inf)
   best = jnp.argmax(scores, axis=1)  # first maximum: a tie goes to the full image (index 0)
   return best.astype(jnp.int32), jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0]

@@ -137,4 +137,7 @@ def pairs(best_candidate, best_score, boxes, options: SelectionOptions = Selecti
       "pair_score": np.asarray(best_score, np.float32)[chosen],
       "pair_is_full_image": candidates == FULL_IMAGE,
       "pair_norm_size": np.zeros((len(chosen), 2), np.float32),  # mined boxes: no JSON size
+      # Mined pairs have no hard negatives (the source's belonged to its own pairs).
+      "pair_hard_negatives": [],
+      "pair_hard_negative_count": np.zeros((len(chosen),), np.int32),
   }

@@ -160,12 +160,19 @@ class Method:
     drawn from `rng`, and the method's own modules drawn from it.
 
     A pretrained start gets `config.reset_logit_scale` when set (Long-CLIP and FineLIP restart
-    the temperature at ln 100, as their released code does).
+    the temperature at ln 100, as their released code does) and the contrastive form is the
+    softmax: the sigmoid's temperature and bias were learned together, and a new temperature
+    beside the old bias would make every pair a confident match or mismatch.
     """
     clip_rng, extra_rng = jax.random.split(rng)
+    reset = config.get("reset_logit_scale")
+    if reset is not None and contrastive_form(config.loss, model_config) != "softmax":
+      logging.info("reset_logit_scale=%s is for the softmax; the sigmoid keeps the start's "
+                   "temperature and bias", reset)
+      reset = None
     if clip_params is None:
       clip_params = jax.device_get(families.of(model_config).init_params(model_config, clip_rng))
-    elif config.get("reset_logit_scale") is not None:
+    elif reset is not None:
       clip_params = {**clip_params,
                      "logit_scale": np.asarray(config.reset_logit_scale, np.float32)}
     extras = jax.device_get(self.init_extra_params(config.loss, model_config, extra_rng))

@@ -82,8 +82,7 @@ def forward_flops_per_pair(c, input_config) -> int:
   """Image and caption twice (global and local halves), plus one head pass per TSL term."""
   del input_config
   image, text = flops.image_forward_flops(c), flops.text_forward_flops(c, c.context_length)
-  return 2 * image + 2 * text + flops.head_flops(c, c.vision_width) + flops.head_flops(
-      c, c.text_width)
+  return 2 * image + 2 * text + flops.region_pool_flops(c) + flops.text_token_head_flops(c)
 
 
 # GOAL and two ablations, each leaving one local objective out.

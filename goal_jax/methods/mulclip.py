@@ -52,8 +52,8 @@ def forward_flops_per_pair(c, input_config) -> int:
   """Image, long caption, summary + M sentences at the short context, per-token heads on the
   image's tokens and the long caption's."""
   short = flops.text_forward_flops(c, input_config.sentence_context)
-  token_heads = ((1 + c.grid_size ** 2) * flops.head_flops(c, c.vision_width)
-                 + c.context_length * flops.head_flops(c, c.text_width))
+  token_heads = (flops.image_tokens(c) * flops.image_token_head_flops(c)
+                 + c.context_length * flops.text_token_head_flops(c))
   return (flops.image_forward_flops(c) + flops.text_forward_flops(c, c.context_length)
           + (1 + input_config.max_sentences) * short + token_heads)
 

@@ -52,6 +52,7 @@ class CLIPConfig(towers.TowerConfig):
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
   remat: str | None = None  # None, "full" or "dots".
   scan: bool = False
+  pooling = "class_token"  # how the vision tower makes its embedding (a class attribute)
 
   def __post_init__(self):
     self.check_heads()

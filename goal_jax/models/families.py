@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from goal_jax import constants
 from goal_jax.models import clip
 from goal_jax.models import siglip
 from goal_jax.text import sentencepiece_tokenizer
@@ -35,6 +36,14 @@ class Family:
   geometry: str  # how an image becomes S x S: `center_crop` (CLIP's processor) or `squash`
   tokenizer: Callable[[str], Any]  # (checkpoint directory) -> its tokenizer
   contrastive: str  # the loss it was pretrained with: `softmax` (InfoNCE) or `sigmoid`
+  # `constants.BACKBONES[name]`: default_variant (what a config without an init checkpoint or a
+  # variant builds), demo_variant, short_context (pretrained), long_context (stretched).
+
+  def __getattr__(self, key):
+    try:
+      return constants.BACKBONES[self.name][key]
+    except KeyError:
+      raise AttributeError(key) from None
 
 
 REGISTRY = {
@@ -63,6 +72,26 @@ def of(config) -> Family:
   raise TypeError(f"{type(config).__name__} is no backbone family's config")
 
 
+def named(name: str) -> Family:
+  if name not in REGISTRY:
+    raise ValueError(f"unknown backbone family {name!r}; known: {sorted(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def get_variant(name: str, **overrides):
+  """The config of a named variant of any family (`B/16`, `siglip2-B/16-256`, `demo`, ...)."""
+  for family in REGISTRY.values():
+    if name in family.variants:
+      return family.config_class(**{**family.variants[name], **overrides})
+  known = sorted(v for family in REGISTRY.values() for v in family.variants)
+  raise ValueError(f"unknown model variant {name!r}; known: {known}")
+
+
+def variant_of(config) -> str | None:
+  """The name of the variant with `config`'s architecture, if it is one."""
+  return of(config).variant_of(config)
+
+
 def config_to_dict(config) -> dict[str, Any]:
   """What `model_config.json` holds: the config's fields, with the family unless it is CLIP
   (so CLIP checkpoints read the same as before)."""
@@ -73,7 +102,4 @@ def config_to_dict(config) -> dict[str, Any]:
 
 def config_from_dict(values: Mapping[str, Any]):
   values = dict(values)
-  name = values.pop(FAMILY_KEY, "clip")
-  if name not in REGISTRY:
-    raise ValueError(f"unknown backbone family {name!r}; known: {sorted(REGISTRY)}")
-  return REGISTRY[name].config_class.from_dict(values)
+  return named(values.pop(FAMILY_KEY, "clip")).config_class.from_dict(values)

@@ -70,6 +70,7 @@ class SigLIPConfig(towers.TowerConfig):
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
   remat: str | None = None
+  pooling = "attention"  # the MAP head (a class attribute, not a saved field)
 
   def __post_init__(self):
     self.check_heads()
@@ -110,6 +111,8 @@ VARIANTS = {
                                       vocab_size=SIGLIP2_VOCAB) for s in (224, 384)},
     **{f"siglip2-So400m/16-{s}": dict(_SO400M, image_size=s, patch_size=16,
                                       vocab_size=SIGLIP2_VOCAB) for s in (256, 384, 512)},
+    # The README demo's SigLIP: the demo CLIP's size (64 px, 8x8 grid, width 64, 3 layers).
+    "siglip-demo": dict(_towers(64, 3, 4, 256), image_size=64, patch_size=8, vocab_size=512),
     # Tiny towers for tests and smoke runs.
     "siglip-tiny/4": dict(_towers(32, 2, 2, 64), image_size=16, patch_size=4, context_length=16,
                           vocab_size=128),
@@ -194,18 +197,28 @@ class CrossAttention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, queries, tokens, mask=None):
+  def __call__(self, queries, tokens, mask=None, return_weights=False):
+    """`[B, Q, D]`, and with `return_weights` the attention weights `[B, heads, Q, T]` too
+    (computed explicitly then: the fused kernel does not give them)."""
     width = tokens.shape[-1]
     heads = (self.heads, width // self.heads)
     q = nn.DenseGeneral(heads, dtype=self.dtype, name="query")(queries)
     k = nn.DenseGeneral(heads, dtype=self.dtype, name="key")(tokens)
     v = nn.DenseGeneral(heads, dtype=self.dtype, name="value")(tokens)
-    if tokens.shape[1] == 1:  # one key: its softmax weight is 1 whatever the query
+    mask = None if mask is None else mask[:, None, None, :]
+    weights = None
+    if return_weights:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(heads[1])
+      if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      weights = jax.nn.softmax(logits, axis=-1)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    elif tokens.shape[1] == 1:  # one key: its softmax weight is 1 whatever the query
       out = jnp.broadcast_to(v, (v.shape[0], q.shape[1], *v.shape[2:]))
     else:
-      mask = None if mask is None else mask[:, None, None, :]
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    return (out, weights) if return_weights else out
 
 
 class MAPHead(nn.Module):
@@ -223,10 +236,14 @@ class MAPHead(nn.Module):
     self.norm = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="LayerNorm_0")
     self.mlp = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")
 
-  def __call__(self, tokens, mask=None):
+  def __call__(self, tokens, mask=None, return_weights=False):
+    """`[B, D]`; with `return_weights` also the probe's attention over the tokens
+    `[B, heads, T]`."""
     probe = jnp.broadcast_to(self.probe.astype(self.dtype), (tokens.shape[0], 1, self.width))
-    y = self.attention(probe, tokens, mask)
-    return (y + self.mlp(self.norm(y)))[:, 0]
+    y = self.attention(probe, tokens, mask, return_weights)
+    y, weights = y if return_weights else (y, None)
+    pooled = (y + self.mlp(self.norm(y)))[:, 0]
+    return (pooled, weights[:, :, 0]) if return_weights else pooled
 
   def per_token(self, tokens):
     """The head restricted to each token alone: [..., T, D] -> [..., T, D]."""
@@ -258,17 +275,23 @@ class VisionTower(nn.Module):
     """The head over the tokens `mask` [B, N] selects (a box's patches): [B, E] fp32, unit."""
     return l2_normalize(self.MAPHead_0(self.Transformer.norm(tokens), mask))
 
-  def __call__(self, images):
+  def __call__(self, images, return_attention=False):
+    """The model contract's outputs; `return_attention` adds `pool_attention` `[B, heads, N]`,
+    the pooling head's attention over the patches (what the embedding is made of)."""
     c = self.config
     if images.shape[1:] != (c.image_size, c.image_size, 3):
       raise ValueError(f"images must be [B, {c.image_size}, {c.image_size}, 3], got {images.shape}")
     x = self.embedding(images.astype(jnp.dtype(c.dtype)))
     x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.pos_embedding.astype(x.dtype)
     tokens = self.Transformer(x)
-    pooled = self.MAPHead_0(self.Transformer.norm(tokens))
+    pooled = self.MAPHead_0(self.Transformer.norm(tokens), return_weights=return_attention)
+    pooled, weights = pooled if return_attention else (pooled, None)
     projected = self.head(tokens)
-    return {"embedding": l2_normalize(pooled), "tokens": tokens, "tokens_projected": projected,
-            "patch_tokens": tokens, "patch_tokens_projected": projected}
+    out = {"embedding": l2_normalize(pooled), "tokens": tokens, "tokens_projected": projected,
+           "patch_tokens": tokens, "patch_tokens_projected": projected}
+    if return_attention:
+      out["pool_attention"] = weights
+    return out
 
 
 class TextTower(nn.Module):
@@ -319,8 +342,8 @@ class SigLIP(nn.Module):
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), ())
     self.logit_bias = self.param("logit_bias", nn.initializers.constant(LOGIT_BIAS_INIT), ())
 
-  def encode_image(self, images) -> dict:
-    return self.img(images)
+  def encode_image(self, images, return_attention=False) -> dict:
+    return self.img(images, return_attention)
 
   def encode_text(self, ids) -> dict:
     return self.txt(ids)

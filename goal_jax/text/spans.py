@@ -2,7 +2,8 @@
 
 Layout of a tokenised caption with context L (`ClipTokenizer.__call__`): position 0 is SOT,
 caption token t sits at position 1 + t, then EOT. With truncation EOT takes position L - 1, so
-only positions 1 .. L - 2 can hold caption tokens.
+only positions 1 .. L - 2 can hold caption tokens. SigLIP's tokenizers have no SOT (their
+`caption_start` is 0): caption token t sits at position t and positions 0 .. L - 2 hold them.
 
 Modes:
 - `exact` (default): the positions of the caption tokens whose character range overlaps the
@@ -40,7 +41,7 @@ def _as_ranges(ranges, what: str) -> np.ndarray:
 
 def span_masks(token_offsets: Sequence[tuple[int, int]],
                sentence_offsets: Sequence[tuple[int, int]],
-               context_length: int) -> np.ndarray:
+               context_length: int, caption_start: int = 1) -> np.ndarray:
   """Which positions of the tokenised caption belong to each sentence (the `exact` mode).
 
   Args:
@@ -49,25 +50,27 @@ def span_masks(token_offsets: Sequence[tuple[int, int]],
       leading bytes of character `start`, counts as covering that character.
     sentence_offsets: (start, end) character range of each sentence in the same text.
     context_length: L, the tokenised caption's length (SOT and EOT included).
+    caption_start: the position of the first caption token (the tokenizer's: CLIP 1, SigLIP 0).
 
   Returns:
     bool [M, L]; row m marks sentence m's positions; all False if none survive truncation.
   """
-  _check_context(context_length)
+  _check_context(context_length, caption_start)
   tokens = _as_ranges(token_offsets, "token")
   sentences = _as_ranges(sentence_offsets, "sentence")
-  kept = tokens[:context_length - 2]  # Tokens at positions 1 .. L - 2.
+  kept = tokens[:context_length - 1 - caption_start]  # positions caption_start .. L - 2
   token_start = kept[:, 0][None, :]
   token_end = np.maximum(kept[:, 1], kept[:, 0] + 1)[None, :]
   overlaps = (token_start < sentences[:, 1:]) & (token_end > sentences[:, :1])  # [M, T_kept]
   masks = np.zeros((len(sentences), context_length), bool)
-  masks[:, 1:1 + len(kept)] = overlaps
+  masks[:, caption_start:caption_start + len(kept)] = overlaps
   return masks
 
 
-def _check_context(context_length: int) -> None:
-  if context_length < 3:
-    raise ValueError(f"context_length must be >= 3 to hold a caption token, got {context_length}")
+def _check_context(context_length: int, caption_start: int = 1) -> None:
+  if context_length < caption_start + 2:
+    raise ValueError(f"context_length must be >= {caption_start + 2} to hold a caption token, "
+                     f"got {context_length}")
 
 
 def goal_span(caption: str, sentence: str, context_length: int, encode) -> tuple[int, int]:
@@ -137,7 +140,11 @@ def caption_span_masks(caption: str, sentence_offsets: Sequence[tuple[int, int]]
     raise ValueError(f"unknown span mode {mode!r}; expected one of {MODES}")
   if tokenizer is None:
     tokenizer = tokenizer_lib.get_tokenizer()
+  caption_start = tokenizer.caption_start
   if mode == "goal":
+    if caption_start != 1:
+      raise ValueError("span mode 'goal' reproduces GOAL's rule for CLIP's tokenizer (SOT first); "
+                       "use the exact mode with this tokenizer (reproduction=off)")
     return goal_span_masks(caption, sentence_offsets, context_length, tokenizer)
   _, token_offsets = tokenizer.encode_with_offsets(caption)
-  return span_masks(token_offsets, sentence_offsets, context_length)
+  return span_masks(token_offsets, sentence_offsets, context_length, caption_start)

@@ -160,6 +160,12 @@ class TokenBatch(NamedTuple):
 class ClipTokenizer:
   """CLIP BPE: `encode`, `encode_with_offsets`, batch `__call__`, `decode`, HF export."""
 
+  caption_start = 1  # SOT first: a caption's first token sits at position 1
+
+  def checkpoint_files(self) -> dict[str, bytes]:
+    """Nothing: CLIP's BPE is built in, so a model folder needs no copy of it."""
+    return {}
+
   def __init__(self, vocab_path: str = VOCAB_PATH):
     self.merges = _read_merges(vocab_path)
     self._byte_symbol = _byte_symbols()

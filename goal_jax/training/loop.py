@@ -31,7 +31,7 @@ from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
 from goal_jax.evaluation import scoring
 from goal_jax.models import checkpoint as model_checkpoint
-from goal_jax.models import clip
+from goal_jax.models import families
 from goal_jax.models import param_tree
 from goal_jax.models import positions
 from goal_jax.training import checkpointing
@@ -55,16 +55,49 @@ class SetupError(RuntimeError):
 # Start-up: model, data, optimizer.
 
 
-def model_config_from(config: ml_collections.ConfigDict,
-                      init_config: clip.CLIPConfig | None) -> clip.CLIPConfig:
-  """The init checkpoint's architecture (or the named variant) with this run's compute knobs."""
+def text_context_of(config: ml_collections.ConfigDict, family: families.Family) -> int:
+  """`config.model.text_context`, or (0) the family's long context (CLIP 248, SigLIP 196)."""
+  return config.model.text_context or family.long_context
+
+
+def sentence_context_of(config: ml_collections.ConfigDict, family: families.Family) -> int:
+  """`config.input.sentence_context`, or (0) the family's pretrained context (CLIP 77,
+  SigLIP 64): summaries and sentences are short captions."""
+  return config.input.sentence_context or family.short_context
+
+
+def model_config_from(config: ml_collections.ConfigDict, init_config=None):
+  """The init checkpoint's architecture (or the named variant, of either family) with this
+  run's compute knobs."""
   m = config.model
-  base = init_config or clip.get_model_config(m.variant)
-  return dataclasses.replace(base, context_length=m.text_context, dtype=m.dtype,
-                             attention=m.attention, remat=m.remat or None, scan=m.scan)
+  base = init_config or families.get_variant(m.variant)
+  context = text_context_of(config, families.of(base))
+  knobs = dict(context_length=context, dtype=m.dtype, attention=m.attention,
+               remat=m.remat or None, scan=m.scan)
+  fields = {f.name for f in dataclasses.fields(base)}
+  if m.scan and "scan" not in fields:
+    raise SetupError(f"config.model.scan: a {families.of(base).name} model has no scanned layout")
+  return dataclasses.replace(base, **{k: v for k, v in knobs.items() if k in fields})
 
 
-def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPConfig | None]:
+def tokenizer_of(config: ml_collections.ConfigDict, model_config):
+  """The tokenizer the towers read: CLIP's BPE, or the SentencePiece model of a SigLIP's init
+  checkpoint (`config.model.tokenizer`, a `.model` file or a folder, takes precedence: a SigLIP
+  trained from random weights has no checkpoint to carry one)."""
+  family = families.of(model_config)
+  source = config.model.get("tokenizer") or config.model_init
+  if family.name == "clip":
+    return family.tokenizer(source)
+  if not source or source == RANDOM_INIT:
+    raise SetupError(f"a {family.name} model trained from random weights needs a tokenizer: "
+                     "pass --config.model.tokenizer=<SentencePiece .model file or folder>")
+  try:
+    return family.tokenizer(source)
+  except (FileNotFoundError, ValueError) as e:
+    raise SetupError(f"no tokenizer for the {family.name} model: {e}") from None
+
+
+def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """Host params from `config.model_init` (a `goal_jax.convert` output), stretched to the context.
 
   Fine-tuning starts from a pretrained CLIP, so an empty `model_init` is an error rather than a
@@ -89,22 +122,25 @@ def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, clip.CLIPC
         "(or --source=<file.pt> / open_clip:<file>), or pass --config.model_init=<dir>.")
   params, init_config = model_checkpoint.load_model(path, scan=config.model.scan)
   params = jax.device_get(params)
-  table = params["text"]["positional_embedding"]
-  if table.shape[0] != config.model.text_context:
-    logging.info("Stretching text positions %d -> %d (Long-CLIP KPS)", table.shape[0],
-                 config.model.text_context)
-    params = positions.stretch_text_positions(params, config.model.text_context)
+  tower, name = positions.text_positions_path(params)
+  length = params[tower][name].shape[-2]
+  context = text_context_of(config, families.of(init_config))
+  if length != context:
+    logging.info("Stretching text positions %d -> %d (Long-CLIP KPS)", length, context)
+    params = positions.stretch_text_positions(params, context)
   return params, init_config
 
 
-def input_config(config: ml_collections.ConfigDict,
-                 model_config: clip.CLIPConfig) -> ml_collections.ConfigDict:
-  """The pipeline config: `config.input` plus what the model and the method decide."""
+def input_config(config: ml_collections.ConfigDict, model_config) -> ml_collections.ConfigDict:
+  """The pipeline config: `config.input` plus what the model and the method decide (an empty
+  `geometry` is the backbone family's: CLIP's centre crop, SigLIP's squash)."""
   c = pipeline.default_config()
   c.update({k: v for k, v in config.input.items() if k in c})
+  c.geometry = c.geometry or families.of(model_config).geometry
   c.image_size = model_config.image_size
   c.patch_size = model_config.patch_size
   c.text_context = model_config.context_length
+  c.sentence_context = sentence_context_of(config, families.of(model_config))
   c.fields = methods.get(config.method).input_fields
   c.seed = config.seed
   return c
@@ -153,13 +189,21 @@ def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics):
     params = optax.apply_updates(state["params"], updates)
     step = state["step"] + 1
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-               "logit_scale": jnp.exp(param_tree.clip_of(params)["logit_scale"]),
+               **backbone_scalars(param_tree.clip_of(params)),
                "lr": schedule(state["step"]),
                "grad_norm": optax.tree.norm(grads), **step_metrics(batch)}
     new_state = {"params": params, "opt_state": opt_state, "step": step}
     return new_state, scalars
 
   return train_step
+
+
+def backbone_scalars(clip_params) -> dict:
+  """The temperature exp(logit_scale) and, where the backbone has one (SigLIP), the bias."""
+  scalars = {"logit_scale": jnp.exp(clip_params["logit_scale"])}
+  if "logit_bias" in clip_params:
+    scalars["logit_bias"] = clip_params["logit_bias"]
+  return scalars
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +220,7 @@ class Training:
   step_fn: Callable[..., Any]
 
 
-def build_training(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig, params: Any,
+def build_training(config: ml_collections.ConfigDict, model_config, params: Any,
                    mesh: jax.sharding.Mesh, total_steps: int) -> Training:
   """The optimizer, the sharded state and the jitted step of `config.method` on `mesh`.
 
@@ -220,8 +264,10 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   init_params, init_config = load_init_params(config)
   if init_config is not None:  # the init decides the architecture; config.json says which
-    config.model.variant = clip.variant_of(init_config) or "custom (see model_init)"
+    config.model.variant = families.variant_of(init_config) or "custom (see model_init)"
   model_config = model_config_from(config, init_config)
+  tokenizer = tokenizer_of(config, model_config)
+  family = families.of(model_config)
   source = check_data(config)
   num_records = len(source)
   method = methods.get(config.method)
@@ -239,7 +285,9 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   logging.info("parameters per optimizer group: %s",
                optimizer_lib.summarize_groups(params, config.optim.param_groups))
 
-  dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True)
+  dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True,
+                                  tokenizer=tokenizer,
+                                  image_norm=(family.image_mean, family.image_std))
   data_iter = iter(dataset)
   is_main = jax.process_index() == 0
   result = {"metrics": {}, "evaluation": {}, "model_config": model_config, "workdir": workdir,
@@ -270,7 +318,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       say(f"resumed from step {start} ({checkpointer.step_dir(start)})")
 
     train_step = training.step_fn
-    evaluator = make_evaluator(config, model_config)
+    evaluator = make_evaluator(config, model_config, tokenizer, data_config.geometry)
     guard = finite.NonFiniteGuard()
     chrono = progress.Chrono(total_steps, config.input.batch_size)
     with metric_log.MetricWriter(workdir, log_every=config.log_every,
@@ -307,7 +355,8 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       if result["step"] == total_steps:
         # The model first: an evaluation that fails must not cost it.
         if save_final_model(workdir, state, model_config, total_steps,
-                            method={"name": config.method, "loss": config.loss.to_dict()}):
+                            method={"name": config.method, "loss": config.loss.to_dict()},
+                            extra_files=tokenizer.checkpoint_files()):
           say(f"model of step {total_steps} written to {os.path.join(workdir, 'model')}")
         if evaluator and not result["preempted"]:
           result["evaluation"] = evaluator(state["params"], total_steps, writer,
@@ -337,13 +386,14 @@ def check_reproduction(data_config: ml_collections.ConfigDict, data_dir: str) ->
     raise SetupError(str(e)) from None
 
 
-def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
-                     total_steps: int, method: dict | None = None) -> bool:
+def save_final_model(workdir: str, state, model_config, total_steps: int,
+                     method: dict | None = None,
+                     extra_files: dict[str, bytes] | None = None) -> bool:
   """Writes the finished CLIP as a model checkpoint (`evaluate`, `export_hf`, later runs read
   it); returns whether it wrote one (False: not finished, or the model is already current).
 
   `method` (`{"name", "loss"}`) is kept with the method's own params, so evaluation can rank as
-  the method does. The model records its step (`model_info.json`) and is replaced when the run
+  the method does; `extra_files` (the tokenizer's, for SigLIP) beside them. The model records its step (`model_info.json`) and is replaced when the run
   was extended past it; it is written to a temporary folder renamed into place, so it is whole
   or absent.
   Every process takes part: Orbax's save synchronises all of them (process 0 alone would wait
@@ -362,7 +412,7 @@ def save_final_model(workdir: str, state, model_config: clip.CLIPConfig,
   params = multihost_utils.process_allgather(state["params"], tiled=True)
   model_checkpoint.save_model(
       out, param_tree.clip_of(params), model_config, info={"step": step}, method=method,
-      method_params=param_tree.extras_of(params), overwrite=True)
+      method_params=param_tree.extras_of(params), overwrite=True, extra_files=extra_files)
   return True
 
 
@@ -370,7 +420,8 @@ class EvaluationError(RuntimeError):
   """The evaluation after training failed; the model was saved before it."""
 
 
-def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPConfig):
+def make_evaluator(config: ml_collections.ConfigDict, model_config, tokenizer=None,
+                   geometry: str | None = None):
   """`evaluate(params, step, writer, final=False) -> results` over the benchmarks, or None.
 
   `params` is the whole trainable tree: the method's scorer, if it has one, ranks the retrieval
@@ -397,7 +448,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model_config: clip.CLIPCon
   def run_benchmarks(params, step, writer, echo):
     results = runner.evaluate_benchmarks(
         params, model_config, benchmarks, config.evals.data_dir or config.input.data_dir,
-        batch_size=config.evals.batch_size, scoring=method_scoring)
+        batch_size=config.evals.batch_size, scoring=method_scoring, tokenizer=tokenizer,
+        geometry=geometry)
     flat = {f"eval/{name}/{metric}": value for name, result in results.items()
             for metric, value in result["metrics"].items()}
     writer.write(step, flat)

@@ -88,6 +88,8 @@ READERS: dict[str, DatasetReader] = {
          "flickr30k_test", "dci_train", "docci_train", "dci_train_global", "docci_train_global"),
         _lazy("raw.goal_json"), available=_lazy_available("raw.goal_json"),
         contains={"dci_train_global": ("dci_train",), "docci_train_global": ("docci_train",)}),
+    "finehard": DatasetReader(("train",), _lazy("raw.finehard"),
+                              available=_lazy_available("raw.finehard")),
     # Embedded datasets (no manual dir).
     "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
                                needs_manual_dir=False, generator={"seed": 0, "version": 2},
