@@ -30,8 +30,6 @@ OPTIMIZER = dict(
     grad_accum_steps=1,   # optax.MultiSteps: average k batches per update
 )
 
-# The input pipeline's config (`goal_jax.data.pipeline.default_config`): ViT-B/16 at 224 px,
-# 248-token captions, CLIP's centre crop.
 # The backbone families a recipe can start from (`configs/<method>.py:backbone=...`): the variant
 # built without an init checkpoint, the demo's tiny one, and the text contexts: the pretrained
 # one (short captions, sentences) and Long-CLIP's stretch of it for long captions.
@@ -42,6 +40,8 @@ BACKBONES = {
                    short_context=64, long_context=196),
 }
 
+# The input pipeline's config (`goal_jax.data.pipeline.default_config`): ViT-B/16 at 224 px,
+# 248-token captions, CLIP's centre crop.
 INPUT = dict(
     dataset="synthetic",
     split="train",

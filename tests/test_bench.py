@@ -101,7 +101,10 @@ def test_synthetic_batch_follows_the_batch_contract():
       "sentence_valid": ((4, 3), bool), "span_mask": ((4, 3, lc), bool),
       "patch_mask": ((4, 3, g2), bool), "local_image": ((4, s, s, 3), np.float32),
       "local_text": ((4, lc), np.int32), "local_span_mask": ((4, lc), bool),
-      "local_patch_mask": ((4, g2), bool), "local_valid": ((4,), bool)}
+      "local_patch_mask": ((4, g2), bool), "local_valid": ((4,), bool),
+      "region_box": ((4, 4, 4), np.float32), "region_text": ((4, 4, 77), np.int32),
+      "region_valid": ((4, 4), bool), "region_negatives": ((4, 4, 10, 77), np.int32),
+      "region_negative_valid": ((4, 4, 10), bool)}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: (shape, np.dtype(dtype)) for k, (shape, dtype) in expected.items()}
   for ids in (batch["text"], batch["sentences"].reshape(-1, 77)):
@@ -111,6 +114,10 @@ def test_synthetic_batch_follows_the_batch_contract():
     assert (ids[np.arange(len(ids)), eot] == tokenizer.EOT_ID).all()
     assert all((row[e + 1:] == 0).all() and (row[1:e] > 0).all() for row, e in zip(ids, eot))
   assert batch["patch_mask"].any(axis=-1).all() and batch["local_span_mask"].any(axis=-1).all()
+  boxes = batch["region_box"]
+  assert ((0 <= boxes) & (boxes <= 1)).all() and (boxes[..., 2:] > boxes[..., :2]).all()
+  assert batch["region_valid"][:, 0].all()  # every image has a region
+  assert not (batch["region_negative_valid"] & ~batch["region_valid"][..., None]).any()
 
 
 def _row(impl, method, batch, step_s, mfu=None):
@@ -166,6 +173,36 @@ def test_cpu_run_with_reference(tmp_path, capsys):
   for text in ("official_goal", "hf_sdpa", "goal_vs_official", "target >= 5.0x", "XLA/ours",
                "global_vs_hf_compile   not measured", "mfu_at_256             not measured"):
     assert text in printed, text
+
+
+def test_siglip_reference_is_siglipmodel_with_its_sigmoid_loss(tmp_path, capsys):
+  """A SigLIP variant's PyTorch rows are transformers' SiglipModel trained with its own sigmoid
+  loss, whose value on the same weights and batch equals ours."""
+  import torch  # noqa: PLC0415
+  from goal_jax.bench import torch_siglip  # noqa: PLC0415
+  from goal_jax.losses import sigmoid  # noqa: PLC0415
+  from goal_jax.models import siglip, siglip_weights  # noqa: PLC0415
+  out = tmp_path / "bench.json"
+  assert run_command(bench_command, "--variant=siglip-tiny/4", "--batch=8", "--steps=1",
+                     "--warmup=1", "--methods=global", "--reference", "--no_compile",
+                     f"--json_out={out}") == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["impl"], r["method"]) for r in rows] == [("goal_jax", "global"),
+                                                      ("hf_siglip_sdpa", "global")]
+  assert all(r["step_s"] > 0 for r in rows)
+  c = siglip.get_model_config("siglip-tiny/4")
+  reference = torch_siglip.SiglipReference(c, 8)
+  state = {k: v.detach().numpy() for k, v in reference.model.state_dict().items()}
+  params = siglip_weights.from_hf_state_dict(state, c)
+  model = siglip.SigLIP(c)
+  images = reference.images.permute(0, 2, 3, 1).numpy()
+  image = model.apply({"params": params}, images, method=siglip.SigLIP.encode_image)["embedding"]
+  text = model.apply({"params": params}, reference.ids.numpy(),
+                     method=siglip.SigLIP.encode_text)["embedding"]
+  want = sigmoid.sigmoid_loss(image, text, params["logit_scale"], params["logit_bias"])
+  with torch.no_grad():
+    got = reference.loss(reference.images, reference.ids)
+  np.testing.assert_allclose(float(got), float(want), rtol=2e-4)
 
 
 @pytest.mark.slow

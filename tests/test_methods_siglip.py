@@ -175,3 +175,12 @@ def test_resume_on_siglip_is_bit_identical_and_keeps_the_tokenizer(data_and_toke
   text = "A small red circle."
   assert kept.encode(text) == given.encode(text) and os.path.isfile(
       os.path.join(model_dir, "text_processing.json"))
+
+
+def test_the_backbones_the_recipes_name_are_their_families_variants():
+  from goal_jax import constants  # noqa: PLC0415
+  from goal_jax.models import families  # noqa: PLC0415
+  for name in constants.BACKBONES:
+    family = families.named(name)
+    for variant in (family.default_variant, family.demo_variant):
+      assert families.of(families.get_variant(variant)) is family, variant

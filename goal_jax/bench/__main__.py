@@ -33,6 +33,7 @@ from goal_jax import files
 from goal_jax import methods
 from goal_jax.bench import report
 from goal_jax.bench import steps as steps_lib
+from goal_jax.models import families
 from goal_jax.training import loop
 
 
@@ -92,6 +93,24 @@ def main(argv) -> None:
             profile_steps=FLAGS.profile_steps)
 
 
+def reference_rows(variant: str, batch: int, *, steps: int, warmup: int, attention: str,
+                   dtype: str, compile_model: bool, peak: float | None) -> list:
+  """The PyTorch rows of one (variant, batch): for CLIP, HF `CLIPModel`'s global step (eager and
+  compiled) and the official GOAL step; for SigLIP, HF `SiglipModel`'s global step with its own
+  sigmoid loss (eager and compiled). torch and transformers are imported only when asked for."""
+  # pylint: disable=g-import-not-at-top
+  config = steps_lib.method_config("global", variant, batch, attention=attention, dtype=dtype)
+  c = loop.model_config_from(config, None)
+  if families.of(c).name == "siglip":
+    from goal_jax.bench import torch_siglip
+    return torch_siglip.bench_reference(variant, batch, steps=steps, warmup=warmup,
+                                        compile_model=compile_model, peak=peak, jax_config=c,
+                                        input_config=loop.input_config(config, c))
+  from goal_jax.bench import torch_reference
+  return torch_reference.bench_reference(variant, batch, steps=steps, warmup=warmup,
+                                         compile_model=compile_model, peak=peak, jax_config=c)
+
+
 def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names: Sequence[str], *,
               steps: int = 10, warmup: int = 2, attention: str | None = None,
               dtype: str | None = None, remat: str = "", scan: bool = False,
@@ -129,13 +148,8 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
         print(report.format_rows(rows[-1:]).splitlines()[-1], flush=True)
         result()
       if reference and not analyze_only:
-        config = steps_lib.method_config("global", variant, batch, attention=attention,
-                                         dtype=dtype)
-        # torch and transformers are optional dependencies: imported only when asked for.
-        from goal_jax.bench import torch_reference  # pylint: disable=g-import-not-at-top
-        rows += torch_reference.bench_reference(variant, batch, steps=steps, warmup=warmup,
-                                                compile_model=compile_reference, peak=peak,
-                                                jax_config=loop.model_config_from(config, None))
+        rows += reference_rows(variant, batch, steps=steps, warmup=warmup, attention=attention,
+                               dtype=dtype, compile_model=compile_reference, peak=peak)
         result()
   out = result()
   checks = out["targets"]

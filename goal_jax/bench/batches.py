@@ -34,13 +34,25 @@ def _random_boxes(rng, shape, grid: int) -> np.ndarray:
           & (rows >= y0[..., None]) & (rows < y1[..., None]))
 
 
+def _random_fraction_boxes(rng, shape) -> np.ndarray:
+  """`[..., 4]` (x0, y0, x1, y1) fractions of the image with x0 < x1, y0 < y1."""
+  corners = np.sort(rng.uniform(size=(*shape, 2, 2)), axis=-2)  # [..., (min, max), (x, y)]
+  corners[..., 1, :] = np.maximum(corners[..., 1, :], corners[..., 0, :] + 1e-3)
+  return np.minimum(corners.reshape(*shape, 4), 1.0).astype(np.float32)
+
+
 def synthetic_batch(c, batch: int, sentence_context: int = 77,
-                    max_sentences: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-  """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes."""
+                    max_sentences: int = 8, seed: int = 0, max_regions: int = 4,
+                    region_context: int | None = None,
+                    hard_negatives: int = 10) -> dict[str, np.ndarray]:
+  """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes;
+  region captions and hard negatives at `region_context` (default `sentence_context`)."""
   rng = np.random.default_rng(seed)
   size, lc, m = c.image_size, c.context_length, max_sentences
+  r, k, lr = max_regions, hard_negatives, region_context or sentence_context
   image = lambda: rng.normal(size=(batch, size, size, 3)).astype(np.float32)
   ids = lambda shape, context: random_ids(rng, shape, context, c.vocab_size)
+  region_valid = np.arange(r)[None, :] < rng.integers(1, r + 1, size=(batch, 1))
   return {
       "image": image(),
       "text": ids((batch,), lc),
@@ -54,4 +66,10 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
       "local_span_mask": _random_spans(rng, (batch,), lc),
       "local_patch_mask": _random_boxes(rng, (batch,), c.grid_size),
       "local_valid": np.ones((batch,), bool),
+      "region_box": _random_fraction_boxes(rng, (batch, r)),
+      "region_text": ids((batch, r), lr),
+      "region_valid": region_valid,
+      "region_negatives": ids((batch, r, k), lr),
+      "region_negative_valid": region_valid[..., None] & (
+          np.arange(k) < rng.integers(0, k + 1, size=(batch, r, 1))),
   }

@@ -54,7 +54,9 @@ def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
     official = _find(rows, "official_goal", "goal", variant, batch)
     if ours.get("goal") and official:
       add("goal_vs_official", variant, batch, official.step_s / ours["goal"].step_s)
-    compiled = _find(rows, "hf_sdpa_compile", "global", variant, batch)
+    # HF CLIPModel's compiled step for a CLIP variant, SiglipModel's for a SigLIP one.
+    compiled = (_find(rows, "hf_sdpa_compile", "global", variant, batch)
+                or _find(rows, "hf_siglip_sdpa_compile", "global", variant, batch))
     if ours.get("global") and compiled:
       add("global_vs_hf_compile", variant, batch, compiled.step_s / ours["global"].step_s)
     if ours.get("goal") and ours.get("mulclip"):

@@ -86,7 +86,8 @@ def make_train_step(method: str, config, c, batch: int, *,
                                  config.optim.warmup_steps + extra_steps + 1)
   host_batch = batches.synthetic_batch(
       c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
-      max_sentences=config.input.max_sentences)
+      max_sentences=config.input.max_sentences, max_regions=config.input.max_regions,
+      region_context=config.input.region_context, hard_negatives=config.input.hard_negatives)
   return TrainStep(training, mesh, host_batch)
 
 

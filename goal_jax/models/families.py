@@ -36,14 +36,26 @@ class Family:
   geometry: str  # how an image becomes S x S: `center_crop` (CLIP's processor) or `squash`
   tokenizer: Callable[[str], Any]  # (checkpoint directory) -> its tokenizer
   contrastive: str  # the loss it was pretrained with: `softmax` (InfoNCE) or `sigmoid`
-  # `constants.BACKBONES[name]`: default_variant (what a config without an init checkpoint or a
-  # variant builds), demo_variant, short_context (pretrained), long_context (stretched).
 
-  def __getattr__(self, key):
-    try:
-      return constants.BACKBONES[self.name][key]
-    except KeyError:
-      raise AttributeError(key) from None
+  # What the recipes read too, kept in `constants.BACKBONES` (the configs import no model code).
+  @property
+  def default_variant(self) -> str:
+    """What a config without an init checkpoint or a variant builds."""
+    return constants.BACKBONES[self.name]["default_variant"]
+
+  @property
+  def demo_variant(self) -> str:
+    return constants.BACKBONES[self.name]["demo_variant"]
+
+  @property
+  def short_context(self) -> int:
+    """The pretrained text context: summaries and sentences are read at it."""
+    return constants.BACKBONES[self.name]["short_context"]
+
+  @property
+  def long_context(self) -> int:
+    """Long captions: Long-CLIP's stretch of the pretrained context."""
+    return constants.BACKBONES[self.name]["long_context"]
 
 
 REGISTRY = {
