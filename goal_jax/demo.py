@@ -26,6 +26,7 @@ from goal_jax import config_utils
 from goal_jax import files
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
+from goal_jax.data import regions as data_regions
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import families
 from goal_jax.text import sentencepiece_tokenizer
@@ -47,11 +48,15 @@ def data_dir_of(seed: int) -> str:
 
 
 def ensure_synthetic(data_dir: str, seed: int = 0) -> None:
-  """Prepares every `synthetic` split once (a few seconds per split)."""
+  """Prepares every `synthetic` split once (a few seconds per split), and again over a cache
+  whose training split predates the hard negatives (FG-CLIP's demo reads them; the scenes and
+  captions come out the same, so the cached pretrained model stays valid)."""
   try:
     for split in ("train", "test", "test_hard"):
-      data_builder.load_source("synthetic", split, data_dir)
-  except Exception:  # noqa: BLE001 - not prepared yet (or partially): prepare it
+      source = data_builder.load_source("synthetic", split, data_dir)
+      if split == "train" and not data_regions.survey(source, max_records=8).with_negatives:
+        raise ValueError(f"{data_dir}: the training split has no hard negatives")
+  except Exception:  # noqa: BLE001 - not prepared yet (or partially, or too old): prepare it
     logging.info("Preparing the embedded synthetic dataset into %s", data_dir)
     data_prepare.prepare("synthetic", data_dir, seed=seed, verbose=True)
 

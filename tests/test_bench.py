@@ -47,6 +47,9 @@ def test_tiny_flops_by_hand():
       # + 9 short texts (summary, 8 sentences) + per-token heads on 17 patches and 248 tokens.
       "mulclip": 3_887_616 + 27_936_768 + 9 * text77 + 17 * 2 * 64 * 32 + 248 * 2 * 32 * 32,
       "longclip": 3_887_616 + 27_936_768 + text77,
+      # + summary, 4 region captions and 4 x 10 hard negatives at 77 tokens, and the 16 patches
+      # through the head (the map RoIAlign pools).
+      "fgclip": 3_887_616 + 27_936_768 + 45 * text77 + 16 * 2 * 64 * 32,
   }
   for method, expected in per_pair.items():
     assert methods.get(method).forward_flops_per_pair(c, INPUT) == expected, method
@@ -69,7 +72,7 @@ def _analyze(method, remat=""):
                             model_overrides=dict(vision_layers=2, text_layers=2))
 
 
-@pytest.mark.parametrize("method", ["global", "goal", "mulclip", "longclip"])
+@pytest.mark.parametrize("method", ["global", "goal", "mulclip", "longclip", "fgclip"])
 def test_xla_counts_the_analytic_flops(method):
   """XLA's count of the lowered step equals the analytic one: the formula is right and no
   method runs a tower pass it does not need."""

@@ -93,7 +93,7 @@ def test_the_library_uses_the_constants_the_recipes_read():
 @pytest.mark.parametrize("method, weights, options", [
     ("goal", "GOAL_WEIGHTS", None), ("longclip", "LONGCLIP_WEIGHTS", None),
     ("mulclip", "MULCLIP_WEIGHTS", "MulCLIPOptions"),
-    ("finelip", "FINELIP_WEIGHTS", "FineLIPOptions")])
+    ("finelip", "FINELIP_WEIGHTS", "FineLIPOptions"), ("fgclip", "FGCLIP_WEIGHTS", None)])
 def test_recipes_write_their_objective_s_defaults(method, weights, options):
   """A recipe writes its weights and options out (so it reads without the library); they are
   the objective's own defaults, which the paper's values are."""

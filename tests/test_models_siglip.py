@@ -156,7 +156,7 @@ def test_published_variants():
                                                                                   27)
   assert siglip.get_model_config("siglip-So400m/14-224").context_length == 16
   assert siglip.variant_of(b16) == "siglip2-B/16-256"
-  assert len(siglip.VARIANTS) == 1 + 4 + 2 + 2 + 4 + 3 + 2 + 3
+  assert len(siglip.VARIANTS) == 2 + 4 + 2 + 2 + 4 + 3 + 2 + 3  # tiny and the demo's
 
 
 # --- long text, checkpoints and the convert command -----------------------------------------

@@ -150,7 +150,7 @@ def test_done_run_skipped_half_done_rerun(tmp_path, capsys):
   command = trainer.commands[0]
   assert command[1:3] == ["-m", "goal_jax.train"]
   config_file = os.path.join(REPO, "goal_jax", "configs", "global_ft.py")
-  assert command[3] == f"--config={config_file}:demo,data_seed=0"
+  assert command[3] == f"--config={config_file}:demo,data_seed=0,backbone=clip"
   assert command[5:] == ["--config.seed=0", "--config.eval_every=2", "--config.total_steps=4",
                          "--config.optim.warmup_steps=1", "--config.demo_data.pretrain_steps=4"]
   out = capsys.readouterr().out

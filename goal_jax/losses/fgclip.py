@@ -27,7 +27,7 @@ gradients), these average over the global batch: equal when every GPU holds as m
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,8 @@ from goal_jax.losses import contrastive
 
 # The released objective's weights (`box_loss_weight`, `hard_box_loss_weight`).
 FGCLIP_WEIGHTS = {"global_long": 1.0, "global_short": 1.0, "region": 0.1, "hard_negative": 0.5}
+
+REGION_TERMS = ("region", "hard_negative")  # the terms that read a batch's regions
 
 # `pair_loss(image [M, E], text [M, E], *, valid, axis_name) -> scalar`: the project's contrastive
 # term (`goal_jax.losses.pairwise.PairLoss`: InfoNCE or SigLIP's sigmoid).
@@ -103,3 +105,51 @@ def region_text_loss(region_embedding: jax.Array, region_text: jax.Array, valid:
   return pair_loss(region_embedding.reshape(n * regions, width),
                    region_text.reshape(n * regions, width),
                    valid=valid.reshape(n * regions).astype(bool), axis_name=axis_name)
+
+
+def reads_regions(weights: Mapping[str, float] | None) -> bool:
+  """Whether the terms under these weight overrides read regions (region or hard negative > 0)."""
+  resolved = contrastive.resolve_weights(FGCLIP_WEIGHTS, weights)
+  return any(resolved[k] for k in REGION_TERMS)
+
+
+def fgclip_objective(image_embedding: jax.Array, long_embedding: jax.Array | None,
+                     short_embedding: jax.Array | None, regions: Mapping[str, jax.Array] | None,
+                     *, pair_loss: PairLossFn, region_pair_loss: PairLossFn,
+                     hard_negative_scale: jax.Array,
+                     weights: Mapping[str, float] | None = None,
+                     axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`L = w_long·pair(v, t_long) + w_short·pair(v, t_short) + w_region·L_region + w_hard·L_hard`.
+
+  Args:
+    image_embedding: `[n, E]` unit image embeddings (this device's rows).
+    long_embedding, short_embedding: `[n, E]` unit caption embeddings; None when the term's
+      weight is 0 (then it is not computed).
+    regions: `embedding` `[n, R, E]` unit region features, `text` `[n, R, E]` their captions,
+      `valid` `[n, R]`, and for the hard term `negatives` `[n, R, K, E]`, `negative_valid`
+      `[n, R, K]`; None when neither region term is weighted.
+    pair_loss: the global terms' contrastive term (the backbone's temperature and bias).
+    region_pair_loss: the region term's, at its own temperature (released:
+      `logit_scale_finegraind`).
+    hard_negative_scale: the hard term's temperature, `exp` of its own log scale (released:
+      `logit_scale_hardneg`).
+    weights: overrides of `FGCLIP_WEIGHTS`; a 0-weight term is not computed.
+    axis_name: mesh axis when called inside `jax.shard_map`.
+
+  Returns:
+    `(total, terms)` with the unweighted computed terms.
+  """
+  w = contrastive.resolve_weights(FGCLIP_WEIGHTS, weights)
+  terms = {}
+  if w["global_long"]:
+    terms["global_long"] = pair_loss(image_embedding, long_embedding, axis_name=axis_name)
+  if w["global_short"]:
+    terms["global_short"] = pair_loss(image_embedding, short_embedding, axis_name=axis_name)
+  if w["region"]:
+    terms["region"] = region_text_loss(regions["embedding"], regions["text"], regions["valid"],
+                                       pair_loss=region_pair_loss, axis_name=axis_name)
+  if w["hard_negative"]:
+    terms["hard_negative"] = hard_negative_loss(
+        regions["embedding"], regions["text"], regions["negatives"], regions["valid"],
+        regions["negative_valid"], hard_negative_scale, axis_name=axis_name)
+  return contrastive.weighted_total(terms, w), terms

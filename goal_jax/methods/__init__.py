@@ -1,10 +1,10 @@
 """The training methods, one module each; `get(name)` is all the trainer, the benchmark and
 evaluation know of them (`goal_jax/methods/base.py` says what a method holds)."""
-from goal_jax.methods import finelip, global_ft, goal, longclip, mulclip
+from goal_jax.methods import fgclip, finelip, global_ft, goal, longclip, mulclip
 from goal_jax.methods.base import Method
 
 REGISTRY: dict[str, Method] = {
-    m.METHOD.name: m.METHOD for m in (global_ft, goal, mulclip, longclip, finelip)}
+    m.METHOD.name: m.METHOD for m in (global_ft, goal, mulclip, longclip, finelip, fgclip)}
 
 
 def get(name: str) -> Method:

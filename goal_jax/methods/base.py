@@ -85,6 +85,11 @@ def no_extra_params(loss_config, model_config, rng) -> dict:
   return {}
 
 
+def keep_extra_params(extras: dict, clip_params) -> dict:
+  del clip_params
+  return extras
+
+
 def no_data_check(config, source) -> None:
   del config, source
 
@@ -129,6 +134,9 @@ class Method:
     forward_flops_per_pair: `(model_config, input_config) -> int`, model FLOPs of one pair's
       forward (a training step is 3× that per pair: backward = 2× forward).
     init_extra_params: `(loss_config, model_config, rng) -> dict`: params of its own modules.
+    start_extra_params: `(extras, clip_params) -> extras`: those of its own params that start
+      from the backbone's (FG-CLIP's region temperatures start at its `logit_scale`), set by
+      `init_params` once the backbone's params (drawn or pretrained) are known.
     check_data: `(config, source) -> None`, run by the trainer before any compilation on the
       training split's source; raises `ValueError` (with the command that fixes it) for data the
       method cannot train on, e.g. GOAL without local pairs.
@@ -144,6 +152,7 @@ class Method:
   loss: Callable[..., tuple[jax.Array, dict]]
   forward_flops_per_pair: Callable[[Any, Any], int]
   init_extra_params: Callable[..., dict] = no_extra_params
+  start_extra_params: Callable[[dict, Any], dict] = keep_extra_params
   check_data: Callable[[ml_collections.ConfigDict, Any], None] = no_data_check
   step_metrics: Callable[[Mapping[str, jax.Array]], dict] = no_step_metrics
   scorer: Scorer | None = None
@@ -157,7 +166,7 @@ class Method:
   def init_params(self, config: ml_collections.ConfigDict, model_config, rng: jax.Array,
                   clip_params: Any = None) -> dict:
     """The whole trainable tree on the host: `clip_params` (a pretrained start) or the backbone
-    drawn from `rng`, and the method's own modules drawn from it.
+    drawn from `rng`, and the method's own modules drawn from it (then `start_extra_params`).
 
     A pretrained start gets `config.reset_logit_scale` when set (Long-CLIP and FineLIP restart
     the temperature at ln 100, as their released code does) and the contrastive form is the
@@ -176,7 +185,7 @@ class Method:
       clip_params = {**clip_params,
                      "logit_scale": np.asarray(config.reset_logit_scale, np.float32)}
     extras = jax.device_get(self.init_extra_params(config.loss, model_config, extra_rng))
-    return param_tree.merge(clip_params, extras)
+    return param_tree.merge(clip_params, self.start_extra_params(extras, clip_params))
 
   def abstract_extra_params(self, loss_config, model_config) -> dict:
     """Shapes of the method's own params (the restore target of a model's `method_params`)."""
