@@ -32,12 +32,9 @@ def test_matches_the_paper_s_pseudocode_in_torch():
   assert_close(sigmoid.sigmoid_loss(image, text, t, b), want.numpy())
 
 
-@pytest.mark.parametrize("form", sigmoid.FORMS)
-def test_sharded_equals_dense_values_and_gradients(form):
+def dense_and_sharded(form, image, text, valid, logit_scale, logit_bias):
+  """(value, gradients) of the dense loss and of the sharded one on a 4-device mesh."""
   mesh = make_mesh()
-  image, text = unit(2, 16, 8), unit(3, 16, 8)
-  valid = np.ones(16, bool)
-  valid[[2, 11]] = False
 
   def dense(i, t, s, b):
     return sigmoid.sigmoid_loss(i, t, s, b, valid=valid)
@@ -47,11 +44,19 @@ def test_sharded_equals_dense_values_and_gradients(form):
       return sigmoid.sigmoid_loss(i, t, s, b, valid=v, axis_name=axis_name, form=form)
     return contrastive.data_parallel(objective, mesh)(i, t, valid)
 
-  expected = jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(image, text, 1.7, -3.0)
+  grad = lambda fn: jax.value_and_grad(fn, argnums=(0, 1, 2, 3))
+  expected = grad(dense)(image, text, logit_scale, logit_bias)
   image_s, text_s = shard_batch((image, text), mesh)
   with jax.set_mesh(mesh):
-    actual = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(image_s, text_s, 1.7,
-                                                                         -3.0)
+    actual = jax.jit(grad(sharded))(image_s, text_s, logit_scale, logit_bias)
+  return expected, actual
+
+
+@pytest.mark.parametrize("form", sigmoid.FORMS)
+def test_sharded_equals_dense_values_and_gradients(form):
+  valid = np.ones(16, bool)
+  valid[[2, 11]] = False
+  expected, actual = dense_and_sharded(form, unit(2, 16, 8), unit(3, 16, 8), valid, 1.7, -3.0)
   assert_trees_close(actual, expected)
 
 
@@ -60,30 +65,15 @@ def test_uneven_final_chunk_and_duplicate_captions(form):
   """A last device holding one real row and three padding rows, and captions repeated across
   devices (each copy a negative of the other images, as the dense loss counts it): the ring and
   the gather form still equal the dense loss in value and gradients."""
-  mesh = make_mesh()
   image, text = unit(6, 16, 8), unit(7, 16, 8)
   text[9] = text[1]  # the same caption on devices 0 and 2
   text[5] = text[4]  # ... and twice on device 1
   valid = np.arange(16) < 13  # device 3 holds rows 12..15: only row 12 is real
-
-  def dense(i, t, s, b):
-    return sigmoid.sigmoid_loss(i, t, s, b, valid=valid)
-
-  def sharded(i, t, s, b):
-    def objective(i, t, v, axis_name):
-      return sigmoid.sigmoid_loss(i, t, s, b, valid=v, axis_name=axis_name, form=form)
-    return contrastive.data_parallel(objective, mesh)(i, t, valid)
-
-  expected = jax.value_and_grad(dense, argnums=(0, 1, 2, 3))(image, text, 2.1, -4.0)
+  expected, actual = dense_and_sharded(form, image, text, valid, 2.1, -4.0)
   # The dense reference itself, by the paper's formula over the 13 real rows.
-  t, b = math.exp(2.1), -4.0
-  logits = t * image[:13].astype(np.float64) @ text[:13].astype(np.float64).T + b
+  logits = math.exp(2.1) * image[:13].astype(np.float64) @ text[:13].astype(np.float64).T - 4.0
   labels = 2 * np.eye(13) - 1
   assert_close(expected[0], np.sum(np.log1p(np.exp(-labels * logits))) / 13)
-  image_s, text_s = shard_batch((image, text), mesh)
-  with jax.set_mesh(mesh):
-    actual = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(image_s, text_s, 2.1,
-                                                                         -4.0)
   assert_trees_close(actual, expected)
   assert not np.any(actual[1][0][13:]) and not np.any(actual[1][1][13:])  # padding: no gradient
 

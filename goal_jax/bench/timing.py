@@ -52,6 +52,22 @@ def time_loop(step: Callable[[], Any], steps: int, warmup: int,
   return first, (time.perf_counter() - start) / steps
 
 
+def time_row(row: Row, make_step: Callable[[], Callable[[], Any]], *, steps: int, warmup: int,
+             block: Callable[[Any], Any], peak: float | None, may_fail: bool = False) -> Row:
+  """Times a PyTorch reference's step into `row` (MFU against `peak`). Running out of memory,
+  or any failure of a step that `may_fail` (`torch.compile`'s), is reported in the row, so the
+  benchmark goes on; other failures raise."""
+  try:
+    row.compile_s, row.step_s = time_loop(make_step(), steps, warmup, block)
+  except Exception as e:  # noqa: BLE001 - report the row, keep benchmarking
+    if not is_out_of_memory(e) and not may_fail:
+      raise
+    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+  if row.step_s is not None and peak:
+    row.mfu = row.train_flops / row.step_s / (peak * 1e12)
+  return row
+
+
 def is_out_of_memory(e: Exception) -> bool:
   text = f"{type(e).__name__}: {e}"
   return any(k in text for k in ("RESOURCE_EXHAUSTED", "OutOfMemory", "out of memory"))

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from goal_jax import methods
-from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
+from goal_jax.bench.timing import Row, time_row
 from goal_jax.data import pipeline
 from goal_jax.models import clip
 from goal_jax.text import tokenizer as text_tokenizer
@@ -197,13 +197,6 @@ def bench_reference(variant: str, batch: int, *, steps: int, warmup: int, compil
   for impl, method, make_step in runs:
     row = Row(impl, method, variant, batch, train_flops=methods.get(method).train_flops_per_step(
         jax_config, pipeline.default_config(), batch))
-    try:
-      row.compile_s, row.step_s = time_loop(make_step(), steps, warmup, reference.block)
-    except Exception as e:  # noqa: BLE001 - report the row, keep benchmarking
-      if not is_out_of_memory(e) and impl != "hf_sdpa_compile":
-        raise
-      row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    if row.step_s is not None and peak:
-      row.mfu = row.train_flops / row.step_s / (peak * 1e12)
-    rows.append(row)
+    rows.append(time_row(row, make_step, steps=steps, warmup=warmup, block=reference.block,
+                         peak=peak, may_fail=impl == "hf_sdpa_compile"))
   return rows

@@ -16,7 +16,7 @@ import transformers
 
 from goal_jax import methods
 from goal_jax.bench import batches
-from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
+from goal_jax.bench.timing import Row, time_row
 from goal_jax.models import siglip
 from goal_jax.models import siglip_weights
 
@@ -67,17 +67,7 @@ def bench_reference(variant: str, batch: int, *, steps: int, warmup: int, compil
   runs = [("hf_siglip_sdpa", False)] + ([("hf_siglip_sdpa_compile", True)] if compile_model
                                         else [])
   flops = methods.get("global").train_flops_per_step(jax_config, input_config, batch)
-  rows = []
-  for impl, compiled in runs:
-    row = Row(impl, "global", variant, batch, train_flops=flops)
-    try:
-      row.compile_s, row.step_s = time_loop(reference.step_fn(compiled), steps, warmup,
-                                            reference.block)
-    except Exception as e:  # noqa: BLE001 - report the row, keep benchmarking
-      if not is_out_of_memory(e) and not compiled:
-        raise
-      row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    if row.step_s is not None and peak:
-      row.mfu = row.train_flops / row.step_s / (peak * 1e12)
-    rows.append(row)
-  return rows
+  return [time_row(Row(impl, "global", variant, batch, train_flops=flops),
+                   lambda compiled=compiled: reference.step_fn(compiled), steps=steps,
+                   warmup=warmup, block=reference.block, peak=peak, may_fail=compiled)
+          for impl, compiled in runs]
