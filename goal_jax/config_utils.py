@@ -23,6 +23,38 @@ def recipe_path(config_file: str) -> str:
   return os.path.join(CONFIGS_DIR, config_file)
 
 
+def shipped_recipes() -> list[str]:
+  """The method configs shipped with goal_jax (`goal.py`, ...)."""
+  return sorted(n for n in os.listdir(CONFIGS_DIR)
+                if n.endswith(".py") and n not in ("__init__.py", "common.py"))
+
+
+def resolve_config_file(value: str) -> str:
+  """`--config`'s value with its file found from any directory: a path that exists is kept;
+  otherwise `configs/goal.py`, `goal.py` or `goal_jax/configs/goal.py` name the shipped recipe
+  (the README's paths, which a pip-installed user has no checkout for). An unknown file is a
+  `ValueError` listing the shipped ones."""
+  path, sep, arg = value.partition(":")
+  if os.path.isfile(path):
+    return value
+  name = os.path.basename(path)
+  if name in shipped_recipes():
+    return recipe_path(name) + sep + arg
+  raise ValueError(f"--config={path}: no such file, and no shipped recipe is called {name!r}; "
+                   f"shipped: {', '.join(shipped_recipes())} (e.g. --config=configs/goal.py:demo)")
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+  """`argv` with `--config=<file>[:arg]` (or `--config <file>...`) resolved as above."""
+  out = list(argv)
+  for i, word in enumerate(out):
+    if word.startswith("--config="):
+      out[i] = "--config=" + resolve_config_file(word[len("--config="):])
+    elif word == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config_file(out[i + 1])
+  return out
+
+
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the config file at `path`, loaded as `--config=path:arg` loads it."""
   name = "_config_" + os.path.splitext(os.path.basename(path))[0]

@@ -7,10 +7,13 @@ r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP, FineLIP) 
 `--config.x=y` overrides any field. The loop is `goal_jax.training.loop.run`; the `demo` arg runs
 `goal_jax.demo` (embedded data, a cached tiny pretrained CLIP, then this method's fine-tuning).
 """
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
 from goal_jax import cli
+from goal_jax import config_utils
 from goal_jax import demo
 from goal_jax import distributed
 from goal_jax.training import checkpointing
@@ -64,4 +67,8 @@ def _train(config, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
+  try:
+    sys.argv = config_utils.resolve_config_argv(sys.argv)
+  except ValueError as e:
+    cli.fail(str(e), code=2)
   cli.run(main, expected=EXPECTED)

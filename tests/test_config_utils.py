@@ -1,5 +1,6 @@
 """parse_arg: the `:arg` suffix of `--config file.py:arg` into typed fields; recipes load without
 the library."""
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,28 @@ def test_recipes_write_their_objective_s_defaults(method, weights, options):
   if options:
     defaults = {f.name: f.default for f in dataclasses.fields(getattr(loss, options))}
     assert {k: config.loss[k] for k in defaults} == defaults
+
+
+@pytest.mark.parametrize("given", ["configs/goal.py", "goal.py", "goal_jax/configs/goal.py"])
+def test_config_paths_resolve_from_any_directory(given, tmp_path):
+  """The README's `--config=configs/goal.py:...` works where there is no checkout (a pip
+  install, another directory); an unknown file is one line listing the shipped recipes."""
+  run = lambda value: subprocess.run(
+      [sys.executable, "-m", "goal_jax.train", f"--config={value}", "--print_config"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  proc = run(f"{given}:demo,backbone=siglip")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "variant: siglip-demo" in proc.stdout and "method: goal" in proc.stdout
+  resolved, _, arg = config_utils.resolve_config_file(f"{given}:demo").partition(":")
+  assert arg == "demo"
+  assert os.path.samefile(resolved, config_utils.recipe_path("goal.py"))
+
+
+def test_an_unknown_config_file_lists_the_shipped_ones(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "goal_jax.train", "--config=configs/gaol.py:demo",
+                         "--workdir=/tmp/x"], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "gaol.py" in lines[0] and "goal.py" in lines[0] and "fgclip.py" in \
+      lines[0], proc.stderr
