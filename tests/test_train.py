@@ -233,3 +233,20 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
   assert "method: goal" in proc.stdout and "  lr: 0.25" in proc.stdout
   assert "  batch_size: 4" in proc.stdout and "model_init: random" in proc.stdout
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_batch_larger_than_the_split_is_one_setup_error(data_dir, tmp_path):
+  config = tiny_config("global", data_dir, steps=2)
+  config.input.batch_size = 2 * BATCH
+  with pytest.raises(loop.SetupError, match=r"has 8 records, fewer than one batch of "
+                                            r"config.input.batch_size=16"):
+    loop.run(config, str(tmp_path / "run"))
+
+
+def test_a_run_shorter_than_its_warmup_names_both_fields(data_dir, tmp_path):
+  config = tiny_config("global", data_dir, steps=3)
+  config.optim.schedule = "cosine"
+  config.optim.warmup_steps = 5
+  with pytest.raises(loop.SetupError, match=r"3 optimizer steps but config.optim.warmup_steps=5"
+                                            r".*--config.optim.warmup_steps=0"):
+    loop.run(config, str(tmp_path / "run"))

@@ -158,6 +158,26 @@ def check_data(config: ml_collections.ConfigDict):
         f"--data_dir={data_dir}") from e
 
 
+def check_sizes(config: ml_collections.ConfigDict, num_records: int) -> None:
+  """A split smaller than one batch cannot train: one line naming both, before anything runs."""
+  batch = config.input.batch_size
+  if num_records < batch:
+    raise SetupError(
+        f"dataset {config.input.dataset!r} split {config.input.split!r} has {num_records} "
+        f"records, fewer than one batch of config.input.batch_size={batch}: pass a smaller "
+        f"batch (--config.input.batch_size=... or the batch= config arg)")
+
+
+def check_schedule(config: ml_collections.ConfigDict, total_steps: int) -> None:
+  """The cosine schedule decays after its warmup, so the run must be longer than it."""
+  warmup = config.optim.warmup_steps
+  if config.optim.schedule == "cosine" and total_steps <= warmup:
+    raise SetupError(
+        f"the run has {total_steps} optimizer steps but config.optim.warmup_steps={warmup}: "
+        f"the cosine schedule decays after the warmup; pass --config.optim.warmup_steps="
+        f"{max(total_steps // 4, 0)} (or more steps)")
+
+
 def total_steps_of(config: ml_collections.ConfigDict, num_records: int) -> int:
   """Optimizer steps: `config.total_steps`, else epochs × batches per epoch (drop_remainder)."""
   if config.get("total_steps"):
@@ -275,7 +295,9 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
     method.check_data(config, source)
   except ValueError as e:
     raise SetupError(str(e)) from None
+  check_sizes(config, num_records)
   total_steps = total_steps_of(config, num_records)
+  check_schedule(config, total_steps)
   data_config = input_config(config, model_config)
   check_reproduction(data_config, config.input.data_dir)
 
