@@ -147,6 +147,8 @@ def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException]
       return main(args)
     except (Error, *expected) as e:  # noqa: B030 - a tuple of types built at run time
       fail(str(e) or type(e).__name__)
+    except KeyboardInterrupt:
+      fail("interrupted (Ctrl-C)", code=130)
 
   app.run(wrapped, argv=list(argv) if argv is not None else None, flags_parser=_parse_flags)
 

@@ -7,6 +7,7 @@ r"""Fine-tunes CLIP with one method (global, GOAL, MulCLIP, Long-CLIP, FineLIP) 
 `--config.x=y` overrides any field. The loop is `goal_jax.training.loop.run`; the `demo` arg runs
 `goal_jax.demo` (embedded data, a cached tiny pretrained CLIP, then this method's fine-tuning).
 """
+import signal
 import sys
 
 from absl import flags
@@ -50,7 +51,7 @@ def main(argv):
   distributed.initialize()  # several processes (TPU pod, GPU cluster): before any JAX use
   try:
     # From here on SIGTERM stops cleanly (exit 0), also during start-up and data preparation.
-    with preemption.PreemptionGuard():
+    with preemption.PreemptionGuard(signals=(signal.SIGTERM, signal.SIGINT)):
       result = _train(_CONFIG.value, workdir)
   except loop.EvaluationError as e:  # the model is saved: say how to evaluate it
     raise cli.Error(f"{e}. The trained model is saved in {workdir}/model; evaluate it "

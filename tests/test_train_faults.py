@@ -300,3 +300,37 @@ def test_any_checkpoint_of_a_run_reads_as_a_model_and_a_workdir_says_where_they_
                      match=rf"(?s)its final model is {workdir}/model; a checkpoint of it is "
                            rf"{step(3)} \(steps 1, 2, 3\)"):
     model_checkpoint.load_model(workdir)
+
+
+def test_ctrl_c_saves_like_sigterm_and_the_rerun_resumes(data_dir, tmp_path):
+  """A first Ctrl-C (SIGINT) during training saves at the end of the step and exits 0, as SIGTERM
+  does (no 60-line KeyboardInterrupt, no lost steps); the same command then finishes the run."""
+  workdir = tmp_path / "run"
+  script = (
+      "import os, signal\n"
+      "from absl import app\n"
+      "from goal_jax.training import preemption\n"
+      "from goal_jax import train\n"
+      "should_stop = preemption.PreemptionGuard.should_stop\n"
+      "def interrupted(self, step):\n"
+      "  if step == 2:\n"
+      "    os.kill(os.getpid(), signal.SIGINT)\n"
+      "  return should_stop(self, step)\n"
+      "preemption.PreemptionGuard.should_stop = interrupted\n"
+      "app.run(train.main)\n")
+  args = ["--config=configs/global_ft.py:variant=tiny/8,batch=8,dataset=synthetic,"
+          f"data_dir={data_dir},steps=4,init=random", f"--workdir={workdir}",
+          "--config.progress_bar=False", "--config.tensorboard=False",
+          "--config.optim.warmup_steps=0"]
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Ctrl-C: saving at the end of this step" in proc.stdout
+  assert "Stopped by a termination signal at step 2; rerun the same command" in proc.stdout
+  assert "KeyboardInterrupt" not in proc.stderr and checkpoint_steps(str(workdir)) == ["2"]
+  proc = subprocess.run([sys.executable, "-m", "goal_jax.train", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert model_checkpoint.load_info(str(workdir / "model")) == {"step": 4}

@@ -1,4 +1,5 @@
-"""Turns SIGTERM (TPU/cloud preemption notice) into "save at the next step boundary and exit 0".
+"""Turns SIGTERM (TPU/cloud preemption notice) into "save at the next step boundary and exit 0";
+the train command does the same with a first Ctrl-C (SIGINT), and a second one stops at once.
 
 The handler only sets a flag: saving inside a signal handler would interrupt a step halfway. The
 loop asks `should_stop(step)` after each step, saves with `force=True`, waits for the write and
@@ -57,9 +58,14 @@ class PreemptionGuard:
   def _handle(signum, frame):
     global _received
     del frame
+    if signum == signal.SIGINT and _received is not None:
+      raise KeyboardInterrupt  # a second Ctrl-C: the person wants out now
     if _received is None:
-      logging.warning("Received %s: will save and exit after the current step.",
-                      signal.Signals(signum).name)
+      hint = " (Ctrl-C again to stop now, unsaved)" if signum == signal.SIGINT else ""
+      logging.warning("Received %s: will save and exit after the current step%s.",
+                      signal.Signals(signum).name, hint)
+      if signum == signal.SIGINT:
+        print(f"\nCtrl-C: saving at the end of this step, then exiting{hint}.", flush=True)
     _received = signum
 
   def should_stop(self, step: int) -> bool:
