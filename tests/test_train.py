@@ -250,3 +250,12 @@ def test_a_run_shorter_than_its_warmup_names_both_fields(data_dir, tmp_path):
   with pytest.raises(loop.SetupError, match=r"3 optimizer steps but config.optim.warmup_steps=5"
                                             r".*--config.optim.warmup_steps=0"):
     loop.run(config, str(tmp_path / "run"))
+
+
+def test_a_run_without_benchmarks_says_how_to_evaluate(data_dir, tmp_path, capsys):
+  config = tiny_config("global", data_dir, steps=1)
+  assert not config.evals.benchmarks
+  loop.run(config, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert (f"[train] no evaluation: config.evals.benchmarks is empty; evaluate the model with "
+          f"python -m goal_jax.evaluate --checkpoint={tmp_path / 'run' / 'model'} ") in out

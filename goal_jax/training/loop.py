@@ -383,6 +383,10 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         if evaluator and not result["preempted"]:
           result["evaluation"] = evaluator(state["params"], total_steps, writer,
                                            final=True)
+        elif not evaluator:
+          say(f"no evaluation: config.evals.benchmarks is empty; evaluate the model with "
+              f"python -m goal_jax.evaluate --checkpoint={os.path.join(workdir, 'model')} "
+              f"--benchmarks=<profile or dataset:split> --data_dir={config.input.data_dir}")
   return result
 
 
