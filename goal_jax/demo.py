@@ -27,6 +27,7 @@ from goal_jax import files
 from goal_jax.data import builder as data_builder
 from goal_jax.data import prepare as data_prepare
 from goal_jax.data import regions as data_regions
+from goal_jax.data import synthetic
 from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import families
 from goal_jax.text import sentencepiece_tokenizer
@@ -42,23 +43,30 @@ DEMO_VOCAB = 512  # the demo SigLIP's vocabulary bound (the synthetic captions n
 cache_dir = files.cache_dir
 
 
-def data_dir_of(seed: int) -> str:
-  """The cached embedded data of one generator seed (each seed its own dataset)."""
-  return os.path.join(cache_dir(), "data", f"seed{seed}")
+def data_dir_of(seed: int, version: int = synthetic.LATEST_VERSION) -> str:
+  """The cached embedded data of one generator seed and version (each its own dataset; the
+  latest version shares its folder with the caches of earlier releases, where it is newer)."""
+  if version == synthetic.LATEST_VERSION:
+    return os.path.join(cache_dir(), "data", f"seed{seed}")
+  return os.path.join(cache_dir(), "data", f"v{version}", f"seed{seed}")
 
 
-def ensure_synthetic(data_dir: str, seed: int = 0) -> None:
-  """Prepares every `synthetic` split once (a few seconds per split), and again over a cache
-  whose training split predates the hard negatives (FG-CLIP's demo reads them; the scenes and
-  captions come out the same, so the cached pretrained model stays valid)."""
+def ensure_synthetic(data_dir: str, seed: int = 0,
+                     version: int = synthetic.LATEST_VERSION) -> None:
+  """Prepares every `synthetic` split of `version` once (a few seconds per split), and again
+  over a cache of an older version or whose training split predates the hard negatives
+  (FG-CLIP's demo reads them; the scenes and captions come out the same)."""
   try:
-    for split in ("train", "test", "test_hard"):
+    newest = data_builder.dataset_dir("synthetic", data_dir).name
+    if newest != f"{version}.0.0":
+      raise ValueError(f"{data_dir}: synthetic {newest} prepared, {version} wanted")
+    for split in synthetic.splits_of(version):
       source = data_builder.load_source("synthetic", split, data_dir)
       if split == "train" and not data_regions.survey(source, max_records=8).with_negatives:
         raise ValueError(f"{data_dir}: the training split has no hard negatives")
   except Exception:  # noqa: BLE001 - not prepared yet (or partially, or too old): prepare it
     logging.info("Preparing the embedded synthetic dataset into %s", data_dir)
-    data_prepare.prepare("synthetic", data_dir, seed=seed, verbose=True)
+    data_prepare.prepare("synthetic", data_dir, seed=seed, version=version, verbose=True)
 
 
 def ensure_tokenizer(data_dir: str) -> str:
@@ -103,6 +111,8 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS,
   """
   config = pretrain_config(data_dir, steps, backbone)
   key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
+  # The data's version too: a start must never have seen version 3's held-out pairs.
+  key.update(data_builder.dataset_dir("synthetic", data_dir).name.encode())
   if config.model.tokenizer:  # its contents, not only its path, make the model
     with open(config.model.tokenizer, "rb") as f:
       key.update(f.read())
@@ -124,15 +134,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str,
              pretrain_steps: int | None = None) -> dict:
   """Prepares, pretrains (cached), then fine-tunes with `config`'s method and evaluates.
 
-  The data's generator seed is `config.demo_data.seed`; `pretrain_steps` (default
+  The data's generator seed and version are `config.demo_data.seed` and `.version` (0: latest); `pretrain_steps` (default
   `config.demo_data.pretrain_steps`) shortens the pretraining for smoke runs; the cache keys on
   both.
   """
   demo_data = config.get("demo_data") or {}
   seed = demo_data.get("seed", 0)
+  version = demo_data.get("version") or synthetic.LATEST_VERSION
   pretrain_steps = pretrain_steps or demo_data.get("pretrain_steps") or PRETRAIN_STEPS
-  data_dir = data_dir_of(seed)
-  ensure_synthetic(data_dir, seed)
+  data_dir = data_dir_of(seed, version)
+  ensure_synthetic(data_dir, seed, version)
   config.input.data_dir = config.input.data_dir or data_dir
   if not config.model_init:
     backbone = families.of(families.get_variant(config.model.variant)).name

@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory):
   small = raw.DatasetReader(
       synthetic.SPLITS, lambda _, split: synthetic.read_examples(None, split, num_examples=12),
       needs_manual_dir=False)
-  builder.build("synthetic", small, root, splits=["test", "test_hard"],
+  builder.build("synthetic", small, root, splits=list(synthetic.SPLITS[1:]),
                 options=builder.PrepareOptions(image_short_side=None))
   return root
 
@@ -178,11 +178,12 @@ def test_synthetic_profile_writes_a_readable_results_file(data_dir, model, tmp_p
   params, config = model
   results = runner.evaluate_benchmarks(params, config, "synthetic", data_dir, batch_size=BATCH)
   assert list(results) == ["Synthetic test", "Synthetic hard: R@K over split",
-                           "Synthetic hard: within group"]
+                           "Synthetic hard: within group", "Synthetic transfer",
+                           "Synthetic transfer hard: within group"]
   path = tmp_path / "results.json"
   report.write_results(path, "synthetic", results, {"checkpoint": "random"})
   document = report.read_results(path)
-  tasks = ["retrieval", "retrieval", "hard_groups"]
+  tasks = ["retrieval", "retrieval", "hard_groups", "retrieval", "hard_groups"]
   for name, benchmark, task in zip(results, profiles.get_profile("synthetic").benchmarks, tasks):
     entry = document["results"][name]
     assert (entry["task"], entry["dataset"], entry["split"]) == (task, "synthetic",
@@ -222,9 +223,10 @@ def test_hard_groups_task_matches_metric_on_the_records(data_dir, model):
                                       shuffled, benchmark)
   image, text = inputs.embed_records(embedding.Embedder(config, batch_size=BATCH), params,
                                      records[:8])
-  expected = metrics.hard_group_scores(image, text, [0] * 4 + [1] * 4,
-                                       ["base", "colour", "binding", "colour"] * 2)
+  expected, per_group = metrics.hard_group_scores(
+      image, text, [0] * 4 + [1] * 4, ["base", "colour", "binding", "colour"] * 2, per_group=True)
   assert entry["metrics"] == pytest.approx(expected)
+  assert entry["per_group"] == pytest.approx(per_group)  # groups 4 and 9: records[:4], [4:8]
   assert set(entry["metrics"]) == set(metrics.HARD_GROUP_KEYS) | {"2afc_colour", "2afc_binding"}
   assert (entry["task"], entry["num_images"], entry["num_texts"]) == ("hard_groups", 8, 8)
   version_1 = [{**r, "id": f"synthetic/test_hard_g{i // 4:05d}_{i % 4}"}

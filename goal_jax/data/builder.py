@@ -37,7 +37,9 @@ from goal_jax.data.raw import DatasetReader
 
 VERSION = "1.0.0"
 RELEASE_NOTES = {"1.0.0": "Pre-segmented long-caption records (DESIGN.md shard record schema).",
-                 "2.0.0": "Same records; the embedded `synthetic` generator's version 2."}
+                 "2.0.0": "Same records; the embedded `synthetic` generator's version 2.",
+                 "3.0.0": "Same records; the embedded `synthetic` generator's version 3 (transfer "
+                          "splits)."}
 _EXAMPLES_PER_REASON = 5  # ids listed per skip reason in the summary
 _STAGING_PREFIX = ".preparing-"  # `<data_dir>/<name>/.preparing-<version>-*`: a run in progress
 # Options that change what a record holds; a kept split prepared with others is reported.

@@ -48,7 +48,21 @@ the region must not be taught that a true caption is false. They come from a ran
 their own, so the scenes, captions and pairs are exactly those of a generator without them; the
 `test` and `test_hard` splits carry none.
 
-Everything is deterministic: example `i` of a split is a function of `(seed, split, i)` alone.
+**Version 3: transfer splits** (the embedded analogue of training on DOCCI and testing on
+Urban1k, where MulCLIP and GOAL report their largest gains). Five colour–shape pairs
+(`HELD_OUT_PAIRS`) and one background (`HELD_OUT_BACKGROUND`) never occur in a `train` or `test`
+scene, nor in a training hard negative; `test_transfer` and `test_transfer_hard` are drawn only
+from scenes that hold at least one held-out pair, with any background, and are otherwise drawn
+exactly as the other splits (a scene is drawn as in version 2 and kept or drawn again). The pairs
+are a diagonal of the 5 x 5 colour–shape table, so every colour and every shape is still trained
+with four partners and each is held out exactly once: a held-out pair is a new binding of two
+words the model knows, which is the question "can it bind a colour to a shape it never saw
+together?". In a `test_transfer_hard` group the edited object is one holding a held-out pair (a
+colour, shape or binding edit removes the pair from the variant; a size or texture edit keeps it).
+Versions 1 and 2 are still prepared by `--version`, unchanged.
+
+Everything is deterministic: example `i` of a split is a function of `(version, seed, split, i)`
+alone.
 """
 import dataclasses
 import math
@@ -62,10 +76,13 @@ from goal_jax.data.records import LocalPair, RawExample
 from goal_jax.data import synthetic_parts
 from goal_jax.data.synthetic_parts import SceneObject, draw_shape, paint, union_box
 
-VERSIONS = (1, 2)
-LATEST_VERSION = 2
-SPLITS = ("train", "test", "test_hard")
-SPLIT_SIZES = {"train": 3000, "test": 300, "test_hard": 400}
+VERSIONS = (1, 2, 3)
+LATEST_VERSION = 3
+SPLITS = ("train", "test", "test_hard", "test_transfer", "test_transfer_hard")
+TRANSFER_SPLITS = ("test_transfer", "test_transfer_hard")  # version 3 on
+SPLIT_SIZES = {"train": 3000, "test": 300, "test_hard": 400, "test_transfer": 300,
+               "test_transfer_hard": 400}
+HARD_SPLITS = ("test_hard", "test_transfer_hard")
 IMAGE_SIZE = 128
 HARD_GROUP_SIZE = 4
 NUM_OBJECTS = 4
@@ -83,6 +100,11 @@ OBJECT_SCORES = (1.0, 0.9, 0.8, 0.7)  # distinct: the best pair is a random obje
 RELATION_SCORE = 0.5
 HARD_NEGATIVES = 10  # per training pair, as FineHARD's 10 per region
 _NEGATIVE_STREAM = 1  # the hard negatives' own random stream (the scenes' stays as it was)
+# Version 3's held-out combinations: a diagonal of the colour x shape table (each colour and each
+# shape held out once, trained with its four other partners) and one background.
+HELD_OUT_PAIRS = (("red", "circle"), ("green", "square"), ("blue", "triangle"),
+                  ("yellow", "diamond"), ("purple", "cross"))
+HELD_OUT_BACKGROUND = "brown"
 _PLACES = (("in the top left corner", "in the top right corner"),
            ("in the bottom left corner", "in the bottom right corner"))
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
@@ -126,10 +148,37 @@ def sample_scene(rng: np.random.Generator) -> Scene:
                noise_seed=int(rng.integers(2**31)))
 
 
-def edit_scene(scene: Scene, edit: str, rng: np.random.Generator) -> Scene:
-  """The scene with one edit (`EDITS`) of one object (two for `binding`); the rest unchanged."""
+def held_out_objects(scene: Scene) -> list[int]:
+  """Indices of the objects whose colour–shape pair is held out (version 3)."""
+  return [k for k, o in enumerate(scene.objects) if (o.colour, o.shape) in HELD_OUT_PAIRS]
+
+
+def in_domain(scene: Scene) -> bool:
+  """Whether a version-3 `train`/`test`/`test_hard` scene may hold it: no held-out pair or
+  background."""
+  return not held_out_objects(scene) and scene.background != HELD_OUT_BACKGROUND
+
+
+def _draw(rng: np.random.Generator, split: str, version: int) -> Scene:
+  """A scene of `split`: version 3 draws again until it is in domain (transfer: until it holds
+  a held-out pair); earlier versions keep the first draw."""
+  while True:
+    drawn = sample_scene(rng)
+    if version < 3 or (bool(held_out_objects(drawn)) if split in TRANSFER_SPLITS
+                       else in_domain(drawn)):
+      return drawn
+
+
+def edit_scene(scene: Scene, edit: str, rng: np.random.Generator,
+               objects_to_edit: Sequence[int] | None = None) -> Scene:
+  """The scene with one edit (`EDITS`) of one object (two for `binding`); the rest unchanged.
+
+  The edited object is drawn from `objects_to_edit` (default: any)."""
   objects = list(scene.objects)
-  k = int(rng.integers(NUM_OBJECTS))
+  if objects_to_edit is None:
+    k = int(rng.integers(NUM_OBJECTS))
+  else:
+    k = int(objects_to_edit[rng.integers(len(objects_to_edit))])
   obj = objects[k]
   if edit == "colour":
     unused = [c for c in COLOURS if c not in {o.colour for o in objects}]
@@ -282,14 +331,29 @@ def _relation_edits(a: SceneObject, b: SceneObject) -> list[str]:
   return out
 
 
-def hard_negatives(scene: Scene, rng: np.random.Generator,
-                   count: int = HARD_NEGATIVES) -> list[tuple[str, ...]]:
-  """Up to `count` false one-edit sentences per local pair, in `to_example`'s pair order."""
+def names_held_out(sentence: str) -> bool:
+  """Whether an object or relation sentence names a held-out colour–shape pair."""
+  found = _OBJECT_SENTENCE.match(sentence)
+  if found:
+    _, colour, _, shape = found.groups()
+    return (colour, shape) in HELD_OUT_PAIRS
+  found = _RELATION_SENTENCE.match(sentence)
+  if found:
+    colour_a, shape_a, _, colour_b, shape_b = found.groups()
+    return (colour_a, shape_a) in HELD_OUT_PAIRS or (colour_b, shape_b) in HELD_OUT_PAIRS
+  raise ValueError(f"not a synthetic object or relation sentence: {sentence!r}")
+
+
+def hard_negatives(scene: Scene, rng: np.random.Generator, count: int = HARD_NEGATIVES,
+                   hold_out: bool = False) -> list[tuple[str, ...]]:
+  """Up to `count` false one-edit sentences per local pair, in `to_example`'s pair order;
+  `hold_out` (version 3) never names a held-out pair, not even as a negative."""
   edits = [_object_edits(o) for o in scene.objects]
   edits += [_relation_edits(scene.objects[i], scene.objects[j]) for i, j in scene.relations]
   out = []
   for candidates in edits:
-    false = [text for text in candidates if not describes(scene, text)]
+    false = [text for text in candidates if not describes(scene, text)
+             and not (hold_out and names_held_out(text))]
     out.append(tuple(false[k] for k in rng.permutation(len(false))[:count]))
   return out
 
@@ -312,15 +376,24 @@ def to_example(scene: Scene, example_id: str, image_size: int = IMAGE_SIZE,
                     local_pairs=tuple(pairs), source=f"synthetic/{example_id}")
 
 
-def _rng(seed: int, split: str, index: int, stream: int | None = None) -> np.random.Generator:
-  # The version is part of the stream, so v2 never replays v1's random numbers.
-  key = [LATEST_VERSION, seed, _SPLIT_CODES[split], index]
+def _rng(version: int, seed: int, split: str, index: int,
+         stream: int | None = None) -> np.random.Generator:
+  # The version is part of the stream, so a version never replays another's random numbers.
+  key = [version, seed, _SPLIT_CODES[split], index]
   return np.random.default_rng(key if stream is None else key + [stream])
 
 
-def negative_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def negative_rng(seed: int, split: str, index: int,
+                 version: int = LATEST_VERSION) -> np.random.Generator:
   """The hard negatives' random stream of example `index`: apart from its scene's."""
-  return _rng(seed, split, index, _NEGATIVE_STREAM)
+  return _rng(version, seed, split, index, _NEGATIVE_STREAM)
+
+
+def splits_of(version: int) -> tuple[str, ...]:
+  """The splits a version has (version 1: `synthetic_v1.SPLITS`)."""
+  if version == 1:
+    return synthetic_v1.SPLITS
+  return SPLITS if version >= 3 else tuple(s for s in SPLITS if s not in TRANSFER_SPLITS)
 
 
 def group_edits(group: int) -> tuple[str, ...]:
@@ -329,28 +402,42 @@ def group_edits(group: int) -> tuple[str, ...]:
   return tuple(EDITS[(start + k) % len(EDITS)] for k in range(HARD_GROUP_SIZE - 1))
 
 
-def hard_group(group: int, seed: int = 0) -> list[Scene]:
-  """A base scene and one variant per edit of `group_edits(group)`."""
-  rng = _rng(seed, "test_hard", group)
-  base = sample_scene(rng)
-  return [base] + [edit_scene(base, edit, rng) for edit in group_edits(group)]
+def hard_group(group: int, seed: int = 0, version: int = LATEST_VERSION,
+               split: str = "test_hard") -> list[Scene]:
+  """A base scene and one variant per edit of `group_edits(group)`.
+
+  Version 3: a `test_hard` group is drawn again until every variant is in domain too; a
+  `test_transfer_hard` group edits an object that holds a held-out pair.
+  """
+  rng = _rng(version, seed, split, group)
+  while True:
+    base = _draw(rng, split, version)
+    objects_to_edit = held_out_objects(base) if split in TRANSFER_SPLITS else None
+    scenes = [base] + [edit_scene(base, edit, rng, objects_to_edit) for edit in group_edits(group)]
+    if version < 3 or split in TRANSFER_SPLITS or all(in_domain(s) for s in scenes):
+      return scenes
 
 
-def scene(split: str, index: int, seed: int = 0) -> Scene:
-  """Scene `index` of a split (for `test_hard`: member `index % 4` of group `index // 4`)."""
-  if split not in SPLITS:
-    raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
-  if split == "test_hard":
+def _check_split(split: str, version: int) -> None:
+  if split not in splits_of(version):
+    raise ValueError(f"unknown synthetic split {split!r} for version {version}; expected one of "
+                     f"{splits_of(version)}")
+
+
+def scene(split: str, index: int, seed: int = 0, version: int = LATEST_VERSION) -> Scene:
+  """Scene `index` of a split (a hard split: member `index % 4` of group `index // 4`)."""
+  _check_split(split, version)
+  if split in HARD_SPLITS:
     group, member = divmod(index, HARD_GROUP_SIZE)
-    return hard_group(group, seed)[member]
-  return sample_scene(_rng(seed, split, index))
+    return hard_group(group, seed, version, split)[member]
+  return _draw(_rng(version, seed, split, index), split, version)
 
 
 def example_id(split: str, index: int) -> str:
-  if split == "test_hard":
+  if split in HARD_SPLITS:
     group, member = divmod(index, HARD_GROUP_SIZE)
     edit = "base" if member == 0 else group_edits(group)[member - 1]
-    return f"test_hard_g{group:05d}_{member}_{edit}"
+    return f"{split}_g{group:05d}_{member}_{edit}"
   return f"{split}_{index:06d}"
 
 
@@ -358,6 +445,8 @@ def count(manual_dir=None, split: str = "train", *, num_examples: int | None = N
           version: int = LATEST_VERSION, **unused) -> int | None:
   """The examples `read_examples` yields with these options (the progress bar's total)."""
   del manual_dir, unused
+  if split in SPLITS and split not in splits_of(version):
+    return 0
   if num_examples is not None:
     return num_examples
   if version == 1:
@@ -370,26 +459,28 @@ def read_examples(manual_dir=None, split: str = "train", *, num_examples: int | 
                   version: int = LATEST_VERSION) -> Iterator[RawExample]:
   """Yields the split's examples (`manual_dir` is ignored: nothing is read from disk).
 
-  `version=1` yields the original benchmark (`synthetic_v1`), unchanged, at its own image size.
+  `version=1` yields the original benchmark (`synthetic_v1`), unchanged, at its own image size;
+  a split a version does not have (the transfer splits before version 3) yields nothing.
   """
   del manual_dir
   if version not in VERSIONS:
     raise ValueError(f"unknown synthetic version {version!r}; expected one of {VERSIONS}")
+  if split in SPLITS and split not in splits_of(version):
+    return
   if version == 1:
     yield from synthetic_v1.read_examples(split=split, num_examples=num_examples, seed=seed)
     return
-  if split not in SPLITS:
-    raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
+  _check_split(split, version)
   count = SPLIT_SIZES[split] if num_examples is None else num_examples
-  if split == "test_hard":
+  if split in HARD_SPLITS:
     for group in range(math.ceil(count / HARD_GROUP_SIZE)):
-      for member, hard_scene in enumerate(hard_group(group, seed)):
+      for member, hard_scene in enumerate(hard_group(group, seed, version, split)):
         index = group * HARD_GROUP_SIZE + member
         if index < count:
           yield to_example(hard_scene, example_id(split, index), image_size)
     return
   for index in range(count):
-    this = scene(split, index, seed)
-    negatives = (hard_negatives(this, negative_rng(seed, split, index)) if split == "train"
-                 else None)
+    this = scene(split, index, seed, version)
+    negatives = (hard_negatives(this, negative_rng(seed, split, index, version),
+                                hold_out=version >= 3) if split == "train" else None)
     yield to_example(this, example_id(split, index), image_size, negatives)

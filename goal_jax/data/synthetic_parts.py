@@ -86,11 +86,11 @@ def union_box(a, b):
   return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
-_HARD_ID = re.compile(r"test_hard_g(\d+)_(\d+)(?:_([a-z]+))?$")
+_HARD_ID = re.compile(r"hard_g(\d+)_(\d+)(?:_([a-z]+))?$")  # test_hard, test_transfer_hard
 
 
 def parse_hard_id(record_id: str) -> tuple[int, str]:
-  """(group, edit) of a `test_hard` id, raw or prepared; edit "" for the base and for v1 ids."""
+  """(group, edit) of a `test_hard` (or `test_transfer_hard`) id, raw or prepared; edit "" for the base and for v1 ids."""
   match = _HARD_ID.search(record_id)
   if match is None:
     raise ValueError(f"{record_id!r} is not a synthetic test_hard id")

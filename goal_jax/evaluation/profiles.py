@@ -15,7 +15,10 @@ per profile and never mixed:
   competes with its group's near-copies and all other groups; `Synthetic hard: within group`: does
   the model see details? Caption-image matching inside each `test_hard` group (a base scene and
   variants that change one attribute), chance 25%, and two-alternative accuracy per edited
-  attribute (`metrics.hard_group_scores`).
+  attribute (`metrics.hard_group_scores`). From the data's version 3 on, `Synthetic transfer`
+  and `Synthetic transfer hard: within group` ask the same on `test_transfer(_hard)`, scenes that
+  hold colour–shape pairs no training scene holds (`goal_jax.data.synthetic`); the profile
+  `synthetic_v2` leaves them out for data prepared with `--version=2` or 1.
 
 Dataset names are TFDS builder names; split strings use TFDS split syntax (`a+b` concatenates).
 """
@@ -104,6 +107,12 @@ def _zeroshot(name, ks=(1,)):
                    zeroshot_set=name)
 
 
+_SYNTHETIC_IN_DOMAIN = (
+    _goal_retrieval("Synthetic test", "synthetic", "test", None),
+    _goal_retrieval("Synthetic hard: R@K over split", "synthetic", "test_hard", None),
+    _hard_groups("Synthetic hard: within group", "synthetic", "test_hard"),
+)
+
 PROFILES = {
     "goal": Profile(
         "goal", "GOAL/MulCLIP long-caption retrieval (in-domain DOCCI, GOAL's DCI split)",
@@ -132,13 +141,17 @@ PROFILES = {
             _zeroshot("imagenet", ks=(1, 5)),
         )),
     "synthetic": Profile(
-        "synthetic", "Procedural data: retrieval on `test` and `test_hard`, and whether the "
-        "model tells apart scenes that differ in one detail (`test_hard` groups)",
-        (
-            _goal_retrieval("Synthetic test", "synthetic", "test", None),
-            _goal_retrieval("Synthetic hard: R@K over split", "synthetic", "test_hard", None),
-            _hard_groups("Synthetic hard: within group", "synthetic", "test_hard"),
+        "synthetic", "Procedural data: retrieval on `test` and `test_hard`, whether the model "
+        "tells apart scenes that differ in one detail (`test_hard` groups), and the same on "
+        "colour–shape pairs it never trained on (`test_transfer`, `test_transfer_hard`)",
+        _SYNTHETIC_IN_DOMAIN + (
+            _goal_retrieval("Synthetic transfer", "synthetic", "test_transfer", None),
+            _hard_groups("Synthetic transfer hard: within group", "synthetic",
+                         "test_transfer_hard"),
         )),
+    "synthetic_v2": Profile(
+        "synthetic_v2", "Procedural data of version 2 or 1 (no transfer splits): retrieval on "
+        "`test` and `test_hard`, and the `test_hard` groups", _SYNTHETIC_IN_DOMAIN),
 }
 
 

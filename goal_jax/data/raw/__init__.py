@@ -91,8 +91,9 @@ READERS: dict[str, DatasetReader] = {
     "finehard": DatasetReader(("train",), _lazy("raw.finehard"),
                               available=_lazy_available("raw.finehard")),
     # Embedded datasets (no manual dir).
-    "synthetic": DatasetReader(("train", "test", "test_hard"), _lazy("synthetic"),
-                               needs_manual_dir=False, generator={"seed": 0, "version": 2},
+    "synthetic": DatasetReader(("train", "test", "test_hard", "test_transfer",
+                                "test_transfer_hard"), _lazy("synthetic"),
+                               needs_manual_dir=False, generator={"seed": 0, "version": 3},
                                count=_lazy("synthetic", "count")),
     "photos": DatasetReader(("test",), _lazy("photos"), needs_manual_dir=False,
                             count=_lazy("photos", "count")),
