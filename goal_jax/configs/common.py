@@ -25,6 +25,8 @@ ARG_DEFAULTS = dict(
     epochs=10.0,
     steps=0,          # > 0 overrides epochs
     data_seed=0,      # demo: generator seed of the embedded synthetic data (same statistics)
+    data_version=0,   # demo: the synthetic generator's version; 0: the latest (3, with transfer
+                      # splits); 2 or 1 reproduce earlier results
 )
 
 
@@ -81,6 +83,10 @@ def base_config(method: str, args: ml_collections.ConfigDict) -> ml_collections.
   # the backbone was pretrained with. The sigmoid runs as the SigLIP paper's ring on a mesh.
   config.loss.contrastive = config_dict.placeholder(str)
   config.loss.sigmoid_sharding = "ring"  # or "gather"
+  # Two rows of a batch with the same text (token ids) or the same record are the same pair:
+  # "positive" (multi-positive InfoNCE targets), "mask" (out of each other's denominators) or
+  # "negative" (the papers' InfoNCE). Logged per step as `duplicate_pairs/*`.
+  config.loss.duplicates = "positive"
 
   config.log_every = 50
   config.checkpoint_every = 500
@@ -109,6 +115,7 @@ def demo_overrides(config: ml_collections.ConfigDict, args: ml_collections.Confi
   """Tiny model, embedded synthetic data, a learning rate for a short run from a weak start."""
   config.demo_data = ml_collections.ConfigDict(dict(
       seed=args.data_seed,  # `prepare synthetic --seed`: another draw
+      version=args.data_version,  # `prepare synthetic --version`; 0: the latest
       pretrain_steps=0))    # of the cached start; 0: goal_jax.demo's (fewer: smoke runs)
   config.model.variant = constants.BACKBONES[args.backbone]["demo_variant"]
   config.model.dtype = "float32"  # CPUs gain nothing from bf16
@@ -127,5 +134,6 @@ def demo_overrides(config: ml_collections.ConfigDict, args: ml_collections.Confi
   config.optim.weight_decay = 0.05
   config.log_every = 25
   config.checkpoint_every = 100
-  config.evals.benchmarks = "synthetic"
+  # Versions before 3 have no transfer splits: their profile leaves them out.
+  config.evals.benchmarks = "synthetic" if args.data_version in (0, 3) else "synthetic_v2"
   config.evals.batch_size = 100

@@ -42,6 +42,8 @@ def get_config(arg=None):
     raise ValueError(f"config arg reproduce={args.reproduce!r}: expected one of "
                      f"{sorted(constants.COMPAT)}")
   config.input.compat = args.reproduce
+  if args.reproduce:  # the released code's InfoNCE: a duplicate caption is a negative
+    config.loss.duplicates = "negative"
   config.optim.update(RECIPE_OPTIMIZER)
   # L = global + ½ local + TSL(image) + TSL(text), as the paper and the released code weight them.
   config.loss.weights = ml_collections.ConfigDict(

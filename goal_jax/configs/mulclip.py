@@ -10,8 +10,9 @@ which MulCLIP evaluates against (AdamW 5e-6 cosine, wd 0.05, batch 16, 10 epochs
 train the two token calibration modules (FineLIP's ATRM, N' = 39) at 40x the CLIP learning rate,
 as FineLIP trains its cross-net at 2e-4 against 1e-6 (capped here at 2e-4). Sentences and the
 summary are encoded at 77 tokens, at most `max_sentences` (8) per caption.
-Open choices (WPR/SAP temperatures, raw vs calibrated patches, top-k) are `config.loss` fields;
-`goal_jax/losses/mulclip.py:MulCLIPOptions` says which default was chosen and why.
+Open choices (WPR/SAP temperatures, SAP's patches, aggregation, scale, stop-gradient) are
+`config.loss` fields; `goal_jax/losses/mulclip.py:MulCLIPOptions` says which default was chosen
+and why.
 Cost: one vision forward, one 248-token and (1 + M) 77-token text forwards per pair.
 
 Ablations (project page table) are weight overrides:
@@ -37,9 +38,17 @@ def get_config(arg=None):
       {"global_long": 1.0, "global_summary": 0.5, "wpr_image": 1.0, "wpr_text": 1.0, "sap": 1.0})
   config.loss.calibration_tokens = 39
   # The paper's open choices (`goal_jax/losses/mulclip.py:MulCLIPOptions` says why each).
-  config.loss.update(wpr_attention_temperature=0.07, wpr_temperature=0.07, wpr_symmetric=True,
-                     sap_patches="calibrated", sap_temperature=0.07, token_alignment="wpr")
-  config.loss.sap_top_k = config_dict.placeholder(int)  # None: softmax over all patches
+  config.loss.wpr_attention_temperature = 0.07  # WPR's word-patch attention softmax
+  config.loss.wpr_temperature = 0.07  # WPR's within-sample InfoNCE
+  config.loss.wpr_symmetric = True  # WPR's InfoNCE over both softmax directions
+  config.loss.token_alignment = "wpr"  # | clim: FineLIP's batch-wise late interaction instead
+  config.loss.sap_patches = "calibrated"  # | raw: SAP aggregates the projected patch tokens
+  config.loss.sap_aggregation = "softmax"  # | top_k (sap_top_k best) | argmax (straight-through)
+  config.loss.sap_temperature = 0.07  # SAP's sentence-to-patch softmax
+  config.loss.sap_top_k = config_dict.placeholder(int)  # the k of top_k (alone: means top_k)
+  config.loss.sap_logit_scale = "shared"  # | own (learnt, from CLIP's) | fixed (below)
+  config.loss.sap_fixed_temperature = 0.07  # SAP's temperature when sap_logit_scale=fixed
+  config.loss.sap_stop_gradient = "none"  # | sentence: SAP trains the image side only
   if args.demo:
     # At init each calibrated token is a near-uniform average of the same tokens (mean pairwise
     # cosine .997 image / .979 text here; PyTorch's default init, which FineLIP uses, gives

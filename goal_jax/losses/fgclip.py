@@ -81,7 +81,8 @@ def hard_negative_loss(region_embedding: jax.Array, positive_text: jax.Array,
 
 
 def region_text_loss(region_embedding: jax.Array, region_text: jax.Array, valid: jax.Array, *,
-                     pair_loss: PairLossFn, axis_name: str | None = None) -> jax.Array:
+                     pair_loss: PairLossFn, identity: contrastive.RowIdentity | None = None,
+                     axis_name: str | None = None) -> jax.Array:
   """Regions against region captions: `pair_loss` over every valid region of the batch.
 
   The `[n, R]` regions are flattened to `n·R` rows (image-major, so the rows gathered from all
@@ -98,13 +99,17 @@ def region_text_loss(region_embedding: jax.Array, region_text: jax.Array, valid:
   Args:
     region_embedding, region_text: `[n, R, E]` unit embeddings.
     valid: `[n, R]` bool.
-    pair_loss: `pair_loss(image [M, E], text [M, E], *, valid [M] or None, axis_name)`.
+    pair_loss: `pair_loss(image [M, E], text [M, E], *, valid [M] or None, identity, axis_name)`.
+    identity: `[n, R]`-leading identities of the regions (`pair_loss.duplicates`); None: none.
     axis_name: mesh axis when called inside `jax.shard_map`.
   """
   n, regions, width = region_embedding.shape
+  if identity is not None:
+    identity = jax.tree.map(lambda x: x.reshape(n * regions, *x.shape[2:]), identity)
   return pair_loss(region_embedding.reshape(n * regions, width),
                    region_text.reshape(n * regions, width),
-                   valid=valid.reshape(n * regions).astype(bool), axis_name=axis_name)
+                   valid=valid.reshape(n * regions).astype(bool), identity=identity,
+                   axis_name=axis_name)
 
 
 def reads_regions(weights: Mapping[str, float] | None) -> bool:
@@ -118,6 +123,7 @@ def fgclip_objective(image_embedding: jax.Array, long_embedding: jax.Array | Non
                      *, pair_loss: PairLossFn, region_pair_loss: PairLossFn,
                      hard_negative_scale: jax.Array,
                      weights: Mapping[str, float] | None = None,
+                     identities: Mapping[str, contrastive.RowIdentity] | None = None,
                      axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`L = w_long·pair(v, t_long) + w_short·pair(v, t_short) + w_region·L_region + w_hard·L_hard`.
 
@@ -134,20 +140,27 @@ def fgclip_objective(image_embedding: jax.Array, long_embedding: jax.Array | Non
     hard_negative_scale: the hard term's temperature, `exp` of its own log scale (released:
       `logit_scale_hardneg`).
     weights: overrides of `FGCLIP_WEIGHTS`; a 0-weight term is not computed.
+    identities: the rows' identities of `global_long`, `global_short` and `region` (`[n, R]`
+      leaves, flattened with the regions) for `pair_loss.duplicates`; None: none.
     axis_name: mesh axis when called inside `jax.shard_map`.
 
   Returns:
     `(total, terms)` with the unweighted computed terms.
   """
   w = contrastive.resolve_weights(FGCLIP_WEIGHTS, weights)
+  identities = identities or {}
   terms = {}
   if w["global_long"]:
-    terms["global_long"] = pair_loss(image_embedding, long_embedding, axis_name=axis_name)
+    terms["global_long"] = pair_loss(image_embedding, long_embedding,
+                                     identity=identities.get("global_long"), axis_name=axis_name)
   if w["global_short"]:
-    terms["global_short"] = pair_loss(image_embedding, short_embedding, axis_name=axis_name)
+    terms["global_short"] = pair_loss(image_embedding, short_embedding,
+                                      identity=identities.get("global_short"),
+                                      axis_name=axis_name)
   if w["region"]:
     terms["region"] = region_text_loss(regions["embedding"], regions["text"], regions["valid"],
-                                       pair_loss=region_pair_loss, axis_name=axis_name)
+                                       pair_loss=region_pair_loss,
+                                       identity=identities.get("region"), axis_name=axis_name)
   if w["hard_negative"]:
     terms["hard_negative"] = hard_negative_loss(
         regions["embedding"], regions["text"], regions["negatives"], regions["valid"],

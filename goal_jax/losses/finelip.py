@@ -57,6 +57,7 @@ def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
                       aggregators: token_aggregation.PerModality | None,
                       pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
                       options: FineLIPOptions = FineLIPOptions(),
+                      identity: contrastive.RowIdentity | None = None,
                       axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """FineLIP's loss. See the module docstring for what each argument holds.
 
@@ -65,6 +66,7 @@ def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
       (0 as released) adds the symmetric long-caption InfoNCE, FineLIP's baseline loss (it uses
       label smoothing 0.1 there).
     options: `FineLIPOptions`.
+    identity: the rows' identities for `global_long` (`pair_loss.duplicates`); None: none.
     pair_loss: the `global_long` contrastive term (InfoNCE on CLIP).
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
@@ -75,7 +77,7 @@ def finelip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
   terms = {}
   if w["global_long"]:
     terms["global_long"] = pair_loss(image_out["embedding"], text_out["embedding"],
-                                     axis_name=axis_name)
+                                     identity=identity, axis_name=axis_name)
   if w["clim"]:
     image_tokens, text_tokens = clim.refined_tokens(image_out, text_out, aggregators)
     similarity = clim.late_interaction(image_tokens, contrastive.gather(text_tokens, axis_name),

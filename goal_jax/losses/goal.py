@@ -108,6 +108,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
                    batch: Mapping[str, Any], *, poolers: Poolers | None,
                    pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
                    tsl_form: str = "diagonal",
+                   identities: Mapping[str, contrastive.RowIdentity] | None = None,
                    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GOAL's loss. See the module docstring for what each argument holds.
 
@@ -118,6 +119,7 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
       clamp; SigLIP's sigmoid on a SigLIP backbone).
     tsl_form: `diagonal` (the official code) or `matrix` (Eq. 14 read literally); see
       `token_similarity`.
+    identities: `global` and `local` rows' identities (`pair_loss.duplicates`); None: none.
     axis_name: set when running inside `data_parallel` / `shard_map`. Global and local rows are
       gathered separately (the official code gathers `[global; local]` and splits, which mixes
       them on more than one GPU).
@@ -127,13 +129,15 @@ def goal_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str, ja
   """
   w = contrastive.resolve_weights(GOAL_WEIGHTS, weights)
   local_valid = batch["local_valid"] if reads_local_pairs(w) else None
+  identities = identities or {}
   terms = {}
   if w["global"]:
     terms["global"] = pair_loss(image_out["embedding"], text_out["embedding"],
-                                axis_name=axis_name)
+                                identity=identities.get("global"), axis_name=axis_name)
   if w["local"]:
     terms["local"] = pair_loss(local_image_out["embedding"], local_text_out["embedding"],
-                               valid=local_valid, axis_name=axis_name)
+                               valid=local_valid, identity=identities.get("local"),
+                               axis_name=axis_name)
   if w["tsl_image"]:
     terms["tsl_image"] = token_similarity(
         image_out["patch_tokens"], batch["local_patch_mask"], poolers.image,

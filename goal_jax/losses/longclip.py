@@ -94,6 +94,7 @@ def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str
                        short_embedding: jax.Array | None, *, pair_loss: pairwise.PairLoss,
                        weights: Mapping[str, float] | None = None, num_components: int = 32,
                        pca_scope: str = "global",
+                       identities: Mapping[str, contrastive.RowIdentity] | None = None,
                        axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Long-CLIP's loss: `long` = pair_loss(image, long caption), `short` = pair_loss(PCM(image),
   short), `pair_loss` being InfoNCE with label smoothing 0.1 on CLIP, as released.
@@ -102,6 +103,7 @@ def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str
     weights: overrides of `LONGCLIP_WEIGHTS`; a 0-weight term is not computed.
     num_components: principal components kept (Long-CLIP: 32).
     pca_scope: see `primary_component_embedding`.
+    identities: the `long` and `short` rows' identities (`pair_loss.duplicates`); None: none.
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
   Returns:
@@ -109,11 +111,13 @@ def longclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str
   """
   w = contrastive.resolve_weights(LONGCLIP_WEIGHTS, weights)
   pair = functools.partial(pair_loss, axis_name=axis_name)
+  identities = identities or {}
   terms = {}
   if w["long"]:
-    terms["long"] = pair(image_out["embedding"], text_out["embedding"])
+    terms["long"] = pair(image_out["embedding"], text_out["embedding"],
+                         identity=identities.get("long"))
   if w["short"]:
     terms["short"] = pair(primary_component_embedding(
         image_out["embedding"], num_components, scope=pca_scope, axis_name=axis_name),
-        short_embedding)
+        short_embedding, identity=identities.get("short"))
   return contrastive.weighted_total(terms, w), terms

@@ -35,6 +35,10 @@ from goal_jax.models import token_aggregation
 MULCLIP_WEIGHTS = {"global_long": 1.0, "global_summary": 0.5, "wpr_image": 1.0,
                    "wpr_text": 1.0, "sap": 1.0}
 TOKEN_ALIGNMENTS = ("wpr", "clim")
+SAP_PATCHES = ("calibrated", "raw")
+SAP_AGGREGATIONS = ("softmax", "top_k", "argmax")
+SAP_LOGIT_SCALES = ("shared", "own", "fixed")
+SAP_STOP_GRADIENTS = ("none", "sentence")
 _einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
 
 
@@ -49,34 +53,59 @@ class MulCLIPOptions:
   - `wpr_symmetric = True`: each WPR InfoNCE is averaged over both softmax directions (rows:
     token vs. all reconstructions; columns: reconstruction vs. all tokens), as SPARC's
     within-sample fine-grained loss (Bica et al., NeurIPS 2024).
-  - `sap_patches = "calibrated"`: SAP aggregates the calibrated visual tokens v′, so that v′ is
-    supervised through SAP via v̄ as the paper's description of the calibration implies; `"raw"`
-    uses the normalised projected patch tokens.
-  - `sap_temperature = 0.07`, `sap_top_k = None`: a softmax over all patches (differentiable
-    "aggregate"); `sap_top_k=k` first keeps the k best-scoring patches (the "extracts" reading).
-  - SAP negatives are the other images' own aggregates (one B×B matrix per sentence index, the
-    cheap reading), with CLIP's `logit_scale`, since the paper writes L_batch.
   - `token_alignment = "wpr"`: the paper's within-sample word-patch reconstruction. `"clim"`
     replaces it by FineLIP's batch-wise late interaction on the same calibrated tokens, trained
     with FineLIP's ranking loss (`goal_jax.losses.clim`, FineLIP's released defaults) as the term
     `clim`, in WPR's place and at WPR's weight λ_W (`weights["wpr_image"]`): the ablation "WPR
     replaced by batch-wise CLIM".
+
+  SAP: the paper gives L_Sub = (1/M) Σᵢ L_batch(v̄ⁱ, tᵢ) over the calibrated tokens, but not how
+  the "relevant patches" are extracted, SAP's temperature, nor any stop-gradient. Today's
+  defaults (first in each list) are the most direct reading; the default of each will be chosen
+  on data seed 0 only and checked on seeds 1 and 2 (`goal_jax.study`'s `mulclip_sap_*` runs).
+  - `sap_patches`: `"calibrated"` the calibrated visual tokens v′ (so v′ is supervised through
+    SAP via v̄, as the paper's description of the calibration implies); `"raw"` the normalised
+    projected patch tokens.
+  - `sap_aggregation`: how v̄ᵢ weighs the patches, by cos(tᵢ, p_j)/`sap_temperature` (0.07).
+    `"softmax"` over all patches (a differentiable "aggregate"); `"top_k"` a softmax over the
+    `sap_top_k` best (the "extracts" reading; `sap_top_k` alone, with `"softmax"`, means this,
+    as it did before this field existed); `"argmax"` the single best patch, with the softmax's
+    gradient (straight-through), so the scores still learn which patch should win.
+  - `sap_logit_scale`: the temperature of SAP's L_batch. `"shared"` CLIP's `logit_scale`, since the
+    paper writes L_batch; `"own"` a learnable one (`params["sap_logit_scale"]`, started at the
+    backbone's), so the sentence term cannot pull the global temperature; `"fixed"`
+    1/`sap_fixed_temperature` (0.07), learning nothing. The sigmoid form keeps the backbone's bias.
+  - `sap_stop_gradient`: `"none"`; `"sentence"` stops the gradient at the sentence embeddings
+    inside SAP (in the patch scores and the contrastive term), so SAP trains the image side only.
+  - SAP negatives are the other images' own aggregates (one B×B matrix per sentence index, the
+    cheap reading).
   """
   wpr_attention_temperature: float = 0.07
   wpr_temperature: float = 0.07
   wpr_symmetric: bool = True
   sap_patches: str = "calibrated"
+  sap_aggregation: str = "softmax"
   sap_temperature: float = 0.07
   sap_top_k: int | None = None
+  sap_logit_scale: str = "shared"
+  sap_fixed_temperature: float = 0.07
+  sap_stop_gradient: str = "none"
   token_alignment: str = "wpr"
 
   def __post_init__(self):
-    if self.token_alignment not in TOKEN_ALIGNMENTS:
-      raise ValueError(f"MulCLIPOptions.token_alignment must be one of "
-                       f"{TOKEN_ALIGNMENTS}, got {self.token_alignment!r}")
-    if self.sap_patches not in ("calibrated", "raw"):
-      raise ValueError(f"MulCLIPOptions.sap_patches must be 'calibrated' or 'raw', "
-                       f"got {self.sap_patches!r}")
+    for name, allowed in (("token_alignment", TOKEN_ALIGNMENTS), ("sap_patches", SAP_PATCHES),
+                          ("sap_aggregation", SAP_AGGREGATIONS),
+                          ("sap_logit_scale", SAP_LOGIT_SCALES),
+                          ("sap_stop_gradient", SAP_STOP_GRADIENTS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"MulCLIPOptions.{name} must be one of {allowed}, "
+                         f"got {getattr(self, name)!r}")
+    if self.sap_aggregation == "softmax" and self.sap_top_k is not None:
+      object.__setattr__(self, "sap_aggregation", "top_k")  # a config from before the field
+    if self.sap_aggregation == "top_k" and self.sap_top_k is None:
+      raise ValueError("MulCLIPOptions.sap_aggregation='top_k' needs sap_top_k (the k)")
+    if self.sap_aggregation == "argmax" and self.sap_top_k is not None:
+      raise ValueError("MulCLIPOptions.sap_top_k is the k of sap_aggregation='top_k', not 'argmax'")
 
 
 def _within_sample_infonce(queries: jax.Array, keys: jax.Array, temperature: float,
@@ -119,11 +148,15 @@ def word_patch_reconstruction(visual: jax.Array, textual: jax.Array, *,
 
 
 def patch_weights(sentences: jax.Array, patches: jax.Array, *, temperature: float = 0.07,
-                  top_k: int | None = None, normalize: bool = False) -> jax.Array:
+                  top_k: int | None = None, hard: bool = False,
+                  normalize: bool = False) -> jax.Array:
   """SAP's sentence-conditioned weights w_i = softmax_j(cos(tᵢ, p_j)/τ) over the patches.
 
   With `top_k`, only the k best-scoring patches of each sentence get weight (ties at the k-th
-  score keep all tied patches). The visualisation plots these weights; SAP aggregates with them.
+  score keep all tied patches). With `hard`, each sentence's weights are the one-hot of its best
+  patch, while the gradient is the softmax's (straight-through: soft + stop_gradient(hard -
+  soft)), so the scores still learn. The visualisation plots these weights; SAP aggregates with
+  them.
 
   Args:
     sentences: `[..., M, E]` sentence embeddings; patches: `[..., N, E]` patch tokens; both unit
@@ -138,12 +171,16 @@ def patch_weights(sentences: jax.Array, patches: jax.Array, *, temperature: floa
   if top_k is not None and top_k < scores.shape[-1]:
     kth = jax.lax.top_k(scores, top_k)[0][..., -1:]
     scores = jnp.where(scores >= jax.lax.stop_gradient(kth), scores, -1e9)
-  return jax.nn.softmax(scores, axis=-1)
+  weights = jax.nn.softmax(scores, axis=-1)
+  if hard:
+    one_hot = jax.nn.one_hot(jnp.argmax(scores, axis=-1), scores.shape[-1], dtype=weights.dtype)
+    weights = weights + jax.lax.stop_gradient(one_hot - weights)
+  return weights
 
 
 def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: float = 0.07,
-                      top_k: int | None = None) -> jax.Array:
-  """v̄ᵢ = norm(Σ_j w_ij p_j) with w = `patch_weights` (optionally over the top k patches only).
+                      top_k: int | None = None, hard: bool = False) -> jax.Array:
+  """v̄ᵢ = norm(Σ_j w_ij p_j) with w = `patch_weights` (top k patches only, or the best one).
 
   Args:
     sentences: `[B, M, E]` unit sentence embeddings; patches: `[B, N, E]` unit patch tokens.
@@ -151,26 +188,51 @@ def aggregate_patches(sentences: jax.Array, patches: jax.Array, *, temperature: 
   Returns:
     `[B, M, E]` unit aggregates, one per sentence.
   """
-  weights = patch_weights(sentences, patches, temperature=temperature, top_k=top_k)
+  weights = patch_weights(sentences, patches, temperature=temperature, top_k=top_k, hard=hard)
   return contrastive.l2_normalize(_einsum("bmn,bne->bme", weights, patches))
+
+
+def sap_pair_loss(pair_loss: pairwise.PairLoss, options: MulCLIPOptions,
+                  own_logit_scale: jax.Array | None = None) -> pairwise.PairLoss:
+  """SAP's contrastive term: the global one's form and options at the temperature that
+  `options.sap_logit_scale` picks (`own_logit_scale`: the method's `params["sap_logit_scale"]`)."""
+  if options.sap_logit_scale == "shared":
+    return pair_loss
+  if options.sap_logit_scale == "own":
+    if own_logit_scale is None:
+      raise ValueError("sap_logit_scale='own' needs params['sap_logit_scale'] "
+                       "(Method.init_params creates it when the option is set)")
+    return dataclasses.replace(pair_loss, logit_scale=own_logit_scale)
+  fixed = jax.lax.stop_gradient(jnp.log(1.0 / jnp.float32(options.sap_fixed_temperature)))
+  return dataclasses.replace(pair_loss, logit_scale=fixed)
 
 
 def subcaption_patch_alignment(sentences: jax.Array, patches: jax.Array,
                                sentence_valid: jax.Array, pair_loss: pairwise.PairLoss, *,
                                temperature: float = 0.07, top_k: int | None = None,
+                               hard: bool = False, stop_sentence_gradient: bool = False,
+                               identity: contrastive.RowIdentity | None = None,
                                axis_name: str | None = None) -> jax.Array:
   """SAP (L_Sub): per sentence index i, the contrastive term (`pair_loss`: InfoNCE on CLIP)
   over the batch between v̄ᵢ and tᵢ; mean over i.
 
   Absent sentences (`sentence_valid` False) leave both denominators of their index; an index
-  with no sentence in the whole batch leaves the mean.
+  with no sentence in the whole batch leaves the mean. `stop_sentence_gradient`: SAP trains the
+  image side only (the sentences score the patches and are the positives, as constants).
+  `identity`: the sentences' rows, `text` `[B, M, 2]` and `image` `[B]` (`pair_loss.duplicates`).
   """
-  aggregates = aggregate_patches(sentences, patches, temperature=temperature, top_k=top_k)
+  if stop_sentence_gradient:
+    sentences = jax.lax.stop_gradient(sentences)
+  aggregates = aggregate_patches(sentences, patches, temperature=temperature, top_k=top_k,
+                                 hard=hard)
 
-  def one_index(agg, sent, valid):
-    return pair_loss.parts(agg, sent, valid=valid, axis_name=axis_name)
+  def one_index(agg, sent, valid, text_key):
+    index_identity = None if identity is None else identity._replace(text=text_key)
+    return pair_loss.parts(agg, sent, valid=valid, identity=index_identity, axis_name=axis_name)
 
-  totals, counts = jax.vmap(one_index, in_axes=(1, 1, 1))(aggregates, sentences, sentence_valid)
+  text_keys = None if identity is None else identity.text
+  totals, counts = jax.vmap(one_index, in_axes=(1, 1, 1, None if identity is None else 1))(
+      aggregates, sentences, sentence_valid, text_keys)
   present = counts > 0
   per_index = totals / jnp.maximum(counts, 1.0)
   return jnp.sum(jnp.where(present, per_index, 0.0)) / jnp.maximum(jnp.sum(present), 1)
@@ -182,6 +244,8 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
                       calibrators: token_aggregation.PerModality | None,
                       pair_loss: pairwise.PairLoss, weights: Mapping[str, float] | None = None,
                       options: MulCLIPOptions = MulCLIPOptions(),
+                      sap_logit_scale: jax.Array | None = None,
+                      identities: Mapping[str, contrastive.RowIdentity] | None = None,
                       axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """MulCLIP's loss. See the module docstring for what each argument holds.
 
@@ -190,19 +254,27 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
       `{"wpr_image": 0, "wpr_text": 0}`), and unused inputs may be `None`. With
       `options.token_alignment="clim"` the term `clim` replaces both WPR terms at λ_W.
     options: the open design choices (`MulCLIPOptions`).
-    pair_loss: the batch contrastive terms (global and SAP): InfoNCE on CLIP.
+    pair_loss: the batch contrastive terms (global, and SAP's unless `options.sap_logit_scale`
+      says otherwise): InfoNCE on CLIP.
+    sap_logit_scale: SAP's own learnable log temperature (`options.sap_logit_scale="own"`).
+    identities: the rows' identities of `global_long`, `global_summary` and `sap` (its text
+      keys `[B, M, 2]`, one per sentence) for `pair_loss.duplicates`; None: none.
     axis_name: set when running inside `data_parallel` / `shard_map`.
 
   Returns:
     `(total, terms)`, `terms` holding each computed term unweighted.
   """
+  identities = identities or {}
   w = contrastive.resolve_weights(MULCLIP_WEIGHTS, weights)
   image = image_out["embedding"]
   terms = {}
   if w["global_long"]:
-    terms["global_long"] = pair_loss(image, text_out["embedding"], axis_name=axis_name)
+    terms["global_long"] = pair_loss(image, text_out["embedding"],
+                                     identity=identities.get("global_long"), axis_name=axis_name)
   if w["global_summary"]:
-    terms["global_summary"] = pair_loss(image, summary_embedding, axis_name=axis_name)
+    terms["global_summary"] = pair_loss(image, summary_embedding,
+                                        identity=identities.get("global_summary"),
+                                        axis_name=axis_name)
 
   if options.token_alignment == "clim":
     w.update(clim=w["wpr_image"], wpr_image=0.0, wpr_text=0.0)
@@ -234,6 +306,9 @@ def mulclip_objective(image_out: Mapping[str, jax.Array], text_out: Mapping[str,
     else:
       sap_patches = contrastive.l2_normalize(patches)
     terms["sap"] = subcaption_patch_alignment(
-        sentence_embedding, sap_patches, batch["sentence_valid"], pair_loss,
-        temperature=options.sap_temperature, top_k=options.sap_top_k, axis_name=axis_name)
+        sentence_embedding, sap_patches, batch["sentence_valid"],
+        sap_pair_loss(pair_loss, options, sap_logit_scale), temperature=options.sap_temperature,
+        top_k=options.sap_top_k, hard=options.sap_aggregation == "argmax",
+        stop_sentence_gradient=options.sap_stop_gradient == "sentence",
+        identity=identities.get("sap"), axis_name=axis_name)
   return contrastive.weighted_total(terms, w), terms

@@ -35,6 +35,9 @@ class PairLoss:
     logit_bias: the sigmoid's learned bias b (SigLIP's params have it; unused by the softmax).
     label_smoothing: the softmax's (torch semantics); the sigmoid form has no classes to smooth.
     sigmoid_sharding: `ring` or `gather` (`goal_jax.losses.sigmoid`), when sharded.
+    duplicates: the softmax's treatment of rows that are the same pair, given their
+      `identity` (`contrastive.DUPLICATE_POLICIES`); the sigmoid scores every pair as its own
+      binary problem, as SigLIP does, and takes no identity.
   """
   form: str
   logit_scale: jax.Array
@@ -42,8 +45,12 @@ class PairLoss:
   label_smoothing: float = 0.0
   max_scale: float | None = None
   sigmoid_sharding: str = "ring"
+  duplicates: str = "negative"
 
   def __post_init__(self):
+    if self.duplicates not in contrastive.DUPLICATE_POLICIES:
+      raise ValueError(f"config.loss.duplicates={self.duplicates!r}: expected one of "
+                       f"{contrastive.DUPLICATE_POLICIES}")
     if self.form not in FORMS:
       raise ValueError(f"contrastive loss form {self.form!r}: expected one of {FORMS}")
     if self.form == "sigmoid" and self.logit_bias is None:
@@ -55,6 +62,7 @@ class PairLoss:
     return contrastive.temperature(self.logit_scale, self.max_scale)
 
   def parts(self, image: jax.Array, text: jax.Array, *, valid: jax.Array | None = None,
+            identity: contrastive.RowIdentity | None = None,
             axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
     """(total, count) over the global batch, the loss being total / count: for objectives that
     average several problems themselves and must know which are empty (SAP)."""
@@ -63,14 +71,17 @@ class PairLoss:
                                    axis_name=axis_name, form=self.sigmoid_sharding)
     total, count = contrastive.infonce_parts(image, text, self.scale, valid=valid,
                                              label_smoothing=self.label_smoothing,
+                                             identity=identity, duplicates=self.duplicates,
                                              axis_name=axis_name)
     return total / 2.0, count  # InfoNCE averages its two directions
 
   def __call__(self, image: jax.Array, text: jax.Array, *, valid: jax.Array | None = None,
+               identity: contrastive.RowIdentity | None = None,
                axis_name: str | None = None) -> jax.Array:
     """The loss of unit embeddings `image`, `text` `[n, E]` (this device's rows); `valid` `[n]`
-    drops padded rows from every pair and the mean; 0 when no row is valid."""
-    total, count = self.parts(image, text, valid=valid, axis_name=axis_name)
+    drops padded rows from every pair and the mean; 0 when no row is valid; `identity` says
+    which rows are the same pair (`duplicates`)."""
+    total, count = self.parts(image, text, valid=valid, identity=identity, axis_name=axis_name)
     return total / jnp.maximum(count, 1.0)
 
 

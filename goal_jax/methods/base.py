@@ -22,9 +22,11 @@ from typing import Any, NamedTuple
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from goal_jax.losses import contrastive
 from goal_jax.losses import pairwise
 from goal_jax.models import families
 from goal_jax.models import param_tree
@@ -66,7 +68,37 @@ def pair_loss(model, clip_params: dict, loss_config: ml_collections.ConfigDict
       form, clip_params["logit_scale"], clip_params.get("logit_bias"),
       label_smoothing=loss_config.get("label_smoothing", 0.0),
       max_scale=loss_config.get("max_scale"),
-      sigmoid_sharding=loss_config.get("sigmoid_sharding", "ring"))
+      sigmoid_sharding=loss_config.get("sigmoid_sharding", "ring"),
+      duplicates=loss_config.get("duplicates", "negative"))
+
+
+def identity(tokens: jax.Array, batch: Mapping[str, jax.Array]) -> contrastive.RowIdentity:
+  """Who each row of a contrastive term over `tokens` `[B, L]` is: its text and its record
+  (`config.loss.duplicates` decides what two rows that are the same pair are to each other).
+  A batch without `record_index` (the bench's) counts each row as its own image."""
+  return contrastive.row_identity(tokens, record_index(batch))
+
+
+def record_index(batch: Mapping[str, jax.Array]) -> jax.Array:
+  if "record_index" in batch:
+    return batch["record_index"]
+  return jnp.arange(batch["image"].shape[0])
+
+
+def duplicate_metrics(batch: Mapping[str, jax.Array]) -> dict:
+  """Pairs of valid rows of the global batch with the same long caption, summary or record:
+  what `config.loss.duplicates` acts on (logged each step by the trainer)."""
+  valid = batch["valid"].astype(bool) if "valid" in batch else jnp.ones(
+      batch["text"].shape[:1], bool)
+  both = valid[:, None] & valid[None, :] & ~np.eye(valid.shape[0], dtype=bool)
+  out = {}
+  for field in ("text", "summary", "record_index"):
+    if field in batch:
+      key = batch[field] if field == "record_index" else contrastive.text_key(batch[field])
+      same = key[:, None] == key[None, :]
+      same = jnp.all(same, axis=-1) if same.ndim == 3 else same
+      out[f"duplicate_pairs/{field}"] = jnp.sum(same & both) / 2
+  return out
 
 
 def weights_of(loss_config: ml_collections.ConfigDict) -> dict[str, float]:

@@ -142,14 +142,23 @@ def loss(params, batch, *, model, loss_config, mesh):
   hard_negative_scale = contrastive.temperature(own["logit_scale_hard_negative"],
                                                 loss_config.get("max_scale"))
 
-  def objective(image_embedding, long_embedding, short_embedding, regions, axis_name):
+  identities = {"global_long": base.identity(batch["text"], batch)}
+  if w["global_short"]:
+    identities["global_short"] = base.identity(batch["summary"], batch)
+  if reads_regions:  # a region is its image's record and its index there
+    count = batch["region_valid"].shape[1]
+    identities["region"] = contrastive.row_identity(
+        batch["region_text"], base.record_index(batch)[:, None] * count + jnp.arange(count))
+
+  def objective(image_embedding, long_embedding, short_embedding, regions, identities,
+                axis_name):
     return fgclip_loss.fgclip_objective(
         image_embedding, long_embedding, short_embedding, regions, pair_loss=pair_loss,
         region_pair_loss=region_pair_loss, hard_negative_scale=hard_negative_scale, weights=w,
-        axis_name=axis_name)
+        identities=identities, axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
-      image_out["embedding"], long_embedding, short.get("summary"), regions)
+      image_out["embedding"], long_embedding, short.get("summary"), regions, identities)
 
 
 def forward_flops_per_pair(c, input_config) -> int:

@@ -36,13 +36,14 @@ def loss(params, batch, *, model, loss_config, mesh):
   calibrators = aggregators_of(loss_config, params)
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
-  def objective(image_out, text_out, axis_name):
+  def objective(image_out, text_out, identity, axis_name):
     return finelip_loss.finelip_objective(
         image_out, text_out, aggregators=calibrators, pair_loss=pair_loss,
         weights=base.weights_of(loss_config), options=options_of(loss_config),
-        axis_name=axis_name)
+        identity=identity, axis_name=axis_name)
 
-  return contrastive.data_parallel(objective, mesh)(image_out, text_out)
+  return contrastive.data_parallel(objective, mesh)(image_out, text_out,
+                                                    base.identity(batch["text"], batch))
 
 
 def forward_flops_per_pair(c, input_config) -> int:

@@ -11,11 +11,12 @@ def loss(params, batch, *, model, loss_config, mesh):
   text_embedding = towers.encode_text(batch["text"])["embedding"]
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
-  def objective(image_embedding, text_embedding, axis_name):
-    total = pair_loss(image_embedding, text_embedding, axis_name=axis_name)
+  def objective(image_embedding, text_embedding, identity, axis_name):
+    total = pair_loss(image_embedding, text_embedding, identity=identity, axis_name=axis_name)
     return total, {"global": total}
 
-  return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding)
+  return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding,
+                                                    base.identity(batch["text"], batch))
 
 
 def forward_flops_per_pair(c, input_config) -> int:

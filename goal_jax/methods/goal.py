@@ -60,22 +60,27 @@ def loss(params, batch, *, model, loss_config, mesh):
     image_out, local_image_out = goal_loss.split_halves(images, size)
     text_out, local_text_out = goal_loss.split_halves(texts, size)
     local_batch = {k: batch[k] for k in _LOCAL_FIELDS}
+    identities = {"global": base.identity(batch["text"], batch),
+                  "local": base.identity(batch["local_text"], batch)}
   else:
     image_out, text_out = towers.encode_image(batch["image"]), towers.encode_text(batch["text"])
     local_image_out = local_text_out = None
     local_batch = {}
+    identities = {"global": base.identity(batch["text"], batch)}
   poolers = goal_loss.Poolers(image=towers.pool_region,
                               text=goal_loss.mean_then_head(towers.text_head))
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
-  def objective(image_out, text_out, local_image_out, local_text_out, local_batch, axis_name):
+  def objective(image_out, text_out, local_image_out, local_text_out, local_batch, identities,
+                axis_name):
     return goal_loss.goal_objective(
         image_out, text_out, local_image_out, local_text_out, local_batch, poolers=poolers,
         pair_loss=pair_loss, weights=weights,
-        tsl_form=loss_config.get("tsl_form", "diagonal"), axis_name=axis_name)
+        tsl_form=loss_config.get("tsl_form", "diagonal"), identities=identities,
+        axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
-      image_out, text_out, local_image_out, local_text_out, local_batch)
+      image_out, text_out, local_image_out, local_text_out, local_batch, identities)
 
 
 def forward_flops_per_pair(c, input_config) -> int:

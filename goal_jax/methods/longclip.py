@@ -13,15 +13,18 @@ def loss(params, batch, *, model, loss_config, mesh):
   short_embedding = towers.encode_text(batch["summary"])["embedding"]
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
-  def objective(image_embedding, text_embedding, short_embedding, axis_name):
+  identities = {"long": base.identity(batch["text"], batch),
+                "short": base.identity(batch["summary"], batch)}
+
+  def objective(image_embedding, text_embedding, short_embedding, identities, axis_name):
     return longclip_loss.longclip_objective(
         {"embedding": image_embedding}, {"embedding": text_embedding}, short_embedding,
         pair_loss=pair_loss, weights=base.weights_of(loss_config),
         num_components=loss_config.num_components, pca_scope=loss_config.pca_scope,
-        axis_name=axis_name)
+        identities=identities, axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(image_embedding, text_embedding,
-                                                    short_embedding)
+                                                    short_embedding, identities)
 
 
 def forward_flops_per_pair(c, input_config) -> int:

@@ -3,9 +3,12 @@
 The long captions run at the full context (248 tokens); the summary and every sentence run
 together in one 77-token text forward. Two token aggregation modules (FineLIP's ATRM, which
 MulCLIP calls token calibration) train beside CLIP as `calibration/image` and
-`calibration/text`.
+`calibration/text`. With `config.loss.sap_logit_scale=own`, SAP's own log temperature trains
+beside them as `sap_logit_scale`, started at the backbone's `logit_scale` (as FG-CLIP starts its
+region temperatures); it exists only then, so other MulCLIP checkpoints keep their param tree.
 """
 import jax.numpy as jnp
+import numpy as np
 
 from goal_jax.losses import clim
 from goal_jax.losses import contrastive
@@ -15,9 +18,29 @@ from goal_jax.models import flops
 from goal_jax.models import token_aggregation
 
 
+SAP_SCALE = "sap_logit_scale"  # params key of SAP's own log temperature
+# What a direct `init_extra_params` call gets (CLIP's initial ln(1/0.07));
+# `start_extra_params` then sets it to the backbone's.
+LOGIT_SCALE_INIT = float(np.log(1 / 0.07))
+
+
+def _options(loss_config) -> mulclip_loss.MulCLIPOptions:
+  return base.options_of(mulclip_loss.MulCLIPOptions, loss_config)
+
+
 def init_extra_params(loss_config, model_config, rng) -> dict:
-  return {"calibration": token_aggregation.init_per_modality(loss_config.calibration_tokens,
-                                                             model_config, rng)}
+  extras = {"calibration": token_aggregation.init_per_modality(loss_config.calibration_tokens,
+                                                               model_config, rng)}
+  if _options(loss_config).sap_logit_scale == "own":
+    extras[SAP_SCALE] = jnp.asarray(LOGIT_SCALE_INIT, jnp.float32)
+  return extras
+
+
+def start_extra_params(extras: dict, clip_params) -> dict:
+  """SAP's own temperature, when it has one, starts at the backbone's (drawn or pretrained)."""
+  if SAP_SCALE not in extras:
+    return extras
+  return {**extras, SAP_SCALE: np.array(clip_params["logit_scale"], np.float32)}
 
 
 def loss(params, batch, *, model, loss_config, mesh):
@@ -36,16 +59,21 @@ def loss(params, batch, *, model, loss_config, mesh):
   text_out = {k: text_out[k] for k in clim.TEXT_KEYS}
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
 
+  identities = {"global_long": base.identity(batch["text"], batch),
+                "global_summary": base.identity(batch["summary"], batch),
+                "sap": base.identity(sentences, batch)}  # text keys [B, M, 2]
+
   def objective(image_out, text_out, summary_embedding, sentence_embedding, sentence_valid,
-                axis_name):
+                identities, axis_name):
     return mulclip_loss.mulclip_objective(
         image_out, text_out, summary_embedding, sentence_embedding,
         {"sentence_valid": sentence_valid}, calibrators=calibrators, pair_loss=pair_loss,
-        weights=base.weights_of(loss_config),
-        options=base.options_of(mulclip_loss.MulCLIPOptions, loss_config), axis_name=axis_name)
+        weights=base.weights_of(loss_config), options=_options(loss_config),
+        sap_logit_scale=params.get(SAP_SCALE), identities=identities, axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
-      image_out, text_out, summary_embedding, sentence_embedding, batch["sentence_valid"])
+      image_out, text_out, summary_embedding, sentence_embedding, batch["sentence_valid"],
+      identities)
 
 
 def forward_flops_per_pair(c, input_config) -> int:
@@ -58,13 +86,22 @@ def forward_flops_per_pair(c, input_config) -> int:
           + (1 + input_config.max_sentences) * short + token_heads)
 
 
-# MulCLIP and its paper's ablations of the two local levels.
+# MulCLIP, its paper's ablations of the two local levels, and SAP's open choices (one run each
+# away from the defaults, `MulCLIPOptions`; top_k keeps a quarter of the demo's 16 calibrated
+# tokens).
 STUDY_RUNS = {
     "mulclip": (),                                                        # global + WPR + SAP
     "mulclip_no_wpr": ("--config.loss.weights.wpr_image=0", "--config.loss.weights.wpr_text=0"),
     "mulclip_no_sap": ("--config.loss.weights.sap=0",),                   # global + WPR
+    "mulclip_sap_topk": ("--config.loss.sap_aggregation=top_k", "--config.loss.sap_top_k=4"),
+    "mulclip_sap_argmax": ("--config.loss.sap_aggregation=argmax",),
+    "mulclip_sap_raw": ("--config.loss.sap_patches=raw",),
+    "mulclip_sap_own_scale": ("--config.loss.sap_logit_scale=own",),
+    "mulclip_sap_fixed_scale": ("--config.loss.sap_logit_scale=fixed",),
+    "mulclip_sap_stopgrad": ("--config.loss.sap_stop_gradient=sentence",),
 }
 
 METHOD = base.Method(name="mulclip", recipe="mulclip.py", fields=("global", "summary", "sentences"),
                      loss=loss, forward_flops_per_pair=forward_flops_per_pair,
-                     init_extra_params=init_extra_params, study_runs=STUDY_RUNS)
+                     init_extra_params=init_extra_params, start_extra_params=start_extra_params,
+                     study_runs=STUDY_RUNS)

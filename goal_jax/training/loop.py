@@ -211,7 +211,8 @@ def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics):
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
                **backbone_scalars(param_tree.clip_of(params)),
                "lr": schedule(state["step"]),
-               "grad_norm": optax.tree.norm(grads), **step_metrics(batch)}
+               "grad_norm": optax.tree.norm(grads), **base.duplicate_metrics(batch),
+               **step_metrics(batch)}
     new_state = {"params": params, "opt_state": opt_state, "step": step}
     return new_state, scalars
 
