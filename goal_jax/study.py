@@ -4,7 +4,8 @@ GOAL and MulCLIP add local objectives (sentence <-> region, word <-> patch) to g
 fine-tuning and claim better long-caption retrieval. One run of one seed cannot say whether that
 holds: a gap of a few points may be the seed. This command fine-tunes every method
 and ablation from the same pretrained start on the embedded `synthetic` data, over N training
-seeds, and reports each metric as mean (min–max) over seeds. The benchmark that decides is
+seeds, and reports each metric as mean (min–max) over seeds, and each run's difference to
+`global` with a 95 % interval over seeds and test groups. The benchmark that decides is
 `test_hard`'s within-group accuracy: four captions that differ in one detail of one shape (colour,
 shape, size, texture, or which colour goes with which shape), where a model that keeps only the
 gist is at chance (25 %); its 2AFC accuracy per edited attribute says which details a method
@@ -16,23 +17,46 @@ learned.
   python -m goal_jax.study --workdir=/tmp/study --report_only       # outputs from what finished
   python -m goal_jax.study --workdir=/tmp/study_ci --tiny           # CI: 2 runs, 4 steps
   python -m goal_jax.study --workdir=/tmp/study_siglip --backbone=siglip --runs=global,goal,mulclip
+  python -m goal_jax.study --workdir=/tmp/study_dup_negative \
+      --overrides=--config.loss.duplicates=negative                  # a config change, every run
 
 Each run is one `python -m goal_jax.train` subprocess on
-`configs/<method>.py:demo,data_seed=D,backbone=B` (B: the tiny CLIP start or the tiny SigLIP one)
+`configs/<method>.py:demo,data_seed=D,data_version=V,backbone=B` (V: the synthetic generator's
+version, 3 by default, whose transfer splits hold colour–shape pairs no training scene holds;
+B: the tiny CLIP start or the tiny SigLIP one)
 into `<workdir>/<run>/seed<K>` (its output in `train.log` there); `RUNS` below lists them.
+`--overrides` (config overrides separated by commas or spaces, each `--config.<field>=<value>`)
+are appended to every run's command, after the run's own: the way to measure one config change
+for every method, each change into its own study workdir. They must name a field of every run's
+config with a value of its type (checked before any run trains), and not one the study sets
+itself (seed, eval_every, total_steps, pretraining steps: use the study's flags).
 A run whose workdir holds `model/` and its final step's `eval_<step>.json` is done and skipped;
 an unfinished one is rerun and the trainer resumes from its checkpoints. `study_config.json` keeps
-the options that change results (backbone, data seed, steps, eval cadence, pretraining steps): a
-rerun into
-the same directory must repeat them, but may add seeds or runs.
+the options that change results (backbone, data seed and version, steps, eval cadence,
+pretraining steps, overrides): a rerun into the same directory must repeat them, but may add
+seeds or runs (a study config from before an option holds its old value, `OLDER_STUDIES`: no
+overrides, data version 2).
 
 Outputs, rebuilt from every finished run's `eval_<step>.json` files:
 - `study.json`: per run and seed the curve (step -> benchmark -> metric -> value) and, per run,
-  the aggregate over seeds at the final step (benchmark -> metric -> mean, min, max, n);
-- `study.md`: one row per run, test R@1, within-group accuracy and 2AFC per attribute, each cell
-  `mean (min–max)` over seeds (`–`: the run does not report that metric);
+  the aggregate over seeds at the final step (benchmark -> metric -> mean, min, max, n) and, for
+  every run but the reference (`global`), `differences`: benchmark -> {difference, low, high,
+  seeds, groups}, its within-group mean minus the reference's with a 95 % interval (below);
+- `study.md`, three tables, one row per run: in-domain (test R@1, within-group accuracy, 2AFC
+  per attribute), transfer (the same on the colour–shape pairs training never showed: `Synthetic
+  transfer` and `Synthetic transfer hard: within group`), each cell `mean (min–max)` over seeds;
+  then the differences to `global`, each cell `+3.9 [+1.2, +6.5]` (`–`: not reported, e.g. the
+  transfer benchmarks on data from before version 3);
 - `study.png`: within-group accuracy against step (mean over seeds, min–max shaded) and test R@1
   (mean of T2I and I2T).
+
+The difference to `global` is the question the study asks, and the seeds' min–max cannot answer
+it: seed s of a run and of `global` share the training seed and the test groups, so the study
+pairs them (seeds both finished) and bootstraps over seeds and test groups
+(`evaluation/bootstrap.py`, 10,000 replicates, fixed generator seed) from the per-group
+outcomes in each run's final `eval_<step>.json` (`per_group`, written by the `hard_groups` task).
+Eval files written before those outcomes existed still give the mean difference over the paired
+seeds, with `–` for the interval (`+3.9 [–]`); `--report_only` rebuilds such a study as before.
 
 Cost on 2 CPU cores (measured, 300 steps, evaluation every 50): a run takes 2-3.5 min (global
 and Long-CLIP about 2, GOAL and MulCLIP 2.5-3.5); the four methods at 3 seeds took 32 min and the
@@ -53,12 +77,16 @@ import time
 
 from absl import flags
 from matplotlib import ticker
+from ml_collections import config_flags
+import numpy as np
 
 from goal_jax import cli
+from goal_jax.data import synthetic
 from goal_jax import config_utils
 from goal_jax import figures
 from goal_jax import files
 from goal_jax import methods
+from goal_jax.evaluation import bootstrap
 from goal_jax.evaluation import report
 
 # ------------------------------------------------------------------------------------------------
@@ -81,6 +109,9 @@ RUNS = {run: Recipe(method.recipe, tuple(overrides))
 TEST_BENCHMARK = "Synthetic test"
 WITHIN_GROUP_BENCHMARK = "Synthetic hard: within group"
 TWO_AFC_BENCHMARK = WITHIN_GROUP_BENCHMARK
+# Colour–shape pairs training never shows (synthetic data version 3 on); older runs lack them.
+TRANSFER_TEST_BENCHMARK = "Synthetic transfer"
+TRANSFER_WITHIN_GROUP_BENCHMARK = "Synthetic transfer hard: within group"
 T2I_R1, I2T_R1 = "t2i_R@1", "i2t_R@1"
 GROUP_T2I, GROUP_I2T, GROUP_MEAN = "group_t2i_acc", "group_i2t_acc", "group_acc"
 TWO_AFC_ATTRIBUTES = ("colour", "shape", "size", "texture", "binding")
@@ -103,15 +134,32 @@ TABLE_COLUMNS = (
     Column("within-group mean", WITHIN_GROUP_BENCHMARK, GROUP_MEAN),
     *(Column(f"2AFC {a}", TWO_AFC_BENCHMARK, f"2afc_{a}") for a in TWO_AFC_ATTRIBUTES),
 )
+TRANSFER_COLUMNS = (
+    Column("transfer R@1 T2I", TRANSFER_TEST_BENCHMARK, T2I_R1),
+    Column("transfer R@1 I2T", TRANSFER_TEST_BENCHMARK, I2T_R1),
+    Column("transfer within-group mean", TRANSFER_WITHIN_GROUP_BENCHMARK, GROUP_MEAN),
+    *(Column(f"transfer 2AFC {a}", TRANSFER_WITHIN_GROUP_BENCHMARK, f"2afc_{a}")
+      for a in TWO_AFC_ATTRIBUTES),
+)
 MISSING = "–"
+
+# What the differences compare: each run's headline against the reference run's, per benchmark.
+REFERENCE_RUN = "global"
+DIFFERENCE_BENCHMARKS = {WITHIN_GROUP_BENCHMARK: "within-group",
+                         TRANSFER_WITHIN_GROUP_BENCHMARK: "transfer within-group"}
+BOOTSTRAP = dict(level=bootstrap.LEVEL, resamples=bootstrap.RESAMPLES, seed=0)
 
 # ------------------------------------------------------------------------------------------------
 # Options.
 
 STUDY_CONFIG = "study_config.json"
-RESULT_OPTIONS = ("backbone", "data_seed", "steps", "eval_every",
-                  "pretrain_steps")  # change the numbers
-OLDER_STUDIES = {"backbone": "clip"}  # what a study config from before an option holds
+RESULT_OPTIONS = ("backbone", "data_seed", "data_version", "steps", "eval_every",
+                  "pretrain_steps", "overrides")  # change the numbers
+# What a study config from before an option holds (before `data_version`: the data's version 2).
+OLDER_STUDIES = {"backbone": "clip", "overrides": [], "data_version": 2}
+# Config fields the study sets in every command: an override would silently fight its flag.
+STUDY_FIELDS = {"seed": "--seeds", "eval_every": "--eval_every", "total_steps": "--steps",
+                "demo_data.pretrain_steps": "--pretrain_steps"}
 TINY = dict(seeds=1, runs=("global", "goal"), steps=4, eval_every=2, pretrain_steps=4)
 
 
@@ -126,13 +174,16 @@ class StudyOptions:
   runs: tuple[str, ...] = tuple(RUNS)
   backbone: str = "clip"   # the demo start's family: "clip" or "siglip"
   data_seed: int = 0
+  data_version: int = synthetic.LATEST_VERSION  # the synthetic generator's version
   steps: int = 0           # 0: each config's own
   eval_every: int = 50
   pretrain_steps: int = 0  # 0: the demo's default
+  overrides: tuple[str, ...] = ()  # appended to every run's command (`parse_overrides`)
   report_only: bool = False
 
   def result_options(self) -> dict:
-    return {k: getattr(self, k) for k in RESULT_OPTIONS}
+    values = {k: getattr(self, k) for k in RESULT_OPTIONS}
+    return {**values, "overrides": list(self.overrides)}  # as JSON keeps it
 
 
 def check_runs(names) -> tuple[str, ...]:
@@ -140,6 +191,43 @@ def check_runs(names) -> tuple[str, ...]:
   if unknown:
     raise StudyError(f"unknown run {unknown[0]!r}; have {', '.join(RUNS)}")
   return tuple(n for n in RUNS if n in names)  # table order
+
+
+_OVERRIDE = re.compile(r"--config\.([A-Za-z_][\w.]*)=.*", re.DOTALL)
+
+
+def parse_overrides(text: str) -> tuple[str, ...]:
+  """`--overrides`' value -> the overrides in order, e.g. `--config.a=1,--config.b=x` or
+  `--config.a=1 --config.b=x`; a comma inside a value (`--config.ks=1,5`) stays in it."""
+  overrides = tuple(o for o in re.split(r"[\s,]+(?=--)", text.strip()) if o)
+  for override in overrides:
+    match = _OVERRIDE.fullmatch(override)
+    if not match:
+      raise StudyError(f"override {override!r} is not --config.<field>=<value>")
+    if match.group(1) in STUDY_FIELDS:
+      raise StudyError(f"override {override!r} sets a field the study sets itself; use "
+                       f"{STUDY_FIELDS[match.group(1)]}")
+  return overrides
+
+
+def check_overrides(config: dict, runs) -> None:
+  """Parses every run's config with the study's overrides as the trainer will (`config_flags`):
+  a field no run has, or a value of the wrong type, would otherwise fail only when that run's
+  turn comes, after the others trained."""
+  if not config.get("overrides"):
+    return
+  for run in runs:
+    config_file = RUNS[run].config_file
+    argv = ["study", f"--config={config_utils.recipe_path(config_file)}:{config_arg(config)}",
+            *RUNS[run].overrides, *config["overrides"]]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    try:
+      flag_values(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError) as e:  # what config_flags raises
+      reason = " ".join(str(e).split())
+      raise StudyError(f"--overrides do not fit configs/{config_file}:{config_arg(config)} "
+                       f"(run {run}): {reason}") from e
 
 
 def merged_study_config(stored: dict | None, options: StudyOptions) -> dict:
@@ -182,13 +270,20 @@ def run_dir(workdir: str, run: str, seed: int) -> str:
   return os.path.join(workdir, run, f"seed{seed}")
 
 
+def config_arg(config: dict) -> str:
+  """The `:arg` every run's config file gets: the demo data, its seed, the backbone."""
+  version = config.get("data_version", OLDER_STUDIES["data_version"])
+  return (f"demo,data_seed={config['data_seed']},data_version={version},"
+          f"backbone={config.get('backbone', 'clip')}")
+
+
 def train_command(run: str, seed: int, workdir: str, config: dict) -> list[str]:
-  """The `goal_jax.train` argv of one run and seed; 0-valued steps options keep the defaults."""
+  """The `goal_jax.train` argv of one run and seed; 0-valued steps options keep the defaults.
+  The study's `overrides` come last, after the run's own."""
   recipe = RUNS[run]
   command = [
       sys.executable, "-m", "goal_jax.train",
-      f"--config={config_utils.recipe_path(recipe.config_file)}:demo,"
-      f"data_seed={config['data_seed']},backbone={config.get('backbone', 'clip')}",
+      f"--config={config_utils.recipe_path(recipe.config_file)}:{config_arg(config)}",
       f"--workdir={run_dir(workdir, run, seed)}",
       f"--config.seed={seed}",
       f"--config.eval_every={config['eval_every']}",
@@ -199,7 +294,7 @@ def train_command(run: str, seed: int, workdir: str, config: dict) -> list[str]:
     command += short_run_overrides(config["steps"], warmup)
   if config["pretrain_steps"]:
     command.append(f"--config.demo_data.pretrain_steps={config['pretrain_steps']}")
-  return command + list(recipe.overrides)
+  return command + list(recipe.overrides) + list(config.get("overrides", ()))
 
 
 def short_run_overrides(steps: int, warmup_steps: int) -> list[str]:
@@ -264,6 +359,14 @@ def read_curve(directory: str) -> dict[int, dict]:
   return dict(sorted(curve.items()))
 
 
+def read_per_group(directory: str, step: int) -> dict[str, dict[str, list]]:
+  """benchmark -> metric -> one value per test group, from the run's `eval_<step>.json`
+  (report.py's `per_group`; absent from files written before it)."""
+  document = report.read_results(os.path.join(directory, f"eval_{step}.json"))
+  return {name: entry["per_group"] for name, entry in document["results"].items()
+          if entry.get("per_group")}
+
+
 def is_done(directory: str, last_step: int) -> bool:
   """Finished: the final model is saved and the final step was evaluated."""
   return (os.path.isfile(os.path.join(directory, "model", MODEL_CONFIG_FILE))
@@ -317,20 +420,61 @@ def band(curves: list[dict], value_of) -> dict:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedResult:
+  """One finished seed at its run's final step: its metrics and its per-group outcomes."""
+  point: dict      # benchmark -> metric -> value
+  per_group: dict  # benchmark -> metric -> [one value per test group]
+
+
+def paired_difference(run: dict[int, SeedResult], reference: dict[int, SeedResult],
+                      benchmark: str) -> dict | None:
+  """The run's within-group mean minus the reference's on `benchmark`, paired by training seed.
+
+  Over the seeds both report it: with both runs' per-group outcomes for every such seed (as many
+  groups each), the bootstrap's difference and interval over seeds and groups; without, the mean
+  of the paired differences, with `low`, `high` and `groups` None. None: no seed to pair.
+  """
+  seeds = [s for s in sorted(run) if s in reference
+           and metric(run[s].point, benchmark, GROUP_MEAN) is not None
+           and metric(reference[s].point, benchmark, GROUP_MEAN) is not None]
+  if not seeds:
+    return None
+  lists = [side[s].per_group.get(benchmark, {}).get(GROUP_MEAN)
+           for s in seeds for side in (run, reference)]
+  if all(lists) and len({len(values) for values in lists}) == 1:
+    method = np.array(lists[0::2], np.float64)
+    return bootstrap.paired_difference(method, np.array(lists[1::2], np.float64),
+                                       **BOOTSTRAP).as_dict()
+  differences = [metric(run[s].point, benchmark, GROUP_MEAN)
+                 - metric(reference[s].point, benchmark, GROUP_MEAN) for s in seeds]
+  return {"difference": sum(differences) / len(differences), "low": None, "high": None,
+          "seeds": len(seeds), "groups": None}
+
+
 def summarize(workdir: str, config: dict) -> dict:
-  """The `study.json` document: curves and final-step aggregates of every finished run."""
-  runs = {}
+  """The `study.json` document: curves, final-step aggregates and differences to the reference
+  of every finished run."""
+  runs, finals = {}, {}
   for run in config["runs"]:
     last = final_step(run, config)
     curves = {seed: read_curve(run_dir(workdir, run, seed))
               for seed in finished_seeds(workdir, run, last)}
+    finals[run] = {seed: SeedResult(curve[last], read_per_group(run_dir(workdir, run, seed), last))
+                   for seed, curve in curves.items()}
     runs[run] = {
         "config_file": RUNS[run].config_file, "overrides": list(RUNS[run].overrides),
         "final_step": last,
         "seeds": {str(seed): {"curve": curve} for seed, curve in curves.items()},
         "final": aggregate_points([curve[last] for curve in curves.values()]),
     }
-  return {"schema": "goal_jax.study/1", "options": config, "runs": runs}
+  for run in runs:
+    if run != REFERENCE_RUN:
+      differences = {b: paired_difference(finals[run], finals.get(REFERENCE_RUN, {}), b)
+                     for b in DIFFERENCE_BENCHMARKS}
+      runs[run]["differences"] = {b: d for b, d in differences.items() if d is not None}
+  return {"schema": "goal_jax.study/1", "options": config, "reference": REFERENCE_RUN,
+          "bootstrap": BOOTSTRAP, "runs": runs}
 
 
 def seed_curves(summary: dict, run: str) -> list[dict]:
@@ -349,23 +493,70 @@ def format_cell(cell: dict | None) -> str:
   return f"{cell['mean']:.1f} ({cell['min']:.1f}–{cell['max']:.1f})"
 
 
-def markdown_table(summary: dict) -> str:
-  """One row per run; each cell `mean (min–max)` over seeds at the run's final step."""
-  options = summary["options"]
-  lines = [
-      "# Study: local alignment on the synthetic benchmark", "",
-      f"Backbone {options.get('backbone', 'clip')}, data seed {options['data_seed']}, "
-      f"steps {options['steps'] or 'per config'}, "
-      f"pretraining steps {options['pretrain_steps'] or 'demo default'}. Cells: mean (min–max) "
-      f"over seeds at the final step, in %; {MISSING}: not reported.", "",
-      "| run | seeds | " + " | ".join(c.label for c in TABLE_COLUMNS) + " |",
-      "|---|---|" + "---|" * len(TABLE_COLUMNS),
-  ]
+def format_difference(entry: dict | None) -> str:
+  """`+3.9 [+1.2, +6.5]`; `+3.9 [–]` without an interval; `–` without a difference."""
+  if not entry:
+    return MISSING
+  if entry["low"] is None:
+    return f"{entry['difference']:+.1f} [{MISSING}]"
+  return f"{entry['difference']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
+
+
+def format_sizes(entry: dict | None) -> str:
+  if not entry:
+    return MISSING
+  return f"{entry['seeds']} × {MISSING if entry['groups'] is None else entry['groups']}"
+
+
+def _metric_table(summary: dict, columns) -> list[str]:
+  lines = ["| run | seeds | " + " | ".join(c.label for c in columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
   for run, entry in summary["runs"].items():
-    cells = [format_cell(entry["final"].get(c.benchmark, {}).get(c.metric))
-             for c in TABLE_COLUMNS]
+    cells = [format_cell(entry["final"].get(c.benchmark, {}).get(c.metric)) for c in columns]
     lines.append(f"| {run} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+  return lines
+
+
+def _difference_table(summary: dict) -> list[str]:
+  reference = summary.get("reference", REFERENCE_RUN)
+  level = round(100 * summary.get("bootstrap", BOOTSTRAP)["level"])
+  header = [f"Δ {label} vs {reference} [{level} % CI] | seeds × groups"
+            for label in DIFFERENCE_BENCHMARKS.values()]
+  lines = ["| run | " + " | ".join(header) + " |",
+           "|---|" + "---|" * 2 * len(DIFFERENCE_BENCHMARKS)]
+  for run, entry in summary["runs"].items():
+    if run == reference:
+      continue
+    differences = entry.get("differences", {})
+    cells = [f"{format_difference(differences.get(b))} | {format_sizes(differences.get(b))}"
+             for b in DIFFERENCE_BENCHMARKS]
+    lines.append(f"| {run} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def markdown_table(summary: dict) -> str:
+  """Three tables, one row per run: in-domain and transfer cells `mean (min–max)` over seeds at
+  the run's final step, then the differences to the reference run with their intervals."""
+  options = summary["options"]
+  reference = summary.get("reference", REFERENCE_RUN)
+  resamples = summary.get("bootstrap", BOOTSTRAP)["resamples"]
+  overrides = " ".join(options.get("overrides", ())) or "none"
+  return "\n".join([
+      "# Study: local alignment on the synthetic benchmark", "",
+      f"Backbone {options.get('backbone', 'clip')}, data seed {options['data_seed']} (version "
+      f"{options.get('data_version', OLDER_STUDIES['data_version'])}), "
+      f"steps {options['steps'] or 'per config'}, "
+      f"pretraining steps {options['pretrain_steps'] or 'demo default'}, overrides {overrides}. "
+      f"Cells: mean (min–max) over seeds at the final step, in %; {MISSING}: not reported.", "",
+      "## In domain (`test`, `test_hard`)", "", *_metric_table(summary, TABLE_COLUMNS), "",
+      "## Transfer: colour–shape pairs training never showed (`test_transfer`, "
+      "`test_transfer_hard`)", "", *_metric_table(summary, TRANSFER_COLUMNS), "",
+      f"## Difference to `{reference}`", "",
+      f"Within-group mean minus `{reference}`'s, in points, paired by training seed over the "
+      f"seeds both finished; in brackets the bootstrap interval over seeds and test groups "
+      f"({resamples} replicates; [{MISSING}]: eval files without per-group outcomes, mean "
+      f"difference only).", "", *_difference_table(summary),
+  ]) + "\n"
 
 
 def plot_study(summary: dict, path: str) -> None:
@@ -443,8 +634,9 @@ def run_study(options: StudyOptions, launcher=None) -> dict:
   if options.report_only:  # the stored options and runs, whatever the flags say
     if stored is None:
       raise StudyError(f"{options.workdir} holds no {STUDY_CONFIG}: no study to report")
-    return write_outputs(options.workdir, stored)
+    return write_outputs(options.workdir, {**OLDER_STUDIES, **stored})
   config = merged_study_config(stored, options)
+  check_overrides(config, options.runs)
   files.write_json(os.path.join(options.workdir, STUDY_CONFIG), config, ensure_ascii=False)
   jobs = [(run, seed) for seed in range(options.seeds) for run in options.runs]
   pending = sum(not is_done(run_dir(options.workdir, r, s), final_step(r, config))
@@ -487,6 +679,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("seeds", 3, "Number of training seeds: 0..N-1.", lower_bound=1)
   flags.DEFINE_list("runs", list(RUNS), f"Runs to train, of: {', '.join(RUNS)}.")
   flags.DEFINE_integer("data_seed", 0, "Generator seed of the synthetic dataset.")
+  flags.DEFINE_integer("data_version", synthetic.LATEST_VERSION, "Version of the synthetic dataset "
+                       "(3: with transfer splits; 2 reproduces the earlier studies).")
   flags.DEFINE_enum("backbone", "clip", ["clip", "siglip"],
                     "The demo start every run fine-tunes: the tiny CLIP or the tiny SigLIP.")
   flags.DEFINE_integer("steps", 0, "Fine-tuning steps; 0: each config's own.", lower_bound=0)
@@ -495,6 +689,9 @@ def define_flags() -> None:
                        "Steps of the demo's pretrained start; 0: its default.", lower_bound=0)
   flags.DEFINE_bool("tiny", False, "CI setting: 1 seed, global and goal, 4 steps, eval every "
                     "2, 4 pretraining steps (flags given explicitly still win).")
+  flags.DEFINE_string("overrides", "", "Config overrides appended to every run's command, "
+                      "separated by commas or spaces, e.g. --config.loss.duplicates=negative; "
+                      "a result option (kept in study_config.json).")
   flags.DEFINE_bool("report_only", False, "Rebuild the outputs from finished runs; train nothing.")
 
 
@@ -508,9 +705,10 @@ def options_from_flags() -> StudyOptions:
   values = {name: FLAGS[name].value for name in TINY}
   if FLAGS.tiny:
     values = with_tiny_defaults(values, {name for name in TINY if FLAGS[name].present})
-  return StudyOptions(workdir=FLAGS.workdir, data_seed=FLAGS.data_seed, backbone=FLAGS.backbone,
-                      report_only=FLAGS.report_only, **{**values,
-                                                        "runs": check_runs(values["runs"])})
+  return StudyOptions(workdir=FLAGS.workdir, data_seed=FLAGS.data_seed,
+                      data_version=FLAGS.data_version, backbone=FLAGS.backbone,
+                      overrides=parse_overrides(FLAGS.overrides), report_only=FLAGS.report_only,
+                      **{**values, "runs": check_runs(values["runs"])})
 
 
 def main(argv):

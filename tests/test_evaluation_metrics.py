@@ -374,6 +374,36 @@ def test_hard_group_scores_hand_case():
   assert out == pytest.approx(brute_group_scores(HARD_SIM, HARD_GROUPS, HARD_EDITS))
 
 
+def test_hard_group_scores_per_group_hand_case():
+  image, text = hard_group_embeddings()
+  out, per_group = metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS, per_group=True)
+  assert out == metrics.hard_group_scores(image, text, HARD_GROUPS, HARD_EDITS)
+  # Ascending group order: group 3 (records 4-7), then group 12 (records 0-3).
+  #   group 3: T2I hit caption 4, I2T hit image 6 -> 2 of 8 decisions;
+  #   group 12: T2I hits captions 0, 1, 2, I2T hits images 0 and 3 -> 5 of 8.
+  assert per_group == {"group_acc": [25.0, 62.5]}
+  assert tuple(per_group) == metrics.PER_GROUP_KEYS
+  assert np.mean(per_group["group_acc"]) == out["group_acc"]  # groups of equal size
+  assert metrics.hard_group_scores_from_similarity(HARD_SIM, HARD_GROUPS, HARD_EDITS,
+                                                   per_group=True) == (out, per_group)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_group_mean_is_group_acc_for_groups_of_four(seed):
+  rng = np.random.default_rng(seed)
+  groups = rng.permutation(np.repeat(np.arange(30) * 3, 4))
+  images, texts = quantised(rng, len(groups), dim=6), quantised(rng, len(groups), dim=6)
+  out, per_group = metrics.hard_group_scores(images, texts, groups, per_group=True)
+  assert len(per_group["group_acc"]) == 30 and 0 < out["group_acc"] < 100
+  assert np.mean(per_group["group_acc"]) == pytest.approx(out["group_acc"], abs=1e-9)
+  # Groups of unequal size: group_acc weighs each group by its size.
+  sizes = np.repeat([2, 5], 5)
+  groups = np.repeat(np.arange(10), sizes)
+  images, texts = quantised(rng, len(groups), dim=6), quantised(rng, len(groups), dim=6)
+  out, per_group = metrics.hard_group_scores(images, texts, groups, per_group=True)
+  assert np.average(per_group["group_acc"], weights=sizes) == pytest.approx(out["group_acc"])
+
+
 def test_hard_group_scores_ignore_record_order():
   image, text = hard_group_embeddings()
   perm = np.random.default_rng(11).permutation(8)

@@ -27,7 +27,11 @@ def test_goal_profile_data():
   assert [(b.name, b.task, b.split) for b in synthetic.benchmarks] == [
       ("Synthetic test", "retrieval", "test"),
       ("Synthetic hard: R@K over split", "retrieval", "test_hard"),
-      ("Synthetic hard: within group", "hard_groups", "test_hard")]
+      ("Synthetic hard: within group", "hard_groups", "test_hard"),
+      ("Synthetic transfer", "retrieval", "test_transfer"),
+      ("Synthetic transfer hard: within group", "hard_groups", "test_transfer_hard")]
+  # Data of version 2 or 1 has no transfer splits: its profile is the in-domain three.
+  assert profiles.get_profile("synthetic_v2").benchmarks == synthetic.benchmarks[:3]
   within = synthetic.benchmark("Synthetic hard: within group")
   assert within.ks == () and within.columns == (
       "group_t2i_acc", "group_i2t_acc", "group_acc", "2afc_colour", "2afc_shape", "2afc_size",
@@ -158,6 +162,29 @@ def test_markdown_hard_groups_row_marks_attributes_a_run_lacks():
                       "| 2AFC colour | 2AFC shape | 2AFC size | 2AFC texture | 2AFC binding |")
   missing = f" | {report.MISSING}" * 5  # one per attribute column
   assert lines[2] == f"| Synthetic hard: within group | 100.00 | 100.00 | 100.00{missing} |"
+
+
+def test_per_group_outcomes_kept_beside_the_metrics_and_never_tabled(tmp_path):
+  synthetic = profiles.get_profile("synthetic")
+  within = synthetic.benchmark("Synthetic hard: within group")
+  image = np.eye(8, dtype=np.float32)
+  values, per_group = metrics.hard_group_scores(image, image, np.repeat([0, 1], 4),
+                                                per_group=True)
+  entry = report.benchmark_result(within, values, num_images=8, num_texts=8, per_group=per_group)
+  assert entry["per_group"] == {"group_acc": [100.0, 100.0]}
+  assert "per_group" not in report.benchmark_result(within, values)
+  path = tmp_path / "r.json"
+  document = report.write_results(path, synthetic, {within.name: entry})
+  assert report.read_results(path) == document
+  assert "100.00, 100.00]" not in report.markdown_table(document)
+  assert report.markdown_table(document) == report.markdown_table(
+      report.results_document(synthetic, {within.name: report.benchmark_result(within, values)}))
+  with pytest.raises(ValueError, match="per-group group_acc has a non-finite value"):
+    report.benchmark_result(within, values, per_group={"group_acc": [1.0, float("inf")]})
+  document["results"][within.name]["per_group"] = {"group_acc": 3.0}
+  path.write_text(json.dumps(document))
+  with pytest.raises(ValueError, match="'per_group' is not an object of lists"):
+    report.read_results(path)
 
 
 def test_column_labels_name_the_within_group_metrics_apart_from_recall():

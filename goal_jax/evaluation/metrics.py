@@ -27,6 +27,8 @@ gives the `[images, texts]` matrix instead (`score_matrix`), and each metric has
 `hard_group_scores` asks whether a model sees details: it matches images and captions only inside
 groups of scenes that differ in one attribute (synthetic `test_hard`), plus two-alternative trials
 per edited attribute. Its comparisons follow the same tie rule (a tie is a miss) and similarity.
+With `per_group=True` it also returns each group's own accuracy, what a bootstrap over test groups
+resamples (`evaluation/bootstrap.py`).
 """
 import functools
 
@@ -382,6 +384,7 @@ def joint_retrieval_from_similarity(sim, group_ids, is_global, *, mode="effectiv
 
 
 HARD_GROUP_KEYS = ("group_t2i_acc", "group_i2t_acc", "group_acc")
+PER_GROUP_KEYS = ("group_acc",)  # the per-group outcomes `per_group=True` returns
 BASE_EDITS = ("", "base")  # `edits` values of a group's base member ("" also: no attribute known)
 
 _group_similarity = jax.jit(jax.vmap(_similarity))
@@ -413,7 +416,7 @@ def _base_variant_pairs(members, values, edits):
   return np.array(g, int), np.array(b, int), np.array(v, int), np.array(attributes, str)
 
 
-def hard_group_scores(image_emb, text_emb, groups, edits=None):
+def hard_group_scores(image_emb, text_emb, groups, edits=None, *, per_group=False):
   """Does the model see details? Image-caption matching inside groups of near-identical scenes.
 
   Each group is a base scene and variants that change one attribute of it, so the gist never tells
@@ -428,6 +431,7 @@ def hard_group_scores(image_emb, text_emb, groups, edits=None):
     groups: [N] group of each record (at least 2 records per group).
     edits: [N] str, the attribute a variant changes, "" or "base" for the base member (one per
       group that has edited members); None, or "" everywhere, when the attributes are unknown.
+    per_group: also return the per-group outcomes (below).
 
   Returns:
     In %: `group_t2i_acc` (each caption's own image scores strictly above every other image of
@@ -437,6 +441,10 @@ def hard_group_scores(image_emb, text_emb, groups, edits=None):
     trials (base caption: base image > variant image; variant caption: variant image > base
     image; base image: base caption > variant caption; variant image: variant caption > base
     caption), chance 50%. Directions per attribute are not split: the group keys show that.
+    With `per_group`, the pair (that dict, `{"group_acc": [G floats]}`): per group, in ascending
+    order of the group values, the % of its T2I and I2T decisions that hit (2 per member). Their
+    mean over groups is `group_acc` when the groups are the same size (`test_hard`: 4 each);
+    otherwise `group_acc` weighs each group by its size.
   """
   image = _as_float32("image embeddings", image_emb)
   text = _as_float32("text embeddings", text_emb)
@@ -448,20 +456,20 @@ def hard_group_scores(image_emb, text_emb, groups, edits=None):
     return jax.device_get(_group_similarity(*jax.device_put((image[rows], text[rows]),
                                                             _placement())))
 
-  return _hard_group_scores(group_similarity, image.shape[0], groups, edits)
+  return _hard_group_scores(group_similarity, image.shape[0], groups, edits, per_group)
 
 
-def hard_group_scores_from_similarity(sim, groups, edits=None):
+def hard_group_scores_from_similarity(sim, groups, edits=None, *, per_group=False):
   """`hard_group_scores` from an `[images, captions]` score matrix, record i's image row i and
   caption column i; only the scores inside each group are read."""
   sim = _as_float32("similarity matrix", sim)
   if sim.shape[0] != sim.shape[1]:
     raise ValueError(f"images and captions must pair row by row, got scores {sim.shape}")
   return _hard_group_scores(lambda rows: sim[rows[:, :, None], rows[:, None, :]], sim.shape[0],
-                            groups, edits)
+                            groups, edits, per_group)
 
 
-def _hard_group_scores(group_similarity, num, groups, edits):
+def _hard_group_scores(group_similarity, num, groups, edits, per_group):
   """`hard_group_scores` given `group_similarity(rows [G, M]) -> [G, M, M]` scores."""
   if num == 0:
     raise ValueError("no records to evaluate")
@@ -489,7 +497,10 @@ def _hard_group_scores(group_similarity, num, groups, edits):
                      base > sim[g, b, v], variant > sim[g, v, b]], axis=1)
   for attribute in sorted(set(attributes.tolist())):
     out[f"2afc_{attribute}"] = float(100.0 * trials[attributes == attribute].mean())
-  return out
+  if not per_group:
+    return out
+  hits = ((t2i_hit & valid).sum(axis=1) + (i2t_hit & valid).sum(axis=1)) / (2 * valid.sum(axis=1))
+  return out, {"group_acc": (100.0 * hits).tolist()}
 
 
 # ----------------------------------------------------------------------------------------------

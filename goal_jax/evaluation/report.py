@@ -11,7 +11,14 @@ Results JSON, one file per evaluation run:
 
 Metric values are percentages in [0, 100]; `results` keeps the profile's benchmark order. An
 entry ranked by a method's own test-time score, not the embeddings' cosine, says which
-(`"scoring": "method:finelip"`), and its table row is marked †.
+(`"scoring": "method:finelip"`), and its table row is marked †. A within-group entry (task
+`hard_groups`) also keeps its per-group outcomes, what a bootstrap over test groups resamples
+(`evaluation/bootstrap.py`; files written before them lack the key), beside its metrics:
+
+  "Synthetic hard: within group": {..., "metrics": {"group_acc": 43.75, ...},
+                                   "per_group": {"group_acc": [37.5, 50.0, ...]}}
+
+one value per group in ascending group order (`metrics.hard_group_scores`); tables never show them.
 """
 import json
 import math
@@ -23,22 +30,30 @@ SCHEMA = "goal_jax.evaluation/1"
 MISSING = "–"
 
 
-def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None, ad_hoc=None):
+def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None, ad_hoc=None,
+                     per_group=None):
   """One `results` entry: the benchmark's identity, its sizes and its metrics.
 
   `ad_hoc`: why the run is not the paper's protocol (a split of another size), kept in the
   entry and marked in the table; the size check is then the caller's (it was done before).
+  `per_group`: {metric: one value per test group}, kept as the entry's `per_group`.
   """
   metrics = {str(k): float(v) for k, v in metrics.items()}
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:
     raise ValueError(f"benchmark {benchmark.name!r}: metric {bad[0]} is not finite")
+  per_group = {str(k): [float(x) for x in v] for k, v in (per_group or {}).items()}
+  bad = [k for k, v in per_group.items() if not all(math.isfinite(x) for x in v)]
+  if bad:
+    raise ValueError(f"benchmark {benchmark.name!r}: per-group {bad[0]} has a non-finite value")
   if ad_hoc is None and benchmark.num_images is not None and num_images is not None \
       and num_images != benchmark.num_images:
     raise ValueError(f"benchmark {benchmark.name!r} expects {benchmark.num_images} images "
                      f"({benchmark.dataset}:{benchmark.split}), got {num_images}")
   entry = {"task": benchmark.task, "dataset": benchmark.dataset, "split": benchmark.split,
            "num_images": num_images, "num_texts": num_texts, "metrics": metrics}
+  if per_group:
+    entry["per_group"] = per_group
   if ad_hoc:
     entry["ad_hoc"] = ad_hoc
   return entry
@@ -81,6 +96,10 @@ def read_results(path):
   for name, entry in document["results"].items():
     if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
       raise ValueError(f"{path}: benchmark {name!r} has no 'metrics' object")
+    per_group = entry.get("per_group", {})
+    if not isinstance(per_group, dict) or not all(isinstance(v, list)
+                                                  for v in per_group.values()):
+      raise ValueError(f"{path}: benchmark {name!r}: 'per_group' is not an object of lists")
   return document
 
 

@@ -13,7 +13,7 @@ Every task is `fn(embedder, params, data, benchmark, *, geometry, tokenizer) -> 
 - `hard_groups` (synthetic `test_hard`): every record's image and long caption, grouped by the
   group number in its id, with the attribute its id says it edits (`synthetic.parse_hard_id`) ->
   `metrics.hard_group_scores`: matching inside each group, and two-alternative accuracy per
-  attribute.
+  attribute; the entry also keeps each group's accuracy (`per_group`, for a bootstrap).
 - `zeroshot`: images of a user folder (ImageFolder layout) against the class prompts -> top-k.
 
 The tasks in `SCORED_TASKS` take `scoring`, a method's test-time scorer (`scoring.MethodScoring`):
@@ -104,12 +104,12 @@ def evaluate_hard_groups(embedder, params, source, benchmark, *,
   groups = np.array([group for group, _ in parsed], np.int64)
   edits = [edit for _, edit in parsed]
   if scoring is None:
-    values = metrics.hard_group_scores(image, text, groups, edits)
+    values, per_group = metrics.hard_group_scores(image, text, groups, edits, per_group=True)
   else:
-    values = metrics.hard_group_scores_from_similarity(scoring.similarity(image, text), groups,
-                                                       edits)
+    values, per_group = metrics.hard_group_scores_from_similarity(
+        scoring.similarity(image, text), groups, edits, per_group=True)
   return report.benchmark_result(benchmark, values, num_images=len(source),
-                                 num_texts=len(source))
+                                 num_texts=len(source), per_group=per_group)
 
 
 def evaluate_zeroshot(embedder, params, folder: str, benchmark, *,
