@@ -10,19 +10,26 @@ import nbformat
 from nbformat import v4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_URL = "https://github.com/goal-jax/goal_jax"  # where the package is published
+# The package is not on PyPI: the notebook installs it from where the user has it.
+SOURCE_PARAMETER = (
+    'GOAL_JAX_SOURCE = ""  # where to install goal_jax from when it is missing: a git URL\n'
+    '                      # (git+https://...), a wheel (.whl) or a folder holding a checkout\n'
+    '                      # (e.g. on Google Drive)')
 
-INSTALL = f'''\
+INSTALL = '''\
 import glob, importlib.util, os, subprocess, sys
 
 def pip(*packages):
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
 
 if importlib.util.find_spec("goal_jax") is None:  # Colab, or a fresh environment
+  if not GOAL_JAX_SOURCE:
+    raise SystemExit("goal_jax is not installed: set GOAL_JAX_SOURCE in the first cell to a git "
+                     "URL, a wheel or a folder holding a checkout, then run this cell again")
   from importlib.metadata import PackageNotFoundError, requires, version
   from packaging.version import Version
   # The package alone first: its pinned jax would replace the runtime's own CUDA/TPU build.
-  pip("--no-deps", "git+{REPO_URL}")
+  pip("--no-deps", GOAL_JAX_SOURCE)
   needs = [r.split(";")[0].strip() for r in requires("goal_jax") if "extra ==" not in r]
   pinned = next(r.split("==")[1] for r in needs if r.startswith("jax=="))
   try:
@@ -34,7 +41,7 @@ if importlib.util.find_spec("goal_jax") is None:  # Colab, or a fresh environmen
     tpu = glob.glob("/dev/accel*") or "COLAB_TPU_ADDR" in os.environ
     gpu = subprocess.run(["which", "nvidia-smi"], capture_output=True).returncode == 0
     extra = "[tpu]" if tpu else "[cuda12]" if gpu else ""
-    pip(f"jax{{extra}}=={{pinned}}")
+    pip(f"jax{extra}=={pinned}")
 import jax
 print("jax", jax.__version__, jax.devices())'''
 
@@ -66,23 +73,25 @@ def quickstart():
       md("**Parameters.** `FAST = True` runs a few steps of each phase (a smoke test: the "
          "numbers then mean little)."),
       _parameters('FAST = False\nMETHOD = "goal"  # goal, mulclip, global or longclip\n'
-                  'WORKDIR = "/tmp/goal_jax_quickstart"'),
-      md("## Install\n\nOn Colab (CPU, GPU or TPU runtime) this installs the package from GitHub "
-         "and keeps the runtime's own JAX when it is at least the pinned version (else it installs "
-         "the pinned one, for CUDA or TPU); locally, `pip install -e .` in the checkout first."),
+                  'WORKDIR = "/tmp/goal_jax_quickstart"\n' + SOURCE_PARAMETER),
+      md("## Install\n\nOn Colab (CPU, GPU or TPU runtime) this installs the package from "
+         "`GOAL_JAX_SOURCE` (a git URL, a wheel, or a Drive folder holding a checkout) and keeps "
+         "the runtime's own JAX when it is at least the pinned version (else it installs the "
+         "pinned one, for CUDA or TPU); locally, `pip install -e .` in the checkout first."),
       code(INSTALL),
-      md("## Train\n\n`configs/<method>.py:demo` is the method's recipe shrunk to the demo: a "
+      md("## Train\n\n`<method>.py:demo` is the method's recipe (shipped in `goal_jax/configs/`) "
+         "shrunk to the demo: a "
          "64 px CLIP with 8×8 patches, 64 text tokens (Long-CLIP's stretching of the 32 it was "
          "pretrained with), the embedded `synthetic` dataset. `goal_jax.demo.run_demo` prepares "
          "the data and the pretrained start (both cached in `~/.cache/goal_jax`), then runs the "
          "same training loop as `python -m goal_jax.train`, which evaluates at the end."),
       code('''\
-import importlib, os, shutil
-from goal_jax import demo
+import os, shutil
+from goal_jax import config_utils, demo
 from goal_jax.models import checkpoint as model_checkpoint
 
-config_module = {"global": "global_ft"}.get(METHOD, METHOD)
-config = importlib.import_module(f"configs.{config_module}").get_config("demo")
+recipe = {"global": "global_ft"}.get(METHOD, METHOD) + ".py"
+config = config_utils.load_config(config_utils.recipe_path(recipe), "demo")
 shutil.rmtree(WORKDIR, ignore_errors=True)  # start afresh: the trainer resumes a workdir
 pretrain_steps = demo.PRETRAIN_STEPS
 if FAST:  # a few steps of each phase: a smoke test whose numbers mean little
@@ -156,7 +165,7 @@ def byo_checkpoint_docci():
                   'DOCCI_DIR = "/content/docci"  # local disk (7.1 GB of images): fetched below\n'
                   'WORK = "/content/drive/MyDrive/goal_jax"  # survives a disconnect\n'
                   'METHOD = "goal"  # goal or mulclip\n'
-                  'BATCH, EPOCHS = 16, 10'),
+                  'BATCH, EPOCHS = 16, 10\n' + SOURCE_PARAMETER),
       code(INSTALL),
       md("## 0. Weights, DOCCI and a workdir that survives\n\nMounts Google Drive when `WORK` "
          "is on it, then downloads what is missing: `openai/clip-vit-base-patch16` from the "
@@ -183,8 +192,7 @@ if not os.path.isdir(f"{DOCCI_DIR}/images"):  # -> images/<example_id>.jpg
     tarfile.open(fileobj=stream, mode="r|gz").extractall(DOCCI_DIR, filter="data")
 print(len(os.listdir(f"{DOCCI_DIR}/images")), "DOCCI images")'''),
       code('''\
-import importlib, os, subprocess, sys
-CONFIGS = os.path.dirname(importlib.import_module("configs").__file__)
+import os, subprocess, sys
 START, DATA = f"{WORK}/clip_248", f"{WORK}/tfds"
 RUN = f"{WORK}/runs/{METHOD}"
 
@@ -218,7 +226,7 @@ if METHOD == "goal":
          "checkpoints as it goes and resumes if interrupted; `RUN/model` is the final CLIP."),
       code('''\
 run("goal_jax.train",
-    f"--config={CONFIGS}/{METHOD}.py:init={START},dataset={dataset},data_dir={DATA},"
+    f"--config=configs/{METHOD}.py:init={START},dataset={dataset},data_dir={DATA},"
     f"batch={BATCH},epochs={EPOCHS}",
     f"--workdir={RUN}")'''),
       md("## 4. Evaluate\n\nLong-caption retrieval on DOCCI's test split (Recall@1/5/10 both "

@@ -71,8 +71,8 @@ def test_byo_notebook_walks_the_users_path():
   for module, _, _ in calls:
     assert importlib.util.find_spec(module) is not None, module
   train_args = next(args for module, _, args in calls if module == "goal_jax.train")
-  assert train_args[1:] == ["--config=X/X.py:init=X,dataset=X,data_dir=X,batch=X,epochs=X",
-                            "--workdir=X"]
+  assert train_args[1:] == ["--config=configs/X.py:init=X,dataset=X,data_dir=X,batch=X,epochs=X",
+                            "--workdir=X"]  # resolved from any directory (config_utils)
   keys = [part.split("=")[0] for part in train_args[1].split(":", 1)[1].split(",")]
   assert set(keys) <= set(common.ARG_DEFAULTS)  # knobs every method config accepts
 
@@ -92,17 +92,38 @@ def test_byo_notebook_flags_exist():
     assert not missing, f"python -m {module} does not know {missing}"
 
 
+def _wheel_install(tmp_path):
+  """A non-editable install of a wheel built from the checkout, in its own folder: what a user
+  who installed the package has (no `configs/` link, no checkout on the path)."""
+  wheels, site = tmp_path / "wheels", tmp_path / "site"
+  pip = lambda *args: subprocess.run([sys.executable, "-m", "pip", *args], check=True,
+                                     capture_output=True, timeout=600)
+  pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), REPO_ROOT)
+  pip("install", "-q", "--no-deps", "--no-compile", "--target", str(site),
+      *map(str, wheels.glob("goal_jax-*.whl")))
+  return site
+
+
 def test_quickstart_executes(tmp_path, monkeypatch):
   """Runs the quickstart with FAST = True (8 pretraining and 6 fine-tuning steps) in a fresh
-  kernel, so the notebook cannot rot: install check, demo training, retrieval, curves, maps."""
+  kernel, so the notebook cannot rot: install check, demo training, retrieval, curves, maps.
+  It runs where users run it: in a scratch folder, against a wheel installed without `-e`."""
   import nbclient  # noqa: PLC0415
+  site = _wheel_install(tmp_path)
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setenv("PYTHONPATH", str(site))
   monkeypatch.setenv("GOAL_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("XLA_FLAGS", "")
   notebook = _read(os.path.join(NOTEBOOKS, "quickstart.ipynb"))
   parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-  parameters.source = f'FAST = True\nMETHOD = "goal"\nWORKDIR = {str(tmp_path / "run")!r}'
+  parameters.source = (f'FAST = True\nMETHOD = "goal"\nWORKDIR = {str(tmp_path / "run")!r}\n'
+                       'GOAL_JAX_SOURCE = ""')
+  notebook.cells.insert(0, nbformat.v4.new_code_cell(
+      "import goal_jax\nprint(goal_jax.__file__)"))
   nbclient.NotebookClient(notebook, timeout=1200, kernel_name="python3",
-                          resources={"metadata": {"path": REPO_ROOT}}).execute()
+                          resources={"metadata": {"path": str(scratch)}}).execute()
+  assert notebook.cells[0].outputs[0]["text"].startswith(str(site))  # the wheel, not the checkout
   outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
   markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
   assert any("| Benchmark |" in m for m in markdown)
@@ -123,6 +144,7 @@ subprocess.run = fake_run
 real_version = importlib.metadata.version
 importlib.metadata.version = lambda name: JAX if name == "jax" else real_version(name)
 importlib.metadata.requires = lambda name: ["jax==0.10.2", "flax==0.12.8", 'torch; extra == "torch"']
+GOAL_JAX_SOURCE = "/content/drive/MyDrive/goal_jax"
 exec(compile(SOURCE.split("import jax\\n")[0], "install", "exec"))
 print(json.dumps(calls))
 """
@@ -140,6 +162,26 @@ def test_install_cell_keeps_a_new_enough_preinstalled_jax(runtime_jax, last_call
   assert proc.returncode == 0, proc.stderr[-2000:]
   calls = __import__("json").loads(proc.stdout.splitlines()[-1])
   pips = [c for c in calls if c != ["which"]]
-  assert pips[0] == ["-q", "--no-deps", f"git+{_generator().REPO_URL}"]
+  assert pips[0] == ["-q", "--no-deps", "/content/drive/MyDrive/goal_jax"]
   assert pips[1] == ["-q", "flax==0.12.8"]  # the requirements but jax, extras left out
   assert pips[-1] == last_call and len(pips) == (2 if runtime_jax == "0.11.2" else 3)
+
+
+def test_install_cell_refuses_in_one_line_while_the_source_is_unset():
+  script = ("import importlib.util\n"
+            "importlib.util.find_spec = lambda name, *a: None\n"
+            f"GOAL_JAX_SOURCE = ''\nexec({_generator().INSTALL.split('import jax')[0]!r})\n")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 1 and proc.stdout == ""
+  assert proc.stderr.strip() == ("goal_jax is not installed: set GOAL_JAX_SOURCE in the first "
+                                 "cell to a git URL, a wheel or a folder holding a checkout, then "
+                                 "run this cell again")
+
+
+def test_every_notebook_has_the_source_parameter():
+  for name in _generator().NOTEBOOKS:
+    notebook = _read(os.path.join(NOTEBOOKS, name))
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'GOAL_JAX_SOURCE = ""' in parameters.source
+    assert not any("github.com/goal-jax" in c.source for c in notebook.cells)
