@@ -84,10 +84,23 @@ def enable_compilation_cache(path: str, min_compile_s: float = 1.0) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+class PlainFormatter(py_logging.Formatter):
+  """`warning: message`, as the commands' own `error:` lines read, instead of absl's
+  `W1204 12:00:00.123 4567 runner.py:72] message` prefix."""
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.levelno >= py_logging.WARNING:
+      return f"{record.levelname.lower()}: {message}"
+    return message
+
+
 def quiet_logs() -> None:
-  """Warnings and errors only, unless the user asked for `--verbosity`."""
+  """Warnings and errors only, as plain `warning:` lines, unless the user asked for
+  `--verbosity` (then absl's full format, with file and line)."""
   if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
     return
+  logging.get_absl_handler().setFormatter(PlainFormatter())
   logging.set_verbosity(logging.WARNING)
   for name in ("jax._src.xla_bridge", "absl", "orbax", "tensorflow_datasets"):
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
@@ -98,6 +111,12 @@ def fail(message: str, code: int = 1):
   """Prints `error: message` to stderr and exits with `code`."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   raise SystemExit(code)
+
+
+def error_lines(messages: Sequence[str]) -> str:
+  """Several failures as one message that prints one `error:` line each (`fail` prefixes the
+  first), e.g. every benchmark that is not prepared, each with its command."""
+  return "\nerror: ".join(messages)
 
 
 def check_args(argv: Sequence[str], required: Sequence[str] = (),

@@ -1,4 +1,4 @@
-"""Pictures of a model and a run: GOAL's attention map, sentence heat maps, training curves.
+r"""Pictures of a model and a run: GOAL's attention map, sentence heat maps, training curves.
 
   python -m goal_jax.visualize attention --checkpoint=CKPT --image=cat.jpg --out=cat_attn.png
   python -m goal_jax.visualize sentences --checkpoint=CKPT --image=cat.jpg \

@@ -75,7 +75,7 @@ def pair_loss(model, clip_params: dict, loss_config: ml_collections.ConfigDict
 def identity(tokens: jax.Array, batch: Mapping[str, jax.Array]) -> contrastive.RowIdentity:
   """Who each row of a contrastive term over `tokens` `[B, L]` is: its text and its record
   (`config.loss.duplicates` decides what two rows that are the same pair are to each other).
-  A batch without `record_index` (the bench's) counts each row as its own image."""
+  A batch without `record_index` (the bench's random one) counts each row as its own image."""
   return contrastive.row_identity(tokens, record_index(batch))
 
 
