@@ -53,8 +53,11 @@ def torch_wpr(visual, textual, attention_temperature, temperature):
   return torch.stack(image_terms).mean(), torch.stack(text_terms).mean()
 
 
-def torch_sap(sentences, patches, sentence_valid, logit_scale, temperature):
-  """Per index: aggregate each image's patches under its own sentence, InfoNCE over valid rows."""
+def torch_sap(sentences, patches, sentence_valid, logit_scale, temperature, detach=False):
+  """Per index: aggregate each image's patches under its own sentence, InfoNCE over valid rows;
+  `detach`: the sentences as constants (`sap_stop_gradient="sentence"`)."""
+  if detach:
+    sentences = sentences.detach()
   per_index = []
   for i in range(sentences.shape[1]):
     rows = np.flatnonzero(sentence_valid[:, i])
@@ -144,11 +147,13 @@ def torch_mulclip(outs, batch, params, logit_scale, options=OPTIONS):
       "global_summary": torch_infonce(t_outs["image"]["embedding"], t_outs["summary"], t_scale),
       "wpr_image": wpr_image, "wpr_text": wpr_text,
       "sap": torch_sap(t_outs["sentences"], visual, batch["sentence_valid"], t_scale,
-                       options.sap_temperature),
+                       options.sap_temperature, detach=options.sap_stop_gradient == "sentence"),
   }
   total = sum(mulclip.MULCLIP_WEIGHTS[k] * v for k, v in terms.items())
   total.backward()
-  grads = jax.tree.map(lambda x: x.grad.numpy(), (t_outs, t_params, t_scale))
+  # A leaf no term reaches (the sentences, when SAP stops their gradient) has no torch grad: 0.
+  grads = jax.tree.map(lambda x: np.zeros(x.shape, np.float32) if x.grad is None
+                       else x.grad.numpy(), (t_outs, t_params, t_scale))
   return total.item(), {k: v.item() for k, v in terms.items()}, grads
 
 

@@ -48,7 +48,7 @@ def get_config(arg=None):
   config.loss.sap_top_k = config_dict.placeholder(int)  # the k of top_k (alone: means top_k)
   config.loss.sap_logit_scale = "shared"  # | own (learnt, from CLIP's) | fixed (below)
   config.loss.sap_fixed_temperature = 0.07  # SAP's temperature when sap_logit_scale=fixed
-  config.loss.sap_stop_gradient = "none"  # | sentence: SAP trains the image side only
+  config.loss.sap_stop_gradient = "sentence"  # SAP trains the image side only | none
   if args.demo:
     # At init each calibrated token is a near-uniform average of the same tokens (mean pairwise
     # cosine .997 image / .979 text here; PyTorch's default init, which FineLIP uses, gives
