@@ -8,8 +8,10 @@ r"""Pictures of a model and a run: GOAL's attention map, sentence heat maps, tra
 `attention`: GOAL's map (last vision block, heads averaged, CLS removed, mean attention each
 patch receives; a SigLIP model, which has no class token, shows its pooling head's attention over
 the patches instead), bicubic to the image, 'jet' at alpha 0.5 over the image; the PNG has the size of
-the part of the image the model sees: the whole image with the default `--geometry=squash`, the
-central square with `center_crop`. `--heatmap_out` also writes the bare colour map.
+the part of the image the model sees: by default as `evaluate` and `embed` show it images, the
+geometry its family was trained with (CLIP: the central square, `center_crop`; SigLIP: the whole
+image, `squash`); `--geometry=squash` maps a CLIP over the whole image, squashed. `--heatmap_out`
+also writes the bare colour map.
 `sentences`: per sentence of the caption, the softmax over patches of cos(sentence, patch) /
 temperature (what MulCLIP's SAP aggregates): a grid at `--out` plus one PNG per sentence
 (`<out>_s<i>.png`). `curves`: every scalar of `metrics.jsonl` against the step (or `--keys`).
@@ -38,7 +40,6 @@ from goal_jax.text import sentences
 from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.training import metric_log
 
-DEFAULT_GEOMETRY = "squash"
 COMMANDS = ("attention", "sentences", "curves")
 FLAGS = flags.FLAGS
 EXPECTED = (FileNotFoundError, ValueError, UnidentifiedImageError)  # one `error:` line
@@ -52,23 +53,29 @@ def _image_fn(config):
       {"params": params}, images, True, method=model_class.encode_image))
 
 
-def encode_image(params, config, image: Image.Image, geometry: str = DEFAULT_GEOMETRY) -> dict:
+def geometry_of(config, geometry: str | None) -> str:
+  """`geometry`, or the one the model's family was trained with (as `evaluate` and `embed`)."""
+  return geometry or families.of(config).geometry
+
+
+def encode_image(params, config, image: Image.Image, geometry: str | None = None) -> dict:
   """One image through the vision tower with its attention (CLIP: the last block's; SigLIP: the
   pooling head's); host numpy outputs."""
   family = families.of(config)
-  pixels = images_lib.model_image(image, config.image_size, geometry, family.image_mean,
-                                  family.image_std)
+  pixels = images_lib.model_image(image, config.image_size, geometry_of(config, geometry),
+                                  family.image_mean, family.image_std)
   out = _image_fn(config)(params, jax.device_put(pixels[None]))
   return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
 
 
-def model_view(image: Image.Image, config, geometry: str) -> np.ndarray:
+def model_view(image: Image.Image, config, geometry: str | None) -> np.ndarray:
   """The part of the image the model sees, in the image's own pixels (uint8 RGB)."""
-  box = attention_maps.model_view_box((image.height, image.width), config.image_size, geometry)
+  box = attention_maps.model_view_box((image.height, image.width), config.image_size,
+                                      geometry_of(config, geometry))
   return np.asarray(image.crop(box).convert("RGB"))
 
 
-def attention_overlay(params, config, image: Image.Image, geometry: str = DEFAULT_GEOMETRY,
+def attention_overlay(params, config, image: Image.Image, geometry: str | None = None,
                       alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
   """(overlay, heat map), uint8 RGB of the model view's size, of GOAL's attention map."""
   out = encode_image(params, config, image, geometry)
@@ -89,7 +96,7 @@ def split_caption(caption: str, splitter: str = "sentencex") -> list[str]:
 
 
 def sentence_overlays(params, config, image: Image.Image, sentences: list[str], *,
-                      geometry: str = DEFAULT_GEOMETRY, temperature: float = 0.07,
+                      geometry: str | None = None, temperature: float = 0.07,
                       alpha: float = 0.5, tokenizer=None) -> tuple[np.ndarray, list[np.ndarray]]:
   """(weights [M, G, G], one overlay per sentence) of the sentence-conditioned patch maps;
   `tokenizer`: the model's (None: CLIP's)."""
@@ -161,8 +168,10 @@ def define_flags() -> None:
   cli.define_checkpoint_flag("Read by attention and sentences.")
   flags.DEFINE_string("image", None, "attention, sentences: image file.")
   flags.DEFINE_string("out", None, "Output PNG.")
-  flags.DEFINE_enum("geometry", DEFAULT_GEOMETRY, ("squash", "center_crop"),
-                    "attention, sentences: the part of the image the model sees.")
+  flags.DEFINE_enum("geometry", None, ("squash", "center_crop"),
+                    "attention, sentences: the part of the image the model sees (default: as "
+                    "its family was trained, center_crop for CLIP, squash for SigLIP, as "
+                    "evaluate and embed).")
   flags.DEFINE_float("alpha", 0.5, "attention, sentences: heat map opacity.")
   embedding.define_dtype_flag()
   flags.declare_key_flag("dtype")  # listed by --help with the command's own flags

@@ -14,7 +14,8 @@ def test_resolve_benchmarks():
   assert profile.name == "custom"
   assert [b.name for b in chosen] == ["goal/DOCCI", "longclip/DOCCI", "photos:test"]
   assert [b.split for b in chosen] == ["test+qual_test", "test", "test"]
-  with pytest.raises(ValueError, match="several profiles"):
+  with pytest.raises(ValueError, match="in 2 profiles, whose protocols differ: name one, "
+                                      "`goal/DOCCI`"):
     benchmark_spec.resolve_benchmarks("DOCCI")
   with pytest.raises(ValueError, match="unknown benchmark"):
     benchmark_spec.resolve_benchmarks("nonsense")

@@ -311,9 +311,9 @@ def test_custom_profile_results_and_table(data_dir, model, tmp_path):
 
 def test_missing_data_names_the_prepare_command(data_dir, tmp_path, model):
   params, config = model
-  with pytest.raises(FileNotFoundError, match=r"'docci' is not prepared.*`python -m "
-                     r"goal_jax\.prepare --dataset=docci --manual_dir=<raw files> "
-                     r"--data_dir=.*`"):
+  with pytest.raises(FileNotFoundError, match=r"'docci' split 'test' is not prepared.*`python "
+                     r"-m goal_jax\.prepare --dataset=docci --manual_dir=<raw files> "
+                     r"--data_dir=.* --split=test`"):
     runner.evaluate_benchmarks(params, config, "docci:test", tmp_path)
   # A missing split: only it (preparing one split keeps the others).
   with pytest.raises(FileNotFoundError, match=r"split 'train' is not prepared.*--split=train`"):
@@ -334,7 +334,8 @@ def test_evaluate_command(data_dir, model, tmp_path, capsys):
   assert report.markdown_table(document) in capsys.readouterr().out
   assert run_command(evaluate, f"--checkpoint={ckpt}", "--benchmarks=urban1k:test",
                      f"--data_dir={data_dir}") == 1
-  assert capsys.readouterr().err.startswith("error: dataset 'urban1k' is not prepared")
+  assert capsys.readouterr().err.startswith(
+      "error: Urban1k: dataset 'urban1k' split 'test' is not prepared")
 
 
 @pytest.mark.parametrize("args, code, start", [

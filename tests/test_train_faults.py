@@ -92,11 +92,16 @@ def test_an_exception_in_the_loop_still_completes_the_save_in_flight(data_dir, t
                      model_params(str(tmp_path / "straight")))
 
 
-def test_a_failing_evaluation_never_costs_the_model(data_dir, tmp_path):
-  """`docci:test` is not prepared: the evaluation during training is logged and skipped, the one
-  after training raises, and by then the model of the last step is saved. A rerun keeps it."""
+def test_a_failing_evaluation_never_costs_the_model(data_dir, tmp_path, monkeypatch):
+  """The evaluation fails (its data goes missing mid-run): the one during training is logged
+  and skipped, the one after training raises, and by then the model of the last step is saved.
+  A rerun keeps it. (Data missing at start-up stops the run before it starts:
+  tests/test_suggested_fixes.py.)"""
+  def fail(*args, **kwargs):
+    raise FileNotFoundError("dataset 'synthetic' split 'test' is not prepared")
+  monkeypatch.setattr(loop.runner, "evaluate_benchmarks", fail)
   config = tiny_config("global", data_dir, steps=3)
-  config.evals.benchmarks = "docci:test"
+  config.evals.benchmarks = "synthetic:test"
   config.eval_every = 2
   with pytest.raises(loop.EvaluationError, match=r"evaluation at step 3 failed"):
     loop.run(config, str(tmp_path))

@@ -12,7 +12,7 @@ from _cli import run_command
 from goal_jax import visualize
 from goal_jax.evaluation import attention_maps
 from goal_jax.losses import mulclip
-from goal_jax.models import checkpoint, clip
+from goal_jax.models import checkpoint, clip, families
 
 
 def test_goal_attention_map_matches_loops():
@@ -87,17 +87,20 @@ def ckpt(tmp_path_factory):
 
 
 def test_attention_png_has_the_image_size_and_overlays(ckpt, tmp_path):
+  """`--geometry=squash`: the whole image; the default is the family's (CLIP: the centre square,
+  as `evaluate` and `embed` show it images)."""
   path, params, config, image_path = ckpt
   out, heat_out = tmp_path / "attn.png", tmp_path / "heat.png"
   assert run_command(visualize, "attention", f"--checkpoint={path}", f"--image={image_path}",
-                     f"--out={out}", f"--heatmap_out={heat_out}") == 0
+                     f"--out={out}", f"--heatmap_out={heat_out}", "--geometry=squash") == 0
   image = np.asarray(Image.open(image_path).convert("RGB"))
   overlaid, heat = np.asarray(Image.open(out)), np.asarray(Image.open(heat_out))
   assert overlaid.shape == heat.shape == image.shape == (50, 70, 3)
   expected = np.round(0.5 * image.astype(float) + 0.5 * heat.astype(float))
   np.testing.assert_allclose(overlaid, expected, atol=1)
   # The heat map is the model's attention map through the documented steps.
-  out_model = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"))
+  out_model = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"),
+                                     "squash")
   assert out_model["attention"].shape == (config.vision_heads, 17, 17)
   grid_map = attention_maps.goal_attention_map(out_model["attention"])
   expected_heat = attention_maps.heat_image(
@@ -105,13 +108,14 @@ def test_attention_png_has_the_image_size_and_overlays(ckpt, tmp_path):
   np.testing.assert_array_equal(heat, expected_heat)
   cropped = tmp_path / "crop.png"
   assert run_command(visualize, "attention", f"--checkpoint={path}", f"--image={image_path}",
-                     f"--out={cropped}", "--geometry=center_crop") == 0
-  assert Image.open(cropped).size == (50, 50)
+                     f"--out={cropped}") == 0
+  assert Image.open(cropped).size == (50, 50)  # CLIP's own geometry: the centre square
+  assert visualize.geometry_of(config, None) == "center_crop" == families.of(config).geometry
 
 
 def test_encode_image_attention_is_the_last_blocks(ckpt):
   _, params, config, image_path = ckpt
-  out = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"))
+  out = visualize.encode_image(params, config, Image.open(image_path).convert("RGB"), "squash")
   weights = out["attention"]
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   # Recompute the last block's attention by hand from the tokens entering it (the output of a
@@ -142,7 +146,7 @@ def test_sentence_pngs(ckpt, tmp_path):
                      f"--out={out}", "--caption=A bright gradient fills the frame. The left side "
                      "is dark. The right side is light.") == 0
   for index in range(3):
-    assert Image.open(tmp_path / f"sent_s{index}.png").size == (70, 50)
+    assert Image.open(tmp_path / f"sent_s{index}.png").size == (50, 50)  # CLIP: centre square
   assert not (tmp_path / "sent_s3.png").exists()
   grid = Image.open(out)
   assert grid.format == "PNG" and grid.size[0] > grid.size[1]  # 3 panels in one row

@@ -19,6 +19,11 @@ entry ranked by a method's own test-time score, not the embeddings' cosine, says
                                    "per_group": {"group_acc": [37.5, 50.0, ...]}}
 
 one value per group in ascending group order (`metrics.hard_group_scores`); tables never show them.
+Benchmarks of the profile left out because their data is not there (`evaluate` runs what is
+prepared) are listed with the command that makes it, and under the tables as "not run":
+
+  "not_run": {"DOCCI": {"reason": "not prepared", "fix": "run `python -m goal_jax.prepare ...`",
+                        "commands": ["python -m goal_jax.prepare ..."]}}
 """
 import json
 import math
@@ -59,24 +64,30 @@ def benchmark_result(benchmark, metrics, *, num_images=None, num_texts=None, ad_
   return entry
 
 
-def results_document(profile, results, metadata=None):
+def results_document(profile, results, metadata=None, not_run=None):
   """The JSON document; `results` maps benchmark name -> benchmark_result, in profile order.
 
   `profile` is a registered profile's name or any `profiles.Profile` (registered or not).
+  `not_run`: {benchmark name: {"reason", "fix", "commands"}} of the profile's benchmarks left out
+  (`runner.NotRun.as_dict`: "not prepared" and the command that prepares it), kept as the
+  document's `not_run` and listed under the tables.
   """
   profile = profiles_lib.get_profile(profile) if isinstance(profile, str) else profile
   order = [b.name for b in profile.benchmarks]
-  unknown = [name for name in results if name not in order]
+  unknown = [name for name in [*results, *(not_run or {})] if name not in order]
   if unknown:
     raise ValueError(f"profile {profile.name!r} has no benchmark {unknown[0]!r}; have {order}")
   ordered = {name: results[name] for name in order if name in results}
-  return {"schema": SCHEMA, "profile": profile.name, "metadata": dict(metadata or {}),
-          "results": ordered}
+  document = {"schema": SCHEMA, "profile": profile.name, "metadata": dict(metadata or {}),
+              "results": ordered}
+  if not_run:
+    document["not_run"] = {name: dict(not_run[name]) for name in order if name in not_run}
+  return document
 
 
-def write_results(path, profile, results, metadata=None):
+def write_results(path, profile, results, metadata=None, not_run=None):
   """Writes the results JSON (atomically) and returns the document."""
-  document = results_document(profile, results, metadata)
+  document = results_document(profile, results, metadata, not_run)
   files.write_json(path, document)
   return document
 
@@ -100,6 +111,10 @@ def read_results(path):
     if not isinstance(per_group, dict) or not all(isinstance(v, list)
                                                   for v in per_group.values()):
       raise ValueError(f"{path}: benchmark {name!r}: 'per_group' is not an object of lists")
+  not_run = document.get("not_run", {})
+  if not isinstance(not_run, dict) or not all(isinstance(v, dict) and "reason" in v
+                                              for v in not_run.values()):
+    raise ValueError(f"{path}: 'not_run' is not an object of {{'reason', 'fix'}} objects")
   return document
 
 
@@ -162,4 +177,7 @@ def markdown_table(document, profile=None):
                      if entry.get("scoring")})
   notes += [f"†ranked by {s}, the trained method's test-time score, not the embeddings' cosine"
             for s in scorings]
+  notes += [f"{name}: not run: {entry['reason']}"
+            + (f"; {entry['fix']}" if entry.get("fix") else "")
+            for name, entry in document.get("not_run", {}).items()]
   return "\n\n".join(tables + (["\n".join(notes)] if notes else [])) + "\n"

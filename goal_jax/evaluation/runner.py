@@ -3,17 +3,22 @@
 One function serves the trainer's periodic evaluation and the `evaluate` command:
 `evaluate_benchmarks(params, model_config, benchmarks, data_dir)`. The spec is resolved by
 `benchmark_spec`, every benchmark's data is opened before any embedding is spent (`sources`, or
-the user's zero-shot folder), then each runs its task from the `tasks.TASKS` registry. The towers
-run in one jitted, batch-sharded step per batch (`embedding.Embedder`), compiled once per model
-config and mesh. Given a method's scorer (`scoring.MethodScoring`), the tasks that rank a gallery
-rank by it and their entries say so (`"scoring": "method:<name>"`); the others keep embeddings.
+the user's zero-shot folder), then each runs its task from the `tasks.TASKS` registry.
+`missing_data` says beforehand which benchmarks have no data yet and what makes it, so a caller
+can leave them out (`evaluate`) or refuse to start (the trainer). The towers run in one jitted,
+batch-sharded step per batch (`embedding.Embedder`), compiled once per model config and mesh.
+Given a method's scorer (`scoring.MethodScoring`), the tasks that rank a gallery rank by it and
+their entries say so (`"scoring": "method:<name>"`); the others keep embeddings.
 """
 import dataclasses
+import time
 
 from absl import logging
 
+from goal_jax.data import unprepared
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
+from goal_jax.evaluation import profiles
 from goal_jax.evaluation import sources
 from goal_jax.evaluation import tasks
 from goal_jax.models import param_tree
@@ -30,6 +35,60 @@ def _benchmark_data(benchmark, data_dir, zeroshot_folders):
     raise ValueError(f"zero-shot benchmark {benchmark.name!r} needs an image folder "
                      f"(--zeroshot_folder with --zeroshot_classes={benchmark.zeroshot_set})")
   return folders[benchmark.zeroshot_set]
+
+
+@dataclasses.dataclass(frozen=True)
+class NotRun:
+  """A benchmark left out because its data is not there yet.
+
+  Attributes:
+    reason: "not prepared" (its split is not under the data_dir) or "no image folder" (a
+      zero-shot benchmark without `--zeroshot_folder`).
+    fix: what makes it runnable: "run `<command>`[, then `<command>`]" or the flags to pass.
+    commands: the commands in `fix`, in order (none for a folder).
+    message: one line naming the benchmark, what is missing and the fix.
+  """
+  reason: str
+  fix: str
+  commands: tuple[str, ...]
+  message: str
+
+  def as_dict(self) -> dict:
+    """The results JSON's `not_run` entry (`report.results_document`)."""
+    return {"reason": self.reason, "fix": self.fix, "commands": list(self.commands)}
+
+
+def _chosen(benchmarks) -> tuple:
+  """Benchmarks already resolved (`profiles.Benchmark`s), or a spec to resolve."""
+  if not isinstance(benchmarks, str) and benchmarks and all(
+      isinstance(b, profiles.Benchmark) for b in benchmarks):
+    return tuple(benchmarks)
+  return benchmark_spec.resolve_benchmarks(benchmarks)[1]
+
+
+def missing_data(benchmarks, data_dir, zeroshot_folders=None, *,
+                 data_dir_option: str = "--data_dir") -> dict[str, NotRun]:
+  """{name: NotRun} of the benchmarks whose data is not there yet, each with what makes it.
+
+  A split that `prepare` (or `lism`) would make is "not prepared"; a mistake no preparation
+  fixes (an unknown dataset or split, a data_dir that does not exist, shards that do not read)
+  raises, as `sources.open_split` does. `benchmarks`: a spec or resolved benchmarks.
+  """
+  missing = {}
+  for benchmark in _chosen(benchmarks):
+    if benchmark.task in tasks.FOLDER_TASKS:
+      if benchmark.zeroshot_set not in (zeroshot_folders or {}):
+        fix = (f"pass --zeroshot_folder=<ImageFolder of its test images> "
+               f"--zeroshot_classes={benchmark.zeroshot_set}")
+        missing[benchmark.name] = NotRun("no image folder", fix, (),
+                                         f"{benchmark.name}: not run: no image folder; {fix}")
+      continue
+    try:
+      sources.open_split(benchmark.dataset, benchmark.split, data_dir, data_dir_option)
+    except unprepared.NotPreparedError as e:
+      missing[benchmark.name] = NotRun("not prepared", f"run {unprepared.quoted(e.commands)}",
+                                       e.commands, f"{benchmark.name}: {e}")
+  return missing
 
 
 def _ad_hoc_note(benchmark, data) -> str | None:
@@ -52,7 +111,8 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
     params: CLIP params (host arrays, or device arrays on a mesh: used where they are); with
       `scoring`, the method's whole tree `{"clip": ..., **its params}`.
     model_config: their `CLIPConfig`.
-    benchmarks: a spec for `benchmark_spec.resolve_benchmarks` (profile, names, `dataset:split`).
+    benchmarks: a spec for `benchmark_spec.resolve_benchmarks` (profile, names, `dataset:split`),
+      or benchmarks it resolved (`missing_data` leaves out those not prepared).
     data_dir: where `python -m goal_jax.prepare` wrote the shards.
     batch_size: global rows per device step (rounded up to a multiple of the device count).
     mesh: devices to shard over; default the params' mesh, else all devices.
@@ -64,7 +124,7 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
     embedder: an `embedding.Embedder` (or an object with its methods) to use instead.
     verbose: print each benchmark's metrics as it finishes.
   """
-  _, chosen = benchmark_spec.resolve_benchmarks(benchmarks)
+  chosen = _chosen(benchmarks)
   data = {b.name: _benchmark_data(b, data_dir, zeroshot_folders)  # fail before any long run
           for b in chosen}
   ad_hoc = {b.name: note for b in chosen if (note := _ad_hoc_note(b, data[b.name]))}
@@ -78,7 +138,10 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
     scored = embedding.Embedder(model_config, embedder.mesh, batch_size, features=scoring)
     params = scored.place(param_tree.merge(clip_params, param_tree.extras_of(params)))
   results = {}
+  if verbose and chosen:  # jit compiles inside the first benchmark: a pause, said beforehand
+    print(f"{len(chosen)} benchmark(s); the first also compiles the embedding steps", flush=True)
   for benchmark in chosen:
+    started = time.perf_counter()
     if benchmark.name in ad_hoc:  # the size check is done: the entry carries the note instead
       benchmark = dataclasses.replace(benchmark, num_images=None)
     task = tasks.TASKS[benchmark.task]
@@ -94,5 +157,5 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
     results[benchmark.name] = result
     if verbose:
       shown = ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items())
-      print(f"{benchmark.name}: {shown}", flush=True)
+      print(f"{benchmark.name}: {shown} ({time.perf_counter() - started:.1f} s)", flush=True)
   return results

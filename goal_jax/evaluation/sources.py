@@ -1,8 +1,9 @@
 """The records a benchmark reads: prepared splits, decoded, and GOAL's test-time local pairs.
 
-`open_split` fails with the `prepare` command to run when a split is missing, so an evaluation
-stops before any embedding is spent. `LocalPairSource` turns each record's best local pair into a
-record of its own (the crop and its sentence), which GOAL's joint test adds to the gallery.
+`open_split` fails with the command to run when a split is missing (`data.unprepared`), so an
+evaluation stops, or leaves the benchmark out, before any embedding is spent. `LocalPairSource`
+turns each record's best local pair into a record of its own (the crop and its sentence), which
+GOAL's joint test adds to the gallery.
 """
 from typing import Any, Mapping, Sequence
 
@@ -11,7 +12,7 @@ import numpy as np
 from goal_jax.data import builder
 from goal_jax.data import detail as detail_lib
 from goal_jax.data import images
-from goal_jax.data import raw
+from goal_jax.data import unprepared
 
 
 class DecodedSource:
@@ -31,31 +32,19 @@ class DecodedSource:
     return builder.decode_record(self._sources[part][index - int(self._offsets[part])])
 
 
-def _prepare_command(dataset, data_dir, splits=()):
-  """The `prepare` command of `splits` (all when empty); the dataset's other splits are kept."""
-  manual = " --manual_dir=<raw files>" if raw.get_reader(dataset).needs_manual_dir else ""
-  split_flag = f" --split={','.join(splits)}" if splits else ""
-  return (f"python -m goal_jax.prepare --dataset={dataset}{manual} --data_dir={data_dir}"
-          f"{split_flag}")
-
-
-def open_split(dataset: str, split: str, data_dir) -> DecodedSource:
-  """Decoded records of a prepared `dataset` split (TFDS `a+b` syntax), or a clear error."""
+def open_split(dataset: str, split: str, data_dir,
+               data_dir_option: str = "--data_dir") -> DecodedSource:
+  """Decoded records of a prepared `dataset` split (TFDS `a+b` syntax), or the error that says
+  what is missing and the command that makes it (`data.unprepared.explain`; `data_dir_option`
+  is the option that set `data_dir`, named when it does not exist)."""
   if data_dir is None:
     raise ValueError(f"dataset {dataset!r} needs --data_dir: where `prepare` wrote the shards")
   try:
     return DecodedSource([builder.load_source(dataset, part, data_dir)
                           for part in split.split("+")])
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f"dataset {dataset!r} is not prepared under {data_dir}; run "
-        f"`{_prepare_command(dataset, data_dir)}`") from e
-  except ValueError as e:  # prepared, but not this split
-    kept = list(builder.prepared_metadata(dataset, data_dir).get("reports", {}))
-    missing = [p for p in split.split("+") if p not in kept]
-    raise FileNotFoundError(
-        f"dataset {dataset!r} split {split!r} is not prepared ({e}); run "
-        f"`{_prepare_command(dataset, data_dir, missing)}`") from e
+  except (FileNotFoundError, ValueError) as e:
+    raise unprepared.explain(dataset, split, data_dir, data_dir_option=data_dir_option,
+                             cause=e) from e
 
 
 def best_local_pair(record: Mapping[str, Any]) -> int | None:

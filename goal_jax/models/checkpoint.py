@@ -11,7 +11,9 @@ alone in `<dir>/params`, so every reader of a CLIP loads them strictly, as befor
 A trainer's intermediate checkpoint, `<workdir>/checkpoints/<step>`, reads as a model too: its
 CLIP params come out of the train state, and its architecture from `<workdir>/model_config.json`,
 which the trainer writes at start. So `evaluate`, `embed`, `visualize` and `export_hf` take any
-step of a run, not only its final `<workdir>/model`.
+step of a run, not only its final `<workdir>/model`; the trainer's `init` takes only a model
+(a step would start from weights its run has not finished with). A folder that is not a model
+(a Hugging Face folder, a workdir) gets an error naming the fix (`not_a_model`).
 """
 import dataclasses
 import json
@@ -135,25 +137,100 @@ def _train_workdir(directory: str) -> str | None:
   return None
 
 
-def _not_a_model(directory: str) -> str:
-  """Why `directory` is not a model checkpoint, and which folder near it is."""
-  message = f"{directory} is not a model checkpoint"
+# What a Hugging Face model folder keeps its weights in (`convert` reads such a folder).
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                   "pytorch_model.bin.index.json")
+
+
+def is_model(directory: str, steps: bool = True) -> bool:
+  """Whether `load_model` reads `directory`: a model checkpoint, or (`steps`) a trainer's
+  checkpoint step whose workdir holds the architecture."""
+  if os.path.isfile(os.path.join(directory, CONFIG_FILE)) and \
+      os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    return True
+  workdir = _train_workdir(directory) if steps else None
+  return workdir is not None and os.path.isfile(os.path.join(workdir, CONFIG_FILE))
+
+
+def _is_hf_folder(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, "config.json")) and any(
+      os.path.isfile(os.path.join(directory, name)) for name in HF_WEIGHT_FILES)
+
+
+def _converted_name(source: str) -> str:
+  """A new folder beside `source` for its conversion (`<source>_goal_jax`), or that folder if a
+  conversion is already there."""
+  base = os.path.splitext(os.path.abspath(source))[0] if os.path.isfile(source) else \
+      os.path.abspath(source)
+  candidate, n = f"{base}_goal_jax", 1
+  while os.path.exists(candidate) and not is_model(candidate, steps=False):
+    n += 1
+    candidate = f"{base}_goal_jax{n}"
+  return candidate
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  return sorted(int(name) for name in _listdir(os.path.join(workdir, "checkpoints"))
+                if name.isdigit())
+
+
+def _finished_model(workdir: str, option: str) -> str:
+  """Where a run's trained model is, or how to finish the run that makes it."""
+  model = os.path.join(workdir, "model")
+  if is_model(model, steps=False):
+    return f"its trained model is {model}: pass {option}={model}"
+  steps = _checkpoint_steps(workdir)
+  last = f" (last checkpoint: step {steps[-1]})" if steps else ""
+  return (f"its run has not finished{last}, so there is no {model} yet: rerun the "
+          f"`python -m goal_jax.train` command that started it (its config is "
+          f"{os.path.join(workdir, 'config.json')}) with --workdir={workdir} to finish it, then "
+          f"pass {option}={model}")
+
+
+def not_a_model(directory: str, label: str | None = None, option: str = "--checkpoint",
+                steps: bool = True) -> str:
+  """Why `directory` is not a model checkpoint, and the fix for what it is instead.
+
+  A Hugging Face folder or a weights file: the `convert` command into a new folder beside it.
+  A training workdir (or, where `steps` is False, one of its checkpoint steps): the run's final
+  `model/`, or how to finish the run. `label` starts the message (default `directory`); `option`
+  is how the caller names a model (`--checkpoint`, the trainer's `init`).
+  """
+  message = f"{label or directory} is not a model checkpoint"
+  if os.path.isfile(directory) or _is_hf_folder(directory):
+    out = _converted_name(directory)
+    what = "a weights file" if os.path.isfile(directory) else "a Hugging Face model folder"
+    if is_model(out, steps=False):
+      return f"{message} but {what}; its conversion is {out}: pass {option}={out}"
+    return (f"{message} but {what}; convert it into a new folder with `python -m "
+            f"goal_jax.convert --source={directory} --out={out}` and pass {option}={out}")
   workdir = _train_workdir(directory)
+  if workdir is not None and not steps:
+    return (f"{message} but a checkpoint step of the training run in {workdir}, which holds "
+            f"its optimizer state; {_finished_model(workdir, option)}")
   if workdir is not None:
     return (f"{message}: a training checkpoint whose workdir {workdir} has no {CONFIG_FILE} "
             "(runs from before this version do not write it); use that run's final "
             f"{workdir}/model")
+  is_workdir = os.path.isdir(os.path.join(directory, "checkpoints")) or \
+      os.path.isdir(os.path.join(directory, "model"))
+  if is_workdir and not steps:
+    return f"{message} but a training workdir; {_finished_model(directory, option)}"
   hints = []
   if os.path.isfile(os.path.join(directory, "model", CONFIG_FILE)):
     hints.append(f"its final model is {os.path.join(directory, 'model')}")
-  steps = sorted((int(name) for name in _listdir(os.path.join(directory, "checkpoints"))
-                  if name.isdigit()))
-  if steps:
-    hints.append(f"a checkpoint of it is {os.path.join(directory, 'checkpoints', str(steps[-1]))} "
-                 f"(steps {', '.join(map(str, steps))})")
+  found = _checkpoint_steps(directory)
+  if found:
+    hints.append(f"a checkpoint of it is {os.path.join(directory, 'checkpoints', str(found[-1]))} "
+                 f"(steps {', '.join(map(str, found))})")
   if hints:
     return f"{message}. It is a training workdir: {'; '.join(hints)}"
-  return f"{message}. Make one with `python -m goal_jax.convert` or `python -m goal_jax.train`"
+  if not os.path.exists(directory):
+    return (f"{message}: it does not exist. Convert a pretrained CLIP into it with `python -m "
+            f"goal_jax.convert --source=/path/to/clip-vit-base-patch16 --out={directory}`")
+  return (f"{message} (it has no {CONFIG_FILE} and {PARAMS_DIR}/): pass {option}=<a `convert` "
+          f"output or a run's W/model>, or convert a pretrained CLIP with `python -m "
+          f"goal_jax.convert --source=/path/to/clip-vit-base-patch16 --out=<a new folder>`")
 
 
 def _listdir(path: str) -> list[str]:
@@ -167,7 +244,7 @@ def load_config(directory: str) -> clip.CLIPConfig:
   if not os.path.isfile(path) and workdir is not None:
     path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(_not_a_model(directory))
+    raise FileNotFoundError(not_a_model(directory))
   with open(path) as f:
     return families.config_from_dict(json.load(f))
 
@@ -189,7 +266,7 @@ def load_model(directory: str, scan: bool | None = None,
   elif _train_workdir(directory) is not None:
     params = _restore_train_params(os.path.join(directory, TRAIN_STATE_DIR), abstract_params)
   else:  # e.g. a training workdir, which holds the model_config.json of its checkpoints
-    raise FileNotFoundError(_not_a_model(directory))
+    raise FileNotFoundError(not_a_model(directory))
   if scan is not None and scan != getattr(config, "scan", False):
     if not hasattr(config, "scan"):
       raise ValueError(f"{directory}: a {families.of(config).name} model has no scanned layout")

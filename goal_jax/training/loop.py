@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -20,12 +21,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from goal_jax import cli
 from goal_jax import methods
 from goal_jax import sharding
 from goal_jax.methods import base
 from goal_jax.data import builder as data_builder
 from goal_jax.data import pipeline
 from goal_jax.data import reproduction
+from goal_jax.data import unprepared
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import report
 from goal_jax.evaluation import runner
@@ -115,11 +118,11 @@ def load_init_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
         "and pass init=/ckpt/clip_b16 (--config=configs/<method>.py:init=...) or "
         "--config.model_init=...; init=random trains from random weights")
   path = config.model_init
-  if not os.path.isfile(os.path.join(path, model_checkpoint.CONFIG_FILE)):
-    raise SetupError(
-        f"config.model_init={path!r} is not a converted model checkpoint. Make one with\n"
-        f"  python -m goal_jax.convert --source=/path/to/clip-vit-base-patch16 --out={path}\n"
-        "(or --source=<file.pt> / open_clip:<file>), or pass --config.model_init=<dir>.")
+  if not model_checkpoint.is_model(path, steps=False):
+    # A Hugging Face folder, a weights file, a training workdir or one of its steps: the message
+    # names the `convert` command (into a new folder) or the run's finished `model/`.
+    raise SetupError(model_checkpoint.not_a_model(path, label=f"init={path}", option="init",
+                                                  steps=False))
   params, init_config = model_checkpoint.load_model(path, scan=config.model.scan)
   params = jax.device_get(params)
   tower, name = positions.text_positions_path(params)
@@ -147,15 +150,43 @@ def input_config(config: ml_collections.ConfigDict, model_config) -> ml_collecti
 
 
 def check_data(config: ml_collections.ConfigDict):
-  """The training split's source; a missing dataset stops the run with the command to make it."""
+  """The training split's source; one that does not open stops the run with what is wrong and
+  the fix for that case (`data.unprepared`: a misspelled name, a split the dataset lacks, LISM's
+  output, no data_dir, or the `prepare` command)."""
   name, split, data_dir = config.input.dataset, config.input.split, config.input.data_dir
   try:
     return data_builder.load_source(name, split, data_dir)
-  except Exception as e:  # noqa: BLE001 - any failure to open means "not prepared"
-    raise SetupError(
-        f"dataset {name!r} split {split!r} is not prepared under {data_dir!r} ({e}). Prepare it:\n"
-        f"  python -m goal_jax.prepare --dataset={name} --manual_dir=/path/to/raw/{name} "
-        f"--data_dir={data_dir}") from e
+  except Exception as e:  # noqa: BLE001 - any failure to open: `explain` says which case
+    raise SetupError(str(unprepared.explain(
+        name, split, data_dir, split_option="--config.input.split={split}",
+        data_dir_option="--config.input.data_dir", cause=e))) from e
+
+
+def check_benchmarks(config: ml_collections.ConfigDict) -> None:
+  """A run with `config.evals.benchmarks` evaluates them: a benchmark without data stops it
+  before it starts, one `error:` line each with the command that prepares it, rather than after
+  training (or, during training, with the evaluation silently skipped)."""
+  spec = config.evals.benchmarks
+  if not spec:
+    return
+  data_dir = config.evals.data_dir or config.input.data_dir
+  option = "--config.evals.data_dir" if config.evals.data_dir else "--config.input.data_dir"
+  try:
+    _, chosen = benchmark_spec.resolve_benchmarks(spec)
+    missing = runner.missing_data(chosen, data_dir, data_dir_option=option)
+  except (ValueError, FileNotFoundError) as e:
+    raise SetupError(f"config.evals.benchmarks={spec!r}: {e}") from None
+  lines = []
+  for name, not_run in missing.items():
+    if not_run.commands:
+      lines.append(f"config.evals.benchmarks: {not_run.message}")
+    else:  # a zero-shot folder: the trainer takes none
+      lines.append(f"config.evals.benchmarks: {name} needs an image folder, which training "
+                   f"does not take: leave it out and run `python -m goal_jax.evaluate "
+                   f"--checkpoint=<workdir>/model --benchmarks=zeroshot/{name} "
+                   f"{not_run.fix.removeprefix('pass ')}` after training")
+  if lines:
+    raise SetupError(cli.error_lines(lines))
 
 
 def check_sizes(config: ml_collections.ConfigDict, num_records: int) -> None:
@@ -282,14 +313,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _run(config, workdir, preempted) -> dict[str, Any]:
+  for field in (config.input, config.evals):  # `~/tensorflow_datasets`, as `prepare` reads it
+    field.data_dir = os.path.expanduser(field.data_dir) if field.data_dir else field.data_dir
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
+  source = check_data(config)  # the data first: cheap to check, and nothing is loaded yet
+  check_benchmarks(config)
   init_params, init_config = load_init_params(config)
   if init_config is not None:  # the init decides the architecture; config.json says which
     config.model.variant = families.variant_of(init_config) or "custom (see model_init)"
   model_config = model_config_from(config, init_config)
   tokenizer = tokenizer_of(config, model_config)
   family = families.of(model_config)
-  source = check_data(config)
   num_records = len(source)
   method = methods.get(config.method)
   try:
@@ -339,6 +373,10 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         f"{config.model.variant} from {config.model_init}; workdir {workdir}")
     if start:
       say(f"resumed from step {start} ({checkpointer.step_dir(start)})")
+    if not config.evals.benchmarks:
+      say("no evaluation configured (config.evals.benchmarks is empty): add "
+          "--config.evals.benchmarks=<profile or dataset:split> to evaluate during and after "
+          "training")
 
     train_step = training.step_fn
     evaluator = make_evaluator(config, model_config, tokenizer, data_config.geometry)
@@ -351,9 +389,17 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
           jax.set_mesh(mesh):
         for step in range(start + 1, total_steps + 1):
           host_batch = next(data_iter)
-          record_ids = host_batch.pop("record_index")
+          record_ids = host_batch["record_index"]  # the step reads it too: duplicate images
           batch = sharding.make_global_batch(host_batch, mesh)
+          first = step == start + 1 and is_main  # jit compiles on the first call: say so
+          if first:
+            bar.write("[train] compiling the training step (the first step waits for it)")
+            compile_start = time.perf_counter()
           state, scalars = train_step(state, batch)
+          if first:
+            jax.block_until_ready(scalars["loss"])
+            bar.write(f"[train] first step compiled and ran in "
+                      f"{time.perf_counter() - compile_start:.1f} s")
           guard(step, scalars, record_ids)  # checks the previous step: no stall
           if writer.due(step, total_steps):
             result["metrics"] = writer.write(step, {**scalars, **chrono.tick(step)})
