@@ -10,7 +10,9 @@ other). Pixels match with the processor's PIL backend, which transformers picks 
 is not installed; with torchvision, pass `backend="pil"` to `from_pretrained`, since the default
 torchvision resize resamples a few pixels one or more uint8 levels off PIL's. Text pooling matches
 as long as each sequence holds one EOT token (HF takes the first EOT, goal_jax the argmax). An
-output that is not empty is refused before any work unless `--overwrite`, which replaces it.
+output that is not empty is refused before any work unless `--overwrite`, which replaces an
+earlier export and nothing else: a folder holding any file the exporter does not write (a model
+card, the user's notes) is refused, so `--overwrite` never deletes what it did not write.
 """
 import json
 import math
@@ -36,6 +38,12 @@ OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 FLAGS = flags.FLAGS
 EXPECTED = (FileNotFoundError, ValueError)  # a bad checkpoint or output: one `error:` line
+# Every file an export writes (CLIP: the first three and the CLIPTokenizer's four; SigLIP: the
+# first three, spiece.model and tokenizer_config.json): all that `--overwrite` may replace.
+EXPORT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json",
+                          "vocab.json", "merges.txt", "special_tokens_map.json",
+                          "tokenizer_config.json", "spiece.model"})
+_LISTED = 3  # foreign files named in the refusal
 
 
 def hf_config(config: clip.CLIPConfig) -> dict:
@@ -125,9 +133,14 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
 
   The files go to `<out_dir>.tmp`, renamed into place at the end, so `overwrite` replaces an old
   export wholesale (no stale shard or tokenizer file survives) and a crash leaves none half-done.
-  A SigLIP checkpoint becomes a `SiglipModel` folder (`_export_siglip`).
+  An output holding anything but an earlier export's files (`EXPORT_FILES`) is refused before
+  any work, `overwrite` or not. A SigLIP checkpoint becomes a `SiglipModel` folder
+  (`_export_siglip`).
   """
   cli.check_output_dir(out_dir, overwrite, checkpoint_dir)
+  check_only_export_files(out_dir)
+  files.check_writable(out_dir, "--out", "pass --out=<a path in a writable folder>",
+                       renamed_in=True)  # built as <out>.tmp, renamed into place
   if geometry not in GEOMETRIES:
     raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
   params, config = checkpoint.load_model(checkpoint_dir)
@@ -151,12 +164,27 @@ def export(checkpoint_dir: str, out_dir: str, with_tokenizer: bool = True,
   return [os.path.join(out_dir, n) for n in names]
 
 
+def check_only_export_files(out_dir: str) -> None:
+  """Refuses an existing `out_dir` holding anything an export does not write."""
+  if not os.path.isdir(out_dir):
+    return
+  foreign = sorted(name for name in os.listdir(out_dir)
+                   if name not in EXPORT_FILES or not os.path.isfile(os.path.join(out_dir, name)))
+  if foreign:
+    named = ", ".join(foreign[:_LISTED]) + (f" and {len(foreign) - _LISTED} more"
+                                            if len(foreign) > _LISTED else "")
+    raise ValueError(f"--out {out_dir} holds {len(foreign)} file(s) an export does not write "
+                     f"({named}), which --overwrite would delete; choose an empty --out, or "
+                     "remove them")
+
+
 def define_flags() -> None:
   """The command's flags, defined when it runs: commands share flag names, absl's are global."""
   cli.define_checkpoint_flag()
   flags.DEFINE_string("out", None, "HF directory to write.")
   flags.DEFINE_bool("no_tokenizer", False, "Skip the tokenizer files.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+  flags.DEFINE_bool("overwrite", False, "Replace an earlier export (an output holding other "
+                    "files is refused).")
   flags.DEFINE_enum("geometry", "center_crop", GEOMETRIES,
                     "The image geometry the processor reproduces (as `embed --geometry`).")
 

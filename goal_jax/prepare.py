@@ -9,9 +9,12 @@ r"""Prepare a dataset: raw layout -> pre-segmented ArrayRecord shards, with a su
 every split whose raw files are present is prepared. A bad record stops the run with one `error:`
 line naming the dataset, the record and the file; `--skip_bad` skips it and counts it in the
 summary. `--nodetail` skips the full-resolution detail copy that GOAL's local crops and LISM read,
-for data that only MulCLIP or global fine-tuning reads. Preparing again is safe: a failed run
-leaves the earlier shards as they were. What a record holds, which splits are kept and compared:
-`goal_jax.data.prepare`, the library function this command calls.
+for data that only MulCLIP or global fine-tuning reads. Images under `--min_image_side` are bad
+records; a JPEG over `--max_image_pixels` is decoded at 1/2..1/8 size, another image over it is a
+bad record. Preparing again is safe: a failed or killed run leaves the earlier shards as they were
+(the next run removes what it left), and a second run into the same dataset stops at once, naming
+the first. What a record holds, which splits are kept and compared: `goal_jax.data.prepare`, the
+library function this command calls.
 """
 import json
 import os
@@ -19,13 +22,17 @@ import os
 from absl import flags
 
 from goal_jax import cli
+from goal_jax import files
+from goal_jax.data import images
 from goal_jax.data import prepare as prepare_lib
 from goal_jax.data import raw
 from goal_jax.data import records
 
 FLAGS = flags.FLAGS
-# Bad options, missing raw files, unwritable output: one `error:` line each (`cli.run`).
-EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Bad options, missing raw files, unwritable output, a dataset another run is writing: one
+# `error:` line each (`cli.run`).
+EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+            files.FolderBusyError)
 
 
 def define_flags() -> None:
@@ -38,6 +45,11 @@ def define_flags() -> None:
   flags.DEFINE_bool("detail", True, "also store the full-resolution detail copy that GOAL's "
                     "local crops and LISM read (--nodetail: none, for MulCLIP/global only)")
   flags.DEFINE_integer("detail_short_side", 0, "detail copy short side; 0 keeps the original")
+  flags.DEFINE_integer("min_image_side", records.MIN_IMAGE_SIDE,
+                       "an image with a side under this many pixels is a bad record; 0: none")
+  flags.DEFINE_integer("max_image_pixels", images.MAX_PIXELS,
+                       "a JPEG with more pixels is decoded at 1/2..1/8 size, another image is a "
+                       "bad record; 0: no limit")
   flags.DEFINE_string("splitter", "sentencex", "sentence splitter: sentencex, or goal")
   flags.DEFINE_enum("summary", "auto", ["auto", "first_sentence", "field", "none"],
                     "how each record's short summary caption is chosen")
@@ -62,7 +74,8 @@ def main(argv):
         image_short_side=FLAGS.image_short_side, splitter=FLAGS.splitter, summary=FLAGS.summary,
         skip_bad=FLAGS.skip_bad, jpeg_quality=FLAGS.jpeg_quality, num_workers=FLAGS.threads,
         seed=FLAGS.seed, version=FLAGS.version, detail=FLAGS.detail,
-        detail_short_side=FLAGS.detail_short_side, verbose=True)
+        detail_short_side=FLAGS.detail_short_side, min_image_side=FLAGS.min_image_side,
+        max_image_pixels=FLAGS.max_image_pixels, verbose=True)
   except records.BadRecordError as e:
     raise cli.Error(f"{e}. Fix or remove the record, or pass --skip_bad to skip it and count it "
                     "in the summary; earlier shards (if any) are left as they were") from None

@@ -17,6 +17,7 @@ from goal_jax import cli
 from goal_jax import config_utils
 from goal_jax import demo
 from goal_jax import distributed
+from goal_jax import files
 from goal_jax.training import checkpointing
 from goal_jax.training import loop
 from goal_jax.training import finite
@@ -35,9 +36,10 @@ _WORKDIR = flags.DEFINE_string(
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the resolved config (after the knobs and --config.* "
     "overrides) and exit without training.")
-# A bad setup, a busy workdir, a non-finite state, no intact checkpoint: one `error:` line each.
-EXPECTED = (loop.SetupError, workdir_lock.WorkdirBusyError, finite.NonFiniteError,
-            checkpointing.CheckpointError)
+# A bad setup, a busy or unwritable workdir, a non-finite state, no intact checkpoint: one
+# `error:` line each.
+EXPECTED = (loop.SetupError, workdir_lock.WorkdirBusyError, files.NotWritableError,
+            finite.NonFiniteError, checkpointing.CheckpointError)
 
 
 def main(argv):
@@ -48,6 +50,7 @@ def main(argv):
   if _WORKDIR.value is None:
     cli.fail("--workdir is required: the run's folder (rerunning there resumes)", code=2)
   workdir = _WORKDIR.value
+  files.check_writable(workdir, "--workdir", "pass --workdir=<a writable folder>")
   distributed.initialize()  # several processes (TPU pod, GPU cluster): before any JAX use
   try:
     # From here on SIGTERM stops cleanly (exit 0), also during start-up and data preparation.

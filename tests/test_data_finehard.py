@@ -68,7 +68,7 @@ def test_prepare_and_the_pipeline_regions(tmp_path):
   raw.mkdir()
   _write(raw, _entries())
   summary = prepare.prepare("finehard", data_dir, raw, image_short_side=None, num_workers=1,
-                            verbose=False)
+                            min_image_side=0, verbose=False)  # its images are 40x30 and 20x20
   assert summary["splits"]["train"]["written"] == 2
   record = builder.decode_record(builder.load_source("finehard", "train", data_dir)[0])
   sentences = [record["caption"][s:e] for s, e in

@@ -335,7 +335,7 @@ def test_prepared_synthetic_shards_end_to_end(tmp_path, monkeypatch):
   pytest.importorskip("goal_jax.text.sentences")
   prepare = pytest.importorskip("goal_jax.data.prepare")
   monkeypatch.setitem(synthetic.SPLIT_SIZES, "test", 6)
-  prepare.prepare("synthetic", str(tmp_path), splits=("test",), verbose=False)
+  prepare.prepare("synthetic", str(tmp_path), splits=("test",), version=2, verbose=False)
   config = _config(batch_size=4, fields="all", dataset="synthetic")
   batches = list(pipeline.make_dataset(config, str(tmp_path), split="test", train=False,
                                        process_index=0, process_count=1))
@@ -346,7 +346,8 @@ def test_prepared_synthetic_shards_end_to_end(tmp_path, monkeypatch):
   assert merged["record_index"].tolist() == list(range(6))
   assert merged["local_valid"].all()
   # Sentence 0 is the summary (no box); sentences 1.. are shapes (a box each); the local pair is
-  # a shape sentence, so its span and patches equal that sentence's row.
+  # a shape sentence, so its span and patches equal that sentence's row (of the 3 shapes the
+  # config's 4 sentences hold: version 2's first six best pairs are among them).
   assert not merged["patch_mask"][:, 0].any() and merged["patch_mask"][:, 1].any(-1).all()
   for k in range(6):
     rows = [m for m in range(1, 4)

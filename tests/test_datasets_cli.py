@@ -20,13 +20,11 @@ def test_lists_splits_sizes_splitter_and_local_pairs(tmp_path, monkeypatch):
                         cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [line.split() for line in proc.stdout.splitlines()[2:]]
-  assert rows == [
-      ["plain", "2.0.0", "train", "8", "sentencex", "full", "none"],
-      ["plain", "2.0.0", "test", "8", "sentencex", "full", "none"],
-      ["plain", "2.0.0", "test_hard", "8", "sentencex", "full", "none"],
-      ["synthetic", "2.0.0", "train", "8", "sentencex", "full", "100%", "of", "8", "read"],
-      ["synthetic", "2.0.0", "test", "8", "sentencex", "full", "100%", "of", "8", "read"],
-      ["synthetic", "2.0.0", "test_hard", "8", "sentencex", "full", "100%", "of", "8", "read"]]
+  splits = ("train", "test", "test_hard", "test_transfer", "test_transfer_hard")
+  assert rows == (
+      [["plain", "3.0.0", split, "8", "sentencex", "full", "none"] for split in splits]
+      + [["synthetic", "3.0.0", split, "8", "sentencex", "full", "100%", "of", "8", "read"]
+         for split in splits])
 
 
 def test_empty_or_missing_data_dir(tmp_path):

@@ -149,7 +149,7 @@ def test_existing_output_needs_overwrite_and_is_replaced(tmp_path, capsys):
                         config)
   out = tmp_path / "hf"
   out.mkdir()
-  (out / "stale.bin").write_text("an older export's file")
+  (out / "vocab.json").write_text("an older export's tokenizer file")
   export = lambda ckpt, dest, *args: run_command(
       export_hf, f"--checkpoint={ckpt}", f"--out={dest}", *args)
   last_error = lambda: capsys.readouterr().err.strip().splitlines()[-1]
@@ -165,6 +165,28 @@ def test_existing_output_needs_overwrite_and_is_replaced(tmp_path, capsys):
   assert re.match("error: the output .* is the source", last_error())
   assert export(tmp_path / "absent", tmp_path / "new") == 1
   assert re.match("error: .*absent is not a model checkpoint", last_error())
+
+
+def test_overwrite_refuses_a_folder_with_files_an_export_does_not_write(tmp_path, capsys):
+  """`--overwrite` replaces an earlier export only: a model card, say, is never deleted."""
+  config = clip.get_model_config("tiny/8")
+  checkpoint.save_model(tmp_path / "ckpt", refs.random_params(clip.abstract_params(config)),
+                        config)
+  out = tmp_path / "hf"
+  assert run_command(export_hf, f"--checkpoint={tmp_path / 'ckpt'}", f"--out={out}",
+                     "--no_tokenizer") == 0
+  for name in ("README.md", "notes.txt", "eval.json", "zz_extra.bin"):
+    (out / name).write_text("the user's")
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  capsys.readouterr()
+  assert run_command(export_hf, f"--checkpoint={tmp_path / 'ckpt'}", f"--out={out}",
+                     "--overwrite") == 1
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"error: --out {out} holds 4 file(s) an export does not write (README.md, eval.json, "
+      "notes.txt and 1 more), which --overwrite would delete; choose an empty --out, or remove "
+      "them"]
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+  assert not os.path.exists(f"{out}.tmp")
 
 
 def test_command_errors_are_one_line(tmp_path):

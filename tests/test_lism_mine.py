@@ -9,6 +9,7 @@ to the full image. With the `oracle` segmenter (the records' own boxes) the mine
 shape sentence must be its ground-truth box whenever the scene's colours are distinct.
 """
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -191,6 +192,34 @@ def test_killed_job_resumes_to_the_one_shot_output(prepared, scorer, tmp_path, m
   assert not list(folder.glob("*.tmp-*"))
   for a, b in zip(_pairs("synthetic_lism", "train", one_shot),
                   _pairs("synthetic_lism", "train", resumed)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_moved_data_dir_resumes_without_mining_again(prepared, scorer, tmp_path):
+  """The work folder records its source relative to data_dir: a data folder moved (or mounted
+  elsewhere) part way resumes where it stopped, to the uninterrupted run's output. So does a
+  work folder that recorded an absolute path (written by earlier versions)."""
+  one_shot = _copy_source(prepared, tmp_path / "one")
+  mine.run(one_shot, "synthetic", "train", scorer, "colour", OPTIONS, verbose=False)
+  before = _copy_source(prepared, tmp_path / "before")
+  first = mine.run(before, "synthetic", "train", scorer, "colour", OPTIONS, max_chunks=2,
+                   verbose=False)["mined"]
+  assert (first.chunks_mined, first.images_mined, first.complete) == (2, 10, False)
+  config_path = mine.work_root(before, "synthetic_lism") / "train" / mine.CONFIG_FILE
+  config = json.loads(config_path.read_text())
+  assert config["source_dir"] == "synthetic/1.0.0"
+  config["source_dir"] = os.path.join(before, "synthetic", "1.0.0")  # as earlier versions did
+  config_path.write_text(json.dumps(config))
+  moved = tmp_path / "moved" / "elsewhere"
+  moved.parent.mkdir()
+  os.rename(before, moved)
+  result = mine.run(str(moved), "synthetic", "train", scorer, "colour", OPTIONS,
+                    verbose=False)["mined"]
+  assert (result.chunks_before, result.chunks_mined, result.images_mined) == (
+      2, 2, NUM_IMAGES - 10)  # no image scored twice
+  for a, b in zip(_pairs("synthetic_lism", "train", one_shot),
+                  _pairs("synthetic_lism", "train", str(moved))):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
 

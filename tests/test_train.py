@@ -30,7 +30,8 @@ BATCH = 8
 def prepare_synthetic(root: str, train_records: int) -> str:
   """Prepares `synthetic` into `root` with `train_records` training and one batch of test records."""
   sizes = dict(synthetic.SPLIT_SIZES)
-  synthetic.SPLIT_SIZES.update(train=train_records, test=BATCH, test_hard=BATCH)
+  synthetic.SPLIT_SIZES.update(train=train_records, test=BATCH, test_hard=BATCH,
+                               test_transfer=BATCH, test_transfer_hard=BATCH)
   try:
     data_prepare.prepare("synthetic", root, verbose=False)
   finally:

@@ -10,9 +10,16 @@ in only when every split succeeded, carrying over the splits of the same version
 prepared again (see `build`). Each split also gets `<name>-<split>.ids.json`, its record ids, so a
 later preparation can check other splits for shared images without reading their shards.
 
-Reading: `load_source(name, split, data_dir)` -> TFDS `ArrayRecordDataSource` (len, random access,
-picklable) for `grain.MapDataset.source(...)`; items are dicts of numpy values with str fields as
-`bytes`. `decode_record(item)` turns one into plain Python/numpy types (str as `str`).
+Reading: `load_source(name, split, data_dir)` -> a `ShardSource` (len, random access, picklable)
+for `grain.MapDataset.source(...)`; items are dicts of numpy values with str fields as `bytes`.
+`decode_record(item)` turns one into plain Python/numpy types (str as `str`). A shard that no
+longer reads back (a flipped byte: Riegeli's "chunk data hash mismatch", a cut file) raises
+`CorruptShardError`, one line naming the file, the record and the `prepare` command to run.
+
+Writing: `prepare` and `lism` hold `DatasetLock(name, data_dir)` while they write
+`<data_dir>/<name>/`, so a second run into the same dataset stops at once; taking it removes the
+staging folders a killed run left there. TFDS's writer keeps a split's records in a file until it
+cuts the shards (`_RecordSpool`), so memory holds one record at a time, whatever the split's size.
 """
 import collections
 import concurrent.futures
@@ -21,17 +28,24 @@ import dataclasses
 import functools
 import glob
 import json
+import operator
 import os
 import pathlib
 import shutil
+import struct
 import tempfile
 from typing import Any, Callable, Iterable, Iterator
+import uuid
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 from tqdm import tqdm
 
 from goal_jax import files
+from goal_jax.data import images
+from goal_jax.data import raw
 from goal_jax.data import records
 from goal_jax.data.raw import DatasetReader
 
@@ -63,6 +77,8 @@ class PrepareOptions:
   generator: dict = dataclasses.field(default_factory=dict)  # embedded data: seed, version
   detail: bool = True  # store the detail copy for local crops and LISM (`goal_jax.data.detail`)
   detail_short_side: int = 0  # its short side; 0 = the original pixels (never upscaled)
+  min_image_side: int = records.MIN_IMAGE_SIDE  # a smaller image is a bad record
+  max_image_pixels: int = images.MAX_PIXELS  # above: JPEGs decoded smaller, others bad records
 
 
 class SplitReport:
@@ -74,12 +90,14 @@ class SplitReport:
     self.skipped_examples = collections.defaultdict(list)
     self.sentences, self.tokens = [], []
     self.ids: list[str] = []  # written record ids, for the shared-image check across splits
+    self.notes = collections.Counter()  # written records with a note (`CaptionStats.notes`)
 
   def add(self, stats: records.CaptionStats, record_id: str = ""):
     self.written += 1
     self.ids.append(record_id)
     self.sentences.append(stats.num_sentences)
     self.tokens.append(stats.num_tokens)
+    self.notes.update(stats.notes)
 
   def skip(self, error: records.BadRecordError):
     self.skipped[error.reason] += 1
@@ -98,6 +116,7 @@ class SplitReport:
                                "p95": float(np.percentile(tokens, 95)),
                                "max": int(tokens.max())},
         "truncated_share": float(np.mean(tokens > records.CAPTION_CONTEXT)),
+        "notes": dict(self.notes),
     }
 
 
@@ -159,7 +178,8 @@ def _tasks(dataset: str, items, options: PrepareOptions) -> Iterator[Callable[[]
       records.make_record, dataset=dataset, splitter=options.splitter,
       image_short_side=options.image_short_side, summary=options.summary,
       jpeg_quality=options.jpeg_quality, detail=options.detail,
-      detail_short_side=options.detail_short_side)
+      detail_short_side=options.detail_short_side, min_image_side=options.min_image_side,
+      max_image_pixels=options.max_image_pixels)
   for item in items:
     if isinstance(item, records.BadRecord):
       yield functools.partial(_raise, records.BadRecordError(
@@ -280,9 +300,10 @@ def build(name: str, reader: DatasetReader, data_dir, *, manual_dir=None, splits
 
 
 def generate(builder) -> None:
-  """Runs a TFDS builder's generation (no downloads: the records come from its reader)."""
+  """Runs a TFDS builder's generation (no downloads: the records come from its reader), holding
+  one record in memory at a time (`_RecordSpool`)."""
   tfds.disable_progress_bar()  # ours counts records, skips included
-  with tempfile.TemporaryDirectory() as downloads:
+  with tempfile.TemporaryDirectory() as downloads, _spooled_records():
     builder.download_and_prepare(
         download_dir=downloads,
         download_config=tfds.download.DownloadConfig(
@@ -290,9 +311,107 @@ def generate(builder) -> None:
 
 
 @contextlib.contextmanager
+def _spooled_records() -> Iterator[None]:
+  """TFDS's writer keeps the records of our (ordered) datasets in a `_RecordSpool` meanwhile."""
+  shuffler = tfds_shuffle.Shuffler
+  tfds_shuffle.Shuffler = _spool_or_shuffler(shuffler)
+  try:
+    yield
+  finally:
+    tfds_shuffle.Shuffler = shuffler
+
+
+def _spool_or_shuffler(shuffler):
+  """TFDS's `Shuffler` factory: a `_RecordSpool` for datasets kept in order (ours), else TFDS's."""
+  def make(dirpath, hash_salt, disable_shuffling: bool = False, **kwargs):
+    if disable_shuffling:
+      return _RecordSpool(dirpath)
+    return shuffler(dirpath, hash_salt, disable_shuffling=disable_shuffling, **kwargs)
+  return make
+
+
+class _RecordSpool:
+  """What TFDS's writer holds a split's records in until it cuts them into shards: one file.
+
+  Why: TFDS's `Shuffler` keeps every serialized record in memory up to 1 GB, then moves them to
+  bucket files through `tf.io.gfile`, which needs TensorFlow (not installed: a split over 1 GB,
+  some 500 photos of 12 MP with detail copies, failed with `No module named 'tensorflow'`); and
+  with TensorFlow the keys of a dataset kept in order all fall into its first bucket, which is
+  read back and sorted in memory: the whole split in RAM. Our records come in key order (0, 1,
+  2...), so nothing needs sorting: each is appended to a file next to the shards and read back in
+  order while the shards are written, then the file is deleted. Memory: one record.
+  """
+
+  _HEADER = struct.Struct("<QQ")  # key, size of the record
+
+  def __init__(self, dirpath):
+    self._path = os.path.join(os.fspath(dirpath), f"records-{uuid.uuid4().hex}.spool")
+    self._file = None
+    self._last_key = -1
+    self.num_examples = self.size = 0
+
+  @property
+  def bucket_lengths(self) -> list[int]:
+    return [self.num_examples]
+
+  def add(self, key, data: bytes) -> None:
+    if int(key) <= self._last_key:
+      raise ValueError(f"records must come in key order: key {key} after {self._last_key}")
+    if self._file is None:
+      os.makedirs(os.path.dirname(self._path), exist_ok=True)
+      self._file = open(self._path, "wb")  # pylint: disable=consider-using-with
+    self._last_key = int(key)
+    self._file.write(self._HEADER.pack(self._last_key, len(data)))
+    self._file.write(data)
+    self.num_examples += 1
+    self.size += len(data)
+
+  def __iter__(self) -> Iterator[tuple[int, bytes]]:
+    if self._file is None:
+      return
+    self._file.close()
+    try:
+      with open(self._path, "rb") as spool:
+        while header := spool.read(self._HEADER.size):
+          key, size = self._HEADER.unpack(header)
+          yield key, spool.read(size)
+    finally:
+      os.remove(self._path)
+
+
+class DatasetLock(files.FolderLock):
+  """`with DatasetLock(name, data_dir):` — one run at a time writes `<data_dir>/<name>/`.
+
+  `prepare` and `lism` hold it for their whole run (`files.FolderLock`: a live holder is named in
+  the refusal, a stale one taken over with a warning). Once taken, the staging folders in it
+  (`.preparing-*`, see `build`) can only be a killed run's: they are removed, with a one-line
+  warning.
+  """
+
+  def __init__(self, name: str, data_dir):
+    super().__init__(pathlib.Path(data_dir) / name, what="dataset folder")
+
+  def acquire(self) -> None:
+    super().acquire()
+    stale = sorted(pathlib.Path(self.folder).glob(f"{_STAGING_PREFIX}*"))
+    for path in stale:
+      shutil.rmtree(path, ignore_errors=True)
+    if stale:
+      logging.warning("Removed %d staging folder(s) left in %s by a run that was killed: %s",
+                      len(stale), self.folder, ", ".join(p.name for p in stale))
+
+
+def check_data_dir(data_dir, name: str) -> None:
+  """Refuses, before any work, a `data_dir` where `<data_dir>/<name>/` cannot be written."""
+  files.check_writable(pathlib.Path(data_dir) / name, "the dataset folder",
+                       "pass --data_dir=<a writable folder>")
+
+
+@contextlib.contextmanager
 def staged_version_dir(name: str, version: str, data_dir) -> Iterator[pathlib.Path]:
   """Yields a staging data_dir; `<staging>/<name>/<version>`, once the block ends without an
-  error, replaces `<data_dir>/<name>/<version>` (see `build`). The staging folder always goes."""
+  error, replaces `<data_dir>/<name>/<version>` (see `build`). The staging folder always goes.
+  The caller holds `DatasetLock(name, data_dir)`."""
   parent = pathlib.Path(data_dir) / name
   created = not parent.exists()
   parent.mkdir(parents=True, exist_ok=True)
@@ -380,13 +499,114 @@ def dataset_dir(name: str, data_dir) -> pathlib.Path:
   return versions[-1]
 
 
-def load_source(name: str, split: str, data_dir):
+def load_source(name: str, split: str, data_dir) -> "ShardSource":
   """Random-access source of a prepared split (len, `[i]` -> dict; str fields as `bytes`)."""
   builder = tfds.builder_from_directory(os.fspath(dataset_dir(name, data_dir)))
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no prepared split {split!r} in {builder.data_dir}; "
                      f"prepared: {sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split)
+  return ShardSource(builder.as_data_source(split=split), name, split, data_dir)
+
+
+class CorruptShardError(ValueError):
+  """A prepared shard that does not read back; the message (one line) names the file, the
+  record and the command that writes the split again. Training saves its checkpoint first."""
+
+
+class ShardSource:
+  """The records of a prepared split: TFDS's `ArrayRecordDataSource` (len, `[i]`, picklable),
+  with a read that fails raised as `CorruptShardError`.
+
+  ArrayRecord files are Riegeli files whose chunks carry a hash, so a byte changed on disk (a bad
+  sector, a truncated copy) fails the read of the records in that chunk, with Riegeli's
+  "chunk data hash mismatch" as a bare `RuntimeError` from deep in the reader.
+  """
+
+  def __init__(self, source, name: str, split: str, data_dir):
+    self._source, self.name, self.split = source, name, split
+    self.data_dir = os.fspath(data_dir)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    index = operator.index(index)
+    if not 0 <= index < len(self._source):
+      raise IndexError(f"record {index} out of range [0, {len(self._source)})")
+    try:
+      return self._source[index]
+    except Exception as e:  # noqa: BLE001 - any failure to read a record is the file's
+      raise CorruptShardError(self._corrupt_message(index, e)) from e
+
+  def __repr__(self) -> str:
+    return f"ShardSource({self.name}/{self.split} in {self.data_dir})"
+
+  def _corrupt_message(self, index: int, error: Exception) -> str:
+    where, in_file = f"a shard of {self.name}/{self.split} in {self.data_dir}", ""
+    # pylint: disable=protected-access
+    try:  # array_record's private mapping from a split's index to (file, position in it)
+      reader = self._source.data_source
+      file_index, position = reader._reader_idx_and_position(index)
+      where = f"shard {reader._read_instructions[file_index].filename}"
+      in_file = f" (record {position} of that file)" if position != index else ""
+    except Exception:  # noqa: BLE001 - a newer array_record: name the split only
+      pass
+    cause = " ".join(str(error).split()).split(" (")[0][:160] or type(error).__name__
+    return (f"{where} is corrupt: record {index} of {self.name}/{self.split}{in_file} does not "
+            f"read ({cause}); {rewrite_advice(self.name, self.data_dir, self.split)}")
+
+
+_FLAG_DEFAULTS = {"splitter": "sentencex", "image_short_side": 256, "summary": "auto",
+                  "jpeg_quality": 90, "detail": True, "detail_short_side": 0, "skip_bad": False,
+                  "min_image_side": records.MIN_IMAGE_SIDE,
+                  "max_image_pixels": images.MAX_PIXELS}
+
+
+def rewrite_advice(name: str, data_dir, split: str | None = None) -> str:
+  """What to run to write `split` (all: None) of a prepared dataset again as it was made.
+
+  From the dataset's metadata: `prepare` with its manual dir and the options that differ from
+  the flags' defaults, or for a LISM output the `lism` command (its matches are kept, so only
+  the output is written again).
+  """
+  try:
+    metadata = prepared_metadata(name, data_dir)
+  except (FileNotFoundError, OSError, ValueError):
+    metadata = {}
+  split_flag = f" --split={split}" if split else ""
+  if "lism" in metadata:
+    matching = metadata["lism"].get(split, {}).get("matching", {}) if split else {}
+    checkpoint = str(matching.get("scorer", "<the scorer's checkpoint>")).split(" dtype=")[0]
+    return (f"write the LISM output again (its mined matches are kept): python -m goal_jax.lism "
+            f"--data_dir={data_dir} --dataset={metadata.get('source_dataset', '<source>')}"
+            f"{split_flag} --out_dataset={name} --checkpoint={checkpoint} and the options it "
+            "was mined with")
+  entry = metadata.get("split_options", {}).get(split, metadata) if split else metadata
+  options = dict(entry.get("options") or {})
+  flags = [f"--dataset={name}"]
+  manual_dir = entry.get("manual_dir") or metadata.get("manual_dir")
+  if manual_dir:
+    flags.append(f"--manual_dir={manual_dir}")
+  elif name in raw.READERS and raw.get_reader(name).needs_manual_dir:
+    flags.append("--manual_dir=<the raw files>")
+  flags.append(f"--data_dir={data_dir}")
+  if split:
+    flags.append(f"--split={split}")
+  if "image_short_side" in options:
+    options["image_short_side"] = options["image_short_side"] or 0
+  for key, default in _FLAG_DEFAULTS.items():
+    value = options.get(key, default)
+    if value == default:
+      continue
+    if isinstance(value, bool):
+      flags.append(f"--{'' if value else 'no'}{key}")
+    else:
+      flags.append(f"--{key}={value}")
+  generator = options.get("generator") or {}
+  flags += [f"--{key}={generator[key]}" for key in ("seed", "version") if key in generator]
+  what = f"the split {split}" if split else "the dataset"
+  kept = " (its other splits are kept)" if split else ""
+  return f"prepare {what} again{kept}: python -m goal_jax.prepare {' '.join(flags)}"
 
 
 def version_dir(name: str, data_dir, version: str | None = None) -> pathlib.Path:

@@ -11,9 +11,17 @@ are rescaled, not clipped to white.
 The model's input is made here too, once: `model_image` (geometry, then OpenAI's mean/std) for
 every image the pipeline and the commands feed a model, and `normalize_image_on_device`, the same
 normalisation in jax.numpy for pixels sent to the device as uint8 (4x less traffic; LISM's crops).
+
+Size limits are this module's, not Pillow's (whose `DecompressionBombWarning` would print a raw
+warning at 89 MP): `open_rgb` decodes a JPEG over `max_pixels` at 1/2, 1/4 or 1/8 of its size
+(DCT scaling, `Image.draft`: the memory and time of the smaller image), and refuses any other
+image over it, and any JPEG over 64 times it, with `ImageTooLargeError`. The size comes from the
+header, so a file that only claims to be huge (a decompression bomb) is refused before decoding.
 """
 import contextlib
+import dataclasses
 import io
+import math
 import os
 from typing import Any, Iterator
 
@@ -23,8 +31,15 @@ from PIL import Image
 
 from goal_jax.data import geometry
 
-# Allow very large but legitimate photos (SA-1B, DOCCI), while still refusing absurd sizes.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The pixel limit of a decoded image (`open_rgb`, `prepare --max_image_pixels`): 100 MP holds
+# every camera photo up to medium format (100-102 MP) and phones' 108 MP full-resolution mode at
+# half size; decoded it is 300 MB of RGB, and preparation holds a few such copies per thread. Above
+# it a JPEG is decoded at 1/2..1/8 size (a 200 MP JPEG at 1/2: 50 MP), anything else is refused.
+MAX_PIXELS = 100_000_000
+_MAX_REDUCTION = 8  # JPEG's DCT scaling: 1/2, 1/4, 1/8
+# Pillow's own checks off: its warning is a raw line at 89 MP, its error a traceback at 179 MP.
+# `open_rgb` checks `MAX_PIXELS` itself, from the header, before decoding.
+Image.MAX_IMAGE_PIXELS = None
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _UINT16_MAX, _INT32_MAX = 65535, 2**31 - 1
 # Side of a detail tile (`encode_detail`): a multiple of 16, JPEG's largest block, so a tile's
@@ -44,7 +59,50 @@ class ImageDecodeError(ValueError):
   """The image exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
-def open_rgb(image: Any, *, min_short_side: int | None = None) -> Image.Image:
+class ImageTooLargeError(ImageDecodeError):
+  """The image has more pixels than the limit and cannot be decoded at a reduced size."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """What an image file says about itself before decoding: its size and Pillow's format name
+  (`JPEG`, `PNG`...; None for an array)."""
+  height: int
+  width: int
+  format: str | None
+
+
+def read_header(image: Any) -> Header:
+  """The size and format of a path, bytes or array, reading only the header of a file."""
+  if isinstance(image, np.ndarray):
+    return Header(int(image.shape[0]), int(image.shape[1]), None)
+  with _opened(image) as opened:
+    return Header(opened.size[1], opened.size[0], opened.format)
+
+
+def reduction(height: int, width: int, image_format: str | None,
+              max_pixels: int | None = MAX_PIXELS) -> int:
+  """The factor (1, 2, 4 or 8) `open_rgb` decodes an image at to stay within `max_pixels`.
+
+  Raises:
+    ImageTooLargeError: over the limit and not a JPEG, or a JPEG still over it at 1/8.
+  """
+  if not max_pixels or height * width <= max_pixels:
+    return 1
+  if image_format == "JPEG":
+    for factor in (2, 4, _MAX_REDUCTION):
+      if math.ceil(height / factor) * math.ceil(width / factor) <= max_pixels:
+        return factor
+  reduce = ("even at 1/8 size (JPEG's smallest decoding)" if image_format == "JPEG" else
+            f"and a {image_format or 'decoded'} image cannot be decoded at a reduced size "
+            "(only JPEGs can)")
+  raise ImageTooLargeError(
+      f"{width}x{height} pixels ({height * width / 1e6:.0f} MP) is over the "
+      f"{max_pixels / 1e6:g} MP limit {reduce}: downscale it, or raise --max_image_pixels")
+
+
+def open_rgb(image: Any, *, min_short_side: int | None = None,
+             max_pixels: int | None = MAX_PIXELS) -> Image.Image:
   """Decodes a path, encoded bytes or an HxWx3 uint8 array to a fully loaded RGB PIL image.
 
   The one image decoder (shards, the pipeline, LISM, evaluation, the commands), so every Pillow
@@ -55,10 +113,13 @@ def open_rgb(image: Any, *, min_short_side: int | None = None) -> Image.Image:
     min_short_side: if set, JPEG decoding may use DCT scaling (`Image.draft`) down to a short
       side no smaller than this: a several-fold faster decode of big photos. The caller must
       read the original size before that (see `encode_resized`).
+    max_pixels: a JPEG over it is decoded at 1/2..1/8 size (`reduction`), so the result may be
+      smaller than `min_short_side`; None: no limit. Arrays are taken as they are.
 
   Raises:
     FileNotFoundError: for a missing path.
-    ImageDecodeError: for anything that does not decode.
+    ImageTooLargeError: over `max_pixels` and not reducible below it (`reduction`).
+    ImageDecodeError: for anything else that does not decode.
   """
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
@@ -68,9 +129,17 @@ def open_rgb(image: Any, *, min_short_side: int | None = None) -> Image.Image:
     return Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1
                            else image).convert("RGB")
   with _opened(image) as opened:
+    width, height = opened.size
+    try:
+      factor = reduction(height, width, opened.format, max_pixels)
+    except ImageTooLargeError as e:
+      raise ImageTooLargeError(f"image {_describe(image)}: {e}") from None
+    request = (width // factor, height // factor)  # `draft` picks the largest scale fitting it
     if min_short_side and opened.format == "JPEG":
       scale = min(opened.size) / min_short_side
-      opened.draft("RGB", (int(opened.size[0] / scale), int(opened.size[1] / scale)))
+      request = (min(request[0], int(width / scale)), min(request[1], int(height / scale)))
+    if request != (width, height):
+      opened.draft("RGB", (max(1, request[0]), max(1, request[1])))
     return _to_rgb(opened)
 
 
@@ -82,7 +151,7 @@ def _opened(image: Any) -> Iterator[Image.Image]:
   try:
     with Image.open(source) as opened:
       yield opened
-  except FileNotFoundError:
+  except (FileNotFoundError, ImageDecodeError):
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ImageDecodeError(f"cannot decode image {_describe(image)}: {e}") from e
@@ -137,10 +206,8 @@ def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 def original_size(image: Any) -> tuple[int, int]:
   """(height, width) of the image as stored, reading only the header when it is a file/bytes."""
-  if isinstance(image, np.ndarray):
-    return int(image.shape[0]), int(image.shape[1])
-  with _opened(image) as opened:
-    return opened.size[1], opened.size[0]
+  header = read_header(image)
+  return header.height, header.width
 
 
 def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
@@ -153,15 +220,15 @@ def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, 
   return max(1, round(height * scale)), short_side
 
 
-def encode_resized(image: Any, *, short_side: int | None = 256,
-                   quality: int = 90) -> tuple[bytes, tuple[int, int]]:
+def encode_resized(image: Any, *, short_side: int | None = 256, quality: int = 90,
+                   max_pixels: int | None = MAX_PIXELS) -> tuple[bytes, tuple[int, int]]:
   """JPEG bytes of the image with its short side at most `short_side`, and its original size.
 
   Returns:
     (jpeg_bytes, (original_height, original_width)).
   """
   height, width = original_size(image)
-  decoded = open_rgb(image, min_short_side=short_side)
+  decoded = open_rgb(image, min_short_side=short_side, max_pixels=max_pixels)
   target_h, target_w = resized_size(height, width, short_side)
   if decoded.size != (target_w, target_h):
     decoded = decoded.resize((target_w, target_h), Image.Resampling.BICUBIC)
@@ -172,7 +239,8 @@ def encode_resized(image: Any, *, short_side: int | None = 256,
 
 def encode_detail(image: Any, *, short_side: int | None = None,
                   stored_hw: tuple[int, int] | None = None, quality: int = 90,
-                  tile: int = DETAIL_TILE) -> tuple[list[bytes], np.ndarray]:
+                  tile: int = DETAIL_TILE,
+                  max_pixels: int | None = MAX_PIXELS) -> tuple[list[bytes], np.ndarray]:
   """The detail copy of an image: JPEG tiles, and its layout `(height, width, tile side)`.
 
   The copy's short side is `short_side` (None or 0: the original pixels; never upscaled), so its
@@ -180,7 +248,8 @@ def encode_detail(image: Any, *, short_side: int | None = None,
   padded by repeating the edge pixels, so every tile has the same size and a crop decodes only the
   tiles it overlaps (`crop_detail`). When the copy would be no larger than the stored image
   (`stored_hw`), no tile is written and the layout is `(height, width, 0)`: the stored image
-  already holds every pixel there is.
+  already holds every pixel there is. A JPEG over `max_pixels` gives the copy it decodes to
+  (`open_rgb`: 1/2..1/8 size), never one scaled back up.
   """
   if tile <= 0 or tile % 16:
     raise ValueError(f"the detail tile side must be a positive multiple of 16, got {tile}")
@@ -188,19 +257,23 @@ def encode_detail(image: Any, *, short_side: int | None = None,
   detail_hw = resized_size(height, width, short_side or None)
   if stored_hw is not None and tuple(stored_hw) == detail_hw:
     return [], np.array([*detail_hw, 0], np.int32)
-  decoded = open_rgb(image, min_short_side=short_side or None)
+  decoded = open_rgb(image, min_short_side=short_side or None, max_pixels=max_pixels)
+  if decoded.height * decoded.width < detail_hw[0] * detail_hw[1]:  # reduced by the limit
+    detail_hw = (decoded.height, decoded.width)
   if decoded.size != detail_hw[::-1]:
     decoded = decoded.resize(detail_hw[::-1], Image.Resampling.BICUBIC)
   h, w = detail_hw
   rows, cols = -(-h // tile), -(-w // tile)
-  pixels = np.pad(np.asarray(decoded), ((0, rows * tile - h), (0, cols * tile - w), (0, 0)),
-                  mode="edge")
   tiles = []
-  for r in range(rows):
+  for r in range(rows):  # one tile's pixels at a time: no padded copy of the whole image
     for c in range(cols):
+      box = (c * tile, r * tile, min((c + 1) * tile, w), min((r + 1) * tile, h))
+      pixels = np.asarray(decoded.crop(box))
+      if pixels.shape[:2] != (tile, tile):  # the last row or column: repeat the edge pixels
+        pixels = np.pad(pixels, ((0, tile - pixels.shape[0]), (0, tile - pixels.shape[1]),
+                                 (0, 0)), mode="edge")
       out = io.BytesIO()
-      Image.fromarray(pixels[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]).save(
-          out, format="JPEG", quality=quality)
+      Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
       tiles.append(out.getvalue())
   return tiles, np.array([h, w, tile], np.int32)
 

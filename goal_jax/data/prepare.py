@@ -12,8 +12,15 @@ and a detail copy (`detail`) that GOAL's local crops and LISM read: the original
 its box overlaps (`goal_jax.data.detail`). Data that only MulCLIP or global fine-tuning reads needs
 none.
 
+Images with a side under `min_image_side` (32) are bad records; a JPEG over `max_image_pixels`
+(100 MP) is decoded at 1/2..1/8 size, another image over it is a bad record; an image whose
+content is another format than its extension says is read as what it is. The last two are counted
+in the summary's notes.
+
 Preparing again is safe: the shards are written into a staging folder next to the earlier ones and
 swapped in only when every split succeeded, so a failed run leaves the earlier shards as they were.
+One run at a time prepares a dataset (`builder.DatasetLock`: a second stops at once, naming the
+first), and an unwritable `data_dir` is refused before any work.
 Splits of that dataset version not prepared again are kept (the summary lists them, and warns
 when they were prepared with other options). An image id found in two splits (say train and
 test) is a warning in the summary, with the count; splits kept from an earlier run are compared
@@ -26,6 +33,7 @@ import pathlib
 from typing import Any, Sequence
 
 from goal_jax.data import builder as builder_lib
+from goal_jax.data import images
 from goal_jax.data import raw
 from goal_jax.data import records
 
@@ -37,7 +45,8 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
             summary: str = "auto", skip_bad: bool = False, jpeg_quality: int = 90,
             num_workers: int = 0, seed: int | None = None, version: int | None = None,
             detail: bool = True, detail_short_side: int = 0,
-            verbose: bool = True) -> dict[str, Any]:
+            min_image_side: int = records.MIN_IMAGE_SIDE,
+            max_image_pixels: int = images.MAX_PIXELS, verbose: bool = True) -> dict[str, Any]:
   """Writes the shards of dataset `name` under `<data_dir>/<name>/` and returns the summary.
 
   Args:
@@ -56,6 +65,9 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
     detail: also store the detail copy that GOAL's local crops and LISM read
       (`goal_jax.data.detail`); MulCLIP and global fine-tuning need none.
     detail_short_side: its short side: 0 keeps the original pixels; never upscaled.
+    min_image_side: an image with a smaller side is a bad record; 0: no minimum.
+    max_image_pixels: a JPEG over it is decoded at 1/2..1/8 size, another image over it is a bad
+      record; 0: no limit.
     verbose: print the summary.
 
   Returns:
@@ -67,9 +79,13 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
                     "examples": [...], "unchecked": kept splits without an id list}}.
   """
   records.check_detail_side(detail, detail_short_side, image_short_side)
+  if min_image_side < 0 or max_image_pixels < 0:
+    raise ValueError(f"min_image_side={min_image_side} and max_image_pixels={max_image_pixels} "
+                     "must be >= 0 (0: no limit)")
   reader = raw.get_reader(name)
   if reader.needs_manual_dir and manual_dir is None:
     raise ValueError(f"{name} needs --manual_dir: the folder with its raw files")
+  builder_lib.check_data_dir(data_dir, name)
   generator = _generator_options(name, reader, seed=seed, version=version)
   dropped = []
   if splits is None:
@@ -85,17 +101,31 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
   options = builder_lib.PrepareOptions(
       splitter=splitter, image_short_side=image_short_side or None, summary=summary,
       jpeg_quality=jpeg_quality, skip_bad=skip_bad, num_workers=num_workers,
-      generator=generator, detail=detail, detail_short_side=detail_short_side or 0)
+      generator=generator, detail=detail, detail_short_side=detail_short_side or 0,
+      min_image_side=min_image_side, max_image_pixels=max_image_pixels)
+  with builder_lib.DatasetLock(name, data_dir):
+    result = _build(name, reader, data_dir, manual_dir, splits, options, dropped)
+  if verbose:
+    print(format_summary(result))
+  return result
+
+
+def _build(name, reader, data_dir, manual_dir, splits, options, dropped) -> dict[str, Any]:
+  """`build`, then the summary (read while the lock is held: nothing moves under it)."""
   reports = builder_lib.build(name, reader, data_dir, manual_dir=manual_dir, splits=splits,
                               options=options)
   version = builder_lib.dataset_version(options)
   metadata = builder_lib.prepared_metadata(name, data_dir, version)
-  result = {
+  generator = options.generator
+  return {
       "dataset": name, "data_dir": str(pathlib.Path(data_dir) / name / version),
       "version": version, "options": {
-          "splitter": splitter, "image_short_side": options.image_short_side,
-          "summary": summary, "skip_bad": skip_bad, "jpeg_quality": jpeg_quality,
-          "detail": detail, "detail_short_side": options.detail_short_side, **generator},
+          "splitter": options.splitter, "image_short_side": options.image_short_side,
+          "summary": options.summary, "skip_bad": options.skip_bad,
+          "jpeg_quality": options.jpeg_quality, "detail": options.detail,
+          "detail_short_side": options.detail_short_side,
+          "min_image_side": options.min_image_side,
+          "max_image_pixels": options.max_image_pixels, **generator},
       "splits": {split: report.as_dict() for split, report in reports.items()},
       "dropped_empty": dropped,
       "kept_splits": list(reports.kept),
@@ -103,9 +133,6 @@ def prepare(name: str, data_dir, manual_dir=None, *, splits: Sequence[str] | Non
       "discarded_splits": dict(reports.discarded),
       "shared_ids": _shared_ids(name, reader, data_dir, version, reports),
   }
-  if verbose:
-    print(format_summary(result))
-  return result
 
 
 def _generator_options(name, reader, **given) -> dict[str, Any]:
@@ -185,6 +212,8 @@ def format_summary(result: dict[str, Any]) -> str:
     for reason, count in counts["skipped"].items():
       examples = ", ".join(counts["skipped_examples"].get(reason, []))
       lines.append(f"    skipped {count} ({reason}), e.g. {examples}")
+    for note, count in counts.get("notes", {}).items():
+      lines.append(f"    note: {count} record(s) written with {note}")
   if result["dropped_empty"]:
     lines.append(f"  empty splits not written: {', '.join(result['dropped_empty'])}")
   if result.get("kept_splits"):

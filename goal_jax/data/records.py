@@ -10,6 +10,7 @@ stops or (with `skip_bad`) counts the skip by reason.
 import dataclasses
 import functools
 import math
+import os
 import re
 from typing import Any, Mapping, NamedTuple
 
@@ -23,10 +24,20 @@ from goal_jax.text import tokenizer
 CAPTION_CONTEXT = 248  # Long-CLIP's stretched text context: a longer sentence never fits whole.
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in LISM's crops)
 SUMMARY_RULES = ("auto", "first_sentence", "field", "none")
+# The smallest image side a record may have (`prepare --min_image_side`): below it the stored
+# copy and every crop would be upscaled blur (a 224 px model input from under 32 px is 7x), and
+# such files are mostly icons, spacers and thumbnails that slipped into a crawl.
+MIN_IMAGE_SIDE = 32
+# Extensions and the format Pillow reads from such a file; another format is read (Pillow goes
+# by the content) and noted in the summary.
+_EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP",
+                      ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 # Reasons a record is bad; the preparation summary counts skips by these names.
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
+IMAGE_TOO_SMALL = "image_too_small"
+IMAGE_TOO_LARGE = "image_too_large"
 EMPTY_CAPTION = "empty_caption"
 NO_SENTENCE = "no_sentence"
 SENTENCE_TOO_LONG = "sentence_too_long"
@@ -100,6 +111,9 @@ class CaptionStats(NamedTuple):
   """Per-record numbers for the preparation summary."""
   num_sentences: int
   num_tokens: int  # CLIP BPE tokens of the whole caption, SOT and EOT included, untruncated
+  # What was done to a record that was written anyway, counted in the summary: "PNG content in
+  # a .jpg file (read as PNG)", "JPEG over --max_image_pixels (decoded at 1/2 size)".
+  notes: tuple[str, ...] = ()
 
 
 def features():
@@ -158,7 +172,9 @@ def best_pair(record: Mapping[str, Any], sentence: int | None = None) -> int | N
 def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex",
                 image_short_side: int | None = 256, summary: str = "auto",
                 jpeg_quality: int = 90, detail: bool = True,
-                detail_short_side: int | None = None) -> tuple[dict[str, Any], CaptionStats]:
+                detail_short_side: int | None = None, min_image_side: int = 0,
+                max_image_pixels: int | None = images.MAX_PIXELS
+                ) -> tuple[dict[str, Any], CaptionStats]:
   """Turns one raw example into a shard record (DESIGN.md schema) and its caption stats.
 
   Args:
@@ -172,6 +188,10 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
     detail: also store the detail copy that local crops and LISM read (`goal_jax.data.detail`).
     detail_short_side: its short side (None or 0: the original pixels; never upscaled); not
       below `image_short_side`.
+    min_image_side: a smaller image side is a bad record (`IMAGE_TOO_SMALL`); 0: none (the
+      preparation's default is `MIN_IMAGE_SIDE`).
+    max_image_pixels: a JPEG over it is decoded at 1/2..1/8 size (noted), another image over it
+      is a bad record (`IMAGE_TOO_LARGE`); None or 0: no limit (`images.reduction`).
 
   Raises:
     BadRecordError: with one of the reasons above.
@@ -201,16 +221,21 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
                 f"{CAPTION_CONTEXT} context: {caption[start:start + 80]!r}...")
 
   try:
+    notes = _check_image(example.image, min_image_side, max_image_pixels, bad)
     jpeg, original_size = images.encode_resized(
-        example.image, short_side=image_short_side, quality=jpeg_quality)
+        example.image, short_side=image_short_side, quality=jpeg_quality,
+        max_pixels=max_image_pixels)
     # The stored `image` is the same with or without a detail copy: only local crops change.
     tiles, detail_layout = [], np.zeros((3,), np.int32)
     if detail:
       tiles, detail_layout = images.encode_detail(
           example.image, short_side=detail_short_side, quality=jpeg_quality,
-          stored_hw=images.resized_size(*original_size, image_short_side))
+          stored_hw=images.resized_size(*original_size, image_short_side),
+          max_pixels=max_image_pixels)
   except FileNotFoundError as e:
     raise bad(MISSING_IMAGE, f"image not found: {e.filename or e}") from e
+  except images.ImageTooLargeError as e:
+    raise bad(IMAGE_TOO_LARGE, str(e)) from e
   except images.ImageDecodeError as e:
     raise bad(CORRUPT_IMAGE, str(e)) from e
 
@@ -245,7 +270,34 @@ def make_record(example: RawExample, *, dataset: str, splitter: str = "sentencex
       "pair_hard_negative_count": np.asarray([len(texts) for texts in negatives], np.int32),
   }
   num_tokens = len(tok.encode(caption, normalize=False)) + 2
-  return record, CaptionStats(len(spans), num_tokens)
+  return record, CaptionStats(len(spans), num_tokens, notes)
+
+
+def _check_image(image, min_side: int, max_pixels: int | None, bad) -> tuple[str, ...]:
+  """Refuses an image too small, or too large to decode; returns the notes on one written anyway.
+
+  Reads the header only: a refused image costs no decoding.
+  """
+  header = images.read_header(image)
+  named = f"image {os.fspath(image)}" if isinstance(image, (str, os.PathLike)) else "the image"
+  if min_side and min(header.height, header.width) < min_side:
+    raise bad(IMAGE_TOO_SMALL, f"{named} is {header.width}x{header.height} pixels, a side "
+              f"under --min_image_side={min_side}")
+  notes = []
+  if header.format is not None:  # arrays are taken as they are
+    try:
+      factor = images.reduction(header.height, header.width, header.format, max_pixels)
+    except images.ImageTooLargeError as e:
+      raise bad(IMAGE_TOO_LARGE, f"{named}: {e}") from None
+    if factor > 1:
+      notes.append(f"JPEG over --max_image_pixels (decoded at 1/{factor} size or less)")
+  if isinstance(image, (str, os.PathLike)):
+    extension = os.path.splitext(os.fspath(image))[1].lower()
+    expected = _EXTENSION_FORMATS.get(extension)
+    if expected and header.format and header.format != expected and not (
+        expected == "TIFF" and header.format.startswith("TIFF")):
+      notes.append(f"{header.format} content in a {extension} file (read as {header.format})")
+  return tuple(notes)
 
 
 def check_detail_side(detail: bool, detail_short_side: int | None,

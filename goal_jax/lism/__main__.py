@@ -10,7 +10,9 @@ r"""Mine local image-sentence pairs (GOAL's LISM) into a `<dataset>_lism` datase
       --segmenter_options=model_dir=/weights/sam-vit-huge,device=cuda
 
 The checkpoint is any converted model (`python -m goal_jax.convert`); GOAL matches with
-openai/clip-vit-large-patch14-336. Killed? Run the same command again: finished chunks are kept.
+openai/clip-vit-large-patch14-336. Killed? Run the same command again: finished chunks are kept,
+also when the data folder has moved. A second run into the same output stops at once, naming the
+first; an unwritable `--data_dir` is refused before the scorer is loaded.
 `--data_dir` defaults to ~/tensorflow_datasets. The output is the dataset `--out_dataset`
 (default `<dataset>_lism`) in the same data_dir; train on it with
 `--config.input.dataset=<out_dataset>`. Changing only `--selection/--top_k/--keep_full_image`
@@ -22,6 +24,7 @@ import os
 from absl import flags
 
 from goal_jax import cli
+from goal_jax import files
 from goal_jax.lism import mine
 from goal_jax.lism import scoring
 from goal_jax.lism import segmenters
@@ -70,6 +73,9 @@ def main(argv):
                      (_CHECKPOINT, "the scorer's model directory (python -m goal_jax.convert)")):
     if flag.value is None:
       cli.fail(f"--{flag.name} is required: {what}", code=2)
+  data_dir = os.path.expanduser(_DATA_DIR.value)
+  out = _OUT_DATASET.value or mine.default_output_name(_DATASET.value)
+  mine.check_output(data_dir, out)  # before the scorer's load, which takes a while
   scorer = scoring.load_scorer(_CHECKPOINT.value, _DTYPE.value)
   options = mine.MineOptions(
       segmenter=_SEGMENTER.value,
@@ -83,13 +89,13 @@ def main(argv):
       num_workers=_THREADS.value)
   rule = selection.SelectionOptions(_SELECTION.value, _TOP_K.value, _KEEP_FULL.value)
   scorer_id = f"{os.path.abspath(_CHECKPOINT.value)} dtype={_DTYPE.value or 'checkpoint'}"
-  result = mine.run(os.path.expanduser(_DATA_DIR.value), _DATASET.value, _SPLIT.value, scorer,
-                    scorer_id, options, rule, out=_OUT_DATASET.value, restart=_RESTART.value,
-                    max_chunks=_MAX_CHUNKS.value)
+  result = mine.run(data_dir, _DATASET.value, _SPLIT.value, scorer, scorer_id, options, rule,
+                    out=out, restart=_RESTART.value, max_chunks=_MAX_CHUNKS.value)
   if _SUMMARY_OUT.value:
     with open(_SUMMARY_OUT.value, "w", encoding="utf-8") as f:
       json.dump({"out": result["out"], "summaries": result["summaries"]}, f, indent=2)
 
 
 if __name__ == "__main__":
-  cli.run(main, expected=(ValueError, FileNotFoundError, FileExistsError, ImportError))
+  cli.run(main, expected=(ValueError, FileNotFoundError, FileExistsError, ImportError,
+                          files.FolderBusyError))

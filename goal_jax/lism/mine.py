@@ -16,7 +16,9 @@ context, chunk size), `chunk_NNNNNN.npz` (written atomically: a temporary file, 
 `selection.json`. A killed job re-run with the same settings skips the chunks on disk; chunks never
 share a device step, so the resumed output equals a one-shot run. Different settings are refused
 (`restart=True` discards the folder). The step sizes are not part of the config: changing them on
-resume can move scores by float rounding only.
+resume can move scores by float rounding only. The source is recorded relative to `data_dir`
+(`<dataset>/<version>`), so a data folder moved or mounted elsewhere resumes. One run at a time
+writes `<out>` (`builder.DatasetLock`, held by `run`).
 
 Output: the dataset `<out>` (default `<dataset>_lism`) under the same `data_dir`, one split per
 mined split (every split whose work folder is complete is rewritten together, each with its own
@@ -208,13 +210,27 @@ def matching_config(data_dir, dataset: str, split: str, num_records: int, option
   """Everything the matches depend on; a resume must agree on all of it."""
   return {
       "dataset": dataset, "split": split, "num_records": num_records,
-      "source_dir": str(builder.dataset_dir(dataset, data_dir).resolve()),
+      "source_dir": _relative_source(builder.dataset_dir(dataset, data_dir), data_dir),
       "segmenter": options.segmenter, "segmenter_options": dict(options.segmenter_options),
       "candidates": dataclasses.asdict(options.candidates),
       "crop_geometry": options.crop_geometry, "text_context": options.text_context,
       "chunk_images": options.chunk_images, "scorer": scorer_id,
       "source_images": source_image_options(data_dir, dataset, split),
   }
+
+
+def _relative_source(version_dir: pathlib.Path, data_dir) -> str:
+  """`<dataset>/<version>`: where the source is inside `data_dir`, wherever that is mounted."""
+  return version_dir.relative_to(pathlib.Path(data_dir)).as_posix()
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+  """A work config as compared on resume: a `source_dir` that older versions recorded as an
+  absolute path is taken by its last two parts (`<dataset>/<version>`), as now written."""
+  source = config.get("source_dir")
+  if isinstance(source, str) and os.path.isabs(source):
+    config = {**config, "source_dir": "/".join(pathlib.PurePath(source).parts[-2:])}
+  return config
 
 
 def source_image_options(data_dir, dataset: str, split: str) -> dict[str, Any]:
@@ -234,7 +250,7 @@ def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: boo
     stale.unlink()
   path = folder / CONFIG_FILE
   if path.is_file():
-    stored = json.loads(path.read_text())
+    stored = _comparable(json.loads(path.read_text()))
     diff = {k: (stored.get(k), config.get(k)) for k in set(stored) | set(config)
             if stored.get(k) != config.get(k)}
     if diff:
@@ -502,6 +518,21 @@ def run(data_dir, dataset: str, split: str, scorer: scoring.Scorer, scorer_id: s
     {"out", "mined": MineResult, "summaries": {split: summary}} (no summaries while incomplete).
   """
   out = out or default_output_name(dataset)
+  check_output(data_dir, out)
+  with builder.DatasetLock(out, data_dir):
+    return _run(data_dir, dataset, split, scorer, scorer_id, options, rule, out=out,
+                restart=restart, max_chunks=max_chunks, mesh=mesh, verbose=verbose)
+
+
+def check_output(data_dir, out: str) -> None:
+  """Refuses, before any work, an output `<data_dir>/<out>` that cannot be written or that
+  another live run is writing (the lock itself is taken by `run`)."""
+  builder.check_data_dir(data_dir, out)
+  builder.DatasetLock(out, data_dir).check_free()
+
+
+def _run(data_dir, dataset, split, scorer, scorer_id, options, rule, *, out, restart,
+         max_chunks, mesh, verbose) -> dict[str, Any]:
   result = mine_split(data_dir, dataset, split, scorer, scorer_id, options, out=out,
                       restart=restart, max_chunks=max_chunks, mesh=mesh, progress=verbose)
   if verbose and result.chunks_mined:
