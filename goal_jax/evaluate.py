@@ -26,6 +26,7 @@ from absl import flags
 import jax
 
 from goal_jax import cli
+from goal_jax import files
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
 from goal_jax.evaluation import profiles
@@ -79,6 +80,9 @@ def main(argv):
   if not items:
     cli.fail("nothing to evaluate: give --benchmarks and/or --zeroshot_folder; "
              f"profiles: {sorted(profiles.PROFILES)}", code=2)
+  if FLAGS.out:  # before anything is computed: a result that cannot be written is lost work
+    files.check_writable(FLAGS.out, "--out", "pass --out=<a file in a writable folder>",
+                         renamed_in=True)
   if not checkpoint.is_model(FLAGS.checkpoint):  # before the data: the first thing named
     raise FileNotFoundError(checkpoint.not_a_model(FLAGS.checkpoint))
   profile, chosen = benchmark_spec.resolve_benchmarks(items)

@@ -29,6 +29,7 @@ from PIL import Image
 from _cli import run_command
 from goal_jax import cli
 from goal_jax import config_utils
+from goal_jax import evaluate
 from goal_jax import export_hf
 from goal_jax import files
 from goal_jax import prepare as prepare_command
@@ -180,6 +181,17 @@ def test_export_into_a_read_only_folder_is_one_line_before_reading_the_checkpoin
       f"error: --out {tmp_path / 'hf'} is not writable ({tmp_path}, where it would be created): "
       f"the folder is read-only for this user; pass --out=<a path in a writable folder>, or "
       f"make it writable: chmod u+w {tmp_path}"]
+
+
+def test_evaluate_out_under_a_file_is_one_line_before_anything_is_computed(tmp_path, capsys):
+  """Before, the results were computed and then lost: the out check comes before the model."""
+  (tmp_path / "a_file").write_text("")
+  out = tmp_path / "a_file" / "results.json"
+  code = run_command(evaluate, f"--checkpoint={tmp_path / 'absent'}", "--benchmarks=synthetic",
+                     f"--out={out}")
+  assert code == 1 and _last_error(capsys) == [
+      f"error: --out {out} cannot be created: {tmp_path / 'a_file'} is a file, not a folder; "
+      "pass --out=<a file in a writable folder>"]
 
 
 # -- A corrupt shard ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -424,3 +425,18 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
     # Felzenszwalb on a 48 px copy of the 96 px detail copy, mapped back: even coordinates.
     np.testing.assert_array_equal(boxes % 2, 0)
   assert '"pairs"' in summary_out.read_text()
+
+
+def test_the_progress_bar_starts_after_the_first_image_which_compiles(prepared, scorer, tmp_path,
+                                                                      capsys):
+  """The first image also compiles the scorer (20 s at B/16): it is reported on its own line, and
+  the bar, whose ETA extrapolates its rate, starts counting at the second."""
+  data_dir = _copy_source(prepared, tmp_path / "data")
+  mine.run(data_dir, "synthetic", "train", scorer, "colour", OPTIONS, verbose=True)
+  captured = capsys.readouterr()
+  lines = [line for line in captured.out.splitlines() if line.startswith("LISM synthetic/train")]
+  assert len(lines) == 1 and re.fullmatch(
+      r"LISM synthetic/train: first image matched in \d+\.\d s \(it compiles the scorer\)",
+      lines[0])
+  bar_starts = re.findall(r"LISM synthetic/train:\s+\d+%\|[^|]*\|\s+(\d+)/(\d+)", captured.err)
+  assert bar_starts and bar_starts[0][0] == "1"  # the bar's first frame: image 1 already done

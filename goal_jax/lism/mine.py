@@ -328,15 +328,27 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
     matcher = scoring.Matcher(scorer, options.crop_batch, options.text_batch, mesh=mesh)
     works = prepare_works(source, (i for r in ranges for i in r), options, scorer.image_size,
                           where=f"{dataset}/{split}", text_tokenizer=scorer.tokenizer)
-    with tqdm(total=len(source), initial=sum(len(chunk_range(k)) for k in done), unit=" img",
-              disable=not progress, desc=f"LISM {dataset}/{split}") as bar:
+    matched = sum(len(chunk_range(k)) for k in done)
+    bar = None  # made after the first image, which also compiles the scorer: its ETA is honest
+    try:
       for chunk, indices in zip(todo, ranges):
         matches = []
         # Steps never span two chunks, so a resumed chunk repeats the one-shot run's steps.
         for match in matcher.match(next(works) for _ in indices):
           matches.append(match)
-          bar.update(1)
+          matched += 1
+          if bar is None:
+            if progress:
+              print(f"LISM {dataset}/{split}: first image matched in "
+                    f"{time.perf_counter() - start:.1f} s (it compiles the scorer)", flush=True)
+            bar = tqdm(total=len(source), initial=matched, unit=" img", disable=not progress,
+                       desc=f"LISM {dataset}/{split}")
+          else:
+            bar.update(1)
         _write_chunk(folder, chunk, matches)
+    finally:
+      if bar is not None:
+        bar.close()
   return MineResult(folder, num_chunks, len(done & set(range(num_chunks))), len(todo),
                     sum(map(len, ranges)), time.perf_counter() - start)
 

@@ -156,6 +156,8 @@ def check_data(config: ml_collections.ConfigDict):
   name, split, data_dir = config.input.dataset, config.input.split, config.input.data_dir
   try:
     return data_builder.load_source(name, split, data_dir)
+  except data_builder.CorruptShardError as e:  # it names the shard and the command already
+    raise SetupError(str(e)) from e
   except Exception as e:  # noqa: BLE001 - any failure to open: `explain` says which case
     raise SetupError(str(unprepared.explain(
         name, split, data_dir, split_option="--config.input.split={split}",
@@ -388,7 +390,11 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       with progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
           jax.set_mesh(mesh):
         for step in range(start + 1, total_steps + 1):
-          host_batch = next(data_iter)
+          try:
+            host_batch = next(data_iter)
+          except data_builder.CorruptShardError as e:
+            raise SetupError(stopped_at_a_corrupt_shard(e, step - 1, start, state, data_iter,
+                                                        checkpointer, guard)) from None
           record_ids = host_batch["record_index"]  # the step reads it too: duplicate images
           batch = sharding.make_global_batch(host_batch, mesh)
           first = step == start + 1 and is_main  # jit compiles on the first call: say so
@@ -435,6 +441,24 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
               f"python -m goal_jax.evaluate --checkpoint={os.path.join(workdir, 'model')} "
               f"--benchmarks=<profile or dataset:split> --data_dir={config.input.data_dir}")
   return result
+
+
+def stopped_at_a_corrupt_shard(error, done: int, start: int, state, data_iter, checkpointer,
+                               guard) -> str:
+  """Saves the last finished step (unless saved or nothing ran), then the one-line message.
+
+  The data iterator's position is after the last batch it delivered, so the saved step resumes
+  exactly. With several processes only one may meet the bad record, and a save waits for all of
+  them: there the last regular checkpoint is what survives.
+  """
+  saved = ""
+  if done > start and jax.process_count() == 1:
+    guard.flush()
+    finite.assert_state_finite(done, state)
+    checkpointer.save(done, state, data_iter, force=True)
+    saved = f"; step {done} is saved"
+  return (f"{error}. Training stopped after step {done}{saved}: prepare the data again, then "
+          f"rerun the same command to resume")
 
 
 def say(text: str) -> None:
