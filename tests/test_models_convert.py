@@ -253,8 +253,14 @@ def test_bad_sources_and_files(tmp_path, openai_model):
     state_dicts.convert(f"open_clip:{tmp_path / 'junk.safetensors'}")
   # Arbitrary pickled objects are refused (weights_only), not executed.
   torch.save({"model": refs.QuickGELU()}, tmp_path / "pickled.pt")
-  with pytest.raises(ValueError, match="cannot read .*pickled.pt as a PyTorch checkpoint"):
+  with pytest.raises(ValueError, match="cannot read .*pickled.pt as a PyTorch checkpoint") as e:
     state_dicts.convert(f"openai:{tmp_path / 'pickled.pt'}")
+  # One line, and never torch's advice to retry with weights_only=False (it runs the pickle).
+  message = str(e.value)
+  assert "\n" not in message and "False" not in message and "weights_only" not in message
+  assert message.endswith("it is not a weights file (or holds pickled objects): convert from "
+                          "the model's .safetensors, or a state dict saved with "
+                          "torch.save(model.state_dict())")
   torch.save([torch.zeros(2)], tmp_path / "list.pt")
   with pytest.raises(ValueError, match="list.pt: expected a state dict, found a list"):
     state_dicts.convert(f"openai:{tmp_path / 'list.pt'}")

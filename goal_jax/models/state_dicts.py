@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 import zipfile
 
 from flax import traverse_util
@@ -235,6 +236,20 @@ def _is_torchscript(path: str) -> bool:
     return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def _load_failure(error: Exception) -> str:
+  """torch's reason, on one line, without its advice to retry with `weights_only=False`: that
+  runs the file's pickled code, the one thing to never do with a file of unknown origin."""
+  text = str(error)
+  if "weights_only" in text:
+    detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    detail = detail.split("Check the documentation", 1)[0]
+    text = "torch's safe loader found no tensors it may read" + (
+        f" ({' '.join(detail.split())})" if detail.strip() else "")
+    return (f"{text}; it is not a weights file (or holds pickled objects): convert from the "
+            "model's .safetensors, or a state dict saved with torch.save(model.state_dict())")
+  return f"{type(error).__name__}: {' '.join(text.split())}"
+
+
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
   """A `.pt`/`.bin` state dict or OpenAI TorchScript archive as numpy; never runs pickled code."""
   torch = _require_torch()
@@ -242,10 +257,12 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
     if _is_torchscript(path):
       state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
-      state = torch.load(path, map_location="cpu", weights_only=True)
+      with warnings.catch_warnings():  # its pickle-protocol note would precede our one line
+        warnings.simplefilter("ignore", UserWarning)
+        state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for bad files; all mean "cannot read".
     raise ValueError(f"cannot read {path} as a PyTorch checkpoint (state dicts and TorchScript "
-                     f"archives only; pickled objects are refused): {type(e).__name__}: {e}") from e
+                     f"archives only; pickled objects are refused): {_load_failure(e)}") from e
   if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
     state = state["state_dict"]
   if not isinstance(state, dict):
