@@ -5,10 +5,20 @@
 #
 #   launch/gpu_bench.sh --out=/tmp/gpu_bench [--done=DIR] [--python=python3] [--rows=a,b]
 #   launch/gpu_bench.sh --out=/tmp/smoke --variant=tiny/8 --rows=b16_64   # the script, on a CPU
+#   launch/gpu_bench.sh --out=/tmp/smoke --variant=tiny/8 --rows=trainer_64
 #
 # Rows, in order (B/16, 248 tokens, bf16, cuDNN attention):
 #   b16_64        global, GOAL, MulCLIP at batch 64, profiled, with HF eager and the
 #                 official-style GOAL step (PyTorch) in the same process
+#   trainer_64    global and GOAL at batch 64: the trainer's path fed by the Grain pipeline
+#                 beside the step, the pipeline alone and its CPU per record by stage
+#                 (`bench --trainer`), on 128 generated DOCCI-sized photos with the detail copy;
+#                 12 Grain worker processes x 2 read threads: a worker is about one core of
+#                 per-record Python (the tokenizer and numpy hold the GIL, JPEG decodes and
+#                 resizes release it, so a second thread fills those waits), and 4 of the 16
+#                 cores stay with the trainer's process, which stacks each batch (77 MB of f32
+#                 images at 64), copies it to the device and dispatches the step. At ~10 ms of
+#                 CPU per GOAL record, 12 workers give ~1,200 records/s for the step's ~1,000.
 #   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=dots), profiled
 #   b16_16        the three at batch 16, with the PyTorch references
 #   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
@@ -20,7 +30,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 out_dir="" done_dir="" python="python3" variant="B/16"
-rows="b16_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
+rows="b16_64,trainer_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
 for arg in "$@"; do
   case "$arg" in
     --out=*) out_dir="${arg#*=}" ;;
@@ -86,6 +96,14 @@ bench_row() {  # name, then bench flags
 
 bench_row b16_64 --batch=64 --reference --no_compile --steps=5 --warmup=1 \
   --profile_dir="$work/profiles"
+if [[ "$variant" == tiny/* ]]; then  # the smoke run on a CPU: the embedded data, a few steps
+  trainer_args=(--trainer_data=synthetic --records=64 --workers=0 --steps=3 --warmup=1
+    --stage_records=16)
+else  # 12 x 2: see the header; 50 timed steps make what the workers buffered count little
+  trainer_args=(--trainer_data=photos --records=128 --workers=12 --threads=2 --steps=50
+    --warmup=5)
+fi
+bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
 bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"
 bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2
 bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program

@@ -4,6 +4,7 @@ r"""Train-step throughput and MFU of each method on synthetic batches (no data p
   python -m goal_jax.bench --variant=B/16 --batch=16,64 --reference   # against PyTorch, same device
   python -m goal_jax.bench --variant=tiny/8 --batch=8 --steps=2 --reference   # CI smoke run
   python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --analyze_only --remat=dots   # any machine
+  python -m goal_jax.bench --trainer --variant=tiny/8 --batch=16 --methods=global,goal --steps=20
 
 Each row times the trainer's own step for a method (`steps`). `--reference` also times, in the
 same process and on the same device, PyTorch baselines of the same model and batch
@@ -18,6 +19,10 @@ recomputation is not counted (model FLOPs); peak = the device's dense bf16 peak
 lowered, unoptimised step by the analytic count: ~1.003 at B/16, so no step runs a tower pass
 it does not need. `--analyze_only` gives it for any variant on a CPU, with the activations the
 backward keeps per pair (JAX's saved residuals), which says which `--remat` a batch needs.
+
+`--trainer` asks whether training runs as fast as its step (`trainer`): beside each step row,
+the trainer's own path fed by the Grain pipeline over prepared shards, the pipeline alone
+(records/s, per worker process, per CPU core) and its CPU per record by stage.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from goal_jax import files
 from goal_jax import methods
 from goal_jax.bench import report
 from goal_jax.bench import steps as steps_lib
+from goal_jax.bench import trainer
 from goal_jax.models import families
 from goal_jax.training import loop
 
@@ -68,6 +74,24 @@ def define_flags() -> None:
                       "<dir>/<method>_<variant>_b<batch>/ and summarise them (summary.json/.md).")
   flags.DEFINE_integer("profile_steps", 3, "Steps traced per row with --profile_dir.",
                        lower_bound=1)
+  flags.DEFINE_bool("trainer", False, "Also run the trainer's path fed by the Grain pipeline "
+                    "over prepared shards, and the pipeline alone (bench/trainer.py).")
+  flags.DEFINE_enum("trainer_data", "synthetic", trainer.DATA_KINDS,
+                    "--trainer without --data_dir: the embedded synthetic train split, or "
+                    "generated 1600 x 2000 photos with the detail copy, prepared into a "
+                    "temporary folder.")
+  flags.DEFINE_integer("records", 0, "--trainer_data records to generate (0: synthetic's train "
+                       f"split, or {trainer.DEFAULT_PHOTOS} photos).", lower_bound=0)
+  cli.define_data_dir_flag(None, "--trainer: read --dataset/--split there instead of "
+                           "generating --trainer_data.")
+  flags.DEFINE_string("dataset", "synthetic", "--trainer with --data_dir: the prepared dataset.")
+  flags.DEFINE_string("split", "train", "--trainer with --data_dir: its split.")
+  flags.DEFINE_integer("workers", None, "--trainer: Grain worker processes "
+                       "(config.input.num_workers; default the config's, 0).", lower_bound=0)
+  flags.DEFINE_integer("threads", None, "--trainer: Grain read threads per process "
+                       "(config.input.read_threads; default the config's, 2).", lower_bound=1)
+  flags.DEFINE_integer("stage_records", 64, "--trainer: records whose pipeline CPU is split by "
+                       "stage, per method (0: none).", lower_bound=0)
 
 
 def _batches(values: Sequence[str]) -> list[int]:
@@ -85,6 +109,20 @@ def main(argv) -> None:
   unknown = sorted(set(FLAGS.methods) - set(methods.REGISTRY))
   if unknown:
     cli.fail(f"--methods: unknown {unknown}; known: {sorted(methods.REGISTRY)}", code=2)
+  if FLAGS.trainer:
+    others = [f"--{name}" for name in ("analyze_only", "reference", "profile_dir")
+              if FLAGS[name].value]
+    if others:
+      cli.fail(f"--trainer times the trainer's path; it does not take {', '.join(others)}",
+               code=2)
+    _, header = settings(FLAGS.attention, FLAGS.dtype, FLAGS.peak_tflops)
+    trainer.run_trainer_bench(
+        FLAGS.variant, _batches(FLAGS.batch), FLAGS.methods, header, steps=FLAGS.steps,
+        warmup=FLAGS.warmup, remat=FLAGS.remat, scan=FLAGS.scan, trainer_data=FLAGS.trainer_data,
+        records=FLAGS.records, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
+        read_threads=FLAGS.threads, num_workers=FLAGS.workers,
+        stage_records=FLAGS.stage_records, json_out=FLAGS.json_out)
+    return
   run_bench(FLAGS.variant, _batches(FLAGS.batch), FLAGS.methods, steps=FLAGS.steps,
             warmup=FLAGS.warmup, attention=FLAGS.attention, dtype=FLAGS.dtype,
             remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
@@ -111,14 +149,10 @@ def reference_rows(variant: str, batch: int, *, steps: int, warmup: int, attenti
                                          compile_model=compile_model, peak=peak, jax_config=c)
 
 
-def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names: Sequence[str], *,
-              steps: int = 10, warmup: int = 2, attention: str | None = None,
-              dtype: str | None = None, remat: str = "", scan: bool = False,
-              analyze_only: bool = False, reference: bool = False,
-              compile_reference: bool = True, peak: float | None = None,
-              json_out: str | None = None, profile_dir: str | None = None,
-              profile_steps: int = 3) -> dict[str, Any]:
-  """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
+def settings(attention: str | None, dtype: str | None, peak: float | None,
+             analyze_only: bool = False) -> tuple[jax.Device, dict[str, Any]]:
+  """The first device and the run's header: device, attention, dtype and peak, defaults filled
+  in for the device (printed)."""
   device = jax.devices()[0]
   platform = device.platform
   attention = attention or ("cudnn" if platform == "gpu" else "xla")
@@ -127,9 +161,21 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   peak = peak or report.peak_tflops(device)
   print(f"device: {jax.device_count()} x {device.device_kind} ({platform}); attention {attention}, "
         f"dtype {dtype}, peak {peak or '?'} TFLOP/s per device", flush=True)
+  return device, {"device": device.device_kind, "device_count": jax.device_count(),
+                  "attention": attention, "dtype": dtype, "peak_tflops": peak}
+
+
+def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names: Sequence[str], *,
+              steps: int = 10, warmup: int = 2, attention: str | None = None,
+              dtype: str | None = None, remat: str = "", scan: bool = False,
+              analyze_only: bool = False, reference: bool = False,
+              compile_reference: bool = True, peak: float | None = None,
+              json_out: str | None = None, profile_dir: str | None = None,
+              profile_steps: int = 3) -> dict[str, Any]:
+  """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
+  device, header = settings(attention, dtype, peak, analyze_only)
+  attention, dtype, peak = header["attention"], header["dtype"], header["peak_tflops"]
   rows = []
-  header = {"device": device.device_kind, "device_count": jax.device_count(),
-            "attention": attention, "dtype": dtype, "peak_tflops": peak}
 
   def result() -> dict[str, Any]:
     out = {**header, "rows": [r.to_dict() for r in rows], "targets": report.target_checks(rows)}

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from goal_jax.bench.profile import CATEGORIES
-from goal_jax.bench.timing import Row
+from goal_jax.bench.timing import Row, TrainerRow
 
 # Dense bf16 peak TFLOP/s by `device_kind` substring; the first match wins (specific first).
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
@@ -21,7 +21,13 @@ TARGETS = (
     ("global_vs_hf_compile", ">=", 1.2, "HF SDPA + torch.compile global step time / ours"),
     ("mulclip_vs_goal", "<=", 1.25, "MulCLIP time per pair / GOAL time per pair"),
     ("mfu_at_256", ">=", 0.40, "model FLOPs utilisation at batch 256"),
+    ("trainer_vs_step", ">=", 0.90, "trainer pairs/s fed by the Grain pipeline / the step's, "
+     "global and GOAL (--trainer)"),
+    ("pipeline_per_core", ">=", 250.0, "GOAL records/s per CPU core of the pipeline with the "
+     "detail copy (--trainer on such data)"),
 )
+# Methods whose trainer must keep up with its step (issue #25); the pipeline target is GOAL's.
+TRAINER_TARGET_METHODS = ("global", "goal")
 
 
 def peak_tflops(device: jax.Device) -> float | None:
@@ -35,17 +41,19 @@ def _find(rows, impl, method, variant, batch):
                and r.step_s is not None), None)
 
 
-def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
-  """Each target measured on every (variant, batch) that has the rows it needs."""
+def target_checks(rows: Sequence[Row],
+                  trainer_rows: Sequence[TrainerRow] = ()) -> list[dict[str, Any]]:
+  """Each target measured on every (variant, batch) that has the rows it needs; the trainer's
+  on every trainer row of its methods (the pipeline's only on data with detail copies)."""
   checks = []
   spec = {name: (op, threshold) for name, op, threshold, _ in TARGETS}
 
-  def add(name, variant, batch, value):
+  def add(name, variant, batch, value, **where):
     op, threshold = spec[name]
     if isinstance(threshold, dict):  # the nearest batch's
       threshold = threshold[min(threshold, key=lambda b: abs(b - batch))]
     met = value >= threshold if op == ">=" else value <= threshold
-    checks.append(dict(target=name, variant=variant, batch=batch, value=value, op=op,
+    checks.append(dict(target=name, variant=variant, batch=batch, **where, value=value, op=op,
                        threshold=threshold, met=bool(met)))
 
   for variant, batch in dict.fromkeys((r.variant, r.batch) for r in rows):
@@ -65,6 +73,11 @@ def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
       for row in ours.values():
         if row is not None and row.mfu is not None:
           add("mfu_at_256", variant, batch, row.mfu)
+  for t in trainer_rows:
+    if t.method in TRAINER_TARGET_METHODS and t.trainer_vs_step is not None:
+      add("trainer_vs_step", t.variant, t.batch, t.trainer_vs_step, method=t.method)
+    if t.method == "goal" and t.detail_share > 0 and t.records_per_s_per_core is not None:
+      add("pipeline_per_core", t.variant, t.batch, t.records_per_s_per_core, method=t.method)
   return checks
 
 
@@ -94,6 +107,27 @@ def format_rows(rows: Sequence[Row]) -> str:
   return "\n".join(lines)
 
 
+def format_trainer_rows(rows: Sequence[TrainerRow]) -> str:
+  """The trainer's pairs/s beside its step's, and its pipeline alone, one line per method."""
+  header = (f"{'method':<8} {'variant':<8} {'batch':>5} {'data':<20} {'detail':>6} {'procs':>5} "
+            f"{'threads':>7} {'step pairs/s':>12} {'trainer':>9} {'trainer/step':>12} "
+            f"{'same batch':>10} {'pipeline rec/s':>14} {'per proc':>8} {'CPU ms/rec':>10} "
+            f"{'rec/s/core':>10}")
+  lines = [header, "-" * len(header)]
+  for t in rows:
+    ratio = None if t.trainer_vs_step is None else 100 * t.trainer_vs_step
+    same = None if t.same_batch_s is None else t.batch / t.same_batch_s
+    lines.append(f"{t.method:<8} {t.variant:<8} {t.batch:>5} {t.data:<20} "
+                 f"{100 * t.detail_share:>5.0f}% {max(t.num_workers, 1):>5} "
+                 f"{t.read_threads:>7} {_fmt(t.step_pairs_per_s, '12.1f')} "
+                 f"{_fmt(t.trainer_pairs_per_s, '9.1f')} {_fmt(ratio, '11.1f', '%')} "
+                 f"{_fmt(same, '10.1f')} {_fmt(t.pipeline_records_per_s, '14.1f')} "
+                 f"{_fmt(t.records_per_s_per_worker, '8.1f')} {_fmt(t.pipeline_cpu_ms, '10.2f')} "
+                 f"{_fmt(t.records_per_s_per_core, '10.0f')}"
+                 + (f"  {t.error}" if t.error else ""))
+  return "\n".join(lines)
+
+
 def format_flop_ratios(rows: Sequence[Row]) -> str:
   """MulCLIP/GOAL model FLOPs per pair: the time ratio if both steps ran at the same MFU."""
   lines = []
@@ -106,15 +140,31 @@ def format_flop_ratios(rows: Sequence[Row]) -> str:
   return "\n".join(lines)
 
 
+_PERCENT_TARGETS = ("mfu_at_256", "trainer_vs_step")
+_RATE_TARGETS = ("pipeline_per_core",)  # records/s: printed with the share of the target
+
+
+def _target_value(name: str, value: float, threshold: bool = False) -> str:
+  """A measured value (or with `threshold`, a target's) as the table prints it."""
+  if name in _PERCENT_TARGETS:
+    return f"{100 * value:.0f}%" if threshold else f"{100 * value:.1f}%"
+  if name in _RATE_TARGETS:
+    return f"{value:.0f}/s"
+  return f"{value}x" if threshold else f"{value:.2f}x"
+
+
 def format_targets(checks: Sequence[dict[str, Any]], device: str) -> str:
   lines = [f"targets (the project's, for one H100; this run: {device})"]
   measured = {c["target"] for c in checks}
   for c in checks:
-    value = f"{100 * c['value']:.1f}%" if c["target"] == "mfu_at_256" else f"{c['value']:.2f}x"
-    threshold = (f"{100 * c['threshold']:.0f}%" if c["target"] == "mfu_at_256"
-                 else f"{c['threshold']}x")
-    lines.append(f"  {c['target']:<22} {c['variant']:<8} batch {c['batch']:<4} target "
-                 f"{c['op']} {threshold:<6} measured {value:<8} {'met' if c['met'] else 'MISSED'}")
+    value = _target_value(c["target"], c["value"])
+    threshold = _target_value(c["target"], c["threshold"], threshold=True)
+    where = f"{c['variant']:<8} batch {c['batch']:<4}" + (f" {c['method']:<7}" if "method" in c
+                                                           else "")
+    share = (f" ({c['value'] / c['threshold']:.2f}x of it)" if c["target"] in _RATE_TARGETS
+             else "")
+    lines.append(f"  {c['target']:<22} {where} target {c['op']} {threshold:<6} measured "
+                 f"{value:<8} {'met' if c['met'] else 'MISSED'}{share}")
   for name, _, _, what in TARGETS:
     if name not in measured:
       lines.append(f"  {name:<22} not measured in this run ({what})")

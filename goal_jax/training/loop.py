@@ -325,7 +325,6 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
     config.model.variant = families.variant_of(init_config) or "custom (see model_init)"
   model_config = model_config_from(config, init_config)
   tokenizer = tokenizer_of(config, model_config)
-  family = families.of(model_config)
   num_records = len(source)
   method = methods.get(config.method)
   try:
@@ -344,10 +343,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   logging.info("parameters per optimizer group: %s",
                optimizer_lib.summarize_groups(params, config.optim.param_groups))
 
-  dataset = pipeline.make_dataset(data_config, config.input.data_dir, train=True,
-                                  tokenizer=tokenizer,
-                                  image_norm=(family.image_mean, family.image_std))
-  data_iter = iter(dataset)
+  data_iter = iter(train_dataset(config, data_config, model_config, tokenizer))
   is_main = jax.process_index() == 0
   result = {"metrics": {}, "evaluation": {}, "model_config": model_config, "workdir": workdir,
             "preempted": False}
@@ -391,12 +387,10 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
           jax.set_mesh(mesh):
         for step in range(start + 1, total_steps + 1):
           try:
-            host_batch = next(data_iter)
+            batch, record_ids = next_global_batch(data_iter, mesh)
           except data_builder.CorruptShardError as e:
             raise SetupError(stopped_at_a_corrupt_shard(e, step - 1, start, state, data_iter,
                                                         checkpointer, guard)) from None
-          record_ids = host_batch["record_index"]  # the step reads it too: duplicate images
-          batch = sharding.make_global_batch(host_batch, mesh)
           first = step == start + 1 and is_main  # jit compiles on the first call: say so
           if first:
             bar.write("[train] compiling the training step (the first step waits for it)")
@@ -441,6 +435,21 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
               f"python -m goal_jax.evaluate --checkpoint={os.path.join(workdir, 'model')} "
               f"--benchmarks=<profile or dataset:split> --data_dir={config.input.data_dir}")
   return result
+
+
+def train_dataset(config, data_config, model_config, tokenizer):
+  """The training split's Grain dataset, as the loop (and `bench --trainer`) reads it."""
+  family = families.of(model_config)
+  return pipeline.make_dataset(data_config, config.input.data_dir, train=True,
+                               tokenizer=tokenizer,
+                               image_norm=(family.image_mean, family.image_std))
+
+
+def next_global_batch(data_iter, mesh):
+  """The next batch on the mesh, and its record ids on the host (the non-finite guard names
+  them); the step reads `record_index` too (duplicate images)."""
+  host_batch = next(data_iter)
+  return sharding.make_global_batch(host_batch, mesh), host_batch["record_index"]
 
 
 def stopped_at_a_corrupt_shard(error, done: int, start: int, state, data_iter, checkpointer,
