@@ -11,7 +11,7 @@ shape, size, texture, or which colour goes with which shape), where a model that
 gist is at chance (25 %); its 2AFC accuracy per edited attribute says which details a method
 learned.
 
-  python -m goal_jax.study --workdir=/tmp/study                     # 9 runs x 3 seeds
+  python -m goal_jax.study --workdir=/tmp/study                     # every run x 3 seeds
   python -m goal_jax.study --workdir=/tmp/study --seeds=5           # adds seeds 3 and 4
   python -m goal_jax.study --workdir=/tmp/study --runs=global,goal --data_seed=1 --steps=300
   python -m goal_jax.study --workdir=/tmp/study --report_only       # outputs from what finished
@@ -58,9 +58,9 @@ outcomes in each run's final `eval_<step>.json` (`per_group`, written by the `ha
 Eval files written before those outcomes existed still give the mean difference over the paired
 seeds, with `–` for the interval (`+3.9 [–]`); `--report_only` rebuilds such a study as before.
 
-Cost on 2 CPU cores (measured, 300 steps, evaluation every 50): a run takes 2-3.5 min (global
-and Long-CLIP about 2, GOAL and MulCLIP 2.5-3.5); the four methods at 3 seeds took 32 min and the
-four ablations at 3 seeds 29 min, with other jobs sharing the machine part of the time. The first
+Cost on 2 CPU cores (measured, 300 steps, evaluation every 50, version 3 with its transfer
+splits): a run takes 1-2.5 min; 12 ablation runs (4 runs x 3 seeds) took 19 min, with other jobs
+sharing the machine part of the time. The first
 run of a data seed also prepares the data and pretrains the start (about 1 min, cached in
 `$GOAL_JAX_CACHE` for every later run). `--tiny` took 1 m 48 s from an empty cache.
 """

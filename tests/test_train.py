@@ -260,3 +260,9 @@ def test_a_run_without_benchmarks_says_how_to_evaluate(data_dir, tmp_path, capsy
   out = capsys.readouterr().out
   assert (f"[train] no evaluation: config.evals.benchmarks is empty; evaluate the model with "
           f"python -m goal_jax.evaluate --checkpoint={tmp_path / 'run' / 'model'} ") in out
+  # At start too, before any step, with how to add one.
+  start = out.index("[train] no evaluation configured (config.evals.benchmarks is empty): add "
+                    "--config.evals.benchmarks=<profile or dataset:split> to evaluate during and "
+                    "after training")
+  assert start < out.index("[train] first step compiled and ran in ")
+  assert "[train] compiling the training step (the first step waits for it)" in out

@@ -371,7 +371,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         f"{config.model.variant} from {config.model_init}; workdir {workdir}")
     if start:
       say(f"resumed from step {start} ({checkpointer.step_dir(start)})")
-    if not config.evals.benchmarks:
+    if not config.evals.benchmarks and not config.get("demo"):  # the demo's pretraining has none
       say("no evaluation configured (config.evals.benchmarks is empty): add "
           "--config.evals.benchmarks=<profile or dataset:split> to evaluate during and after "
           "training")
@@ -430,7 +430,7 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
         if evaluator and not result["preempted"]:
           result["evaluation"] = evaluator(state["params"], total_steps, writer,
                                            final=True)
-        elif not evaluator:
+        elif not evaluator and not config.get("demo"):
           say(f"no evaluation: config.evals.benchmarks is empty; evaluate the model with "
               f"python -m goal_jax.evaluate --checkpoint={os.path.join(workdir, 'model')} "
               f"--benchmarks=<profile or dataset:split> --data_dir={config.input.data_dir}")
