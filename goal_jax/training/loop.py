@@ -386,9 +386,11 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
       with progress.ProgressBar(total_steps, start, enabled=config.progress_bar) as bar, \
           jax.set_mesh(mesh):
         for step in range(start + 1, total_steps + 1):
+          position = data_iter.get_state()  # a read failing mid-batch has moved past it
           try:
             batch, record_ids = next_global_batch(data_iter, mesh)
           except data_builder.CorruptShardError as e:
+            data_iter.set_state(position)
             raise SetupError(stopped_at_a_corrupt_shard(e, step - 1, start, state, data_iter,
                                                         checkpointer, guard)) from None
           first = step == start + 1 and is_main  # jit compiles on the first call: say so
@@ -456,8 +458,8 @@ def stopped_at_a_corrupt_shard(error, done: int, start: int, state, data_iter, c
                                guard) -> str:
   """Saves the last finished step (unless saved or nothing ran), then the one-line message.
 
-  The data iterator's position is after the last batch it delivered, so the saved step resumes
-  exactly. With several processes only one may meet the bad record, and a save waits for all of
+  `data_iter` must be back at the position after the last batch it delivered (a read that fails
+  mid-batch has already consumed the batch's earlier records), so the saved step resumes exactly. With several processes only one may meet the bad record, and a save waits for all of
   them: there the last regular checkpoint is what survives.
   """
   saved = ""
