@@ -4,12 +4,14 @@
 # end up in one output folder (packed into results.tar.gz, split into 15 MB parts if larger).
 #
 #   launch/gpu_bench.sh --out=/tmp/gpu_bench [--done=DIR] [--python=python3] [--rows=a,b]
+#                       [--goal_repo=DIR]   # a GOAL checkout: its released loop is timed too
 #   launch/gpu_bench.sh --out=/tmp/smoke --variant=tiny/8 --rows=b16_64   # the script, on a CPU
 #   launch/gpu_bench.sh --out=/tmp/smoke --variant=tiny/8 --rows=trainer_64
 #
 # Rows, in order (B/16, 248 tokens, bf16, cuDNN attention):
 #   b16_64        global, GOAL, MulCLIP at batch 64, profiled, with HF eager and the
-#                 official-style GOAL step (PyTorch) in the same process
+#                 official-style GOAL step (PyTorch) in the same process, and with
+#                 --goal_repo GOAL's released loop itself (bench/official_goal.py)
 #   trainer_64    global and GOAL at batch 64: the trainer's path fed by the Grain pipeline
 #                 beside the step, the pipeline alone and its CPU per record by stage
 #                 (`bench --trainer`), on 128 generated DOCCI-sized photos with the detail copy;
@@ -29,7 +31,7 @@ set -uo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-out_dir="" done_dir="" python="python3" variant="B/16"
+out_dir="" done_dir="" python="python3" variant="B/16" goal_repo=()
 rows="b16_64,trainer_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
 for arg in "$@"; do
   case "$arg" in
@@ -38,8 +40,10 @@ for arg in "$@"; do
     --python=*) python="${arg#*=}" ;;
     --rows=*) rows="${arg#*=}" ;;
     --variant=*) variant="${arg#*=}" ;;  # tiny/8: a smoke run of the script on a CPU
+    --goal_repo=*) goal_repo=("$arg") ;;
     -h | --help) usage_from_header "$0"; exit 0 ;;
-    *) die "unknown option $arg (--out=DIR [--done=DIR] [--python=PYTHON] [--rows=a,b])" ;;
+    *) die "unknown option $arg (--out=DIR [--done=DIR] [--python=PYTHON] [--rows=a,b]" \
+         "[--goal_repo=DIR])" ;;
   esac
 done
 [[ -n "$out_dir" ]] || die "--out=DIR is required"
@@ -95,7 +99,7 @@ bench_row() {  # name, then bench flags
 } | tee -a "$log"
 
 bench_row b16_64 --batch=64 --reference --no_compile --steps=5 --warmup=1 \
-  --profile_dir="$work/profiles"
+  --profile_dir="$work/profiles" "${goal_repo[@]}"
 if [[ "$variant" == tiny/* ]]; then  # the smoke run on a CPU: the embedded data, a few steps
   trainer_args=(--trainer_data=synthetic --records=64 --workers=0 --steps=3 --warmup=1
     --stage_records=16)
@@ -105,7 +109,7 @@ else  # 12 x 2: see the header; 50 timed steps make what the workers buffered co
 fi
 bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
 bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"
-bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2
+bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2 "${goal_repo[@]}"
 bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program
 bench_row b16_64_compile --batch=64 --methods=global --reference --steps=5 --warmup=2
 

@@ -174,7 +174,7 @@ def test_cpu_run_with_reference(tmp_path, capsys):
   _check_result(result, ("goal",), 8)
   printed = capsys.readouterr().out
   for text in ("official_goal", "hf_sdpa", "goal_vs_official", "target >= 5.0x", "XLA/ours",
-               "global_vs_hf_compile   not measured", "mfu_at_256             not measured"):
+               "global_vs_hf_compile      not measured", "mfu_at_256                not measured"):
     assert text in printed, text
 
 

@@ -66,6 +66,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("reference", False, "Also time PyTorch: HF SDPA (+torch.compile) and an "
                     "official-style GOAL.")
   flags.DEFINE_bool("no_compile", False, "Skip the torch.compile reference.")
+  flags.DEFINE_string("goal_repo", None, "--reference: also time GOAL's released training loop, "
+                      "read from this checkout of github.com/PerceptualAI-Lab/GOAL "
+                      "(bench/official_goal.py).")
   flags.DEFINE_float("peak_tflops", None,
                      "Per-device peak for MFU (default: from the device kind).")
   flags.DEFINE_string("json_out", None, "Write rows and targets as JSON here (after every row, "
@@ -109,6 +112,12 @@ def main(argv) -> None:
   unknown = sorted(set(FLAGS.methods) - set(methods.REGISTRY))
   if unknown:
     cli.fail(f"--methods: unknown {unknown}; known: {sorted(methods.REGISTRY)}", code=2)
+  if FLAGS.goal_repo:
+    if not FLAGS.reference:
+      cli.fail("--goal_repo times GOAL's released loop beside the PyTorch references: add "
+               "--reference", code=2)
+    from goal_jax.bench import official_goal  # pylint: disable=g-import-not-at-top
+    official_goal.load(FLAGS.goal_repo)  # a wrong folder stops here, not after the rows
   if FLAGS.trainer:
     others = [f"--{name}" for name in ("analyze_only", "reference", "profile_dir")
               if FLAGS[name].value]
@@ -128,14 +137,16 @@ def main(argv) -> None:
             remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
             reference=FLAGS.reference, compile_reference=not FLAGS.no_compile,
             peak=FLAGS.peak_tflops, json_out=FLAGS.json_out, profile_dir=FLAGS.profile_dir,
-            profile_steps=FLAGS.profile_steps)
+            profile_steps=FLAGS.profile_steps, goal_repo=FLAGS.goal_repo)
 
 
 def reference_rows(variant: str, batch: int, *, steps: int, warmup: int, attention: str,
-                   dtype: str, compile_model: bool, peak: float | None) -> list:
+                   dtype: str, compile_model: bool, peak: float | None,
+                   goal_repo: str | None = None) -> list:
   """The PyTorch rows of one (variant, batch): for CLIP, HF `CLIPModel`'s global step (eager and
-  compiled) and the official GOAL step; for SigLIP, HF `SiglipModel`'s global step with its own
-  sigmoid loss (eager and compiled). torch and transformers are imported only when asked for."""
+  compiled), the official GOAL step rebuilt and, from `goal_repo`, as released; for SigLIP, HF
+  `SiglipModel`'s global step with its own sigmoid loss (eager and compiled). torch and
+  transformers are imported only when asked for."""
   # pylint: disable=g-import-not-at-top
   config = steps_lib.method_config("global", variant, batch, attention=attention, dtype=dtype)
   c = loop.model_config_from(config, None)
@@ -146,7 +157,8 @@ def reference_rows(variant: str, batch: int, *, steps: int, warmup: int, attenti
                                         input_config=loop.input_config(config, c))
   from goal_jax.bench import torch_reference
   return torch_reference.bench_reference(variant, batch, steps=steps, warmup=warmup,
-                                         compile_model=compile_model, peak=peak, jax_config=c)
+                                         compile_model=compile_model, peak=peak, jax_config=c,
+                                         goal_repo=goal_repo)
 
 
 def settings(attention: str | None, dtype: str | None, peak: float | None,
@@ -171,7 +183,7 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
               analyze_only: bool = False, reference: bool = False,
               compile_reference: bool = True, peak: float | None = None,
               json_out: str | None = None, profile_dir: str | None = None,
-              profile_steps: int = 3) -> dict[str, Any]:
+              profile_steps: int = 3, goal_repo: str | None = None) -> dict[str, Any]:
   """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
   device, header = settings(attention, dtype, peak, analyze_only)
   attention, dtype, peak = header["attention"], header["dtype"], header["peak_tflops"]
@@ -195,7 +207,8 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
         result()
       if reference and not analyze_only:
         rows += reference_rows(variant, batch, steps=steps, warmup=warmup, attention=attention,
-                               dtype=dtype, compile_model=compile_reference, peak=peak)
+                               dtype=dtype, compile_model=compile_reference, peak=peak,
+                               goal_repo=goal_repo)
         result()
   out = result()
   checks = out["targets"]

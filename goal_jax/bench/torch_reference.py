@@ -1,6 +1,7 @@
 """PyTorch baselines on the same model, batch and device (`--reference`): HF CLIP with SDPA
-attention, eager and `torch.compile`d, on the global step; and a GOAL step written the way the
-official code (https://github.com/PerceptualAI-Lab/GOAL) does it. torch and transformers are
+attention, eager and `torch.compile`d, on the global step; a GOAL step written the way the
+official code (https://github.com/PerceptualAI-Lab/GOAL) does it; and, given a checkout of that
+repository, its released loop itself (`official_goal`). torch and transformers are
 imported here only, so the rest of the benchmark runs without them."""
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch
 import transformers
 
 from goal_jax import methods
-from goal_jax.bench.timing import Row, time_row
+from goal_jax.bench import official_goal
+from goal_jax.bench.timing import Row, is_out_of_memory, time_row
 from goal_jax.data import pipeline
 from goal_jax.models import clip
 from goal_jax.text import tokenizer as text_tokenizer
@@ -42,8 +44,10 @@ def synthetic_texts(rng: np.random.Generator, batch: int, sentences: int = 14,
 class TorchReference:
   """HF CLIP of the same architecture, batch and device, with the steps the targets compare."""
 
+  box_original_hw = _BOX_ORIGINAL_HW
+
   def __init__(self, c: clip.CLIPConfig, batch: int, lr: float = 5e-6, seed: int = 0):
-    self.torch, self.config, self.batch = torch, c, batch
+    self.torch, self.config, self.batch, self.lr = torch, c, batch, lr
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     hf_config = transformers.CLIPConfig(
@@ -67,6 +71,12 @@ class TorchReference:
         rng.normal(size=(batch, 3, c.image_size, c.image_size)).astype(np.float32)).to(self.device)
     self.images, self.local_images = images(), images()
     self.tokenizer = _hf_tokenizer(c.context_length)
+    # What the release's loop calls `processor(text=...)` on (text only: no image processing).
+    # The PIL image processor where transformers has one: it needs no torchvision.
+    image_processor = getattr(transformers, "CLIPImageProcessorPil",
+                              transformers.CLIPImageProcessor)()
+    self.processor = transformers.CLIPProcessor(image_processor=image_processor,
+                                                tokenizer=self.tokenizer)
     self.captions, self.local_sentences = synthetic_texts(rng, batch)
     self.boxes = [self._random_box(rng) for _ in range(batch)]
     encode = lambda texts: self.tokenizer(texts, truncation=True, padding="max_length",
@@ -139,17 +149,20 @@ class TorchReference:
     return (start, end) if end > start else (1, 1 + n_seg)
 
   def official_goal_loss(self):
+    """The released step's tensor work (`official_goal.py` runs the release itself): one pass
+    over the global and local pairs keeping every layer's tokens, then a second pass of each tower
+    over the same 2B inputs for the last block's tokens before the final LN."""
     torch, model, b = self.torch, self.model, self.batch
     normalize = lambda x: torch.nn.functional.normalize(x, dim=-1)
-    out = model(input_ids=torch.cat([self.ids, self.local_ids]),
-                pixel_values=torch.cat([self.images, self.local_images]))
+    pixels = torch.cat([self.images, self.local_images])
+    ids = torch.cat([self.ids, self.local_ids])
+    out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True)
     image_embeds, text_embeds = out.image_embeds, out.text_embeds
     loss = self._contrastive(image_embeds[:b], text_embeds[:b])
     loss = loss + 0.5 * self._contrastive(image_embeds[b:], text_embeds[b:])
-    # The second pass through each tower, for the last block's tokens before the final LN.
-    vision_tokens = model.vision_model(pixel_values=self.images,
-                                       output_hidden_states=True).hidden_states[-1]
-    text_tokens = model.text_model(input_ids=self.ids, output_hidden_states=True).hidden_states[-1]
+    vision_tokens = model.vision_model(pixel_values=pixels,
+                                       output_hidden_states=True).hidden_states[-1][:b]
+    text_tokens = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:b]
     patch_embeds, span_embeds = [], []
     for a in range(b):
       pooled = vision_tokens[a, self._box_patches(self.boxes[a])].mean(0)
@@ -186,17 +199,41 @@ def _hf_tokenizer(context: int):
 
 
 def bench_reference(variant: str, batch: int, *, steps: int, warmup: int, compile_model: bool,
-                    peak: float | None, jax_config: clip.CLIPConfig) -> list[Row]:
-  """PyTorch rows for one (variant, batch): HF SDPA (eager, compiled) global; official GOAL."""
+                    peak: float | None, jax_config: clip.CLIPConfig,
+                    goal_repo: str | None = None) -> list[Row]:
+  """PyTorch rows for one (variant, batch): HF SDPA (eager, compiled) global; the official GOAL
+  step rebuilt; with `goal_repo`, GOAL's released loop itself (`official_goal`)."""
+  released = official_goal.load(goal_repo) if goal_repo else None  # a bad checkout fails first
   reference = TorchReference(jax_config, batch)
   runs = [("hf_sdpa", "global", lambda: reference.global_step_fn(False))]
   if compile_model:
     runs.append(("hf_sdpa_compile", "global", lambda: reference.global_step_fn(True)))
   runs.append(("official_goal", "goal", reference.official_goal_step_fn))
+  flops = lambda method: methods.get(method).train_flops_per_step(
+      jax_config, pipeline.default_config(), batch)
   rows = []
   for impl, method, make_step in runs:
-    row = Row(impl, method, variant, batch, train_flops=methods.get(method).train_flops_per_step(
-        jax_config, pipeline.default_config(), batch))
+    row = Row(impl, method, variant, batch, train_flops=flops(method))
     rows.append(time_row(row, make_step, steps=steps, warmup=warmup, block=reference.block,
                          peak=peak, may_fail=impl == "hf_sdpa_compile"))
+  if released is not None:
+    rows.append(released_row(released, reference, variant, steps=steps, warmup=warmup,
+                             peak=peak, train_flops=flops("goal")))
   return rows
+
+
+def released_row(released: official_goal.Released, reference: TorchReference, variant: str, *,
+                 steps: int, warmup: int, peak: float | None, train_flops: int) -> Row:
+  """GOAL's released loop timed on `reference`'s model and batch (out of memory: in the row)."""
+  row = Row("official_goal_released", "goal", variant, reference.batch, train_flops=train_flops)
+  try:
+    timing = official_goal.time_released(released, reference, steps=steps, warmup=warmup)
+  except Exception as e:  # noqa: BLE001 - report the row, keep benchmarking
+    if not is_out_of_memory(e):
+      raise
+    row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return row
+  row.compile_s, row.step_s = timing.first_s, timing.step_s
+  if peak:
+    row.mfu = row.train_flops / row.step_s / (peak * 1e12)
+  return row
