@@ -56,6 +56,7 @@ INPUT = dict(
     region_context=77,     # tokens of a region's caption and of its hard negatives
     hard_negatives=10,     # K hard-negative captions per region (FG-CLIP: 10)
     geometry="center_crop",  # or "squash"
+    normalize_on="host",   # or "device": images stay uint8 pixels, the train step normalises
     span_mode="exact",     # or "goal": GOAL's span rule (+1 shift, truncation fallback)
     box_mode="exact",      # or "goal": GOAL's naive stretch of boxes onto the grid
     text_norm="clip",      # or "hf": the caption normalised as GOAL's HF tokenizer does

@@ -66,7 +66,7 @@ def test_trainer_mode_on_the_embedded_data(tmp_path, monkeypatch, capsys):
   assert "local: detail crop" not in rows["global"]["stages"]["stages_ms"]
   printed = capsys.readouterr().out
   for text in ("trainer/step", "rec/s/core", "CPU ms per record by stage",
-               "trainer_vs_step        tiny/8   batch 8    goal", "pipeline_per_core      not "
+               "trainer_vs_step           tiny/8   batch 8    goal", "pipeline_per_core         not "
                "measured"):
     assert text in printed, text
 
@@ -95,9 +95,9 @@ def test_trainer_targets():
   assert rows[1].pipeline_records_per_s == pytest.approx(64 / 0.05)
   assert rows[1].records_per_s_per_worker == pytest.approx(64 / 0.05 / 12)
   printed = report.format_targets(report.target_checks([], rows), "1 x H200")
-  assert "pipeline_per_core      B/16     batch 64   goal    target >= 250/s  measured 100/s" \
+  assert "pipeline_per_core         B/16     batch 64   goal    target >= 250/s  measured 100/s" \
          in printed and "MISSED (0.40x of it)" in printed
-  assert "trainer_vs_step        B/16     batch 64   global  target >= 90%    measured 85.0%" \
+  assert "trainer_vs_step           B/16     batch 64   global  target >= 90%    measured 85.0%" \
          in printed
   table = report.format_trainer_rows(rows).splitlines()
   assert len(table) == 2 + len(rows) and "trainer/step" in table[0]

@@ -155,16 +155,22 @@ def test_normalisation_is_openai_mean_std():
   np.testing.assert_allclose(out, reference, rtol=0, atol=1e-6)
 
 
-def test_device_normalisation_is_what_lism_computed_bit_for_bit():
-  # `lism.scoring.match_scores` before the one normalisation, spelled out.
-  def before(crops):
-    scale = jnp.asarray(1.0 / (255.0 * images.STD_RGB))
-    shift = jnp.asarray(images.MEAN_RGB / images.STD_RGB)
-    return crops.astype(jnp.float32) * scale - shift
-
-  got = jax.jit(images.normalize_image_on_device)(_ALL_PIXELS)
+@pytest.mark.parametrize("mean, std", [(None, None), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def test_device_normalisation_equals_the_host_bit_for_bit(mean, std):
+  """Every uint8 value of every channel, jitted, CLIP's and SigLIP's statistics: the device form
+  is the host's (so a run on device-normalised pixels is the run on host-normalised ones; the
+  scale-and-shift it replaced was fused by XLA into one multiply-add, an ulp off)."""
+  got = jax.jit(lambda x: images.normalize_image_on_device(x, mean, std))(_ALL_PIXELS)
   assert got.dtype == jnp.float32
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(before)(_ALL_PIXELS)))
-  # The host form rounds the product before subtracting; XLA may fuse the two.
-  np.testing.assert_allclose(np.asarray(got), images.normalize_image(_ALL_PIXELS), rtol=0,
-                             atol=5e-7)
+  np.testing.assert_array_equal(np.asarray(got), images.normalize_image(_ALL_PIXELS, mean, std))
+
+
+def test_a_batch_normalises_its_uint8_image_fields_only():
+  pixels = _ALL_PIXELS[None]
+  batch = {"image": pixels, "local_image": pixels.astype(np.float32), "text": np.zeros((1, 4))}
+  out = jax.jit(images.normalize_batch_on_device)(batch)
+  np.testing.assert_array_equal(np.asarray(out["image"]), images.normalize_image(pixels))
+  np.testing.assert_array_equal(np.asarray(out["local_image"]), batch["local_image"])
+  np.testing.assert_array_equal(np.asarray(out["text"]), batch["text"])
+
+

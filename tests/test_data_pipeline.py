@@ -168,6 +168,26 @@ def test_process_center_crop_and_goal_switches():
     np.testing.assert_array_equal(np.diff(goal_pos), 1)  # contiguous
 
 
+def test_device_normalisation_leaves_the_pixels_and_every_other_field_alone():
+  """`normalize_on="device"`: image fields are the resized uint8 pixels (PIL's bicubic, by
+  hand), which normalised on the device are the host pipeline's floats bit for bit; every other
+  field is the same. A record without a local pair gets black pixels (its row is masked)."""
+  pixels, record = _hand_record()
+  host = pipeline.process(record, _config())
+  device = pipeline.process(record, _config(normalize_on="device"))
+  assert device["image"].dtype == device["local_image"].dtype == np.uint8
+  np.testing.assert_array_equal(
+      device["image"], np.asarray(Image.fromarray(pixels).resize((32, 32), Image.BICUBIC)))
+  normalised = jax.jit(images.normalize_batch_on_device)(device)
+  for key in host:
+    np.testing.assert_array_equal(np.asarray(normalised[key]), host[key], err_msg=key)
+  no_pair = pipeline.process(_record(pixels, (60, 90), CAPTION, SENTENCES, []),
+                             _config(normalize_on="device"))
+  assert no_pair["local_image"].dtype == np.uint8 and not no_pair["local_image"].any()
+  with pytest.raises(ValueError, match=r"config.normalize_on='gpu': expected 'host' or 'device'"):
+    pipeline.process(record, _config(normalize_on="gpu"))
+
+
 def test_process_record_without_pairs_and_field_groups():
   pixels, _ = _hand_record()
   record = _record(pixels, (60, 90), CAPTION, SENTENCES, [])

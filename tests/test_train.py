@@ -140,8 +140,10 @@ def test_tsl_matrix_form_changes_only_the_tsl_terms(data_dir):
 
 
 def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
-  """4 steps straight == 2 steps, a preemption (save and exit), and 2 resumed steps."""
+  """4 steps straight == 2 steps, a preemption (save and exit), and 2 resumed steps. The resumed
+  steps normalise images on the host, the others on the device (the recipe's): the same run."""
   config = tiny_config("goal", data_dir, steps=4)
+  assert config.input.normalize_on == "device"
   loop.run(config, str(tmp_path / "straight"))
 
   calls = []
@@ -155,6 +157,7 @@ def test_resume_is_bit_identical(data_dir, tmp_path, monkeypatch):
   first = loop.run(config, str(tmp_path / "resumed"))
   assert first["step"] == 2
   monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", original)
+  config.input.normalize_on = "host"
   resumed = loop.run(config, str(tmp_path / "resumed"))
   assert resumed["step"] == 4
 

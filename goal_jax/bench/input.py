@@ -64,6 +64,8 @@ def define_flags() -> None:
   flags.DEFINE_string("fields", "all", "field groups joined by ',' (pipeline.FIELD_GROUPS), "
                       "'all', or a method's name")
   flags.DEFINE_string("geometry", "center_crop", "squash or center_crop")
+  flags.DEFINE_enum("normalize_on", "device", ("host", "device"), "where images are normalised "
+                    "(config.input.normalize_on; the training recipes': device)")
   flags.DEFINE_integer("threads", 2, "Grain read threads per process")
   flags.DEFINE_integer("warmup", 3, "batches skipped before timing")
   flags.DEFINE_integer("batches", 20, "batches timed")
@@ -390,7 +392,8 @@ def stage_report(tmp: str) -> dict[str, Any]:
   config.update(dict(dataset=dataset, split=split,
                      batch_size=min(FLAGS.batch_size, FLAGS.stage_records),
                      image_size=FLAGS.image_size, patch_size=FLAGS.patch_size, fields=_fields(),
-                     geometry=FLAGS.geometry, read_threads=FLAGS.threads))
+                     geometry=FLAGS.geometry, read_threads=FLAGS.threads,
+                     normalize_on=FLAGS.normalize_on))
   profile = stage_profile(config, builder.load_source(dataset, split, data_dir),
                           FLAGS.stage_records)
   profile.update(pipeline_ms=_cpu_ms_per_record(config, data_dir, FLAGS.batches, split),
@@ -417,7 +420,8 @@ def main(argv):
     config = pipeline.default_config()
     config.update(dict(dataset=FLAGS.dataset, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, patch_size=FLAGS.patch_size, fields=_fields(),
-                       geometry=FLAGS.geometry, read_threads=FLAGS.threads))
+                       geometry=FLAGS.geometry, read_threads=FLAGS.threads,
+                       normalize_on=FLAGS.normalize_on))
     print(f"{FLAGS.dataset}/{FLAGS.split}: batch {config.batch_size}, {config.image_size} px, "
           f"fields={config.fields}, read_threads={config.read_threads}")
     for workers in (int(w) for w in FLAGS.workers):

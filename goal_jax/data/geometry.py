@@ -97,7 +97,8 @@ def apply_plan(image: Image.Image, plan: ResizePlan) -> np.ndarray:
   """Bicubic resize then crop (PIL, as OpenAI CLIP); returns uint8 `[S, S, 3]`."""
   if (image.height, image.width) != plan.source_hw:
     raise ValueError(f"image is {image.height}x{image.width}, plan expects {plan.source_hw}")
-  resized = image.convert("RGB").resize(plan.resized_hw[::-1], Image.Resampling.BICUBIC)
+  rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert copies even RGB
+  resized = rgb.resize(plan.resized_hw[::-1], Image.Resampling.BICUBIC)
   top, left = plan.offset_yx
   out = resized.crop((left, top, left + plan.size, top + plan.size))
   return np.asarray(out, dtype=np.uint8)

@@ -304,23 +304,32 @@ def crop_detail(tiles, layout, window: tuple[int, int, int, int], *,
     scale *= 2
   part = tile // scale
   r0, r1, c0, c1 = top // tile, (bottom - 1) // tile, left // tile, (right - 1) // tile
-  canvas = Image.new("RGB", ((c1 - c0 + 1) * part, (r1 - r0 + 1) * part))
-  for r in range(r0, r1 + 1):
-    for c in range(c0, c1 + 1):
-      try:
-        with Image.open(io.BytesIO(tiles[r * cols + c])) as opened:
-          if scale > 1:
-            opened.draft("RGB", (part, part))
-          decoded = opened.convert("RGB")
-      except (OSError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"detail tile {r * cols + c} does not decode: {e}") from e
-      if decoded.size != (part, part):
-        raise ImageDecodeError(f"detail tile {r * cols + c} is {decoded.size}, expected "
-                               f"{(part, part)}")
-      canvas.paste(decoded, ((c - c0) * part, (r - r0) * part))
+  decoded = {(r, c): _decode_tile(tiles, r * cols + c, scale, part)
+             for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
+  if len(decoded) == 1:  # inside one tile: no canvas to fill
+    canvas = decoded[r0, c0]
+  else:
+    canvas = Image.new("RGB", ((c1 - c0 + 1) * part, (r1 - r0 + 1) * part))
+    for (r, c), pixels in decoded.items():
+      canvas.paste(pixels, ((c - c0) * part, (r - r0) * part))
   x0, y0 = c0 * tile, r0 * tile
   return canvas.crop(((left - x0) // scale, (top - y0) // scale,
                       -(-(right - x0) // scale), -(-(bottom - y0) // scale)))
+
+
+def _decode_tile(tiles, index: int, scale: int, part: int) -> Image.Image:
+  """Tile `index` decoded at 1/`scale` (`part` pixels a side), RGB (no copy when it is)."""
+  try:
+    with Image.open(io.BytesIO(tiles[index])) as opened:
+      if scale > 1:
+        opened.draft("RGB", (part, part))
+      opened.load()
+      decoded = opened if opened.mode == "RGB" else opened.convert("RGB")
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageDecodeError(f"detail tile {index} does not decode: {e}") from e
+  if decoded.size != (part, part):
+    raise ImageDecodeError(f"detail tile {index} is {decoded.size}, expected {(part, part)}")
+  return decoded
 
 
 def decode_detail(tiles, layout) -> Image.Image:
@@ -348,13 +357,27 @@ def _scale_and_shift(mean, std) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize_image_on_device(pixels: jnp.ndarray, mean=None, std=None) -> jnp.ndarray:
-  """`normalize_image` in jax.numpy (jittable): the same float32 scale and shift, out of place.
+  """`normalize_image` of uint8 `[..., 3]` pixels in jax.numpy (jittable), bit for bit.
 
-  Under jit XLA may fuse the two into one multiply-add, so values can differ from the host form
-  in the last bit.
+  A look-up of the host's values for the 256 x 3 possible inputs: XLA fuses a scale and shift
+  into one multiply-add (off by an ulp), and inputs equal to the host's keep a run on device
+  pixels identical to one on host-normalised ones.
   """
-  scale, shift = _scale_and_shift(mean, std)
-  return pixels.astype(jnp.float32) * jnp.asarray(scale) - jnp.asarray(shift)
+  table = normalize_image(np.tile(np.arange(256, dtype=np.uint8)[:, None], (1, 3)), mean, std)
+  index = pixels.astype(jnp.int32) * 3 + jnp.arange(3, dtype=jnp.int32)
+  return jnp.asarray(table.reshape(-1))[index]
+
+
+# The batch fields that hold model images (DESIGN.md "Batch contract"); uint8 ones are pixels
+# still to be normalised (`config.input.normalize_on="device"`).
+IMAGE_FIELDS = ("image", "local_image")
+
+
+def normalize_batch_on_device(batch: dict, mean=None, std=None) -> dict:
+  """`batch` with every uint8 image field normalised (`normalize_image_on_device`); float fields
+  are model inputs already. The dtype decides when tracing, so a jitted step takes either."""
+  return {k: normalize_image_on_device(v, mean, std)
+          if k in IMAGE_FIELDS and v.dtype == jnp.uint8 else v for k, v in batch.items()}
 
 
 def model_image(image: Image.Image, image_size: int, geometry_name: str, mean=None,

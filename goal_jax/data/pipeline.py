@@ -98,6 +98,12 @@ class ProcessContext:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
                        "span-based fields (sentences, local), whose spans index the whole caption")
     self.switches = reproduction.resolve(config)
+    normalize_on = config.get("normalize_on", "host")
+    if normalize_on not in ("host", "device"):
+      raise ValueError(f"config.normalize_on={normalize_on!r}: expected 'host' or 'device'")
+    # "device": image fields are the resized uint8 pixels (a quarter of the bytes, and no
+    # normalisation here); the train step normalises them (`images.normalize_batch_on_device`).
+    self.image_dtype = np.uint8 if normalize_on == "device" else np.float32
     self._tokenizer = tokenizer  # None: the shared one, looked up per process (picklable)
     self.image_norm = image_norm or (None, None)  # a backbone family's (mean, std); None: CLIP's
 
@@ -118,6 +124,8 @@ class ProcessContext:
                                       goal_norm_hw=norm_hw)
 
   def model_image(self, image: Image.Image) -> np.ndarray:
+    if self.image_dtype == np.uint8:
+      return geometry.resize_image(image, self.image_size, self.switches.geometry)
     return images.model_image(image, self.image_size, self.switches.geometry, *self.image_norm)
 
 
@@ -126,7 +134,7 @@ def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, s
   s, lc, g2 = ctx.image_size, ctx.text_context, ctx.grid * ctx.grid
   best = records.best_pair(record)
   if best is None:
-    return {"local_image": np.zeros((s, s, 3), np.float32),
+    return {"local_image": np.zeros((s, s, 3), ctx.image_dtype),
             "local_text": ctx.tokens([""], lc)[0],
             "local_span_mask": np.zeros((lc,), bool),
             "local_patch_mask": np.zeros((g2,), bool),

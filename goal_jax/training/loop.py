@@ -26,6 +26,7 @@ from goal_jax import methods
 from goal_jax import sharding
 from goal_jax.methods import base
 from goal_jax.data import builder as data_builder
+from goal_jax.data import images
 from goal_jax.data import pipeline
 from goal_jax.data import reproduction
 from goal_jax.data import unprepared
@@ -232,11 +233,14 @@ def make_tx(config: ml_collections.ConfigDict, params: Any, total_steps: int):
 # The step.
 
 
-def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics):
+def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics,
+                    image_norm=(None, None)):
   """One optimizer update; returns the new state and the step's scalar metrics (on device),
-  the method's own (`Method.step_metrics`) among them."""
+  the method's own (`Method.step_metrics`) among them. uint8 image fields are normalised first
+  with `image_norm`, the backbone family's (mean, std) (`config.input.normalize_on="device"`)."""
 
   def train_step(state, batch):
+    batch = images.normalize_batch_on_device(batch, *image_norm)
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -286,7 +290,9 @@ def build_training(config: ml_collections.ConfigDict, model_config, params: Any,
   method = methods.get(config.method)
   loss_fn = method.make_loss_fn(model_config, config.loss, mesh)
   replicated = sharding.replicated(mesh)
-  step_fn = jax.jit(make_train_step(loss_fn, tx, schedule, method.step_metrics),
+  family = families.of(model_config)
+  step_fn = jax.jit(make_train_step(loss_fn, tx, schedule, method.step_metrics,
+                                    (family.image_mean, family.image_std)),
                     donate_argnums=(0,),
                     out_shardings=(sharding.shardings_of(abstract), replicated))
   return Training(init_state, abstract, loss_fn, step_fn)

@@ -27,6 +27,7 @@ RESUMABLE = (
     "eval_every", "evals",
     "input.data_dir",  # the same prepared data, moved
     "input.num_workers", "input.read_threads", "input.prefetch_buffer_size",
+    "input.normalize_on",  # bit-identical model inputs either way
     "model.attention", "model.remat",  # the same maths, computed another way
     "mesh", "sharding",  # the state is restored onto the new layout
 )
