@@ -14,6 +14,7 @@ from goal_jax.bench import batches, report, steps, timing
 from goal_jax.data import pipeline
 from goal_jax.models import clip, flops
 from goal_jax.text import tokenizer
+from goal_jax.training import loop
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -221,3 +222,14 @@ def test_ci_command(tmp_path):
   _check_result(result, ("global", "goal", "mulclip"), 8)
   assert {c["target"] for c in result["targets"]} == {"goal_vs_official", "global_vs_hf_compile",
                                                       "mulclip_vs_goal"}
+
+
+def test_the_bench_step_takes_the_trainers_uint8_pixels():
+  """The recipes normalise on the device, so the trainer's batches hold uint8 images: the
+  bench's step is lowered for those, not for float ones."""
+  config = steps.method_config("goal", "tiny/8", 8, attention="xla", dtype="float32")
+  c = loop.model_config_from(config, None)
+  step = steps.make_train_step("goal", config, c, 8, extra_steps=1, materialise=False)
+  dtypes = {k: v.dtype for k, v in step.abstract_batch().items()}
+  assert dtypes["image"] == dtypes["local_image"] == np.uint8
+  assert dtypes["text"] == np.int32

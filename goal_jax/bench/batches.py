@@ -44,13 +44,16 @@ def _random_fraction_boxes(rng, shape) -> np.ndarray:
 def synthetic_batch(c, batch: int, sentence_context: int = 77,
                     max_sentences: int = 8, seed: int = 0, max_regions: int = 4,
                     region_context: int | None = None,
-                    hard_negatives: int = 10) -> dict[str, np.ndarray]:
+                    hard_negatives: int = 10, pixels: bool = False) -> dict[str, np.ndarray]:
   """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes;
-  region captions and hard negatives at `region_context` (default `sentence_context`)."""
+  region captions and hard negatives at `region_context` (default `sentence_context`); images
+  as uint8 `pixels` (`normalize_on="device"`, the recipes') or as normalised floats."""
   rng = np.random.default_rng(seed)
   size, lc, m = c.image_size, c.context_length, max_sentences
   r, k, lr = max_regions, hard_negatives, region_context or sentence_context
-  image = lambda: rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+  shape = (batch, size, size, 3)
+  image = ((lambda: rng.integers(0, 256, size=shape, dtype=np.uint8)) if pixels
+           else (lambda: rng.normal(size=shape).astype(np.float32)))
   ids = lambda shape, context: random_ids(rng, shape, context, c.vocab_size)
   region_valid = np.arange(r)[None, :] < rng.integers(1, r + 1, size=(batch, 1))
   return {

@@ -87,7 +87,8 @@ def make_train_step(method: str, config, c, batch: int, *,
   host_batch = batches.synthetic_batch(
       c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
       max_sentences=config.input.max_sentences, max_regions=config.input.max_regions,
-      region_context=config.input.region_context, hard_negatives=config.input.hard_negatives)
+      region_context=config.input.region_context, hard_negatives=config.input.hard_negatives,
+      pixels=config.input.normalize_on == "device")  # what the trainer's pipeline hands over
   return TrainStep(training, mesh, host_batch)
 
 
