@@ -39,3 +39,25 @@ def test_empty_or_missing_data_dir(tmp_path):
   positional = run(tmp_path, "extra")
   assert (positional.returncode, positional.stderr.strip().splitlines()) == (
       2, ["error: unexpected arguments ['extra']: every option is a --flag"])
+
+
+def test_a_corrupt_split_is_listed_and_named_with_its_fix(tmp_path):
+  """A split whose shard no longer reads is listed as corrupt beside the others, and the command
+  ends with the shard's one line (the prepare command of that split) and exit status 1."""
+  data_dir = prepare_synthetic(str(tmp_path / "tfds"), 8)
+  (shard,) = (tmp_path / "tfds" / "synthetic").glob("*/synthetic-train.array_record-*")
+  data = bytearray(shard.read_bytes())
+  data[2000:2400] = bytes(b ^ 0xFF for b in data[2000:2400])  # inside the first record's chunk
+  shard.write_bytes(bytes(data))
+  proc = subprocess.run([sys.executable, "-m", "goal_jax.datasets", f"--data_dir={data_dir}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+  assert rows[0] == ["synthetic", "3.0.0", "train", "8", "sentencex", "?", "CORRUPT", "(below)"]
+  assert [row[2] for row in rows[1:]] == ["test", "test_hard", "test_transfer",
+                                          "test_transfer_hard"]
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith(f"error: shard {shard} is corrupt: record 0 of synthetic/train does "
+                         "not read")
+  assert line.endswith(f"python -m goal_jax.prepare --dataset=synthetic --data_dir={data_dir} "
+                       "--split=train --seed=0 --version=3")
