@@ -427,6 +427,47 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
   assert '"pairs"' in summary_out.read_text()
 
 
+def test_a_moved_scorer_checkpoint_resumes_without_mining_again(prepared, tmp_path, capsys):
+  """The command names its scorer by its weights, not its path: mining stopped after one chunk
+  resumes from the same checkpoint moved elsewhere (no image scored twice). A work folder that
+  named it by path (earlier versions) resumes too, and is rewritten in today's form."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from goal_jax.lism import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from goal_jax.models import checkpoint, clip  # pylint: disable=g-import-not-at-top
+  data_dir = _copy_source(prepared, tmp_path / "data")
+  config = clip.get_model_config("tiny/8")
+  params = clip.init_params(config, jax.random.key(0))
+  checkpoint.save_model(str(tmp_path / "ckpt"), params, config)
+
+  def lism(ckpt, *more):
+    argv = ["lism", f"--data_dir={data_dir}", "--dataset=synthetic", "--split=test",
+            f"--checkpoint={ckpt}", "--segmenter_options=scale=200,levels=2,short_side=48",
+            "--chunk_images=2", "--max_candidates=10", "--out_dataset=mined", *more]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    try:
+      cli.main(argv[:1])
+    finally:
+      flags.FLAGS.unparse_flags()
+    return capsys.readouterr().out
+
+  assert "1 of 2 chunks mined" in lism(tmp_path / "ckpt", "--max_chunks=1")
+  config_path = mine.work_root(data_dir, "mined") / "test" / mine.CONFIG_FILE
+  want = scoring.scorer_id(params)
+  assert json.loads(config_path.read_text())["scorer"] == want
+  assert want == scoring.checkpoint_scorer_id(str(tmp_path / "ckpt"))
+  assert want.startswith("weights ") and want.endswith(" dtype=checkpoint")
+  os.rename(tmp_path / "ckpt", tmp_path / "moved")
+  stored = json.loads(config_path.read_text())
+  stored["scorer"] = f"{tmp_path / 'moved'} dtype=checkpoint"  # as earlier versions wrote it
+  config_path.write_text(json.dumps(stored))
+  out = lism(tmp_path / "moved")
+  assert "mined 2 images (1 chunks)" in out  # the second chunk only
+  assert json.loads(config_path.read_text())["scorer"] == want
+  other = clip.init_params(config, jax.random.key(1))
+  assert scoring.scorer_id(other) != want and scoring.scorer_id(params, "float32") != want
+
+
 def test_the_progress_bar_starts_after_the_first_image_which_compiles(prepared, scorer, tmp_path,
                                                                       capsys):
   """The first image also compiles the scorer (20 s at B/16): it is reported on its own line, and

@@ -88,7 +88,7 @@ def main(argv):
       chunk_images=_CHUNK.value, crop_batch=_CROP_BATCH.value, text_batch=_TEXT_BATCH.value,
       num_workers=_THREADS.value)
   rule = selection.SelectionOptions(_SELECTION.value, _TOP_K.value, _KEEP_FULL.value)
-  scorer_id = f"{os.path.abspath(_CHECKPOINT.value)} dtype={_DTYPE.value or 'checkpoint'}"
+  scorer_id = scoring.scorer_id(scorer.params, _DTYPE.value)
   result = mine.run(data_dir, _DATASET.value, _SPLIT.value, scorer, scorer_id, options, rule,
                     out=out, restart=_RESTART.value, max_chunks=_MAX_CHUNKS.value)
   if _SUMMARY_OUT.value:

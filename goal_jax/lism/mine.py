@@ -224,12 +224,22 @@ def _relative_source(version_dir: pathlib.Path, data_dir) -> str:
   return version_dir.relative_to(pathlib.Path(data_dir)).as_posix()
 
 
+# How versions before 2026-12-05 named the command's scorer: its checkpoint's absolute path.
+_PATH_SCORER = re.compile(r"^(/.*) dtype=(\S+)$")
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-  """A work config as compared on resume: a `source_dir` that older versions recorded as an
-  absolute path is taken by its last two parts (`<dataset>/<version>`), as now written."""
+  """A work config as compared on resume, in today's form. What older versions recorded as an
+  absolute path is taken by what it names: a `source_dir` by its last two parts
+  (`<dataset>/<version>`), a scorer by the weights its checkpoint holds (`scoring.scorer_id`;
+  one no longer there compares unequal)."""
   source = config.get("source_dir")
   if isinstance(source, str) and os.path.isabs(source):
     config = {**config, "source_dir": "/".join(pathlib.PurePath(source).parts[-2:])}
+  legacy = _PATH_SCORER.match(str(config.get("scorer", "")))
+  if legacy and os.path.isdir(legacy.group(1)):
+    dtype = None if legacy.group(2) == "checkpoint" else legacy.group(2)
+    config = {**config, "scorer": scoring.checkpoint_scorer_id(legacy.group(1), dtype)}
   return config
 
 
@@ -249,15 +259,17 @@ def _open_work_folder(folder: pathlib.Path, config: dict[str, Any], restart: boo
   for stale in folder.glob(files.TEMPORARY_GLOB):  # a write killed half-way
     stale.unlink()
   path = folder / CONFIG_FILE
+  saved = None
   if path.is_file():
-    stored = _comparable(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    stored = _comparable(saved)
     diff = {k: (stored.get(k), config.get(k)) for k in set(stored) | set(config)
             if stored.get(k) != config.get(k)}
     if diff:
       raise ValueError(f"work folder {folder} holds matches made with other settings "
                        f"(stored, now): {diff}; re-run with restart=True (--restart) to discard "
                        "them, or use another --out_dataset")
-  else:
+  if saved != config:  # new, or an older form of the same settings: today's form
     files.write_json(path, config, sort_keys=True)
 
 
@@ -289,7 +301,8 @@ def mine_split(data_dir, dataset: str, split: str, scorer: scoring.Scorer, score
     data_dir: where the prepared shards are (`python -m goal_jax.prepare`).
     dataset, split: the source.
     scorer: the matching model (`scoring.load_scorer`, or any `scoring.Scorer`).
-    scorer_id: names the scorer in the work config (checkpoint path and dtype for the CLI).
+    scorer_id: names the scorer in the work config (the CLI's: `scoring.scorer_id`, a digest of
+      its weights and the dtype).
     options: how to mine.
     out: output dataset name (default `<dataset>_lism`); the work folder lives under it.
     restart: discard the split's work folder first.

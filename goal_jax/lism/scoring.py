@@ -16,6 +16,7 @@ as the cosine's either way). Crops arrive as uint8 (4x less host-to-device traff
 normalised on the device with the scorer's family's mean and std.
 """
 import dataclasses
+import hashlib
 import math
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -79,6 +80,25 @@ def model_scorer(params, config, tokenizer=None) -> Scorer:
   return Scorer(params, config.image_size, config.context_length, encode_images, encode_texts,
                 lambda p: p["logit_scale"], bias, tokenizer, family.image_mean, family.image_std,
                 family.geometry)
+
+
+def scorer_id(params: Any, dtype: str | None = None) -> str:
+  """What the matches depend on of a scorer: a digest of its weights (names, shapes, dtypes,
+  bytes) and the compute dtype. Not its path: a moved checkpoint scores alike, so mining that
+  resumes from it keeps its chunks."""
+  digest = hashlib.blake2b(digest_size=16)
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    value = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)} {value.dtype} {value.shape};".encode())
+    digest.update(value.tobytes())
+  return f"weights {digest.hexdigest()} dtype={dtype or 'checkpoint'}"
+
+
+def checkpoint_scorer_id(checkpoint_dir: str, dtype: str | None = None) -> str:
+  """`scorer_id` of the weights a checkpoint holds."""
+  params, _ = checkpoint.load_model(checkpoint_dir)
+  return scorer_id(params, dtype)
 
 
 def load_scorer(checkpoint_dir: str, dtype: str | None = None) -> Scorer:
