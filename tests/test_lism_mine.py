@@ -392,10 +392,20 @@ def test_command_line_mistake_is_one_error_line(flags, message):
   assert result.stderr.startswith("error: ") and message in result.stderr
 
 
-def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
-  """`python -m goal_jax.lism` end to end: a random tiny/8 checkpoint, Felzenszwalb, topk."""
+def _run_lism_command(argv):
+  """The `lism` command's main in this process, with `argv`'s flags (reset afterwards)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from goal_jax.lism import __main__ as cli  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    cli.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
+  """`python -m goal_jax.lism` end to end: a random tiny/8 checkpoint, Felzenszwalb, topk."""
   from goal_jax.models import checkpoint, clip  # pylint: disable=g-import-not-at-top
   data_dir = _copy_source(prepared, tmp_path)
   config = clip.get_model_config("tiny/8")
@@ -408,12 +418,7 @@ def test_command_line_with_a_tiny_clip_checkpoint(prepared, tmp_path):
           "--crop_batch=64",
           "--max_candidates=40",
           "--text_batch=16", f"--summary_out={summary_out}", "--out_dataset=mined"]
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
-  try:
-    cli.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
+  _run_lism_command(argv)
   records = _records("mined", "test", data_dir)
   assert len(records) == 4
   for record in records:
@@ -431,8 +436,6 @@ def test_a_moved_scorer_checkpoint_resumes_without_mining_again(prepared, tmp_pa
   """The command names its scorer by its weights, not its path: mining stopped after one chunk
   resumes from the same checkpoint moved elsewhere (no image scored twice). A work folder that
   named it by path (earlier versions) resumes too, and is rewritten in today's form."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from goal_jax.lism import __main__ as cli  # pylint: disable=g-import-not-at-top
   from goal_jax.models import checkpoint, clip  # pylint: disable=g-import-not-at-top
   data_dir = _copy_source(prepared, tmp_path / "data")
   config = clip.get_model_config("tiny/8")
@@ -443,12 +446,7 @@ def test_a_moved_scorer_checkpoint_resumes_without_mining_again(prepared, tmp_pa
     argv = ["lism", f"--data_dir={data_dir}", "--dataset=synthetic", "--split=test",
             f"--checkpoint={ckpt}", "--segmenter_options=scale=200,levels=2,short_side=48",
             "--chunk_images=2", "--max_candidates=10", "--out_dataset=mined", *more]
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    try:
-      cli.main(argv[:1])
-    finally:
-      flags.FLAGS.unparse_flags()
+    _run_lism_command(argv)
     return capsys.readouterr().out
 
   assert "1 of 2 chunks mined" in lism(tmp_path / "ckpt", "--max_chunks=1")
