@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -143,12 +143,35 @@ def _flag_error_message(error: Exception) -> str:
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     fail(f"{_flag_error_message(e)} (--help lists the flags)", code=2)
   except (AttributeError, KeyError) as e:  # a --config.<field> override naming no field
     text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
     fail(f"unknown config field {text} (--print_config lists the fields)", code=2)
+  for name, value in _flag_strings():
+    if files.is_url(value):
+      fail(files.url_path_error(f"--{name}", value), code=2)
+  return rest
+
+
+def _flag_strings() -> Iterator[tuple[str, str]]:
+  """(name, value) of every string flag, and of every string field of a config flag
+  (`config.input.data_dir`), as parsed."""
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if isinstance(value, str):
+      yield name, value
+    elif hasattr(value, "to_dict"):  # an ml_collections config
+      yield from _config_strings(name, value.to_dict())
+
+
+def _config_strings(prefix: str, tree: dict) -> Iterator[tuple[str, str]]:
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _config_strings(f"{prefix}.{key}", value)
+    elif isinstance(value, str):
+      yield f"{prefix}.{key}", value
 
 
 def run(main: Callable[[list[str]], Any], *, expected: tuple[type[BaseException], ...] = (),

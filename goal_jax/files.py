@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -31,6 +32,30 @@ class NotWritableError(ValueError):
 
 class FolderBusyError(RuntimeError):
   """Another live run holds the folder (`FolderLock`)."""
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Where launch/tpu_vm.sh mounts a bucket on every worker (gcsfuse), and the paths it passes.
+GCS_MOUNT_ROOT = "/mnt/gcs"
+
+
+def is_url(path: str) -> bool:
+  """`gs://...`, `s3://...`, `https://...`: a location the local file system does not reach."""
+  return bool(_URL.match(path))
+
+
+def url_path_error(option: str, url: str) -> str:
+  """One line: the commands read and write through the local file system (locks, atomic
+  renames, TFDS and ArrayRecord files, Orbax), so a bucket is mounted, not named by URL."""
+  scheme, rest = url.split("://", 1)
+  if scheme == "gs":
+    bucket = rest.split("/", 1)[0]
+    return (f"{option}={url}: goal_jax reads and writes through the local file system, not gs:// "
+            f"URLs; mount the bucket (gcsfuse --implicit-dirs {bucket} "
+            f"{GCS_MOUNT_ROOT}/{bucket}; launch/tpu_vm.sh mounts the gs:// paths of its "
+            f"arguments on every worker) and pass {GCS_MOUNT_ROOT}/{rest}")
+  return (f"{option}={url}: goal_jax reads and writes through the local file system, not "
+          f"{scheme}:// URLs; copy or mount it locally and pass that path")
 
 
 def cache_dir() -> str:

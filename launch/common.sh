@@ -101,9 +101,48 @@ pinned_jax_version() {
 # Warns when a path that every host must share is not on GCS.
 warn_unless_gcs() {
   local name="$1" value="$2"
-  if [[ -n "$value" && "$value" != gs://* ]]; then
+  if [[ -n "$value" && "$value" != gs://* && "$value" != "$GCS_MOUNT_ROOT"/* ]]; then
     echo "warning: $name=$value is not on GCS (gs://...): every worker must see the same files" >&2
   fi
+}
+
+# Where a bucket is mounted with gcsfuse on every worker (goal_jax/files.py GCS_MOUNT_ROOT):
+# goal_jax reads and writes through the local file system, and refuses gs:// URLs.
+GCS_MOUNT_ROOT=/mnt/gcs
+
+# The buckets that the gs:// paths of the arguments name, once each, in order.
+gcs_buckets() {
+  local arg rest bucket seen=" "
+  for arg in "$@"; do
+    rest="$arg"
+    while [[ "$rest" =~ gs://([a-z0-9][-a-z0-9_.]*) ]]; do
+      bucket="${BASH_REMATCH[1]}"
+      rest="${rest#*gs://"$bucket"}"
+      [[ "$seen" == *" $bucket "* ]] && continue
+      seen+="$bucket "
+      echo "$bucket"
+    done
+  done
+}
+
+# A worker's command that installs gcsfuse (Google's apt repository) unless present and mounts
+# each bucket at $GCS_MOUNT_ROOT/<bucket>, unless mounted. Directory renames (Orbax commits a
+# checkpoint by renaming its temporary folder) need --rename-dir-limit on flat buckets.
+gcs_mount_command() {
+  local command bucket mounted
+  command='command -v gcsfuse >/dev/null || { echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc]'
+  # shellcheck disable=SC2016  # $(lsb_release ...) expands on the worker
+  command+=' https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main"'
+  command+=' | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null'
+  command+=' && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg'
+  command+=' | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null'
+  command+=' && sudo apt-get -qq update && sudo apt-get -qq install -y gcsfuse; }'
+  for bucket in "$@"; do
+    mounted="$GCS_MOUNT_ROOT/$bucket"
+    command+=" && sudo mkdir -p $mounted && sudo chown \"\$USER\" $mounted && { mountpoint -q"
+    command+=" $mounted || gcsfuse --implicit-dirs --rename-dir-limit=200000 $bucket $mounted; }"
+  done
+  echo "$command"
 }
 
 # The value of `--flag=...` among the training arguments, empty if absent.

@@ -3,7 +3,9 @@
 # and goal_jax, run `python -m goal_jax.train TRAIN_ARGS` on all workers at once (their logs
 # stream here and go to ~/goal_jax_train.log on each), then delete the VM (also on failure).
 # Every worker runs the same command; goal_jax.distributed joins them (TPU auto-detection).
-# Data and workdir must be on GCS so all workers share them.
+# Data and workdir must be on GCS so all workers share them: each bucket that a gs:// path of the
+# training arguments names is mounted with gcsfuse at /mnt/gcs/<bucket> on every worker, and the
+# command gets the mounted paths (goal_jax reads and writes through the local file system).
 #
 #   launch/tpu_vm.sh --name=goal-v4 --zone=us-central2-b --accelerator=v4-32 -- \
 #     --config=configs/goal.py:init=gs://bkt/ckpt/clip_b16,dataset=docci_lism,batch=256 \
@@ -118,6 +120,11 @@ jax_tpu="$(quote "jax[tpu]==$(pinned_jax_version)")"
 install="$venv && ~/goal_jax_venv/bin/pip install -q -U pip"
 install+=" && ~/goal_jax_venv/bin/pip install -q -e ~/goal_jax $jax_tpu"
 on_all_workers "$install"
+mapfile -t buckets < <(gcs_buckets "${TRAIN_ARGS[@]}")
+if ((${#buckets[@]})); then
+  on_all_workers "$(gcs_mount_command "${buckets[@]}")"
+  TRAIN_ARGS=("${TRAIN_ARGS[@]//gs:\/\//$GCS_MOUNT_ROOT/}")
+fi
 train="set -o pipefail; cd ~/goal_jax && ~/goal_jax_venv/bin/python -m goal_jax.train"
 train+=" $(quote "${TRAIN_ARGS[@]}") 2>&1 | tee ~/goal_jax_train.log"
 on_all_workers "$train"

@@ -13,6 +13,8 @@ SCRIPTS = ("common.sh", "tpu_vm.sh", "gpu_node.sh", "slurm.sh", "gpu_bench.sh")
 # Training arguments with characters a careless script would mangle: ',' ':' a space and a quote.
 TRAIN_ARGS = ["--config=configs/goal.py:init=gs://bkt/ckpt,batch=256", "--workdir=gs://bkt/run",
               "--config.input.data_dir=gs://bkt/tfds", "--config.evals.profile_name=it's a b"]
+# As tpu_vm.sh passes them: goal_jax refuses gs:// URLs, so it mounts the bucket on every worker.
+MOUNTED_ARGS = [arg.replace("gs://", "/mnt/gcs/") for arg in TRAIN_ARGS]
 
 
 def _pinned_jax():
@@ -64,10 +66,29 @@ def test_tpu_vm_dry_run():
   assert "--worker=all" in copy and copy[6] == "goal-v4:goal_jax.tgz"
   ssh = [c for c in commands if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]]
   assert all(c[5] == "goal-v4" and "--worker=all" in c for c in ssh)
-  install, train = _remote(ssh[-2]), _remote(ssh[-1])
+  install, mount, train = _remote(ssh[-3]), ssh[-2][-1], _remote(ssh[-1])
   assert f"jax[tpu]=={_pinned_jax()}" in install
-  assert _contains(train, ["~/goal_jax_venv/bin/python", "-m", "goal_jax.train", *TRAIN_ARGS])
+  assert _contains(train, ["~/goal_jax_venv/bin/python", "-m", "goal_jax.train", *MOUNTED_ARGS])
   assert "tee" in train
+  assert mount.count("gcsfuse --implicit-dirs") == 1  # one bucket, named three times
+  assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 bkt /mnt/gcs/bkt" in mount
+  assert "sudo apt-get -qq install -y gcsfuse" in mount
+
+
+def test_tpu_vm_mounts_each_bucket_once_and_leaves_local_paths_alone():
+  args = ["--config=configs/goal.py:init=gs://weights.example/ckpt,data_dir=gs://data-2/tfds",
+          "--workdir=gs://weights.example/run", "--config.evals.data_dir=/local/tfds"]
+  proc = _launch("tpu_vm.sh", "--dry_run", "--name=v", "--zone=z", "--accelerator=v4-8", "--",
+                 *args)
+  ssh = [c for c in _commands(proc.stdout) if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm",
+                                                        "ssh"]]
+  mount, train = ssh[-2][-1], _remote(ssh[-1])
+  assert re.findall(r"gcsfuse --implicit-dirs --rename-dir-limit=\d+ (\S+) (\S+);", mount) == [
+      ("weights.example", "/mnt/gcs/weights.example"), ("data-2", "/mnt/gcs/data-2")]
+  assert _contains(train, [
+      "--config=configs/goal.py:init=/mnt/gcs/weights.example/ckpt,data_dir=/mnt/gcs/data-2/tfds",
+      "--workdir=/mnt/gcs/weights.example/run", "--config.evals.data_dir=/local/tfds"])
+  assert "warning" not in proc.stderr
 
 
 def test_tpu_vm_queued_resource_and_git_clone():
@@ -226,7 +247,7 @@ def test_tpu_vm_attention_choice(args, want):
                  "--", *TRAIN_ARGS)
   ssh = [c for c in _commands(proc.stdout) if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm",
                                                          "ssh"]]
-  assert _contains(_remote(ssh[-1]), [*TRAIN_ARGS, f"--config.model.attention={want}"])
+  assert _contains(_remote(ssh[-1]), [*MOUNTED_ARGS, f"--config.model.attention={want}"])
 
 
 def test_tpu_vm_refuses_a_gpu_kernel():

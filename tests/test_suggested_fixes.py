@@ -400,3 +400,26 @@ def test_missing_data_leaves_out_only_what_preparing_makes(tmp_path, photos_dir)
   assert json.loads(json.dumps(missing["Urban1k"].as_dict()))["commands"] == [
       f"python -m goal_jax.prepare --dataset=urban1k --manual_dir=<raw files> "
       f"--data_dir={photos_dir} --split=test"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["goal_jax.datasets", "--data_dir=gs://bkt/tfds"],
+     "error: --data_dir=gs://bkt/tfds: goal_jax reads and writes through the local file system, "
+     "not gs:// URLs; mount the bucket (gcsfuse --implicit-dirs bkt /mnt/gcs/bkt; "
+     "launch/tpu_vm.sh mounts the gs:// paths of its arguments on every worker) and pass "
+     "/mnt/gcs/bkt/tfds"),
+    (["goal_jax.train", "--config=configs/goal.py:init=gs://bkt/ckpt", "--workdir=/tmp/unused"],
+     "error: --config.model_init=gs://bkt/ckpt: goal_jax reads and writes through the local "
+     "file system, not gs:// URLs; mount the bucket (gcsfuse --implicit-dirs bkt /mnt/gcs/bkt; "
+     "launch/tpu_vm.sh mounts the gs:// paths of its arguments on every worker) and pass "
+     "/mnt/gcs/bkt/ckpt"),
+    (["goal_jax.evaluate", "--checkpoint=/ckpt", "--out=s3://b/eval.json"],
+     "error: --out=s3://b/eval.json: goal_jax reads and writes through the local file system, "
+     "not s3:// URLs; copy or mount it locally and pass that path"),
+])
+def test_a_bucket_url_is_refused_with_the_mount_that_serves_it(tmp_path, args, says):
+  """A gs:// path in a flag or a config field: one line, before any work, with the gcsfuse
+  mount and the path to pass (what launch/tpu_vm.sh does on every worker)."""
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [says])
