@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from typing import Any, Callable
 
 from absl import logging
 import ml_collections
@@ -32,6 +34,7 @@ from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import families
 from goal_jax.text import sentencepiece_tokenizer
 from goal_jax.training import loop
+from goal_jax.training import workdir_lock
 
 PRETRAIN_CONTEXT = 32
 PRETRAIN_STEPS = 400
@@ -120,14 +123,38 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS,
   model_dir = os.path.join(path, "model")
   if os.path.isfile(os.path.join(model_dir, model_checkpoint.CONFIG_FILE)):
     return model_dir
+  workdir = files.staging_directory(path, create=False)  # kept: a stopped pretraining resumes
+  workdir_lock.WorkdirLock(workdir).check_free()  # another demo pretraining it: say nothing yet
   logging.info("Pretraining the demo's tiny %s on short captions into %s", backbone, path)
   print(f"[demo] pretraining a tiny {backbone} model on short captions (cached in {path})",
         flush=True)
-  workdir = files.staging_directory(path, create=False)  # kept: a stopped pretraining resumes
   if loop.run(config, workdir)["preempted"]:
     return None
   files.replace_directory(workdir, path)
   return model_dir
+
+
+# How often a demo polls for the cache another run is making, and how long it waits at most
+# (a holder on another host sharing the cache cannot be checked for life).
+WAIT_POLL_S, WAIT_MAX_S = 2.0, 3600.0
+
+
+def waiting_for_other_runs(make: Callable[[], Any], what: str) -> Any:
+  """`make()`, waiting while another run holds the cache folder it needs (its lock): two demos
+  started together (two notebooks, two terminals) both finish, the second reading what the first
+  made. After `WAIT_MAX_S` the holder's error is raised."""
+  start, said = time.monotonic(), False
+  while True:
+    try:
+      return make()
+    except files.FolderBusyError:
+      if time.monotonic() - start > WAIT_MAX_S:
+        raise
+      if not said:
+        print(f"[demo] another run is making {what} in the cache ({cache_dir()}); waiting for "
+              "it", flush=True)
+        said = True
+      time.sleep(WAIT_POLL_S)
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str,
@@ -143,11 +170,14 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str,
   version = demo_data.get("version") or synthetic.LATEST_VERSION
   pretrain_steps = pretrain_steps or demo_data.get("pretrain_steps") or PRETRAIN_STEPS
   data_dir = data_dir_of(seed, version)
-  ensure_synthetic(data_dir, seed, version)
+  waiting_for_other_runs(lambda: ensure_synthetic(data_dir, seed, version),
+                         "the embedded dataset")
   config.input.data_dir = config.input.data_dir or data_dir
   if not config.model_init:
     backbone = families.of(families.get_variant(config.model.variant)).name
-    config.model_init = ensure_pretrained(config.input.data_dir, pretrain_steps, backbone)
+    config.model_init = waiting_for_other_runs(
+        lambda: ensure_pretrained(config.input.data_dir, pretrain_steps, backbone),
+        "the pretrained start")
     if config.model_init is None:
       return {"preempted": True, "step": 0}
   config.model.text_context = FINETUNE_CONTEXT

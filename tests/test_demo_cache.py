@@ -1,0 +1,63 @@
+"""The demo's shared cache: a second demo started while a first makes the data or the
+pretrained start waits for it, instead of stopping at the first's lock."""
+import threading
+import time
+
+import pytest
+
+from goal_jax import demo
+from goal_jax import files
+from goal_jax.data import builder
+from goal_jax.data import prepare
+
+
+def test_it_waits_while_another_run_holds_the_lock_then_reads_what_it_made(monkeypatch, capsys):
+  monkeypatch.setattr(demo, "WAIT_POLL_S", 0.0)
+  made = []
+
+  def make():
+    made.append(1)
+    if len(made) < 4:  # the other run still holds the folder
+      raise files.FolderBusyError("dataset folder /c/synthetic is in use by another run")
+    return "/c/pretrained/model"
+
+  assert demo.waiting_for_other_runs(make, "the pretrained start") == "/c/pretrained/model"
+  assert len(made) == 4
+  # One line, however long the wait.
+  assert capsys.readouterr().out.splitlines() == [
+      f"[demo] another run is making the pretrained start in the cache ({demo.cache_dir()}); "
+      "waiting for it"]
+
+
+def test_it_gives_up_after_the_longest_wait(monkeypatch):
+  monkeypatch.setattr(demo, "WAIT_POLL_S", 0.0)
+  monkeypatch.setattr(demo, "WAIT_MAX_S", 0.05)
+
+  def make():
+    raise files.FolderBusyError("workdir /c/pretrained/abc.tmp is in use by another run")
+
+  with pytest.raises(files.FolderBusyError, match="is in use by another run"):
+    demo.waiting_for_other_runs(make, "the pretrained start")
+
+
+def test_a_preparation_that_meets_a_live_lock_waits_for_its_release(tmp_path, monkeypatch):
+  """The real lock `prepare` takes (a holder in this process is alive): the waiting call
+  prepares once the holder lets go."""
+  monkeypatch.setattr(demo, "WAIT_POLL_S", 0.05)
+  calls = []
+
+  def prepare_small():
+    calls.append(time.monotonic())
+    return prepare.prepare("synthetic", str(tmp_path), splits=["test"], seed=0, version=3,
+                           verbose=False)
+
+  lock = builder.DatasetLock("synthetic", str(tmp_path))
+  lock.acquire()
+  releaser = threading.Timer(0.3, lock.release)
+  releaser.start()
+  try:
+    demo.waiting_for_other_runs(prepare_small, "the embedded dataset")
+  finally:
+    releaser.join()
+  assert len(calls) >= 2 and calls[-1] - calls[0] >= 0.25
+  assert len(builder.load_source("synthetic", "test", str(tmp_path))) == 300
