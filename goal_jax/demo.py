@@ -34,6 +34,7 @@ from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.models import families
 from goal_jax.text import sentencepiece_tokenizer
 from goal_jax.training import loop
+from goal_jax.training import resume
 from goal_jax.training import workdir_lock
 
 PRETRAIN_CONTEXT = 32
@@ -113,7 +114,8 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS,
   None when the pretraining was stopped by a termination signal (it resumes on the next call).
   """
   config = pretrain_config(data_dir, steps, backbone)
-  key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=repr).encode())
+  # What defines the model (not logging, input threads, where images are normalised, ...).
+  key = hashlib.sha256(json.dumps(resume.defining_fields(config), sort_keys=True).encode())
   # The data's version too: a start must never have seen version 3's held-out pairs.
   key.update(data_builder.dataset_dir("synthetic", data_dir).name.encode())
   if config.model.tokenizer:  # its contents, not only its path, make the model

@@ -61,3 +61,17 @@ def test_a_preparation_that_meets_a_live_lock_waits_for_its_release(tmp_path, mo
     releaser.join()
   assert len(calls) >= 2 and calls[-1] - calls[0] >= 0.25
   assert len(builder.load_source("synthetic", "test", str(tmp_path))) == 300
+
+
+def test_the_pretrained_start_is_keyed_on_what_defines_it():
+  """Fields a resumed run may change (logging, input threads, where images are normalised) leave
+  the cache key alone, so a release adding such a field does not pretrain again; a field that
+  changes the model does not."""
+  from goal_jax.training import resume  # pylint: disable=g-import-not-at-top
+  config = demo.pretrain_config("/unused")
+  key = resume.defining_fields(config)
+  assert "optim.lr" in key and "input.normalize_on" not in key and "log_every" not in key
+  config.input.normalize_on, config.log_every, config.input.read_threads = "host", 7, 1
+  assert resume.defining_fields(config) == key
+  config.optim.lr *= 2
+  assert resume.defining_fields(config) != key

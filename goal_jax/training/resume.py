@@ -54,6 +54,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def defining_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{dotted field: value}` of the fields that define what is trained (all but `RESUMABLE`):
+  what a cache of a trained model keys on (the demo's pretrained start)."""
+  return {name: value for name, value in _flatten(as_plain(config)).items()
+          if not _resumable(name)}
+
+
 def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """`{dotted field: (saved value, current value)}` for every field that differs."""
   old, new = _flatten(saved), _flatten(current)
