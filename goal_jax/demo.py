@@ -114,8 +114,10 @@ def ensure_pretrained(data_dir: str, steps: int = PRETRAIN_STEPS,
   None when the pretraining was stopped by a termination signal (it resumes on the next call).
   """
   config = pretrain_config(data_dir, steps, backbone)
-  # What defines the model (not logging, input threads, where images are normalised, ...).
-  key = hashlib.sha256(json.dumps(resume.defining_fields(config), sort_keys=True).encode())
+  # What defines the model: the fields a resume may not change, and its length (which a resume
+  # may extend); not logging, input threads, where images are normalised, ...
+  defining = {**resume.defining_fields(config), "total_steps": config.total_steps}
+  key = hashlib.sha256(json.dumps(defining, sort_keys=True).encode())
   # The data's version too: a start must never have seen version 3's held-out pairs.
   key.update(data_builder.dataset_dir("synthetic", data_dir).name.encode())
   if config.model.tokenizer:  # its contents, not only its path, make the model

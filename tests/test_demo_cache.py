@@ -63,15 +63,31 @@ def test_a_preparation_that_meets_a_live_lock_waits_for_its_release(tmp_path, mo
   assert len(builder.load_source("synthetic", "test", str(tmp_path))) == 300
 
 
-def test_the_pretrained_start_is_keyed_on_what_defines_it():
+def test_the_pretrained_start_is_keyed_on_what_defines_it(tmp_path, monkeypatch):
   """Fields a resumed run may change (logging, input threads, where images are normalised) leave
   the cache key alone, so a release adding such a field does not pretrain again; a field that
-  changes the model does not."""
-  from goal_jax.training import resume  # pylint: disable=g-import-not-at-top
-  config = demo.pretrain_config("/unused")
-  key = resume.defining_fields(config)
-  assert "optim.lr" in key and "input.normalize_on" not in key and "log_every" not in key
-  config.input.normalize_on, config.log_every, config.input.read_threads = "host", 7, 1
-  assert resume.defining_fields(config) == key
-  config.optim.lr *= 2
-  assert resume.defining_fields(config) != key
+  changes the model, or the number of steps, changes it."""
+  monkeypatch.setenv("GOAL_JAX_CACHE", str(tmp_path / "cache"))
+  data_dir = tmp_path / "data"
+  (data_dir / "synthetic" / "3.0.0").mkdir(parents=True)
+  (data_dir / "synthetic" / "3.0.0" / "dataset_info.json").write_text("{}")
+  folders = []
+
+  def pretrained_folder(config):  # where ensure_pretrained looks, without training
+    monkeypatch.setattr(demo, "pretrain_config", lambda *a, **k: config)
+    monkeypatch.setattr(demo.loop, "run", lambda c, workdir: folders.append(workdir) or
+                        {"preempted": True})
+    assert demo.ensure_pretrained(str(data_dir)) is None
+    return folders[-1]
+
+  base = pretrained_folder(demo.pretrain_config(str(data_dir)))
+  same = demo.pretrain_config(str(data_dir))
+  same.input.normalize_on, same.log_every, same.input.read_threads = "host", 7, 1
+  assert pretrained_folder(same) == base
+  for change in ("lr", "steps"):
+    other = demo.pretrain_config(str(data_dir))
+    if change == "lr":
+      other.optim.lr *= 2
+    else:
+      other.total_steps += 1
+    assert pretrained_folder(other) != base, change

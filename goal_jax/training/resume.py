@@ -55,8 +55,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def defining_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`{dotted field: value}` of the fields that define what is trained (all but `RESUMABLE`):
-  what a cache of a trained model keys on (the demo's pretrained start)."""
+  """`{dotted field: value}` of the fields that define what is trained (all but `RESUMABLE`;
+  a cache of a trained model adds its length, `total_steps`, as the demo's pretrained start)."""
   return {name: value for name, value in _flatten(as_plain(config)).items()
           if not _resumable(name)}
 
