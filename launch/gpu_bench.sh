@@ -14,7 +14,8 @@
 #                 --goal_repo GOAL's released loop itself (bench/official_goal.py)
 #   trainer_64    global and GOAL at batch 64: the trainer's path fed by the Grain pipeline
 #                 beside the step, the pipeline alone and its CPU per record by stage
-#                 (`bench --trainer`), on 128 generated DOCCI-sized photos with the detail copy;
+#                 (`bench --trainer`), on 128 generated DOCCI-sized photos with the detail copy,
+#                 prepared with --image_short_side=224 (B/16's input: the global resize is a copy);
 #                 12 Grain worker processes x 2 read threads: a worker is about one core of
 #                 per-record Python (the tokenizer and numpy hold the GIL, JPEG decodes and
 #                 resizes release it, so a second thread fills those waits), and 4 of the 16
@@ -104,8 +105,8 @@ if [[ "$variant" == tiny/* ]]; then  # the smoke run on a CPU: the embedded data
   trainer_args=(--trainer_data=synthetic --records=64 --workers=0 --steps=3 --warmup=1
     --stage_records=16)
 else  # 12 x 2: see the header; 50 timed steps make what the workers buffered count little
-  trainer_args=(--trainer_data=photos --records=128 --workers=12 --threads=2 --steps=50
-    --warmup=5)
+  trainer_args=(--trainer_data=photos --records=128 --image_short_side=224 --workers=12
+    --threads=2 --steps=50 --warmup=5)
 fi
 bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
 bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"

@@ -13,7 +13,7 @@ from _cli import run_command
 from goal_jax.bench import __main__ as bench_command
 from goal_jax.bench import input as input_bench
 from goal_jax.bench import report, timing, trainer
-from goal_jax.data import builder, pipeline, synthetic
+from goal_jax.data import builder, images, pipeline, synthetic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER_FIELDS = ("step_s", "trainer_s", "first_s", "same_batch_s", "pipeline_batch_s",
@@ -109,7 +109,11 @@ def test_stage_profile_adds_up_to_the_path_on_photos_with_the_detail_copy(tmp_pa
   them) add up to the path timed without the split."""
   data_dir = input_bench.prepare_photos(str(tmp_path), 3)
   data = trainer.open_data(data_dir, input_bench.PHOTOS_DATASET, "train")
-  assert data.detail_share == 1.0
+  assert data.detail_share == 1.0 and data.image_short_side == 256
+  small = trainer.prepare_data("photos", str(tmp_path / "small"), records=1, image_short_side=224)
+  assert (small.image_short_side, small.detail_share) == (224, 1.0)
+  record = builder.decode_record(builder.load_source(small.dataset, "train", small.data_dir)[0])
+  assert min(images.open_rgb(record["image"]).size) == 224
   config = pipeline.default_config()
   config.update(dict(dataset=input_bench.PHOTOS_DATASET, batch_size=3, fields="global,local"))
   profile = input_bench.stage_profile(

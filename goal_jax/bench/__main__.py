@@ -85,6 +85,9 @@ def define_flags() -> None:
                     "temporary folder.")
   flags.DEFINE_integer("records", 0, "--trainer_data records to generate (0: synthetic's train "
                        f"split, or {trainer.DEFAULT_PHOTOS} photos).", lower_bound=0)
+  flags.DEFINE_integer("image_short_side", 256, "--trainer_data=photos: the stored copies' "
+                       "short side (prepare --image_short_side; 224, a B/16's input, makes the "
+                       "global resize a copy).", lower_bound=1)
   cli.define_data_dir_flag(None, "--trainer: read --dataset/--split there instead of "
                            "generating --trainer_data.")
   flags.DEFINE_string("dataset", "synthetic", "--trainer with --data_dir: the prepared dataset.")
@@ -130,7 +133,8 @@ def main(argv) -> None:
         warmup=FLAGS.warmup, remat=FLAGS.remat, scan=FLAGS.scan, trainer_data=FLAGS.trainer_data,
         records=FLAGS.records, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
         read_threads=FLAGS.threads, num_workers=FLAGS.workers,
-        stage_records=FLAGS.stage_records, json_out=FLAGS.json_out)
+        stage_records=FLAGS.stage_records, json_out=FLAGS.json_out,
+        image_short_side=FLAGS.image_short_side)
     return
   run_bench(FLAGS.variant, _batches(FLAGS.batch), FLAGS.methods, steps=FLAGS.steps,
             warmup=FLAGS.warmup, attention=FLAGS.attention, dtype=FLAGS.dtype,

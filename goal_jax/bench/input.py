@@ -64,6 +64,9 @@ def define_flags() -> None:
   flags.DEFINE_string("fields", "all", "field groups joined by ',' (pipeline.FIELD_GROUPS), "
                       "'all', or a method's name")
   flags.DEFINE_string("geometry", "center_crop", "squash or center_crop")
+  flags.DEFINE_integer("image_short_side", 256, "--detail_photos: the stored copy's short side "
+                       "(prepare --image_short_side; the model's input side makes the global "
+                       "resize a copy)", lower_bound=1)
   flags.DEFINE_enum("normalize_on", "device", ("host", "device"), "where images are normalised "
                     "(config.input.normalize_on; the training recipes': device)")
   flags.DEFINE_integer("threads", 2, "Grain read threads per process")
@@ -145,13 +148,14 @@ def _build_photos(examples, data_dir: pathlib.Path, **options) -> None:
                 options=builder.PrepareOptions(num_workers=1, **options))
 
 
-def prepare_photos(root: str, count: int, threads: int = 1) -> str:
+def prepare_photos(root: str, count: int, threads: int = 1, **options) -> str:
   """`count` generated DOCCI-sized photos (`_write_detail_fixture`) prepared as the `train` split
   of `PHOTOS_DATASET` with the default detail copy (original pixels) under `<root>/prepared`;
-  returns that data_dir. The local crops of GOAL records then decode detail tiles, as on DOCCI."""
+  returns that data_dir. The local crops of GOAL records then decode detail tiles, as on DOCCI.
+  `options`: other `builder.PrepareOptions` (`image_short_side=224`)."""
   root_path = pathlib.Path(root)
   examples = _write_detail_fixture(root_path / "raw", count, threads)
-  _build_photos(examples, root_path / "prepared")
+  _build_photos(examples, root_path / "prepared", **options)
   return str(root_path / "prepared")
 
 
@@ -383,7 +387,8 @@ def stage_report(tmp: str) -> dict[str, Any]:
   """`--stage_records`: the stage profile of `--fields` on the photos or the split, printed."""
   if FLAGS.detail_photos:
     print(f"writing and preparing {FLAGS.detail_photos} photos of 1600 x 2000 ...", flush=True)
-    data_dir = prepare_photos(tmp, FLAGS.detail_photos, threads=os.cpu_count() or 1)
+    data_dir = prepare_photos(tmp, FLAGS.detail_photos, threads=os.cpu_count() or 1,
+                              image_short_side=FLAGS.image_short_side)
     dataset, split = PHOTOS_DATASET, "train"
   else:
     data_dir = os.path.expanduser(FLAGS.data_dir) if FLAGS.data_dir else _prepare_default(tmp)

@@ -57,11 +57,13 @@ DEFAULT_PHOTOS = 128
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  """A prepared split the trainer reads, and the share of its records with a detail copy."""
+  """A prepared split the trainer reads, the share of its records with a detail copy, and the
+  short side its stored copies were prepared at (`prepare --image_short_side`; None: unknown)."""
   data_dir: str
   dataset: str
   split: str
   detail_share: float
+  image_short_side: int | None = None
 
   @property
   def label(self) -> str:
@@ -74,16 +76,21 @@ def open_data(data_dir: str, dataset: str, split: str, sample: int = 64) -> Data
   source = builder.load_source(dataset, split, data_dir)
   indices = np.unique(np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int))
   share = float(np.mean([detail.has_tiles(source[int(i)]) for i in indices]))
-  return Data(data_dir, dataset, split, share)
+  metadata = builder.prepared_metadata(dataset, data_dir)
+  options = metadata.get("split_options", {}).get(split, metadata).get("options") or {}
+  return Data(data_dir, dataset, split, share, options.get("image_short_side"))
 
 
-def prepare_data(kind: str, root: str, records: int = 0) -> Data:
+def prepare_data(kind: str, root: str, records: int = 0, image_short_side: int = 256) -> Data:
   """`kind` prepared under `root`: `synthetic`'s train split (`records` > 0: that many, else
-  `synthetic.SPLIT_SIZES`'s) or `records` (default 128) generated photos with the detail copy."""
+  `synthetic.SPLIT_SIZES`'s) or `records` (default 128) generated photos with the detail copy,
+  their stored copies at `image_short_side` (224, a B/16's input: the global resize is a copy)."""
   if kind == "photos":
     count = records or DEFAULT_PHOTOS
-    print(f"writing and preparing {count} photos of 1600 x 2000 ...", flush=True)
-    data_dir = input_bench.prepare_photos(root, count, threads=os.cpu_count() or 1)
+    print(f"writing and preparing {count} photos of 1600 x 2000 (stored short side "
+          f"{image_short_side}) ...", flush=True)
+    data_dir = input_bench.prepare_photos(root, count, threads=os.cpu_count() or 1,
+                                          image_short_side=image_short_side)
     return open_data(data_dir, input_bench.PHOTOS_DATASET, "train")
   if kind != "synthetic":
     raise ValueError(f"--trainer_data={kind!r}: expected one of {DATA_KINDS}")
@@ -208,7 +215,8 @@ def run_trainer_bench(variants: Sequence[str], batch_sizes: Sequence[int],
                       data_dir: str | None = None, dataset: str = "synthetic",
                       split: str = "train", read_threads: int | None = None,
                       num_workers: int | None = None, stage_records: int = 64,
-                      json_out: str | None = None) -> dict[str, Any]:
+                      json_out: str | None = None,
+                      image_short_side: int = 256) -> dict[str, Any]:
   """Every variant x batch x method on one prepared split (`data_dir`, else `trainer_data`
   prepared into a temporary folder); prints the tables, returns the JSON (written to `json_out`
   after every method). `header`: the bench's (device, attention, dtype, peak)."""
@@ -225,7 +233,7 @@ def run_trainer_bench(variants: Sequence[str], batch_sizes: Sequence[int],
 
   with tempfile.TemporaryDirectory() as tmp:
     data = (open_data(os.path.expanduser(data_dir), dataset, split) if data_dir
-            else prepare_data(trainer_data, tmp, records))
+            else prepare_data(trainer_data, tmp, records, image_short_side))
     print(f"data: {data.label} in {data.data_dir}, detail copy in "
           f"{100 * data.detail_share:.0f} % of its records", flush=True)
     for variant in variants:
