@@ -41,7 +41,9 @@ def define_flags() -> None:
   cli.define_data_dir_flag()
   flags.DEFINE_string("manual_dir", None, "folder with the raw dataset files")
   flags.DEFINE_list("split", [], "splits to prepare (default: all present)")
-  flags.DEFINE_integer("image_short_side", 256, "pre-resize short side; 0 keeps the original")
+  flags.DEFINE_integer("image_short_side", 256, "pre-resize short side; 0 keeps the original. "
+                       "The model's input side (224 for B/16 and L/14) spares the trainer a "
+                       "resize per record; never below it (stored images are not upscaled).")
   flags.DEFINE_bool("detail", True, "also store the full-resolution detail copy that GOAL's "
                     "local crops and LISM read (--nodetail: none, for MulCLIP/global only)")
   flags.DEFINE_integer("detail_short_side", 0, "detail copy short side; 0 keeps the original")
