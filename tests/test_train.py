@@ -27,13 +27,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
 
 
-def prepare_synthetic(root: str, train_records: int) -> str:
-  """Prepares `synthetic` into `root` with `train_records` training and one batch of test records."""
+def prepare_synthetic(root: str, train_records: int, **options) -> str:
+  """Prepares `synthetic` into `root` with `train_records` training and one batch of test records
+  (`options`: more of `prepare.prepare`'s)."""
   sizes = dict(synthetic.SPLIT_SIZES)
   synthetic.SPLIT_SIZES.update(train=train_records, test=BATCH, test_hard=BATCH,
                                test_transfer=BATCH, test_transfer_hard=BATCH)
   try:
-    data_prepare.prepare("synthetic", root, verbose=False)
+    data_prepare.prepare("synthetic", root, verbose=False, **options)
   finally:
     synthetic.SPLIT_SIZES.update(sizes)
   return root
@@ -269,3 +270,20 @@ def test_a_run_without_benchmarks_says_how_to_evaluate(data_dir, tmp_path, capsy
                     "after training")
   assert start < out.index("[train] first step compiled and ran in ")
   assert "[train] compiling the training step (the first step waits for it)" in out
+
+
+def test_data_stored_below_the_models_input_is_named_with_the_fix(tmp_path, caplog):
+  """Stored copies prepared smaller than the model's input (16 px for tiny/8's 32) train, upscaled,
+  with one warning naming the option that avoids it; at the default (256) there is none."""
+  small = prepare_synthetic(str(tmp_path / "small"), BATCH, image_short_side=16)
+  config = tiny_config("global", small, steps=1)
+  with caplog.at_level("WARNING"):
+    loop.run(config, str(tmp_path / "run"))
+  assert ("synthetic/train was prepared with --image_short_side=16, below the model's 32-pixel "
+          "input: every image is upscaled; prepare it again with --image_short_side=32 (or 0, "
+          "the original pixels)") in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    loop.warn_if_upscaled(tiny_config("global", prepare_synthetic(
+        str(tmp_path / "default"), BATCH), steps=1).input, 32)
+  assert "upscaled" not in caplog.text
