@@ -629,6 +629,19 @@ def prepared_metadata(name: str, data_dir, version: str | None = None) -> dict[s
   return _read_json(version_dir(name, data_dir, version) / "metadata.json")
 
 
+def upscaling_note(name: str, split: str, data_dir, image_size: int) -> str | None:
+  """Why a split's images reach a model of `image_size` pixels upscaled, or None: its stored
+  copies were prepared with `--image_short_side` below it (224 for a 336-pixel model)."""
+  metadata = prepared_metadata(name, data_dir)
+  side = ((metadata.get("split_options", {}).get(split, metadata).get("options") or {})
+          .get("image_short_side"))
+  if not side or side >= image_size:
+    return None
+  return (f"{name}/{split} was prepared with --image_short_side={side}, below the model's "
+          f"{image_size}-pixel input: every image is upscaled; prepare it again with "
+          f"--image_short_side={image_size} (or 0, the original pixels)")
+
+
 def split_ids(name: str, split: str, data_dir, version: str | None = None) -> list[str] | None:
   """The record ids of a prepared split, from its id list; None if it has none (older runs)."""
   path = version_dir(name, data_dir, version) / ids_file_name(name, split)

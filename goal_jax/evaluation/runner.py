@@ -15,6 +15,7 @@ import time
 
 from absl import logging
 
+from goal_jax.data import builder as data_builder
 from goal_jax.data import unprepared
 from goal_jax.evaluation import benchmark_spec
 from goal_jax.evaluation import embedding
@@ -130,6 +131,10 @@ def evaluate_benchmarks(params, model_config, benchmarks, data_dir, *, batch_siz
   ad_hoc = {b.name: note for b in chosen if (note := _ad_hoc_note(b, data[b.name]))}
   for name, note in ad_hoc.items():
     logging.warning("Benchmark %s: %s", name, note)
+  for b in chosen:  # prepared splits; a zero-shot folder is read at its own size
+    if b.task not in tasks.FOLDER_TASKS and (note := data_builder.upscaling_note(
+        b.dataset, b.split, data_dir, model_config.image_size)):
+      logging.warning("Benchmark %s: %s", b.name, note)
   clip_params = params if scoring is None else param_tree.clip_of(params)
   embedder = embedder or embedding.Embedder.for_params(clip_params, model_config, mesh,
                                                        batch_size)

@@ -342,7 +342,9 @@ def _run(config, workdir, preempted) -> dict[str, Any]:
   check_schedule(config, total_steps)
   data_config = input_config(config, model_config)
   check_reproduction(data_config, config.input.data_dir)
-  warn_if_upscaled(config.input, model_config.image_size)
+  if note := data_builder.upscaling_note(config.input.dataset, config.input.split,
+                                         config.input.data_dir, model_config.image_size):
+    logging.warning("%s", note)
 
   params = method.init_params(config, model_config,
                               jax.random.fold_in(jax.random.key(config.seed), 1), init_params)
@@ -483,20 +485,6 @@ def say(text: str) -> None:
   """A line for the person running the command (process 0 only): what happened, where it went."""
   if jax.process_index() == 0:
     print(f"[train] {text}", flush=True)
-
-
-def warn_if_upscaled(input_config_: ml_collections.ConfigDict, image_size: int) -> None:
-  """A warning when the split's stored copies are smaller than the model's input (prepared with
-  `--image_short_side` below it, e.g. 224 for a 336-pixel model): every image is upscaled."""
-  metadata = data_builder.prepared_metadata(input_config_.dataset, input_config_.data_dir)
-  split_options = metadata.get("split_options", {}).get(input_config_.split, metadata)
-  side = (split_options.get("options") or {}).get("image_short_side")
-  if side and side < image_size:
-    logging.warning(
-        "%s/%s was prepared with --image_short_side=%d, below the model's %d-pixel input: "
-        "every image is upscaled; prepare it again with --image_short_side=%d (or 0, the "
-        "original pixels)", input_config_.dataset, input_config_.split, side, image_size,
-        image_size)
 
 
 def check_reproduction(data_config: ml_collections.ConfigDict, data_dir: str) -> None:
