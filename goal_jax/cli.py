@@ -9,6 +9,10 @@ An expected failure (bad input, a missing file, a typo in a flag or config field
 `error: ...` line with the fix and exits 1 (2 for a command-line mistake); a traceback means a
 bug. Libraries' chatter (TFDS's download banner, Orbax's INFO lines, JAX's backend probing) is
 silenced unless `--verbosity` is given.
+
+Paths are local: locks, atomic renames, ArrayRecord and Orbax go through the file system, so a
+`gs://` (or any URL) value of a flag or config field is refused before any work, with the gcsfuse
+mount that serves it (`files.url_path_error`; `launch/tpu_vm.sh` mounts them on every worker).
 """
 from __future__ import annotations
 
