@@ -161,9 +161,13 @@ def time_released(released: Released, reference, *, steps: int, warmup: int) -> 
   optimizer and batch (`torch_reference.TorchReference`)."""
   torch, c = reference.torch, reference.config
   h, w = reference.box_original_hw
-  column = lambda i: torch.tensor([box[i] for box in reference.boxes])
+  # On the device, as Fabric's loader puts every tensor of a batch: the loop's `.item()` calls
+  # on the box then wait for the device, as they do in the release.
+  device = reference.device
+  column = lambda i: torch.tensor([box[i] for box in reference.boxes], device=device)
   bbox = {"x1": column(0), "y1": column(1), "x2": column(2), "y2": column(3),
-          "width": torch.full((reference.batch,), w), "height": torch.full((reference.batch,), h)}
+          "width": torch.full((reference.batch,), w, device=device),
+          "height": torch.full((reference.batch,), h, device=device)}
   batch = (reference.images, reference.ids, reference.local_images, reference.local_ids, bbox,
            list(reference.captions), list(reference.local_sentences))
   synchronize = torch.cuda.synchronize if reference.device == "cuda" else (lambda: None)
