@@ -1,7 +1,5 @@
 """The demo's shared cache: a second demo started while a first makes the data or the
 pretrained start waits for it, instead of stopping at the first's lock."""
-import threading
-import time
 
 import pytest
 
@@ -41,25 +39,20 @@ def test_it_gives_up_after_the_longest_wait(monkeypatch):
 
 
 def test_a_preparation_that_meets_a_live_lock_waits_for_its_release(tmp_path, monkeypatch):
-  """The real lock `prepare` takes (a holder in this process is alive): the waiting call
-  prepares once the holder lets go."""
-  monkeypatch.setattr(demo, "WAIT_POLL_S", 0.05)
+  """The real lock `prepare` takes (held by this process: alive): the first call meets it, the
+  holder lets go while the demo waits, and the next call prepares."""
+  lock = builder.DatasetLock("synthetic", str(tmp_path))
+  lock.acquire()
+  monkeypatch.setattr(demo.time, "sleep", lambda seconds: lock.release())  # the holder ends
   calls = []
 
   def prepare_small():
-    calls.append(time.monotonic())
+    calls.append(1)
     return prepare.prepare("synthetic", str(tmp_path), splits=["test"], seed=0, version=3,
                            verbose=False)
 
-  lock = builder.DatasetLock("synthetic", str(tmp_path))
-  lock.acquire()
-  releaser = threading.Timer(0.3, lock.release)
-  releaser.start()
-  try:
-    demo.waiting_for_other_runs(prepare_small, "the embedded dataset")
-  finally:
-    releaser.join()
-  assert len(calls) >= 2 and calls[-1] - calls[0] >= 0.25
+  demo.waiting_for_other_runs(prepare_small, "the embedded dataset")
+  assert len(calls) == 2
   assert len(builder.load_source("synthetic", "test", str(tmp_path))) == 300
 
 
