@@ -23,6 +23,10 @@
 #                 images at 64), copies it to the device and dispatches the step. At ~10 ms of
 #                 CPU per GOAL record, 12 workers give ~1,200 records/s for the step's ~1,000.
 #   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=dots), profiled
+#   b16_64_candidates  the global step at batch 64 as built and compiled or computed each other
+#                 way of bench/candidates.py (XLA's Triton GEMMs, cuDNN GEMM fusions, the centred
+#                 layer-norm variance alone and with XLA's cuDNN layer norm), profiled: speed-up
+#                 and first loss against the step as built, in one process
 #   b16_16        the three at batch 16, with the PyTorch references
 #   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
 #   b16_64_compile  HF + torch.compile at batch 64 (its compilation is slow)
@@ -33,7 +37,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 out_dir="" done_dir="" python="python3" variant="B/16" goal_repo=()
-rows="b16_64,trainer_64,b16_256,b16_16,b16_64_cached,b16_64_compile"
+rows="b16_64,trainer_64,b16_256,b16_64_candidates,b16_16,b16_64_cached,b16_64_compile"
 for arg in "$@"; do
   case "$arg" in
     --out=*) out_dir="${arg#*=}" ;;
@@ -110,6 +114,8 @@ else  # 12 x 2: see the header; 50 timed steps make what the workers buffered co
 fi
 bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
 bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"
+bench_row b16_64_candidates --batch=64 --methods=global --candidates=all --steps=5 --warmup=1 \
+  --profile_dir="$work/profiles"
 bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2 "${goal_repo[@]}"
 bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program
 bench_row b16_64_compile --batch=64 --methods=global --reference --steps=5 --warmup=2

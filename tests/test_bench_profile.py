@@ -39,6 +39,7 @@ ENTRY %main.9 (a: bf16[64,512], w: bf16[512,512]) -> f32[] {
   %gemm_fusion.7 = bf16[64,512]{1,0} fusion(%a, %w), kind=kCustom, calls=%fused_dot, metadata={op_name="jit(train_step)/jvp(CLIP.encode_image)/visual/transformer/resblocks_0/mlp/c_fc/dot_general"}
   %loop_multiply_fusion.3 = f32[64,512]{1,0} fusion(%a), kind=kLoop, calls=%fused_norm, metadata={op_name="jit(train_step)/jvp(CLIP.encode_image)/visual/transformer/resblocks_0/ln_1/mul"}
   %custom-call.5 = (bf16[64,8,64]{2,1,0}, u8[0]{0}) custom-call(%a), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/jvp(CLIP.encode_image)/visual/transformer/resblocks_0/attn/dot_product_attention"}
+  %custom-call.6 = (bf16[64,512]{1,0}, f32[64]{0}, f32[64]{0}, u8[0]{0}) custom-call(%a), custom_call_target="__cudnn$norm"
   %loop_sqrt_fusion = f32[512,512]{1,0} fusion(%w), kind=kLoop, calls=%fused_adam, metadata={op_name="jit(train_step)/sqrt"}
   %transpose_fusion.2 = f32[512,64]{0,1} fusion(%a), kind=kLoop, calls=%fused_layout, metadata={op_name="jit(train_step)/jvp(CLIP.encode_image)/visual/transformer/resblocks_0/mlp/transpose"}
   %loop_exp_fusion = f32[] fusion(%a), kind=kLoop, calls=%fused_norm, metadata={op_name="jit(train_step)/jvp()/exp"}
@@ -48,6 +49,7 @@ ENTRY %main.9 (a: bf16[64,512], w: bf16[512,512]) -> f32[] {
 
 EXPECTED = {"gemm_fusion.7": "matmul", "loop_multiply_fusion.3": "layer norm",
             "custom-call.5": "attention", "loop_sqrt_fusion": "optimizer update",
+            "custom-call.6": "layer norm",  # cuDNN's norm (--candidates): by its target alone
             "transpose_fusion.2": "copy/transpose", "loop_exp_fusion": "loss",
             "all-reduce.1": "collective"}
 
@@ -75,16 +77,18 @@ def test_summary_of_a_hand_made_gpu_trace():
                _event("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 200.0,
                       hlo_op="command_buffer_1"),
                _event("loop_multiply_fusion_3", 100.0, hlo_op="command_buffer_1"),
+               _event("cudnn_generated_fort_native_layer_norm_fwd", 40.0,
+                      hlo_op="command_buffer_1"),
                _event("loop_sqrt_fusion", 50.0),
                _event("Memset 3", 10.0, hlo_op="command_buffer_1")]
   events.append({**_event("elsewhere", 9000.0), "args": {"hlo_module": "jit_device_put",
                                                          "hlo_op": "copy.1"}})
   summary = profile.summarise({"traceEvents": events}, HLO, steps=2)
   ms = {c["category"]: c["ms_per_step"] for c in summary["categories"]}
-  assert ms == pytest.approx({"matmul": 0.8, "attention": 0.2, "layer norm": 0.1,
+  assert ms == pytest.approx({"matmul": 0.8, "attention": 0.2, "layer norm": 0.14,
                               "optimizer update": 0.05, "copy/transpose": 0.01})
   assert (summary["module"], summary["device_ms_per_step"]) == ("jit_train_step",
-                                                                pytest.approx(1.16))
+                                                                pytest.approx(1.2))
   top = summary["top_ops"][0]
   assert (top["op"], top["category"], top["calls_per_step"]) == (
       "nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT", "matmul", 1)

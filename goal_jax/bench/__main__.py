@@ -5,6 +5,7 @@ r"""Train-step throughput and MFU of each method on synthetic batches (no data p
   python -m goal_jax.bench --variant=tiny/8 --batch=8 --steps=2 --reference   # CI smoke run
   python -m goal_jax.bench --variant=B/16,L/14 --batch=16 --analyze_only --remat=dots   # any machine
   python -m goal_jax.bench --trainer --variant=tiny/8 --batch=16 --methods=global,goal --steps=20
+  python -m goal_jax.bench --variant=B/16 --batch=64 --methods=global --candidates=all
 
 Each row times the trainer's own step for a method (`steps`). `--reference` also times, in the
 same process and on the same device, PyTorch baselines of the same model and batch
@@ -23,9 +24,14 @@ backward keeps per pair (JAX's saved residuals), which says which `--remat` a ba
 `--trainer` asks whether training runs as fast as its step (`trainer`): beside each step row,
 the trainer's own path fed by the Grain pipeline over prepared shards, the pipeline alone
 (records/s, per worker process, per CPU core) and its CPU per record by stage.
+
+`--candidates` times each method's step also compiled or computed another way (XLA options,
+another form of the same layer), in the same process on the same params and batch, with its
+speed-up and first loss against the step as built (`candidates`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +42,7 @@ import jax
 from goal_jax import cli
 from goal_jax import files
 from goal_jax import methods
+from goal_jax.bench import candidates
 from goal_jax.bench import report
 from goal_jax.bench import steps as steps_lib
 from goal_jax.bench import trainer
@@ -75,6 +82,9 @@ def define_flags() -> None:
                       "so a killed run keeps what it measured).")
   flags.DEFINE_string("profile_dir", None, "Trace a few steps of every row into "
                       "<dir>/<method>_<variant>_b<batch>/ and summarise them (summary.json/.md).")
+  flags.DEFINE_list("candidates", [], "Also time each method's step compiled another way, "
+                    "beside the step as built (same params and batch): names of "
+                    f"{sorted(candidates.BY_NAME)} or {candidates.ALL} (bench/candidates.py).")
   flags.DEFINE_integer("profile_steps", 3, "Steps traced per row with --profile_dir.",
                        lower_bound=1)
   flags.DEFINE_bool("trainer", False, "Also run the trainer's path fed by the Grain pipeline "
@@ -121,8 +131,14 @@ def main(argv) -> None:
                "--reference", code=2)
     from goal_jax.bench import official_goal  # pylint: disable=g-import-not-at-top
     official_goal.load(FLAGS.goal_repo)  # a wrong folder stops here, not after the rows
+  try:
+    chosen = candidates.parse(FLAGS.candidates) if FLAGS.candidates else []
+  except ValueError as e:
+    cli.fail(str(e), code=2)
+  if chosen and FLAGS.analyze_only:
+    cli.fail("--candidates are timed; --analyze_only times nothing", code=2)
   if FLAGS.trainer:
-    others = [f"--{name}" for name in ("analyze_only", "reference", "profile_dir")
+    others = [f"--{name}" for name in ("analyze_only", "reference", "profile_dir", "candidates")
               if FLAGS[name].value]
     if others:
       cli.fail(f"--trainer times the trainer's path; it does not take {', '.join(others)}",
@@ -141,7 +157,7 @@ def main(argv) -> None:
             remat=FLAGS.remat, scan=FLAGS.scan, analyze_only=FLAGS.analyze_only,
             reference=FLAGS.reference, compile_reference=not FLAGS.no_compile,
             peak=FLAGS.peak_tflops, json_out=FLAGS.json_out, profile_dir=FLAGS.profile_dir,
-            profile_steps=FLAGS.profile_steps, goal_repo=FLAGS.goal_repo)
+            profile_steps=FLAGS.profile_steps, goal_repo=FLAGS.goal_repo, candidates_=chosen)
 
 
 def reference_rows(variant: str, batch: int, *, steps: int, warmup: int, attention: str,
@@ -187,14 +203,17 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
               analyze_only: bool = False, reference: bool = False,
               compile_reference: bool = True, peak: float | None = None,
               json_out: str | None = None, profile_dir: str | None = None,
-              profile_steps: int = 3, goal_repo: str | None = None) -> dict[str, Any]:
-  """Times (or analyses) every variant x batch x method; prints the tables, returns the JSON."""
+              profile_steps: int = 3, goal_repo: str | None = None,
+              candidates_: Sequence[candidates.Candidate] = ()) -> dict[str, Any]:
+  """Times (or analyses) every variant x batch x method, each method's step also as every one
+  of `candidates_`; prints the tables, returns the JSON."""
   device, header = settings(attention, dtype, peak, analyze_only)
   attention, dtype, peak = header["attention"], header["dtype"], header["peak_tflops"]
   rows = []
 
   def result() -> dict[str, Any]:
-    out = {**header, "rows": [r.to_dict() for r in rows], "targets": report.target_checks(rows)}
+    out = {**header, "rows": [r.to_dict() for r in rows], "targets": report.target_checks(rows),
+           "candidates": [dataclasses.asdict(c) for c in candidates_]}
     if json_out:
       files.write_atomic(json_out, json.dumps(out, indent=2))
     return out
@@ -202,13 +221,14 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   for variant in variants:
     for batch in batch_sizes:
       for method in method_names:
-        rows.append(steps_lib.bench_method(method, variant, batch, steps=steps, warmup=warmup,
-                                           attention=attention, dtype=dtype, remat=remat,
-                                           scan=scan, peak=peak, time_it=not analyze_only,
-                                           profile_dir=profile_dir,
-                                           profile_steps=profile_steps))
-        print(report.format_rows(rows[-1:]).splitlines()[-1], flush=True)
-        result()
+        for candidate in (None, *candidates_):
+          rows.append(steps_lib.bench_method(method, variant, batch, steps=steps, warmup=warmup,
+                                             attention=attention, dtype=dtype, remat=remat,
+                                             scan=scan, peak=peak, time_it=not analyze_only,
+                                             profile_dir=profile_dir,
+                                             profile_steps=profile_steps, candidate=candidate))
+          print(report.format_rows(rows[-1:]).splitlines()[-1], flush=True)
+          result()
       if reference and not analyze_only:
         rows += reference_rows(variant, batch, steps=steps, warmup=warmup, attention=attention,
                                dtype=dtype, compile_model=compile_reference, peak=peak,
@@ -219,6 +239,9 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   print()
   print(report.format_rows(rows))
   print(report.format_flop_ratios(rows))
+  if candidates_:
+    print()
+    print(report.format_candidates(rows, candidates_))
   print()
   print(report.format_targets(checks, f"{jax.device_count()} x {device.device_kind}"))
   if profile_dir:

@@ -37,6 +37,7 @@ _OP_NAME = re.compile(r'op_name="([^"]+)"')
 _MATMUL_OPS = {"dot", "convolution"}
 _MATMUL_TARGETS = ("gemm", "matmul", "cublas", "triton")
 _ATTENTION_TARGETS = ("fmha", "flash", "attention", "sdpa")
+_NORM_TARGET = "$norm"  # XLA's cuDNN layer norm custom call, `__cudnn$norm`
 _COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
                 "all-reduce-start", "all-reduce-done", "all-gather-start", "all-gather-done",
                 "collective-permute-start", "collective-permute-done"}
@@ -110,6 +111,7 @@ def parse_hlo(text: str) -> dict[str, Op]:
 
 # Kernels that no HLO instruction names (a library's kernels inside a CUDA graph): by name.
 _KERNEL_PATTERNS = (
+    ("layer norm", re.compile(r"norm", re.IGNORECASE)),  # cuDNN's (--candidates=cudnn_layer_norm)
     ("attention", re.compile(r"sdpa|fmha|flash|dot_do_o|convert_dq", re.IGNORECASE)),
     ("matmul", re.compile(r"nvjet|gemm|xmma|cutlass|splitkreduce|cublas", re.IGNORECASE)),
     ("host transfer", re.compile(r"memcpy(h2d|d2h|htod|dtoh)", re.IGNORECASE)),
@@ -137,6 +139,8 @@ def categorise(op: Op | None, event_name: str = "") -> str:
   path = op.op_name
   if any(t in targets for t in _ATTENTION_TARGETS):
     return "attention"
+  if _NORM_TARGET in targets:
+    return "layer norm"
   if opcodes & _COLLECTIVES:
     return "collective"
   if op.opcode in _TRANSFERS:

@@ -147,6 +147,36 @@ def format_flop_ratios(rows: Sequence[Row]) -> str:
   return "\n".join(lines)
 
 
+def format_candidates(rows: Sequence[Row], chosen: Sequence[Any]) -> str:
+  """Each candidate's step against the step as built (`bench.candidates`): speed-up (> 1 is
+  faster) and the first step's loss of both (they must agree up to rounding)."""
+  header = (f"{'candidate':<20} {'method':<8} {'variant':<8} {'batch':>5} {'built ms':>9} "
+            f"{'cand. ms':>9} {'speed-up':>8} {'first loss, built':>18} {'cand.':>12} "
+            f"{'rel. diff':>9} {'compile s':>9}")
+  lines = ["candidates against the step as built (same process, params and batch)", header,
+           "-" * len(header)]
+  for r in rows:
+    if not r.impl.startswith("goal_jax+"):
+      continue
+    built = _find(rows, "goal_jax", r.method, r.variant, r.batch)
+    speedup = diff = None
+    if built is not None and r.step_s is not None:
+      speedup = built.step_s / r.step_s
+      if built.first_loss is not None and r.first_loss is not None:
+        diff = abs(r.first_loss - built.first_loss) / max(abs(built.first_loss), 1e-12)
+    lines.append(
+        f"{r.impl.split('+', 1)[1]:<20} {r.method:<8} {r.variant:<8} {r.batch:>5} "
+        f"{_fmt(None if built is None else 1e3 * built.step_s, '9.2f')} "
+        f"{_fmt(None if r.step_s is None else 1e3 * r.step_s, '9.2f')} {_fmt(speedup, '8.3f')} "
+        f"{_fmt(None if built is None else built.first_loss, '18.6f')} "
+        f"{_fmt(r.first_loss, '12.6f')} {_fmt(diff, '9.1e')} {_fmt(r.compile_s, '9.1f')}"
+        + (f"  {r.error}" if r.error else ""))
+  for c in chosen:
+    settings = {**c.compiler_options, **c.model_overrides}
+    lines.append(f"  {c.name}: {', '.join(f'{k}={v}' for k, v in settings.items())} ({c.why})")
+  return "\n".join(lines)
+
+
 _PERCENT_TARGETS = ("mfu_at_256", "trainer_vs_step")
 _RATE_TARGETS = ("pipeline_per_core",)  # records/s: printed with the share of the target
 
@@ -184,15 +214,21 @@ def format_profiles(rows: Sequence[Row]) -> str:
   if not profiled:
     return ""
   names = _categories_in(profiled)
-  header = f"{'method':<8} {'variant':<8} {'batch':>5} {'device ms':>9} " + " ".join(
+  method = max([8] + [len(_method_label(r)) for r in profiled])
+  header = f"{'method':<{method}} {'variant':<8} {'batch':>5} {'device ms':>9} " + " ".join(
       f"{n[:12]:>12}" for n in names)
   lines = ["device time by category, ms per step (--profile_dir has the top ops)", header]
   for r in profiled:
     ms = {c["category"]: c["ms_per_step"] for c in r.profile["categories"]}
-    lines.append(f"{r.method:<8} {r.variant:<8} {r.batch:>5} "
+    lines.append(f"{_method_label(r):<{method}} {r.variant:<8} {r.batch:>5} "
                  f"{r.profile['device_ms_per_step']:>9.2f} "
                  + " ".join(_fmt(ms.get(n), "12.2f") for n in names))
   return "\n".join(lines)
+
+
+def _method_label(row: Row) -> str:
+  """The method, and the candidate it was compiled as (`goal+triton_gemm_any`)."""
+  return row.method + (row.impl[len("goal_jax"):] if row.impl.startswith("goal_jax+") else "")
 
 
 def _categories_in(rows: Sequence[Row]) -> list[str]:

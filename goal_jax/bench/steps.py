@@ -22,6 +22,7 @@ from goal_jax import config_utils
 from goal_jax import methods
 from goal_jax import sharding
 from goal_jax.bench import batches
+from goal_jax.bench import candidates
 from goal_jax.bench import profile
 from goal_jax.bench import remat as remat_lib
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
@@ -153,21 +154,25 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
                  attention: str, dtype: str, remat: str = "", scan: bool = False,
                  peak: float | None = None, time_it: bool = True,
                  model_overrides: dict[str, Any] | None = None,
-                 profile_dir: str | None = None, profile_steps: int = 3) -> Row:
+                 profile_dir: str | None = None, profile_steps: int = 3,
+                 candidate: candidates.Candidate | None = None) -> Row:
   """Counts FLOPs (unless `scan`) of the trainer's step for `method`, then times it (`time_it`)
   or counts its saved activations.
 
   `model_overrides` replace `CLIPConfig` fields of the variant (tests count B/16-wide towers
   with fewer layers this way). `profile_dir`: also trace `profile_steps` steps into
-  `<profile_dir>/<method>_<variant>_b<batch>/` and summarise them (`profile`).
+  `<profile_dir>/<method>_<variant>_b<batch>[_<candidate>]/` and summarise them (`profile`).
+  `candidate`: the step compiled with its options and model fields (`candidates`), a row of its
+  own (`impl` `goal_jax+<name>`) on the same params and batch as the step as built.
   """
   if remat == "auto":
     remat = choose_remat(method, variant, batch, attention=attention, dtype=dtype, scan=scan,
                          model_overrides=model_overrides)
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
-  c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
-  row = Row("goal_jax", method, variant, batch,
+  overrides = {**(model_overrides or {}), **(candidate.model_overrides if candidate else {})}
+  c = dataclasses.replace(loop.model_config_from(config, None), **overrides)
+  row = Row(candidates.impl_name(candidate), method, variant, batch,
             train_flops=methods.get(method).train_flops_per_step(c, loop.input_config(config, c),
                                                                  batch))
   started = time.perf_counter()
@@ -186,25 +191,33 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
 
   try:
     started = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(
+        compiler_options=dict(candidate.compiler_options) if candidate else None)
     row.compile_s = time.perf_counter() - started
 
     def step():
       holder["state"], scalars = compiled(holder["state"], batch_arrays)
+      holder.setdefault("first_loss", scalars["loss"])  # of the initial params: comparable
       return scalars
 
     with jax.set_mesh(mesh):
       row.first_step_s, row.step_s = time_loop(step, steps, warmup, jax.block_until_ready)
+      row.first_loss = float(holder["first_loss"])
       if profile_dir:
-        name = f"{method}_{variant.replace('/', '')}_b{batch}"
+        name = f"{method}_{variant.replace('/', '')}_b{batch}" + (
+            f"_{candidate.name}" if candidate else "")
         row.profile = profile.summarise_dir(
             profile.capture(step, compiled.as_text(), os.path.join(profile_dir, name),
                             steps=profile_steps),
-            f"{method}, {variant}, batch {batch}", steps=profile_steps)
+            f"{method}{'+' + candidate.name if candidate else ''}, {variant}, batch {batch}",
+            steps=profile_steps)
   except Exception as e:  # noqa: BLE001 - an out-of-memory row is a result, not a crash
-    if not is_out_of_memory(e):
+    if is_out_of_memory(e):
+      row.error = "out of memory"
+    elif candidate is not None:  # e.g. an option this XLA does not know: the others still run
+      row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    else:
       raise
-    row.error = "out of memory"
   if row.step_s is not None and peak:
     row.mfu = row.train_flops / row.step_s / (peak * 1e12 * mesh.size)
   return row

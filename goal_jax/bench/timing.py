@@ -11,7 +11,9 @@ from typing import Any
 @dataclasses.dataclass
 class Row:
   """One timed step: what ran, how fast, and its analytic FLOPs."""
-  impl: str  # "goal_jax" or a PyTorch reference ("hf_sdpa", "hf_sdpa_compile", "official_goal")
+  # "goal_jax", "goal_jax+<candidate>" (`candidates`) or a PyTorch reference ("hf_sdpa",
+  # "hf_sdpa_compile", "official_goal", "official_goal_released")
+  impl: str
   method: str
   variant: str
   batch: int
@@ -25,6 +27,7 @@ class Row:
   mfu: float | None = None
   error: str | None = None
   profile: dict[str, Any] | None = None  # `profile.summarise` of a traced few steps
+  first_loss: float | None = None  # goal_jax rows: the first step's (initial params, one batch)
 
   @property
   def pairs_per_s(self) -> float | None:

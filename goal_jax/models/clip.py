@@ -47,6 +47,7 @@ class CLIPConfig(towers.TowerConfig):
   vocab_size: int = text_tokenizer.VOCAB_SIZE
   activation: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
+  layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
   dtype: str = "float32"
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
@@ -133,12 +134,14 @@ class ResidualBlock(nn.Module):
   eps: float
   dtype: Any
   true_length: int | None = None
+  fast_variance: bool = True
   return_weights: bool = False
 
   @nn.compact
   def __call__(self, x, _=None):
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
-    norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
+                                     use_fast_variance=self.fast_variance, name=name)
     y, weights = attention_lib.MultiHeadAttention(
         self.heads, causal=self.causal, implementation=self.attention, dtype=self.dtype,
         name="attn")(norm("ln_1")(x), self.true_length, self.return_weights)
@@ -166,7 +169,8 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan)
     kwargs = dict(heads=self.heads, mlp_dim=self.mlp_dim, causal=self.causal,
                   activation=c.activation, attention=c.attention, eps=c.layer_norm_eps,
-                  dtype=jnp.dtype(c.dtype), true_length=true_length)
+                  dtype=jnp.dtype(c.dtype), true_length=true_length,
+                  fast_variance=c.layer_norm_fast_variance)
     if c.scan:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=self.layers)
@@ -216,10 +220,10 @@ class VisionTower(nn.Module):
                                       (c.vision_width,))
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
                                            (c.grid_size ** 2 + 1, c.vision_width))
-    self.ln_pre = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.ln_pre = towers.layer_norm(c, dtype)
     self.transformer = Transformer(c.vision_layers, c.vision_heads, c.vision_mlp_dim,
                                    causal=False, config=c)
-    self.ln_post = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.ln_post = towers.layer_norm(c, dtype)
     self.proj = self.param("proj", nn.initializers.normal(scale), (c.vision_width, c.embed_dim))
 
   def head(self, x):
@@ -262,7 +266,7 @@ class TextTower(nn.Module):
                                            (c.context_length, c.text_width))
     self.transformer = Transformer(c.text_layers, c.text_heads, c.text_mlp_dim, causal=True,
                                    config=c)
-    self.ln_final = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+    self.ln_final = towers.layer_norm(c, dtype)
     self.text_projection = self.param("text_projection",
                                       nn.initializers.normal(c.text_width ** -0.5),
                                       (c.text_width, c.embed_dim))

@@ -66,6 +66,7 @@ class SigLIPConfig(towers.TowerConfig):
   context_length: int = 64
   vocab_size: int = 32000
   layer_norm_eps: float = 1e-6
+  layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
   dtype: str = "float32"
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
@@ -148,10 +149,12 @@ class EncoderBlock(nn.Module):
   attention: str
   eps: float
   dtype: Any
+  fast_variance: bool = True
 
   @nn.compact
   def __call__(self, x, true_length=None):
-    norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
+                                     use_fast_variance=self.fast_variance, name=name)
     y, _ = attention_lib.MultiHeadAttention(
         self.heads, causal=False, implementation=self.attention, dtype=self.dtype,
         name="MultiHeadDotProductAttention_0")(norm("LayerNorm_0")(x), true_length)
@@ -176,8 +179,8 @@ class Encoder(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat])
     dtype = jnp.dtype(c.dtype)
     self.blocks = [block(self.heads, self.mlp_dim, c.attention, c.layer_norm_eps, dtype,
-                         name=f"encoderblock_{i}") for i in range(self.layers)]
-    self.encoder_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=dtype)
+                         c.layer_norm_fast_variance, name=f"encoderblock_{i}") for i in range(self.layers)]
+    self.encoder_norm = towers.layer_norm(c, dtype)
 
   def __call__(self, x):
     """The blocks, padded once for cuDNN (padding masked as keys, cut off after)."""
@@ -229,11 +232,13 @@ class MAPHead(nn.Module):
   mlp_dim: int
   eps: float
   dtype: Any
+  fast_variance: bool = True
 
   def setup(self):
     self.probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, self.width))
     self.attention = CrossAttention(self.heads, self.dtype, name="MultiHeadDotProductAttention_0")
-    self.norm = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="LayerNorm_0")
+    self.norm = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
+                             use_fast_variance=self.fast_variance, name="LayerNorm_0")
     self.mlp = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")
 
   def __call__(self, tokens, mask=None, return_weights=False):
@@ -265,7 +270,7 @@ class VisionTower(nn.Module):
         c.vision_width)), (1, c.grid_size ** 2, c.vision_width))
     self.Transformer = Encoder(c.vision_layers, c.vision_heads, c.vision_mlp_dim, c)  # pylint: disable=invalid-name
     self.MAPHead_0 = MAPHead(c.vision_width, c.vision_heads, c.vision_mlp_dim,  # pylint: disable=invalid-name
-                             c.layer_norm_eps, dtype)
+                             c.layer_norm_eps, dtype, c.layer_norm_fast_variance)
 
   def head(self, x):
     """Each vector [..., D] through the head on its own (`MAPHead.per_token`); fp32 out."""

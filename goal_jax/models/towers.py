@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import flax.linen as nn
+
 from goal_jax.models import attention as attention_lib
 
 ConfigT = TypeVar("ConfigT", bound="TowerConfig")
@@ -13,7 +15,8 @@ ConfigT = TypeVar("ConfigT", bound="TowerConfig")
 
 class TowerConfig:
   """Mixin for a family's frozen config dataclass, which has `{vision,text}_{width,heads}`,
-  `image_size`, `patch_size`, `attention` and `attention_pad_multiple` fields."""
+  `image_size`, `patch_size`, `attention`, `attention_pad_multiple`, `layer_norm_eps` and
+  `layer_norm_fast_variance` fields."""
 
   def check_heads(self) -> None:
     for tower in ("vision", "text"):
@@ -42,6 +45,15 @@ class TowerConfig:
     if unknown:
       raise ValueError(f"unknown model config fields {unknown}")
     return cls(**values)
+
+
+def layer_norm(config: TowerConfig, dtype: Any, name: str | None = None) -> nn.LayerNorm:
+  """A tower's LayerNorm (statistics in fp32). `layer_norm_fast_variance` (Flax's default) takes
+  the variance as E[x²] − E[x]², clipped at 0, in one pass; False takes E[(x − E[x])²], the
+  form XLA's cuDNN layer-norm rewrite matches (`--xla_gpu_enable_cudnn_layer_norm`; the clip
+  hides the pattern from it). Both are the same function; the params are the same."""
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype,
+                      use_fast_variance=config.layer_norm_fast_variance, name=name)
 
 
 def variant_of(config: TowerConfig, variants: Mapping[str, Mapping[str, Any]]) -> str | None:

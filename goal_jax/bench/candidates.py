@@ -1,0 +1,69 @@
+"""`--candidates`: ways to compile or compute the same step, each timed beside the step as built.
+
+The H200 profiles (README, Measurements) put 29-34 % of the device time in layer norms and the
+elementwise work between the matrix products, and 5-8 % in the optimizer update: the memory-bound
+work that keeps MFU near 32 %. Each candidate below attacks part of it without changing what the
+step computes; which of them pays is for a GPU to say, so the bench compiles the method's real
+step once per candidate, in the same process and on the same params and batch as the baseline,
+and reports its step time against the baseline's and the first step's loss beside the
+baseline's (equal up to float rounding, or the candidate is wrong).
+
+A candidate is XLA compiler options (`jax.stages.Lowered.compile(compiler_options=...)`: per
+program, so the baseline and every candidate share one process), model config fields that pick
+another form of the same function (`model_overrides`), or both. Options of another backend are
+ignored (the GPU's on a CPU), so every candidate runs anywhere; a name XLA does not know is an
+error of the row, not of the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+ALL = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  name: str
+  why: str
+  compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+CANDIDATES = (
+    Candidate("triton_gemm_any",
+              "XLA's Triton GEMM emitter for every matmul it supports (cuBLAS otherwise), so the "
+              "bias adds, quick-GELU and casts around a matmul can fuse into it",
+              compiler_options={"xla_gpu_triton_gemm_any": True}),
+    Candidate("cudnn_gemm_fusion",
+              "cuDNN's GEMM fusions (Hopper): elementwise producers and consumers of a matmul in "
+              "one cuDNN kernel",
+              compiler_options={"xla_gpu_cudnn_gemm_fusion_level": 2}),
+    Candidate("centered_variance",
+              "layer norm variance as E[(x - E[x])^2] instead of Flax's one-pass "
+              "E[x^2] - E[x]^2 (the same function): alone, to tell its cost from the rewrite's",
+              model_overrides={"layer_norm_fast_variance": False}),
+    Candidate("cudnn_layer_norm",
+              "XLA's rewrite of layer norms into cuDNN's norm kernels, on the centred variance "
+              "(Flax's clip at 0 hides the pattern from it)",
+              compiler_options={"xla_gpu_enable_cudnn_layer_norm": True},
+              model_overrides={"layer_norm_fast_variance": False}),
+)
+BY_NAME = {c.name: c for c in CANDIDATES}
+
+
+def parse(names: Sequence[str]) -> list[Candidate]:
+  """`--candidates` values: names, or `all`; unknown names raise with the known ones."""
+  if list(names) == [ALL]:
+    return list(CANDIDATES)
+  unknown = [n for n in names if n not in BY_NAME]
+  if unknown:
+    raise ValueError(f"--candidates: unknown {unknown}; known: {sorted(BY_NAME)} or {ALL}")
+  return [BY_NAME[n] for n in dict.fromkeys(names)]
+
+
+def impl_name(candidate: Candidate | None) -> str:
+  """A row's `impl`: the step as built is `goal_jax`, a candidate's `goal_jax+<name>`, so the
+  project's targets (read from `goal_jax` rows) never use a candidate's time."""
+  return "goal_jax" if candidate is None else f"goal_jax+{candidate.name}"
