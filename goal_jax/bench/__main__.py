@@ -43,6 +43,7 @@ from goal_jax import cli
 from goal_jax import files
 from goal_jax import methods
 from goal_jax.bench import candidates
+from goal_jax.bench import exit_watchdog
 from goal_jax.bench import report
 from goal_jax.bench import steps as steps_lib
 from goal_jax.bench import trainer
@@ -250,6 +251,14 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   return out
 
 
+def main_as_a_program(argv) -> None:
+  """`main`, then the exit watchdog: as a program, the process ends once its results are out."""
+  try:
+    main(argv)
+  finally:
+    exit_watchdog.arm()
+
+
 if __name__ == "__main__":
   define_flags()
-  cli.run(main, expected=(ValueError,))  # an unknown variant, method or batch
+  cli.run(main_as_a_program, expected=(ValueError,))  # an unknown variant, method or batch
