@@ -15,13 +15,15 @@ from goal_jax.models import clip, families, siglip, towers
 
 
 def test_parse_names_all_and_unknown():
-  assert [c.name for c in candidates.parse(["all"])] == [c.name for c in candidates.CANDIDATES]
+  assert [c.name for c in candidates.parse(["all"])] == [
+      c.name for c in candidates.CANDIDATES + candidates.BEFORE]
   assert [c.name for c in candidates.parse(["cudnn_layer_norm", "triton_gemm_any",
                                             "cudnn_layer_norm"])] == ["cudnn_layer_norm",
                                                                       "triton_gemm_any"]
   with pytest.raises(ValueError, match=r"unknown \['fast'\]; known: .*centered_variance"):
     candidates.parse(["fast", "centered_variance"])
-  # Every model field a candidate sets is a field of both families' configs.
+  # Every model field a candidate sets is a field of both families' configs (the BEFORE rows'
+  # of the family whose step changed).
   for c in candidates.CANDIDATES:
     for family_config in (clip.get_model_config("tiny/8"),
                           siglip.get_model_config("siglip-tiny/4")):
@@ -75,12 +77,18 @@ def test_a_candidate_is_a_row_of_its_own_on_the_same_params_and_batch():
   assert (built.impl, gpu_only.impl, centred.impl) == (
       "goal_jax", "goal_jax+cudnn_gemm_fusion", "goal_jax+centered_variance")
   assert gpu_only.first_loss == built.first_loss  # the same program on a CPU
-  assert centred.first_loss != built.first_loss  # another program: rounding differs ...
-  np.testing.assert_allclose(centred.first_loss, built.first_loss, rtol=1e-5)  # ... only
+  assert centred.counted_flops != built.counted_flops  # another program (x - E[x] twice) ...
+  np.testing.assert_allclose(centred.first_loss, built.first_loss, rtol=1e-5)  # ... same loss
   # The options reach XLA: one it does not know is the row's error, not the run's.
   unknown = candidates.Candidate("unknown", "a test", compiler_options={"xla_no_such_flag": 1})
   failed = _row("global", unknown)
   assert failed.step_s is None and "No such compile option" in failed.error
+
+
+def test_a_candidate_for_another_family_is_a_row_that_says_so():
+  row = steps.bench_method("global", "siglip-tiny/4", 8, steps=1, warmup=1, attention="xla",
+                           dtype="float32", candidate=candidates.BY_NAME["eot_gather"])
+  assert row.step_s is None and row.error == "not for this model: SigLIPConfig has no eot_pooling"
 
 
 def test_targets_never_read_a_candidates_time():

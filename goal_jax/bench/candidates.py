@@ -50,13 +50,21 @@ CANDIDATES = (
               compiler_options={"xla_gpu_enable_cudnn_layer_norm": True},
               model_overrides={"layer_norm_fast_variance": False}),
 )
-BY_NAME = {c.name: c for c in CANDIDATES}
+# The step as it was before a change the profiles asked for: timed beside the step as built, it
+# gives that change's before/after row (CLIP only: SigLIP has no such field).
+BEFORE = (
+    Candidate("eot_gather",
+              "the text tower's EOT token by take_along_axis (a gather, whose gradient is a "
+              "scatter), as before 2026-12-05, against the masked sum (`clip.token_at`)",
+              model_overrides={"eot_pooling": "gather"}),
+)
+BY_NAME = {c.name: c for c in CANDIDATES + BEFORE}
 
 
 def parse(names: Sequence[str]) -> list[Candidate]:
   """`--candidates` values: names, or `all`; unknown names raise with the known ones."""
   if list(names) == [ALL]:
-    return list(CANDIDATES)
+    return list(CANDIDATES + BEFORE)
   unknown = [n for n in names if n not in BY_NAME]
   if unknown:
     raise ValueError(f"--candidates: unknown {unknown}; known: {sorted(BY_NAME)} or {ALL}")

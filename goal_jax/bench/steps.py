@@ -171,7 +171,12 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
   overrides = {**(model_overrides or {}), **(candidate.model_overrides if candidate else {})}
-  c = dataclasses.replace(loop.model_config_from(config, None), **overrides)
+  c = loop.model_config_from(config, None)
+  missing = sorted(set(overrides) - {f.name for f in dataclasses.fields(c)})
+  if candidate is not None and missing:  # e.g. a CLIP-only field on a SigLIP variant
+    return Row(candidates.impl_name(candidate), method, variant, batch,
+               error=f"not for this model: {type(c).__name__} has no {', '.join(missing)}")
+  c = dataclasses.replace(c, **overrides)
   row = Row(candidates.impl_name(candidate), method, variant, batch,
             train_flops=methods.get(method).train_flops_per_step(c, loop.input_config(config, c),
                                                                  batch))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from goal_jax.losses import contrastive
 from goal_jax.models import token_aggregation
+from goal_jax.models.clip import token_at
 
 _einsum = functools.partial(jnp.einsum, precision=contrastive.PRECISION)
 _MASKED_SIMILARITY = -1e9  # below any leaky-ReLU'd cosine: a padded text token is never the max
@@ -44,7 +45,7 @@ def refined_text_tokens(text_out: Mapping[str, jax.Array],
   text_tokens = text_out["tokens_projected"].astype(jnp.float32)
   mask = token_aggregation.text_token_mask(text_out["text_end"], text_tokens.shape[1])
   words = aggregate(text_tokens, mask)
-  eot = jnp.take_along_axis(text_tokens, text_out["eot_index"][:, None, None], axis=1)
+  eot = token_at(text_tokens, text_out["eot_index"])[:, None]
   return contrastive.l2_normalize(jnp.concatenate([words.astype(jnp.float32), eot], axis=1))
 
 

@@ -48,6 +48,9 @@ class CLIPConfig(towers.TowerConfig):
   activation: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
+  # A compute knob: the EOT token by `token_at` ("mask"), or by `take_along_axis` ("gather",
+  # the form before 2026-12-05, kept to time against: `bench --candidates=eot_gather`).
+  eot_pooling: str = "mask"
   dtype: str = "float32"
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
@@ -57,6 +60,8 @@ class CLIPConfig(towers.TowerConfig):
 
   def __post_init__(self):
     self.check_heads()
+    if self.eot_pooling not in ("mask", "gather"):
+      raise ValueError(f"eot_pooling must be 'mask' or 'gather', got {self.eot_pooling!r}")
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
 
@@ -104,6 +109,15 @@ def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
   total = jnp.einsum("...t,...td->...d", weights, tokens.astype(jnp.float32),
                      precision=jax.lax.Precision.HIGHEST)
   return total / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1.0)
+
+
+def token_at(tokens: jax.Array, index: jax.Array) -> jax.Array:
+  """`tokens[b, index[b]]` of `[B, T, D]` tokens: the same values as a gather (each row sums one
+  token and zeros), with an elementwise gradient. A gather's gradient is a scatter into
+  `[B, T, D]`, and on an H200 that scatter made XLA lay the whole text tower out batch-minor
+  (`[T, D, B]`), with transposes around every layer norm (README, Measurements)."""
+  hit = jnp.arange(tokens.shape[1])[None, :, None] == index[:, None, None]
+  return jnp.sum(jnp.where(hit, tokens, jnp.zeros((), tokens.dtype)), axis=1)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -284,7 +298,10 @@ class TextTower(nn.Module):
     x = self.token_embedding(ids) + self.positional_embedding[:length].astype(jnp.dtype(c.dtype))
     tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, True, return_attention)
     eot_index = jnp.argmax(ids, axis=-1)
-    pooled = jnp.take_along_axis(tokens, eot_index[:, None, None], axis=1)[:, 0]
+    if c.eot_pooling == "gather":
+      pooled = jnp.take_along_axis(tokens, eot_index[:, None, None], axis=1)[:, 0]
+    else:
+      pooled = token_at(tokens, eot_index)
     return _tower_outputs(self.head, tokens, pooled, weights, return_attention,
                           eot_index=eot_index, text_end=eot_index)
 
