@@ -46,8 +46,8 @@ _TRANSFERS = {"send", "recv", "send-done", "recv-done", "infeed", "outfeed", "co
 _LAYOUT_OPS = {"copy", "transpose", "bitcast", "reshape", "parameter", "broadcast",
                "get-tuple-element", "tuple", "slice", "concatenate", "dynamic-slice",
                "dynamic-update-slice", "pad"}
-_TRACE_NAME = "perfetto_trace.json.gz"
-_HLO_NAME = "hlo.txt.gz"
+TRACE_NAME = "perfetto_trace.json.gz"
+HLO_NAME = "hlo.txt.gz"
 
 
 @dataclasses.dataclass
@@ -180,9 +180,10 @@ def _device_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
   return [e for e in complete if "hlo_op" in e.get("args", {})]
 
 
-def summarise(trace: dict[str, Any], hlo_text: str, *, steps: int, top: int = 20) -> dict[str, Any]:
-  """Device time per step by category and the `top` most expensive ops, from one trace of
-  `steps` steps and the step's compiled HLO."""
+def summarise(trace: dict[str, Any], hlo_text: str, *, steps: int,
+              top: int | None = 20) -> dict[str, Any]:
+  """Device time per step by category and the `top` most expensive ops (None: all), from one
+  trace of `steps` steps and the step's compiled HLO."""
   ops = parse_hlo(hlo_text)
   by_category = collections.Counter()
   by_op: dict[str, dict[str, Any]] = {}
@@ -241,23 +242,27 @@ def capture(step: Callable[[], Any], compiled_text: str, out_dir: str, *,
     for _ in range(steps):
       out = step()
     jax.block_until_ready(out)
-  traces = sorted(glob.glob(os.path.join(out_dir, "plugins", "profile", "*", _TRACE_NAME)),
+  traces = sorted(glob.glob(os.path.join(out_dir, "plugins", "profile", "*", TRACE_NAME)),
                   key=os.path.getmtime)
   if not traces:
-    raise RuntimeError(f"jax.profiler wrote no {_TRACE_NAME} under {out_dir}")
-  os.replace(traces[-1], os.path.join(out_dir, _TRACE_NAME))
-  with gzip.open(os.path.join(out_dir, _HLO_NAME), "wt") as f:
+    raise RuntimeError(f"jax.profiler wrote no {TRACE_NAME} under {out_dir}")
+  os.replace(traces[-1], os.path.join(out_dir, TRACE_NAME))
+  with gzip.open(os.path.join(out_dir, HLO_NAME), "wt") as f:
     f.write(compiled_text)
   return out_dir
 
 
+def read_capture(out_dir: str) -> tuple[dict[str, Any], str]:
+  """A `capture` folder's trace and compiled HLO text."""
+  with gzip.open(os.path.join(out_dir, TRACE_NAME), "rt") as f:
+    trace = json.load(f)
+  with gzip.open(os.path.join(out_dir, HLO_NAME), "rt") as f:
+    return trace, f.read()
+
+
 def summarise_dir(out_dir: str, title: str, *, steps: int) -> dict[str, Any]:
   """Summarises a `capture` folder; writes summary.json and summary.md into it."""
-  with gzip.open(os.path.join(out_dir, _TRACE_NAME), "rt") as f:
-    trace = json.load(f)
-  with gzip.open(os.path.join(out_dir, _HLO_NAME), "rt") as f:
-    hlo_text = f.read()
-  summary = summarise(trace, hlo_text, steps=steps)
+  summary = summarise(*read_capture(out_dir), steps=steps)
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:
