@@ -25,8 +25,8 @@
 #   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=dots), profiled
 #   b16_64_candidates  the global step at batch 64 as built and compiled or computed each other
 #                 way of bench/candidates.py (XLA's Triton GEMMs, cuDNN GEMM fusions, the centred
-#                 layer-norm variance alone and with XLA's cuDNN layer norm, the grouped
-#                 gradient norm, and the EOT gather
+#                 layer-norm variance alone and with XLA's cuDNN layer norm, the towers without
+#                 the row-major layout pin, and the EOT gather
 #                 the step had before 2026-12-05), profiled: speed-up and first loss against the
 #                 step as built, in one process
 #   b16_16        the three at batch 16, with the PyTorch references

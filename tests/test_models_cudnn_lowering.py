@@ -18,6 +18,7 @@ from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 from goal_jax.models import clip
 
 FORWARD, BACKWARD = "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"
+PIN = "LayoutConstraint"  # towers.pin_row_major's custom call
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def _lower_train_step_for_cuda(config: clip.CLIPConfig, batch: int = 2) -> str:
   args = (clip.abstract_params(config),
           jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
           jax.ShapeDtypeStruct((batch, config.context_length), jnp.int32))
-  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in (FORWARD, BACKWARD)]
+  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in (FORWARD, BACKWARD, PIN)]
   exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cuda"],
                                disabled_checks=checks)(*args)
   return exported.mlir_module()
@@ -59,6 +60,22 @@ def test_every_attention_lowers_to_the_fused_kernel(as_if_on_h100, variant, cont
                                  attention="cudnn", vision_layers=2, text_layers=2)
   module = _lower_train_step_for_cuda(config)
   assert _calls(module, FORWARD) == 4 and _calls(module, BACKWARD) == 4
+  # Each tower's residual stream is pinned row-major where its blocks start, the layout XLA's
+  # GPU layout assignment otherwise leaves free (it chose batch-innermost for the text tower).
+  pins = re.findall(r"@LayoutConstraint\(.*?result_layouts = \[dense<\[(.*?)\]>.*?"
+                    r"-> tensor<([^>]*)>", module)
+  assert len(pins) == 4  # each tower's, forward and in the backward
+  assert {layout for layout, _ in pins} == {"2, 1, 0"}  # minor to major: features innermost
+  assert {shape for _, shape in pins} == {
+      f"2x{-(-config.context_length // 8) * 8}x{config.text_width}xbf16",
+      f"2x{-(-(config.grid_size ** 2 + 1) // 8) * 8}x{config.vision_width}xbf16"}
+
+
+def test_the_pin_can_be_left_out(as_if_on_h100):
+  """`layout_pin=False`: the layout left to XLA, as before the pin (bench's `free_layout`)."""
+  config = clip.get_model_config("tiny/8", dtype="bfloat16", attention="cudnn",
+                                 layout_pin=False)
+  assert _calls(_lower_train_step_for_cuda(config), PIN) == 0
 
 
 def test_unpadded_vision_tokens_are_rejected(as_if_on_h100):
@@ -73,3 +90,4 @@ def test_xla_attention_lowers_without_the_fused_kernel(as_if_on_h100):
   config = clip.get_model_config("tiny/8", dtype="bfloat16", attention="xla")
   module = _lower_train_step_for_cuda(config)
   assert _calls(module, FORWARD) == 0 and _calls(module, BACKWARD) == 0
+  assert _calls(module, PIN) == 0  # nothing pinned off the cuDNN path

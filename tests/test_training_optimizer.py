@@ -185,20 +185,3 @@ def test_extra_transforms_run_last():
   got, _ = run(config, steps=4, extra=[zero_first_row()])
   np.testing.assert_array_equal(_flat(got)["text/embed"][0], _flat(PARAMS)["text/embed"][0])
   assert not np.allclose(_flat(got)["text/embed"][1:], _flat(PARAMS)["text/embed"][1:])
-
-
-def test_global_norm_grouped_equals_optax_per_leaf():
-  """The step's `grad_norm` summed with the small leaves as one vector (a bench candidate) is
-  the same norm as optax's, up to the order of the sums; both against numpy in float64."""
-  rng = np.random.default_rng(0)
-  tree = {"kernel": rng.normal(size=(opt_lib.SMALL_LEAF // 64, 64)).astype(np.float32),  # one big leaf
-          "blocks": [{"bias": rng.normal(size=(12, 64)).astype(np.float32) * 10 ** i,
-                      "scale": rng.normal(size=768).astype(np.float32)} for i in range(3)],
-          "logit_scale": np.float32(3.0)}
-  want = np.sqrt(sum(np.sum(np.square(x.astype(np.float64))) for x in jax.tree.leaves(tree)))
-  for form in ("per_leaf", "grouped"):
-    np.testing.assert_allclose(float(opt_lib.global_norm(tree, form)), want, rtol=1e-6)
-  np.testing.assert_allclose(float(opt_lib.global_norm(tree, "per_leaf")),
-                             float(optax.tree.norm(tree)), rtol=0)
-  with pytest.raises(ValueError, match="grad norm form must be one of"):
-    opt_lib.global_norm(tree, "flat")

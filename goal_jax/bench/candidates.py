@@ -10,8 +10,7 @@ baseline's (equal up to float rounding, or the candidate is wrong).
 
 A candidate is XLA compiler options (`jax.stages.Lowered.compile(compiler_options=...)`: per
 program, so the baseline and every candidate share one process), model config fields that pick
-another form of the same function (`model_overrides`), options of the step itself
-(`step_options`, `loop.build_training`'s), or a mix. Options of another backend are
+another form of the same function (`model_overrides`), or both. Options of another backend are
 ignored (the GPU's on a CPU), so every candidate runs anywhere; a name XLA does not know is an
 error of the row, not of the run.
 """
@@ -30,7 +29,6 @@ class Candidate:
   why: str
   compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  step_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # build_training's
 
 
 CANDIDATES = (
@@ -46,11 +44,6 @@ CANDIDATES = (
               "layer norm variance as E[(x - E[x])^2] instead of Flax's one-pass "
               "E[x^2] - E[x]^2 (the same function): alone, to tell its cost from the rewrite's",
               model_overrides={"layer_norm_fast_variance": False}),
-    Candidate("grouped_grad_norm",
-              "the logged gradient norm sums the small leaves (biases, norms) as one vector, so "
-              "their AdamW updates lose the per-leaf reductions XLA fused into them and may be "
-              "fused across leaves (`optimizer.global_norm`)",
-              step_options={"grad_norm": "grouped"}),
     Candidate("cudnn_layer_norm",
               "XLA's rewrite of layer norms into cuDNN's norm kernels, on the centred variance "
               "(Flax's clip at 0 hides the pattern from it)",
@@ -60,6 +53,11 @@ CANDIDATES = (
 # The step as it was before a change the profiles asked for: timed beside the step as built, it
 # gives that change's before/after row (CLIP only: SigLIP has no such field).
 BEFORE = (
+    Candidate("free_layout",
+              "the towers' residual streams left to XLA's layout assignment, as before "
+              "2026-12-05 (it laid CLIP's text tower and SigLIP's towers out batch-innermost on "
+              "GPUs), against the row-major pin (`towers.pin_row_major`)",
+              model_overrides={"layout_pin": False}),
     Candidate("eot_gather",
               "the text tower's EOT token by take_along_axis (a gather, whose gradient is a "
               "scatter), as before 2026-12-05, against the masked sum (`clip.token_at`)",

@@ -64,8 +64,8 @@ def _host_device() -> jax.Device:
     return jax.local_devices()[0]
 
 
-def make_train_step(method: str, config, c, batch: int, *, extra_steps: int,
-                    materialise: bool, step_options: dict[str, Any] | None = None) -> TrainStep:
+def make_train_step(method: str, config, c, batch: int, *,
+                    extra_steps: int, materialise: bool) -> TrainStep:
   """`method`'s training step, as the trainer builds it, on a data-parallel mesh of every device.
 
   `materialise`: from real params (to time it), else from their shapes only (to analyse it).
@@ -84,8 +84,7 @@ def make_train_step(method: str, config, c, batch: int, *, extra_steps: int,
                               method_.abstract_extra_params(config.loss, c))
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
   training = loop.build_training(config, c, params, mesh,
-                                 config.optim.warmup_steps + extra_steps + 1,
-                                 **(step_options or {}))
+                                 config.optim.warmup_steps + extra_steps + 1)
   host_batch = batches.synthetic_batch(
       c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
       max_sentences=config.input.max_sentences, max_regions=config.input.max_regions,
@@ -183,8 +182,7 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
                                                                  batch))
   started = time.perf_counter()
   train_step = make_train_step(method, config, c, batch, extra_steps=steps + warmup,
-                               materialise=time_it,
-                               step_options=dict(candidate.step_options) if candidate else None)
+                               materialise=time_it)
   lowered = lower_step(train_step)
   if not scan:
     row.counted_flops = counted_train_flops(lowered)

@@ -48,6 +48,7 @@ class CLIPConfig(towers.TowerConfig):
   activation: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
+  layout_pin: bool = True  # a compute knob: `towers.pin_row_major`
   # A compute knob: the EOT token by `token_at` ("mask"), or by `take_along_axis` ("gather",
   # the form before 2026-12-05, kept to time against: `bench --candidates=eot_gather`).
   eot_pooling: str = "mask"
@@ -113,9 +114,9 @@ def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
 
 def token_at(tokens: jax.Array, index: jax.Array) -> jax.Array:
   """`tokens[b, index[b]]` of `[B, T, D]` tokens: the same values as a gather (each row sums one
-  token and zeros), with an elementwise gradient. A gather's gradient is a scatter into
-  `[B, T, D]`, and on an H200 that scatter made XLA lay the whole text tower out batch-minor
-  (`[T, D, B]`), with transposes around every layer norm (README, Measurements)."""
+  token and zeros), with an elementwise gradient instead of a gather's scatter into `[B, T, D]`
+  (the scatter was first suspected of the text tower's GPU layout, wrongly: README, Measurements;
+  `bench --candidates=eot_gather` times the two)."""
   hit = jnp.arange(tokens.shape[1])[None, :, None] == index[:, None, None]
   return jnp.sum(jnp.where(hit, tokens, jnp.zeros((), tokens.dtype)), axis=1)
 
@@ -199,8 +200,10 @@ class Transformer(nn.Module):
 
 
 def _run_padded(transformer, x, multiple, causal, return_attention):
-  """Pads once per tower for cuDNN; causal towers need no length (padding is in the future)."""
+  """Pads once per tower for cuDNN (causal towers need no length: padding is in the future) and
+  pins the residual stream's layout there (`towers.pin_row_major`)."""
   x, length = attention_lib.pad_to_multiple(x, multiple)
+  x = towers.pin_row_major(x, transformer.config)
   true_length = None if causal or x.shape[1] == length else length
   x, weights = transformer(x, true_length, return_attention)
   if weights is not None:

@@ -67,6 +67,7 @@ class SigLIPConfig(towers.TowerConfig):
   vocab_size: int = 32000
   layer_norm_eps: float = 1e-6
   layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
+  layout_pin: bool = True  # a compute knob: `towers.pin_row_major`
   dtype: str = "float32"
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
@@ -185,6 +186,7 @@ class Encoder(nn.Module):
   def __call__(self, x):
     """The blocks, padded once for cuDNN (padding masked as keys, cut off after)."""
     x, length = attention_lib.pad_to_multiple(x, self.config.pad_multiple)
+    x = towers.pin_row_major(x, self.config)
     true_length = None if x.shape[1] == length else length
     for block in self.blocks:
       x = block(x, true_length)

@@ -234,11 +234,10 @@ def make_tx(config: ml_collections.ConfigDict, params: Any, total_steps: int):
 
 
 def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics,
-                    image_norm=(None, None), grad_norm: str = "per_leaf"):
+                    image_norm=(None, None)):
   """One optimizer update; returns the new state and the step's scalar metrics (on device),
   the method's own (`Method.step_metrics`) among them. uint8 image fields are normalised first
-  with `image_norm`, the backbone family's (mean, std) (`config.input.normalize_on="device"`).
-  `grad_norm`: how the logged gradient norm is summed (`optimizer.global_norm`)."""
+  with `image_norm`, the backbone family's (mean, std) (`config.input.normalize_on="device"`)."""
 
   def train_step(state, batch):
     batch = images.normalize_batch_on_device(batch, *image_norm)
@@ -249,8 +248,7 @@ def make_train_step(loss_fn, tx, schedule, step_metrics=base.no_step_metrics,
     scalars = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
                **backbone_scalars(param_tree.clip_of(params)),
                "lr": schedule(state["step"]),
-               "grad_norm": optimizer_lib.global_norm(grads, grad_norm),
-               **base.duplicate_metrics(batch),
+               "grad_norm": optax.tree.norm(grads), **base.duplicate_metrics(batch),
                **step_metrics(batch)}
     new_state = {"params": params, "opt_state": opt_state, "step": step}
     return new_state, scalars
@@ -281,12 +279,10 @@ class Training:
 
 
 def build_training(config: ml_collections.ConfigDict, model_config, params: Any,
-                   mesh: jax.sharding.Mesh, total_steps: int,
-                   grad_norm: str = "per_leaf") -> Training:
+                   mesh: jax.sharding.Mesh, total_steps: int) -> Training:
   """The optimizer, the sharded state and the jitted step of `config.method` on `mesh`.
 
   `params` may be arrays or `jax.ShapeDtypeStruct`s (then only the abstract parts are usable).
-  `grad_norm`: the step's (`make_train_step`; the bench's candidates time another).
   """
   tx, schedule = make_tx(config, params, total_steps)
   init_state, abstract = sharding.sharded_init(functools.partial(initial_state, tx=tx), params,
@@ -296,7 +292,7 @@ def build_training(config: ml_collections.ConfigDict, model_config, params: Any,
   replicated = sharding.replicated(mesh)
   family = families.of(model_config)
   step_fn = jax.jit(make_train_step(loss_fn, tx, schedule, method.step_metrics,
-                                    (family.image_mean, family.image_std), grad_norm),
+                                    (family.image_mean, family.image_std)),
                     donate_argnums=(0,),
                     out_shardings=(sharding.shardings_of(abstract), replicated))
   return Training(init_state, abstract, loss_fn, step_fn)

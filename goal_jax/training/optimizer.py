@@ -70,32 +70,6 @@ def summarize_groups(params: Any, param_groups: Sequence[tuple[str, float | None
   return counts
 
 
-SMALL_LEAF = 1 << 16  # elements: biases, norms, scales (`global_norm`'s grouping)
-GRAD_NORMS = ("per_leaf", "grouped")
-
-
-def global_norm(tree: Any, form: str = "per_leaf") -> jax.Array:
-  """The L2 norm of every leaf together, in fp32 (the step's `grad_norm`).
-
-  `per_leaf` is optax's: a sum of squares per leaf, which XLA fuses into that leaf's optimizer
-  update. `grouped` sums the leaves under `SMALL_LEAF` elements as one concatenated vector, so
-  their updates are plain elementwise kernels that XLA may fuse across leaves: on an H200 the
-  ~400 small leaves' update-and-reduce kernels took 1.4 of the global step's 2.9 ms of optimizer
-  time (README, Measurements). The same value up to the order of the sums.
-  """
-  if form not in GRAD_NORMS:
-    raise ValueError(f"grad norm form must be one of {GRAD_NORMS}, got {form!r}")
-  if form == "per_leaf":
-    return optax.tree.norm(tree)
-  leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
-  total = sum((jnp.sum(jnp.square(x)) for x in leaves if x.size >= SMALL_LEAF),
-              jnp.zeros((), jnp.float32))
-  small = [x.ravel() for x in leaves if x.size < SMALL_LEAF]
-  if small:
-    total += jnp.sum(jnp.square(jnp.concatenate(small)))
-  return jnp.sqrt(total)
-
-
 def _read_config(config: Mapping[str, Any] | Any) -> dict[str, Any]:
   given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   unknown = sorted(set(given) - set(DEFAULTS))
