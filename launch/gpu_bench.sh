@@ -26,9 +26,9 @@
 #   b16_64_candidates  the global step at batch 64 as built and compiled or computed each other
 #                 way of bench/candidates.py (XLA's Triton GEMMs, cuDNN GEMM fusions, the centred
 #                 layer-norm variance alone and with XLA's cuDNN layer norm, the towers without
-#                 the row-major layout pin, and the EOT gather
-#                 the step had before 2026-12-05), profiled: speed-up and first loss against the
-#                 step as built, in one process
+#                 the row-major layout pin, the EOT gather, cuDNN's patch convolution and the
+#                 plain embedding scatter-add the step had before 2026-12-05), profiled:
+#                 speed-up and first loss against the step as built, in one process
 #   b16_16        the three at batch 16, with the PyTorch references
 #   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
 #   b16_64_compile  HF + torch.compile at batch 64 (its compilation is slow)

@@ -37,7 +37,9 @@ HAS_CUDA_COMPILER = _has_cuda_compiler()
 
 def test_describe_counts_kernels_custom_calls_and_matching_arrays():
   d = gpu_compile.describe(HLO, r"\[248,\d+,64\]")
-  assert d == dict(kernels=3, custom_calls={"__cudnn$fmhaSoftmax": 2}, matching=6)
+  # The one memory-bound kernel (the fusion, a copy) reads and writes 248 x 512 x 64 bf16.
+  assert d == dict(kernels=3, custom_calls={"__cudnn$fmhaSoftmax": 2}, matching=6,
+                   memory_bound_gb=pytest.approx(2 * 248 * 512 * 64 * 2 / 1e9))
   assert gpu_compile.describe(HLO)["matching"] is None
 
 
@@ -55,10 +57,12 @@ def test_without_the_cuda_plugin_it_says_what_to_install():
 
 
 @pytest.mark.skipif(not HAS_CUDA_COMPILER, reason="needs JAX's CUDA plugin (module docstring)")
-def test_the_layout_pin_keeps_the_text_tower_row_major_on_an_h100():
-  """Without the pin XLA lays the text tower out batch-innermost (README, Measurements)."""
-  proc = _run("--methods=global", "--variant=B/16", "--batch=64", "--candidates=free_layout",
-              r"--match=\[248,\d+,64\]", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
+@pytest.mark.parametrize("method, extra", [("global", ()), ("mulclip", ("--notriton_gemm",))])
+def test_the_layout_pin_keeps_the_text_tower_row_major_on_an_h100(method, extra):
+  """Without the pin XLA lays the text tower out batch-innermost (README, Measurements).
+  MulCLIP's step compiles without a GPU only with every product through cuBLAS."""
+  proc = _run(f"--methods={method}", "--variant=B/16", "--batch=64", "--candidates=free_layout",
+              r"--match=\[(248|80),\d+,(64|576)\]", *extra, JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   built, free = [line.split() for line in proc.stdout.splitlines()]
   assert built[1] == "goal_jax" and int(built[built.index("matching") + 1]) == 0

@@ -61,6 +61,18 @@ def test_categories_of_hand_written_hlo():
   assert ops["custom-call.5"].targets == ("__cudnn$fmhaSoftmax",)
 
 
+def test_bytes_each_op_moves():
+  """Results (less a custom call's u8 workspace) and each distinct operand, once."""
+  ops = profile.parse_hlo(HLO)
+  a, w = 64 * 512 * 2, 512 * 512 * 2  # bf16 parameters
+  assert ops["gemm_fusion.7"].bytes == a + a + w
+  assert ops["loop_multiply_fusion.3"].bytes == 64 * 512 * 4 + a
+  assert ops["custom-call.5"].bytes == 64 * 8 * 64 * 2 + a
+  assert ops["custom-call.6"].bytes == a + 2 * 64 * 4 + a  # a tuple of three results
+  assert ops["loop_sqrt_fusion"].bytes == 512 * 512 * 4 + w
+  assert profile.array_bytes("(pred[3]{0}, s64[2,2]{1,0}, f8e4m3fn[10]{0})") == 3 + 32 + 10
+
+
 def _event(name, dur, tid=7, hlo_op=None):
   return {"ph": "X", "pid": 1, "tid": tid, "ts": 0.0, "dur": dur, "name": name,
           "args": {"hlo_module": "jit_train_step", "hlo_op": hlo_op or name}}
@@ -89,6 +101,17 @@ def test_summary_of_a_hand_made_gpu_trace():
                               "optimizer update": 0.05, "copy/transpose": 0.01})
   assert (summary["module"], summary["device_ms_per_step"]) == ("jit_train_step",
                                                                 pytest.approx(1.2))
+  by_name = {c["category"]: c for c in summary["categories"]}
+  # loop_multiply_fusion.3 (layer norm) is named by the HLO; cuDNN's norm kernel is not, so
+  # the bandwidth is over the named op's 100 us of the category's 140 per step.
+  norm = by_name["layer norm"]
+  assert norm["gb_per_step"] == pytest.approx((64 * 512 * 4 + 64 * 512 * 2) / 1e9)
+  assert norm["tb_per_s"] == pytest.approx((64 * 512 * 6) / 100.0 / 1e6)
+  assert norm["with_bytes"] == pytest.approx(100 / 140)
+  assert by_name["matmul"]["with_bytes"] == pytest.approx(300 / 800)
+  markdown = profile.format_markdown(summary, "hand-made")
+  assert "| layer norm | 0.140 | 11.7 % | | |" in markdown  # under 90 % named: no bandwidth
+  assert "| optimizer update | 0.050 | 4.2 % | 0.00 | 0.03 |" in markdown
   top = summary["top_ops"][0]
   assert (top["op"], top["category"], top["calls_per_step"]) == (
       "nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT", "matmul", 1)

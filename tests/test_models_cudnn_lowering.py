@@ -91,3 +91,19 @@ def test_xla_attention_lowers_without_the_fused_kernel(as_if_on_h100):
   module = _lower_train_step_for_cuda(config)
   assert _calls(module, FORWARD) == 0 and _calls(module, BACKWARD) == 0
   assert _calls(module, PIN) == 0  # nothing pinned off the cuDNN path
+
+
+@pytest.mark.parametrize("attention, convolutions, table_grad_dtype",
+                         [("cudnn", 0, "f32"), ("xla", 2, "bf16")])
+def test_the_embedding_knobs_follow_the_cudnn_path(as_if_on_h100, attention, convolutions,
+                                                   table_grad_dtype):
+  """"auto": on the cuDNN (GPU) path the patch embedding is a matrix product (no convolution,
+  forward or for the kernel's gradient) and the token table's gradient is the split fp32 sum;
+  elsewhere the convolution and the plain bf16 scatter-add, as before (towers.py)."""
+  config = clip.get_model_config("tiny/8", dtype="bfloat16", attention=attention)
+  module = _lower_train_step_for_cuda(config)
+  assert module.count("stablehlo.convolution") == convolutions
+  table = f"tensor<{config.vocab_size}x{config.text_width}x"
+  into_table = re.findall(r"\}\) : \(" + re.escape(table) + r"(\w+)>, tensor<[^>]*>, "
+                          r"tensor<[^>]*>\) -> " + re.escape(table), module)
+  assert into_table and set(into_table) == {table_grad_dtype}

@@ -62,6 +62,16 @@ BEFORE = (
               "the text tower's EOT token by take_along_axis (a gather, whose gradient is a "
               "scatter), as before 2026-12-05, against the masked sum (`clip.token_at`)",
               model_overrides={"eot_pooling": "gather"}),
+    Candidate("conv_patches",
+              "the patch embedding as cuDNN's convolution, as before 2026-12-05 (0.53 ms of the "
+              "global step on an H200 for 15 GFLOP), against one matrix product over the "
+              "flattened patches (`towers.PatchEmbedding`)",
+              model_overrides={"patch_embedding": "conv"}),
+    Candidate("scatter_embedding_grad",
+              "the token embedding's gradient as one scatter-add of every position, as before "
+              "2026-12-05 (its padding positions' atomic adds queue on one row: 0.86 ms of GOAL's "
+              "step on an H200), against the padding id summed apart (`towers.embed_tokens`)",
+              model_overrides={"token_embedding_grad": "scatter"}),
 )
 BY_NAME = {c.name: c for c in CANDIDATES + BEFORE}
 

@@ -8,14 +8,17 @@ JAX's CUDA plugin compiles for a GPU described by its target config (`h100_targe
 H100 SXM's published figures) through a compile-only device
 (`jax.experimental.topologies.get_topology_desc(platform="cuda", ...)`), with no CUDA library or
 GPU. What XLA decides there is what it decides on the GPU (fusions, layouts, custom calls),
-except each matrix product's kernel, which the GPU's autotuner picks; timing needs a GPU. JAX's
+except each matrix product's kernel, which the GPU's autotuner picks; timing needs a GPU.
+MulCLIP's step compiles with `--notriton_gemm` (cuBLAS for every product) only. JAX's
 cuDNN attention asks the installed cuDNN and the device for their versions, so those two answers
 are given as an H100's (cuDNN 9.10, sm_90) and the rest is JAX's own code.
 
 For each method (and each `--candidates`, beside the step as built) it prints the kernels the
-step launches, the custom calls by target, and how many arrays in the compiled HLO match
-`--match` (a layout question, e.g. the text tower's batch-innermost arrays that this found:
-README, Measurements); `--hlo_dir` keeps each compiled HLO.
+step launches, the GB its memory-bound kernels move per step (each kernel's results and
+distinct operands, `profile`'s count: what a candidate saves in traffic, not in time), the
+custom calls by target, and how many arrays in the compiled HLO match `--match` (a layout
+question, e.g. the text tower's batch-innermost arrays that this found: README,
+Measurements); `--hlo_dir` keeps each compiled HLO.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from goal_jax import methods
 from goal_jax import sharding
 from goal_jax.bench import batches
 from goal_jax.bench import candidates as candidates_lib
+from goal_jax.bench import profile
 from goal_jax.bench import steps as steps_lib
 from goal_jax.models import attention as attention_lib
 from goal_jax.models import families
@@ -53,6 +57,9 @@ def define_flags() -> None:
   flags.DEFINE_string("match", "", "Count the compiled HLO's arrays whose shape matches this "
                       r"regular expression (e.g. '\[248,\d+,64\]').")
   flags.DEFINE_string("hlo_dir", None, "Write each compiled HLO here.")
+  flags.DEFINE_bool("triton_gemm", True, "False: every matrix product through cuBLAS "
+                    "(`xla_gpu_enable_triton_gemm`). Without a GPU's autotuner MulCLIP's step "
+                    "stops in a Triton tiling check (its token aggregation's [*, 102] products).")
 
 
 def compile_only_device() -> jax.Device:
@@ -80,8 +87,10 @@ def answer_cudnn_as_on_h100() -> None:
 
 
 def compile_step(method: str, variant: str, batch: int, device: jax.Device,
-                 candidate: candidates_lib.Candidate | None = None) -> str:
-  """The compiled HLO text of `method`'s training step (cuDNN attention, bf16) for `device`."""
+                 candidate: candidates_lib.Candidate | None = None,
+                 compiler_options: dict[str, Any] | None = None) -> str:
+  """The compiled HLO text of `method`'s training step (cuDNN attention, bf16) for `device`,
+  with the candidate's compiler options over `compiler_options`."""
   config = steps_lib.method_config(method, variant, batch, attention="cudnn", dtype="bfloat16")
   c = loop.model_config_from(config, None)
   if candidate is not None:
@@ -101,18 +110,26 @@ def compile_step(method: str, variant: str, batch: int, device: jax.Device,
                   for k, v in host.items()}
   with jax.set_mesh(mesh):
     lowered = training.step_fn.lower(training.abstract_state, batch_shapes)
-    return lowered.compile(compiler_options=dict(candidate.compiler_options)
-                           if candidate else None).as_text()
+    options = {**(compiler_options or {}), **(candidate.compiler_options if candidate else {})}
+    return lowered.compile(compiler_options=options or None).as_text()
 
 
 def describe(hlo_text: str, match: str = "") -> dict[str, Any]:
-  """Kernels the entry computation launches, custom calls by target, arrays matching `match`."""
+  """Kernels the entry computation launches, custom calls by target, arrays matching `match`,
+  and the GB the memory-bound kernels move (`profile`'s bytes and categories: layer norm,
+  elementwise, optimizer update, copy/transpose, loss), the time they take at a bandwidth."""
   entry = hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]
   kernels = [line for line in entry if _KERNEL.match(line)]
   targets = collections.Counter(t for line in kernels for t in _TARGET.findall(line))
   matching = len(re.findall(match, hlo_text)) if match else None
+  ops = profile.parse_hlo(hlo_text)
+  moved = collections.Counter()
+  for line in kernels:
+    op = ops[profile.INSTRUCTION.match(line).group("name")]
+    moved[profile.categorise(op)] += op.bytes / 1e9
   return dict(kernels=len(kernels), custom_calls=dict(sorted(targets.items())),
-              matching=matching)
+              matching=matching,
+              memory_bound_gb=sum(moved[c] for c in profile.MEMORY_BOUND))
 
 
 def main(argv) -> None:
@@ -123,7 +140,8 @@ def main(argv) -> None:
   for method in FLAGS.methods:
     for candidate in chosen:
       name = candidates_lib.impl_name(candidate)
-      text = compile_step(method, FLAGS.variant, FLAGS.batch, device, candidate)
+      text = compile_step(method, FLAGS.variant, FLAGS.batch, device, candidate,
+                          None if FLAGS.triton_gemm else {"xla_gpu_enable_triton_gemm": False})
       if FLAGS.hlo_dir:
         os.makedirs(FLAGS.hlo_dir, exist_ok=True)
         path = os.path.join(FLAGS.hlo_dir, f"{method}_{name}.hlo.txt")
@@ -132,6 +150,7 @@ def main(argv) -> None:
       d = describe(text, FLAGS.match)
       calls = ", ".join(f"{k} {v}" for k, v in d["custom_calls"].items())
       print(f"{method:8} {name:28} kernels {d['kernels']:5d}"
+            + f"  memory-bound GB {d['memory_bound_gb']:6.2f}"
             + ("" if d["matching"] is None else f"  matching {d['matching']:5d}")
             + f"  custom calls: {calls}", flush=True)
 

@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -27,15 +28,21 @@ import jax
 
 CATEGORIES = ("matmul", "attention", "layer norm", "elementwise", "loss", "optimizer update",
               "copy/transpose", "collective", "host transfer", "other")
+# What runs at the memory's speed rather than the tensor cores'.
+MEMORY_BOUND = ("layer norm", "elementwise", "loss", "optimizer update", "copy/transpose")
 
-_INSTRUCTION = re.compile(
+INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.+?)\s+(?P<opcode>[a-z][\w\-]*)\((?P<rest>.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")  # at column 0
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
+_OPERAND = re.compile(r"%([\w.\-]+)")
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8\w*)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 _MATMUL_OPS = {"dot", "convolution"}
-_MATMUL_TARGETS = ("gemm", "matmul", "cublas", "triton")
+_MATMUL_TARGETS = ("gemm", "matmul", "cublas", "triton", "cudnn$conv")
 _ATTENTION_TARGETS = ("fmha", "flash", "attention", "sdpa")
 _NORM_TARGET = "$norm"  # XLA's cuDNN layer norm custom call, `__cudnn$norm`
 _COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
@@ -59,6 +66,8 @@ class Op:
   op_name: str = ""
   inner_opcodes: frozenset = frozenset()  # of the fused computation (and what it calls)
   targets: tuple[str, ...] = ()  # custom-call targets, its own or inside its fusion
+  operands: tuple[str, ...] = ()
+  bytes: int = 0  # its results' and distinct operands' bytes (`_bytes_moved`)
 
 
 def parse_hlo(text: str) -> dict[str, Op]:
@@ -71,7 +80,7 @@ def parse_hlo(text: str) -> dict[str, Op]:
     if head:
       current = head.group("name")
       continue
-    m = _INSTRUCTION.match(line)
+    m = INSTRUCTION.match(line)
     if not m or current is None:
       continue
     rest = m.group("rest")
@@ -79,7 +88,8 @@ def parse_hlo(text: str) -> dict[str, Op]:
     computations[current].append((m.group("opcode"), ",".join(targets), _CALLS.findall(rest)))
     op_name = _OP_NAME.search(rest)
     ops[m.group("name")] = Op(m.group("name"), m.group("opcode"), m.group("shape"),
-                              op_name.group(1) if op_name else "", frozenset(), tuple(targets))
+                              op_name.group(1) if op_name else "", frozenset(), tuple(targets),
+                              tuple(dict.fromkeys(_OPERAND.findall(rest.split(")", 1)[0]))))
 
   inner_cache: dict[str, tuple[frozenset, tuple]] = {}
 
@@ -98,8 +108,10 @@ def parse_hlo(text: str) -> dict[str, Op]:
     inner_cache[computation] = (frozenset(opcodes), tuple(targets))
     return inner_cache[computation]
 
+  for op in ops.values():
+    op.bytes = _bytes_moved(op, ops)
   for line in text.splitlines():
-    m = _INSTRUCTION.match(line)
+    m = INSTRUCTION.match(line)
     if m and m.group("opcode") in ("fusion", "call", "custom-call", "async-start"):
       op = ops[m.group("name")]
       for callee in _CALLS.findall(m.group("rest")):
@@ -107,6 +119,27 @@ def parse_hlo(text: str) -> dict[str, Op]:
         op.inner_opcodes = op.inner_opcodes | sub_ops
         op.targets = op.targets + sub_targets
   return ops
+
+
+def array_bytes(shape: str) -> int:
+  """Bytes of the arrays an HLO shape names (`bf16[64,512]{1,0}`, or a tuple of them)."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape):
+    total += math.prod(int(d) for d in dims.split(",") if d) * _DTYPE_BYTES.get(
+        dtype, 1 if dtype.startswith("f8") else 4)
+  return total
+
+
+def _bytes_moved(op: Op, ops: dict[str, Op]) -> int:
+  """What one run of `op` reads and writes if it touches each operand and result once: the
+  results (less a custom call's trailing u8 workspace) and each distinct operand. It is the
+  traffic a memory-bound kernel cannot go below; a kernel that reads part of an operand
+  (a slice inside a fusion) or one operand twice moves less or more."""
+  arrays = _ARRAY.findall(op.shape)
+  if op.opcode == "custom-call" and len(arrays) > 1 and arrays[-1][0] in ("u8", "s8"):
+    arrays = arrays[:-1]
+  results = sum(array_bytes(f"{dtype}[{dims}]") for dtype, dims in arrays)
+  return results + sum(array_bytes(ops[name].shape) for name in op.operands if name in ops)
 
 
 # Kernels that no HLO instruction names (a library's kernels inside a CUDA graph): by name.
@@ -186,6 +219,9 @@ def summarise(trace: dict[str, Any], hlo_text: str, *, steps: int,
   trace of `steps` steps and the step's compiled HLO."""
   ops = parse_hlo(hlo_text)
   by_category = collections.Counter()
+  # Bytes of the ops the HLO names, and their time: library kernels in a CUDA graph (cuBLAS's,
+  # cuDNN attention's) name none, so a category's bandwidth is over the time of those it has.
+  bytes_of, timed_with_bytes = collections.Counter(), collections.Counter()
   by_op: dict[str, dict[str, Any]] = {}
   # Only the profiled program's ops (not the batch's device_put, ...); events without a module
   # (a memset between kernels) count with it.
@@ -199,15 +235,24 @@ def summarise(trace: dict[str, Any], hlo_text: str, *, steps: int,
     name = op.name if op else re.sub(r"_\d+$", "", e["name"])[:80]
     category = categorise(op, e["name"])
     by_category[category] += e["dur"]
+    if op is not None:
+      bytes_of[category] += op.bytes
+      timed_with_bytes[category] += e["dur"]
     entry = by_op.setdefault(name, dict(op=name, category=category, us=0.0, count=0,
                                         shape=op.shape if op else "",
-                                        source=op.op_name if op else ""))
+                                        source=op.op_name if op else "",
+                                        mb_per_call=op.bytes / 1e6 if op else None))
     entry["us"] += e["dur"]
     entry["count"] += 1
   total = sum(by_category.values())
   per_step = lambda us: us / steps / 1e3  # noqa: E731 - microseconds in the trace -> ms/step
   categories = [dict(category=c, ms_per_step=per_step(by_category[c]),
-                     share=by_category[c] / total if total else 0.0)
+                     share=by_category[c] / total if total else 0.0,
+                     gb_per_step=bytes_of[c] / steps / 1e9,
+                     # bytes per microsecond / 1e6 = TB/s; None: no op with bytes ran
+                     tb_per_s=(bytes_of[c] / timed_with_bytes[c] / 1e6
+                               if timed_with_bytes[c] else None),
+                     with_bytes=timed_with_bytes[c] / by_category[c])
                 for c in CATEGORIES if by_category[c]]
   expensive = sorted(by_op.values(), key=lambda o: -o["us"])[:top]
   for o in expensive:
@@ -221,15 +266,26 @@ def format_markdown(summary: dict[str, Any], title: str) -> str:
   lines = [f"### {title}", "",
            f"Device time {summary['device_ms_per_step']:.2f} ms per step "
            f"(module `{summary['module']}`, {summary['steps']} traced steps).", "",
-           "| category | ms / step | share |", "| --- | --- | --- |"]
-  lines += [f"| {c['category']} | {c['ms_per_step']:.3f} | {100 * c['share']:.1f} % |"
-            for c in summary["categories"]]
-  lines += ["", "| op | category | ms / step | calls | shape | source |",
-            "| --- | --- | --- | --- | --- | --- |"]
+           "| category | ms / step | share | GB / step | TB/s |",
+           "| --- | --- | --- | --- | --- |"]
+  for c in summary["categories"]:
+    # Bandwidth only where the HLO names nearly all of the category's kernels.
+    named = c.get("with_bytes", 0) >= 0.9 and c.get("tb_per_s") is not None
+    lines.append(f"| {c['category']} | {c['ms_per_step']:.3f} | {100 * c['share']:.1f} % | "
+                 + (f"{c['gb_per_step']:.2f} | {c['tb_per_s']:.2f} |" if named else "| |"))
+  lines += ["", "GB / step: the results and distinct operands of each op the HLO names, each "
+            "once (what a memory-bound kernel must move); TB/s: those bytes over those ops' "
+            "time. Left blank where library kernels the HLO does not name (cuBLAS's, cuDNN "
+            "attention's) hold more than a tenth of the time."]
+  lines += ["", "| op | category | ms / step | calls | MB / call | TB/s | shape | source |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for o in summary["top_ops"]:
     source = o["source"].split(";")[0][-90:]
+    megabytes = o.get("mb_per_call")
+    traffic = ("| |" if megabytes is None else f"{megabytes:.1f} | "
+               f"{megabytes * o['calls_per_step'] / o['ms_per_step'] / 1e3:.2f} |")
     lines.append(f"| `{o['op']}` | {o['category']} | {o['ms_per_step']:.3f} | "
-                 f"{o['calls_per_step']:g} | `{o['shape'][:60]}` | `{source}` |")
+                 f"{o['calls_per_step']:g} | {traffic} `{o['shape'][:60]}` | `{source}` |")
   return "\n".join(lines) + "\n"
 
 

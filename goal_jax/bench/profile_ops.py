@@ -42,10 +42,15 @@ def matching_ops(summary: dict, match: str = "", category: str | None = None) ->
 
 
 def format_ops(ops: list[dict], total_ms: float, top: int) -> str:
-  lines = [f"{'ms/step':>8} {'calls':>6} {'category':<16} {'op':<40} {'shape':<60} source"]
+  lines = [f"{'ms/step':>8} {'calls':>6} {'MB/call':>8} {'TB/s':>5} {'category':<16} "
+           f"{'op':<40} {'shape':<60} source"]
   for o in ops[:top]:
-    lines.append(f"{o['ms_per_step']:>8.3f} {o['calls_per_step']:>6g} {o['category']:<16} "
-                 f"{o['op'][:40]:<40} {o['shape'][:60]:<60} {o['source'][-70:]}")
+    megabytes = o.get("mb_per_call")
+    rate = None if megabytes is None else megabytes * o["calls_per_step"] / o["ms_per_step"] / 1e3
+    traffic = f"{'':>8} {'':>5}" if rate is None else f"{megabytes:>8.1f} {rate:>5.2f}"
+    lines.append(f"{o['ms_per_step']:>8.3f} {o['calls_per_step']:>6g} {traffic} "
+                 f"{o['category']:<16} {o['op'][:40]:<40} {o['shape'][:60]:<60} "
+                 f"{o['source'][-70:]}")
   matched = sum(o["ms_per_step"] for o in ops)
   lines.append(f"{len(ops)} ops match: {matched:.3f} ms of {total_ms:.3f} ms per step "
                f"({100 * matched / total_ms if total_ms else 0:.1f} %)")

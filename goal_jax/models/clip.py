@@ -49,6 +49,8 @@ class CLIPConfig(towers.TowerConfig):
   layer_norm_eps: float = 1e-5
   layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
   layout_pin: bool = True  # a compute knob: `towers.pin_row_major`
+  patch_embedding: str = "auto"  # a compute knob: `towers.PatchEmbedding`
+  token_embedding_grad: str = "auto"  # a compute knob: `towers.embed_tokens`
   # A compute knob: the EOT token by `token_at` ("mask"), or by `take_along_axis` ("gather",
   # the form before 2026-12-05, kept to time against: `bench --candidates=eot_gather`).
   eot_pooling: str = "mask"
@@ -231,8 +233,7 @@ class VisionTower(nn.Module):
   def setup(self):
     c = self.config
     dtype, scale = jnp.dtype(c.dtype), c.vision_width ** -0.5
-    self.conv1 = nn.Conv(c.vision_width, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
-                         padding="VALID", use_bias=False, dtype=dtype)
+    self.conv1 = towers.patch_embedding(c, dtype, use_bias=False)
     self.class_embedding = self.param("class_embedding", nn.initializers.normal(scale),
                                       (c.vision_width,))
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
@@ -298,7 +299,8 @@ class TextTower(nn.Module):
     length = ids.shape[1]
     if ids.ndim != 2 or length > c.context_length:
       raise ValueError(f"ids must be [B, L] with L <= {c.context_length}, got {ids.shape}")
-    x = self.token_embedding(ids) + self.positional_embedding[:length].astype(jnp.dtype(c.dtype))
+    x = (towers.embed_tokens(self.token_embedding, ids, c)
+         + self.positional_embedding[:length].astype(jnp.dtype(c.dtype)))
     tokens, weights = _run_padded(self.transformer, x, c.pad_multiple, True, return_attention)
     eot_index = jnp.argmax(ids, axis=-1)
     if c.eot_pooling == "gather":

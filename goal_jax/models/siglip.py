@@ -68,6 +68,8 @@ class SigLIPConfig(towers.TowerConfig):
   layer_norm_eps: float = 1e-6
   layer_norm_fast_variance: bool = True  # a compute knob: `towers.layer_norm`
   layout_pin: bool = True  # a compute knob: `towers.pin_row_major`
+  patch_embedding: str = "auto"  # a compute knob: `towers.PatchEmbedding`
+  token_embedding_grad: str = "auto"  # a compute knob: `towers.embed_tokens`
   dtype: str = "float32"
   attention: str = "xla"
   attention_pad_multiple: int | None = None  # None: 8 for cudnn, no padding for xla.
@@ -266,8 +268,7 @@ class VisionTower(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    self.embedding = nn.Conv(c.vision_width, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
-                             padding="VALID", dtype=dtype)
+    self.embedding = towers.patch_embedding(c, dtype, use_bias=True)
     self.pos_embedding = self.param("pos_embedding", nn.initializers.normal(1 / math.sqrt(
         c.vision_width)), (1, c.grid_size ** 2, c.vision_width))
     self.Transformer = Encoder(c.vision_layers, c.vision_heads, c.vision_mlp_dim, c)  # pylint: disable=invalid-name
@@ -324,7 +325,8 @@ class TextTower(nn.Module):
     length = ids.shape[1]
     if ids.ndim != 2 or length > c.context_length:
       raise ValueError(f"ids must be [B, L] with L <= {c.context_length}, got {ids.shape}")
-    x = self.Embed_0(ids) + self.pos_embedding[:, :length].astype(jnp.dtype(c.dtype))
+    x = (towers.embed_tokens(self.Embed_0, ids, c)
+         + self.pos_embedding[:, :length].astype(jnp.dtype(c.dtype)))
     tokens = self.Encoder_0(x)
     eot_index = jnp.full((ids.shape[0],), length - 1, jnp.int32)
     projected = self.head(tokens)
