@@ -1,11 +1,12 @@
 """`bench.profile_ops` on the H200 lease's own traces (docs/profiles/h200_2026-12-04)."""
+import gzip
 import json
 import os
 
 import pytest
 
 from _cli import run_command
-from goal_jax.bench import profile, profile_ops
+from goal_jax.bench import gpu_compile, profile, profile_ops, report, timing
 
 H200 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                     "profiles", "h200_2026-12-04")
@@ -43,3 +44,20 @@ def test_command(capsys):
   assert len(lines) == 5 and lines[-1].startswith("56 ops match: 2.892 ms of 34.007 ms")
   assert run_command(profile_ops, f"--dir={H200}") == 1
   assert "no perfetto_trace.json.gz or hlo.txt.gz" in capsys.readouterr().err
+
+
+def test_the_traffic_of_the_traced_kernels_equals_the_compiled_programs(goal_summary):
+  """The memory-bound kernels the H200 ran in a step move what `gpu_compile` counts in the same
+  program statically (within 0.01 %: 5 MB of 64 GB); the bench's table prints it with its
+  bandwidth."""
+  with gzip.open(os.path.join(H200, "goal_B16_b64", profile.HLO_NAME), "rt") as f:
+    static = gpu_compile.describe(f.read())["memory_bound_gb"]
+  gigabytes, seconds = report.memory_traffic(goal_summary)
+  assert gigabytes == pytest.approx(static, rel=1e-4)
+  assert gigabytes == pytest.approx(64.3, abs=0.05)
+  assert gigabytes / seconds / 1e3 == pytest.approx(2.9, abs=0.1)  # TB/s, on 4.8 at the peak
+  row = timing.Row("goal_jax", "goal", "B/16", 64, profile=goal_summary)
+  line = report.format_profiles([row]).splitlines()[-1]
+  assert line.split()[-2:] == [f"{gigabytes:.2f}", f"{gigabytes / seconds / 1e3:.2f}"]
+  assert report.memory_traffic({"categories": [{"category": "layer norm", "ms_per_step": 1.0,
+                                                "share": 1.0}]}) == (None, 0.0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from goal_jax.bench.profile import CATEGORIES
+from goal_jax.bench.profile import CATEGORIES, MEMORY_BOUND
 from goal_jax.bench.timing import Row, TrainerRow
 
 # Dense bf16 peak TFLOP/s by `device_kind` substring; the first match wins (specific first).
@@ -209,21 +209,37 @@ def format_targets(checks: Sequence[dict[str, Any]], device: str) -> str:
 
 
 def format_profiles(rows: Sequence[Row]) -> str:
-  """Device time by category (ms per step) of every profiled row, one line each."""
+  """Device time by category (ms per step) of every profiled row, one line each, and the GB
+  its memory-bound kernels move per step with their bandwidth (`profile`)."""
   profiled = [r for r in rows if r.profile]
   if not profiled:
     return ""
   names = _categories_in(profiled)
   method = max([8] + [len(_method_label(r)) for r in profiled])
-  header = f"{'method':<{method}} {'variant':<8} {'batch':>5} {'device ms':>9} " + " ".join(
-      f"{n[:12]:>12}" for n in names)
-  lines = ["device time by category, ms per step (--profile_dir has the top ops)", header]
+  header = (f"{'method':<{method}} {'variant':<8} {'batch':>5} {'device ms':>9} "
+            + " ".join(f"{n[:12]:>12}" for n in names) + f" {'mem. GB':>8} {'TB/s':>5}")
+  lines = ["device time by category, ms per step (--profile_dir has the top ops); the GB the "
+           "memory-bound kernels move and their TB/s", header]
   for r in profiled:
     ms = {c["category"]: c["ms_per_step"] for c in r.profile["categories"]}
+    gigabytes, seconds = memory_traffic(r.profile)
     lines.append(f"{_method_label(r):<{method}} {r.variant:<8} {r.batch:>5} "
                  f"{r.profile['device_ms_per_step']:>9.2f} "
-                 + " ".join(_fmt(ms.get(n), "12.2f") for n in names))
+                 + " ".join(_fmt(ms.get(n), "12.2f") for n in names)
+                 + f" {_fmt(gigabytes, '8.2f')} "
+                 + _fmt(gigabytes / seconds / 1e3 if seconds else None, "5.2f"))
   return "\n".join(lines)
+
+
+def memory_traffic(summary: dict[str, Any]) -> tuple[float | None, float]:
+  """GB per step the memory-bound categories' named ops move, and those ops' seconds per step
+  (None, 0: a summary from before the bytes were counted)."""
+  chosen = [c for c in summary["categories"]
+            if c["category"] in MEMORY_BOUND and c.get("tb_per_s")]
+  if not any("gb_per_step" in c for c in summary["categories"]):
+    return None, 0.0
+  gigabytes = sum(c["gb_per_step"] for c in chosen)
+  return gigabytes, sum(c["gb_per_step"] / c["tb_per_s"] / 1e3 for c in chosen)
 
 
 def _method_label(row: Row) -> str:
