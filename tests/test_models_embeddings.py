@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from goal_jax import sharding
 from goal_jax.models import families
 from goal_jax.models import towers
 
@@ -101,3 +102,19 @@ def test_unknown_knob_values_are_refused():
     families.get_variant("tiny/8", patch_embedding="fft")
   with pytest.raises(ValueError, match="token_embedding_grad must be one of"):
     families.get_variant("siglip-tiny/4", token_embedding_grad="atomic")
+
+
+def test_the_split_gradient_of_a_batch_sharded_over_four_devices():
+  """As the trainer runs it: ids and gradients split over the batch axis of a mesh (the split
+  id is then a global minimum), the table replicated; equal to the scatter-add to the bit."""
+  mesh = sharding.make_mesh((("data", 4),))
+  rows = sharding.batch_sharding(mesh)
+  ids = np.zeros((8, 6), np.int32)
+  ids[:, :3] = np.arange(24).reshape(8, 3) % 7 + 2
+  ids[5] = [3, 4, 5, 6, 7, 8]  # one full row
+  cotangent = jax.random.randint(jax.random.PRNGKey(3), (8, 6, 4), -50, 50).astype(jnp.float32)
+  ids, cotangent = jax.device_put(ids, rows), jax.device_put(cotangent, rows)
+  grads = {form: jax.jit(lambda i, g, form=form: _table_grads(i, g, form)[1])(ids, cotangent)
+           for form in ("split", "scatter")}
+  np.testing.assert_array_equal(grads["split"], grads["scatter"])
+  assert float(jnp.abs(grads["split"][0]).sum()) > 0  # the padding row got its sum
