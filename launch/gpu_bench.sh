@@ -22,7 +22,8 @@
 #                 cores stay with the trainer's process, which stacks each batch (77 MB of f32
 #                 images at 64), copies it to the device and dispatches the step. At ~10 ms of
 #                 CPU per GOAL record, 12 workers give ~1,200 records/s for the step's ~1,000.
-#   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=dots), profiled
+#   b16_256       global, GOAL, MulCLIP at batch 256 (--remat=auto: the least recomputation
+#                 whose compiled step XLA plans within the device's memory), profiled
 #   b16_64_candidates  the global step at batch 64 as built and compiled or computed each other
 #                 way of bench/candidates.py (XLA's Triton GEMMs, cuDNN GEMM fusions, the centred
 #                 layer-norm variance alone and with XLA's cuDNN layer norm, the towers without
@@ -115,7 +116,7 @@ else  # 12 x 2: see the header; 50 timed steps make what the workers buffered co
     --threads=2 --steps=50 --warmup=5)
 fi
 bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
-bench_row b16_256 --batch=256 --remat=dots --steps=5 --warmup=1 --profile_dir="$work/profiles"
+bench_row b16_256 --batch=256 --remat=auto --steps=5 --warmup=1 --profile_dir="$work/profiles"
 bench_row b16_64_candidates --batch=64 --methods=global --candidates=all --steps=5 --warmup=1 \
   --profile_dir="$work/profiles"
 bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2 "${goal_repo[@]}"

@@ -67,3 +67,17 @@ def test_the_layout_pin_keeps_the_text_tower_row_major_on_an_h100(method, extra)
   built, free = [line.split() for line in proc.stdout.splitlines()]
   assert built[1] == "goal_jax" and int(built[built.index("matching") + 1]) == 0
   assert free[1] == "goal_jax+free_layout" and int(free[free.index("matching") + 1]) > 100
+
+
+@pytest.mark.skipif(not HAS_CUDA_COMPILER, reason="needs JAX's CUDA plugin (module docstring)")
+def test_xla_plans_less_memory_the_more_is_recomputed_on_an_h100():
+  """What `--remat=auto` reads (`remat.planned_bytes`), for the GPU it decides for; on a CPU the
+  plans hardly differ."""
+  planned = {}
+  for option in ("", "dots", "full"):
+    proc = _run("--methods=global", "--variant=B/16", "--batch=64", f"--remat={option}",
+                JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    words = proc.stdout.split()
+    planned[option] = float(words[words.index("planned") + 2])
+  assert planned[""] > planned["dots"] > planned["full"] > 1.0  # GiB

@@ -14,7 +14,8 @@ cuDNN attention asks the installed cuDNN and the device for their versions, so t
 are given as an H100's (cuDNN 9.10, sm_90) and the rest is JAX's own code.
 
 For each method (and each `--candidates`, beside the step as built) it prints the kernels the
-step launches, the GB its memory-bound kernels move per step (each kernel's results and
+step launches, the device memory XLA plans for it (how `--remat=auto` decides, here for an H100
+without one), the GB its memory-bound kernels move per step (each kernel's results and
 distinct operands, `profile`'s count: what a candidate saves in traffic, not in time), the
 custom calls by target, and how many arrays in the compiled HLO match `--match` (a layout
 question, e.g. the text tower's batch-innermost arrays that this found: README,
@@ -37,6 +38,7 @@ from goal_jax import sharding
 from goal_jax.bench import batches
 from goal_jax.bench import candidates as candidates_lib
 from goal_jax.bench import profile
+from goal_jax.bench import remat as remat_lib
 from goal_jax.bench import steps as steps_lib
 from goal_jax.models import attention as attention_lib
 from goal_jax.models import families
@@ -57,6 +59,8 @@ def define_flags() -> None:
   flags.DEFINE_string("match", "", "Count the compiled HLO's arrays whose shape matches this "
                       r"regular expression (e.g. '\[248,\d+,64\]').")
   flags.DEFINE_string("hlo_dir", None, "Write each compiled HLO here.")
+  flags.DEFINE_enum("remat", "", ("", "dots", "full"), "The steps' rematerialisation; each line "
+                    "prints the device memory XLA plans for the step (`remat.planned_bytes`).")
   flags.DEFINE_bool("triton_gemm", True, "False: every matrix product through cuBLAS "
                     "(`xla_gpu_enable_triton_gemm`). Without a GPU's autotuner MulCLIP's step "
                     "stops in a Triton tiling check (its token aggregation's [*, 102] products).")
@@ -88,10 +92,12 @@ def answer_cudnn_as_on_h100() -> None:
 
 def compile_step(method: str, variant: str, batch: int, device: jax.Device,
                  candidate: candidates_lib.Candidate | None = None,
-                 compiler_options: dict[str, Any] | None = None) -> str:
-  """The compiled HLO text of `method`'s training step (cuDNN attention, bf16) for `device`,
-  with the candidate's compiler options over `compiler_options`."""
-  config = steps_lib.method_config(method, variant, batch, attention="cudnn", dtype="bfloat16")
+                 compiler_options: dict[str, Any] | None = None,
+                 remat: str = "") -> jax.stages.Compiled:
+  """`method`'s training step (cuDNN attention, bf16, `remat`) compiled for `device`, with the
+  candidate's compiler options over `compiler_options`."""
+  config = steps_lib.method_config(method, variant, batch, attention="cudnn", dtype="bfloat16",
+                                   remat=remat)
   c = loop.model_config_from(config, None)
   if candidate is not None:
     c = dataclasses.replace(c, **candidate.model_overrides)
@@ -111,7 +117,7 @@ def compile_step(method: str, variant: str, batch: int, device: jax.Device,
   with jax.set_mesh(mesh):
     lowered = training.step_fn.lower(training.abstract_state, batch_shapes)
     options = {**(compiler_options or {}), **(candidate.compiler_options if candidate else {})}
-    return lowered.compile(compiler_options=options or None).as_text()
+    return lowered.compile(compiler_options=options or None)
 
 
 def describe(hlo_text: str, match: str = "") -> dict[str, Any]:
@@ -140,8 +146,10 @@ def main(argv) -> None:
   for method in FLAGS.methods:
     for candidate in chosen:
       name = candidates_lib.impl_name(candidate)
-      text = compile_step(method, FLAGS.variant, FLAGS.batch, device, candidate,
-                          None if FLAGS.triton_gemm else {"xla_gpu_enable_triton_gemm": False})
+      compiled = compile_step(method, FLAGS.variant, FLAGS.batch, device, candidate,
+                              None if FLAGS.triton_gemm else {"xla_gpu_enable_triton_gemm": False},
+                              remat=FLAGS.remat)
+      text = compiled.as_text()
       if FLAGS.hlo_dir:
         os.makedirs(FLAGS.hlo_dir, exist_ok=True)
         path = os.path.join(FLAGS.hlo_dir, f"{method}_{name}.hlo.txt")
@@ -151,6 +159,7 @@ def main(argv) -> None:
       calls = ", ".join(f"{k} {v}" for k, v in d["custom_calls"].items())
       print(f"{method:8} {name:28} kernels {d['kernels']:5d}"
             + f"  memory-bound GB {d['memory_bound_gb']:6.2f}"
+            + f"  planned GiB {remat_lib.planned_bytes(compiled) / 2 ** 30:6.1f}"
             + ("" if d["matching"] is None else f"  matching {d['matching']:5d}")
             + f"  custom calls: {calls}", flush=True)
 

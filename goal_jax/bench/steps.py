@@ -127,26 +127,25 @@ def saved_activation_bytes(step: TrainStep) -> int:
 
 def choose_remat(method: str, variant: str, batch: int, *, attention: str, dtype: str,
                  scan: bool = False, model_overrides: dict[str, Any] | None = None,
-                 device_bytes: int | None = None) -> str:
-  """`--remat=auto` for this row: each option's kept activations per device, counted from
-  shapes (no device memory), against this device's memory (or `device_bytes`)."""
-  kept, param_bytes = {}, 0
-  for option in remat_lib.ORDER:
+                 device_bytes: int | None = None, extra_steps: int = 1) -> str:
+  """`--remat=auto` for this row (`remat.choose`): each option's step compiled, least
+  recomputation first, until XLA's plan for it fits this device's memory (or `device_bytes`).
+  `extra_steps` as the timing run's, so that the chosen step's compilation is the one it reads
+  from the persistent cache."""
+  def plan_of(option: str) -> int:
     config = method_config(method, variant, batch, attention=attention, dtype=dtype,
                            remat=option, scan=scan)
     c = dataclasses.replace(loop.model_config_from(config, None), **(model_overrides or {}))
-    step = make_train_step(method, config, c, batch, extra_steps=1, materialise=False)
-    kept[option] = saved_activation_bytes(step) // step.mesh.size
-    param_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
-                      for x in jax.tree.leaves(step.training.abstract_state["params"]))
+    step = make_train_step(method, config, c, batch, extra_steps=extra_steps, materialise=False)
+    return remat_lib.planned_bytes(lower_step(step).compile())
+
   device_bytes = device_bytes if device_bytes is not None else remat_lib.device_memory()
-  choice = remat_lib.choose(kept, param_bytes, device_bytes)
+  choice, plans = remat_lib.choose(plan_of, device_bytes)
   gib = 2 ** 30
   print(f"--remat=auto for {method} {variant} batch {batch}: "
-        + ", ".join(f"{o or 'none'} keeps {kept[o] / gib:.2f} GiB" for o in remat_lib.ORDER)
-        + f" per device; params {param_bytes / gib:.2f} GiB; device "
-        + (f"{device_bytes / gib:.0f} GiB" if device_bytes else "memory unknown")
-        + f" -> {choice or 'none'}", flush=True)
+        + (", ".join(f"XLA plans {o or 'none'} at {b / gib:.2f} GiB" for o, b in plans.items())
+           + f" per device, of {device_bytes / gib:.0f} GiB" if plans else
+           "device memory unknown") + f" -> {choice or 'none'}", flush=True)
   return choice
 
 
@@ -167,7 +166,7 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   """
   if remat == "auto":
     remat = choose_remat(method, variant, batch, attention=attention, dtype=dtype, scan=scan,
-                         model_overrides=model_overrides)
+                         model_overrides=model_overrides, extra_steps=steps + warmup)
   config = method_config(method, variant, batch, attention=attention, dtype=dtype, remat=remat,
                          scan=scan)
   overrides = {**(model_overrides or {}), **(candidate.model_overrides if candidate else {})}
@@ -177,7 +176,7 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
     return Row(candidates.impl_name(candidate), method, variant, batch,
                error=f"not for this model: {type(c).__name__} has no {', '.join(missing)}")
   c = dataclasses.replace(c, **overrides)
-  row = Row(candidates.impl_name(candidate), method, variant, batch,
+  row = Row(candidates.impl_name(candidate), method, variant, batch, remat=remat,
             train_flops=methods.get(method).train_flops_per_step(c, loop.input_config(config, c),
                                                                  batch))
   started = time.perf_counter()

@@ -28,6 +28,7 @@ class Row:
   error: str | None = None
   profile: dict[str, Any] | None = None  # `profile.summarise` of a traced few steps
   first_loss: float | None = None  # goal_jax rows: the first step's (initial params, one batch)
+  remat: str | None = None  # goal_jax rows: the rematerialisation it ran with ("" none)
 
   @property
   def pairs_per_s(self) -> float | None:
