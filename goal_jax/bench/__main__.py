@@ -19,7 +19,8 @@ recomputation is not counted (model FLOPs); peak = the device's dense bf16 peak
 (`--peak_tflops` overrides; none on CPU). The column XLA/ours divides XLA's count of the
 lowered, unoptimised step by the analytic count: ~1.003 at B/16, so no step runs a tower pass
 it does not need. `--analyze_only` gives it for any variant on a CPU, with the activations the
-backward keeps per pair (JAX's saved residuals), which says which `--remat` a batch needs.
+backward keeps per pair (JAX's saved residuals, about twice what XLA plans on a GPU);
+`--remat=auto` decides from XLA's plan of the compiled step on the device (`remat`).
 
 `--trainer` asks whether training runs as fast as its step (`trainer`): beside each step row,
 the trainer's own path fed by the Grain pipeline over prepared shards, the pipeline alone
