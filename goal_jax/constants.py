@@ -51,6 +51,10 @@ INPUT = dict(
     text_context=248,
     sentence_context=77,
     max_sentences=8,
+    short_text_packing=0,  # > 0: summary + sentences packed in one row of N tokens per pair
+                           # (`goal_jax.text.packing`; MulCLIP), captions that do not fit dropped
+    local_context=0,       # tokens of GOAL's local sentence (`local_text`); 0: text_context,
+                           # as GOAL's code; fewer: the same embedding for sentences that fit
     caption_sentences=0,   # > 0: `text` is the caption's first N sentences (short captions)
     max_regions=4,         # regions (boxed pairs) per record: FG-CLIP's `max_anns`
     region_context=77,     # tokens of a region's caption and of its hard negatives

@@ -30,6 +30,10 @@
 #                 the row-major layout pin, the EOT gather, cuDNN's patch convolution and the
 #                 plain embedding scatter-add the step had before 2026-12-05), profiled:
 #                 speed-up and first loss against the step as built, in one process
+#   b16_64_short_text  GOAL and MulCLIP at batch 64 as built (from the cache: b16_64's
+#                 programs) and with shorter text rows: GOAL's local sentences at 77 tokens
+#                 instead of 248 (short_local_text), MulCLIP's summary and sentences packed in one
+#                 320-token row per pair instead of nine rows of 77 (packed_short_text), profiled
 #   b16_16        the three at batch 16, with the PyTorch references
 #   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
 #   b16_64_compile  HF + torch.compile at batch 64 (its compilation is slow)
@@ -40,7 +44,8 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 out_dir="" done_dir="" python="python3" variant="B/16" goal_repo=()
-rows="b16_64,trainer_64,b16_256,b16_64_candidates,b16_16,b16_64_cached,b16_64_compile"
+rows="b16_64,trainer_64,b16_256,b16_64_candidates,b16_64_short_text,b16_16,b16_64_cached"
+rows+=",b16_64_compile"
 for arg in "$@"; do
   case "$arg" in
     --out=*) out_dir="${arg#*=}" ;;
@@ -118,6 +123,9 @@ fi
 bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[@]}"
 bench_row b16_256 --batch=256 --remat=auto --steps=5 --warmup=1 --profile_dir="$work/profiles"
 bench_row b16_64_candidates --batch=64 --methods=global --candidates=all --steps=5 --warmup=1 \
+  --profile_dir="$work/profiles"
+bench_row b16_64_short_text --batch=64 --methods=goal,mulclip \
+  --candidates=short_local_text,packed_short_text --steps=5 --warmup=1 \
   --profile_dir="$work/profiles"
 bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2 "${goal_repo[@]}"
 bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program

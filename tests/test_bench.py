@@ -10,7 +10,7 @@ import pytest
 from _cli import run_command
 from goal_jax import methods
 from goal_jax.bench import __main__ as bench_command
-from goal_jax.bench import batches, report, steps, timing
+from goal_jax.bench import batches, candidates, report, steps, timing
 from goal_jax.data import pipeline
 from goal_jax.models import clip, flops
 from goal_jax.text import tokenizer
@@ -80,6 +80,19 @@ def test_xla_counts_the_analytic_flops(method):
   row = _analyze(method)
   assert row.step_s is None and row.counted_flops is not None
   assert 0.995 < row.counted_flops / row.train_flops < 1.01, row.counted_flops / row.train_flops
+
+
+@pytest.mark.parametrize("method, candidate, most", [("mulclip", "packed_short_text", 0.8),
+                                                     ("goal", "short_local_text", 0.9)])
+def test_xla_counts_the_analytic_flops_of_shorter_captions(method, candidate, most):
+  """MulCLIP with its short captions packed in one 320-token row per pair (`text.packing`), GOAL
+  with its local sentences at 77 tokens (`local_context`)."""
+  row = steps.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
+                           dtype="bfloat16", time_it=False,
+                           model_overrides=dict(vision_layers=2, text_layers=2),
+                           candidate=candidates.BY_NAME[candidate])
+  assert 0.995 < row.counted_flops / row.train_flops < 1.01, row.counted_flops / row.train_flops
+  assert row.train_flops < most * _analyze(method).train_flops
 
 
 def test_remat_trades_flops_for_saved_activations():

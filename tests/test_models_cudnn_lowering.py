@@ -107,3 +107,25 @@ def test_the_embedding_knobs_follow_the_cudnn_path(as_if_on_h100, attention, con
   into_table = re.findall(r"\}\) : \(" + re.escape(table) + r"(\w+)>, tensor<[^>]*>, "
                           r"tensor<[^>]*>\) -> " + re.escape(table), module)
   assert into_table and set(into_table) == {table_grad_dtype}
+
+
+def test_packed_rows_take_xla_attention_on_the_cudnn_path(as_if_on_h100):
+  """Packed captions (`text.packing`) need a segment mask, which cuDNN would take only as a
+  bias it always differentiates: their attention is XLA's, and the rest of the path is the
+  cuDNN one (the residual stream pinned)."""
+  config = clip.get_model_config("tiny/8", dtype="bfloat16", attention="cudnn")
+  model = clip.CLIP(config)
+  batch, width, captions = 2, 64, 3
+
+  def loss(params, ids, positions, segments, ends):
+    return jnp.sum(model.apply({"params": params}, ids, positions, segments, ends,
+                               method=clip.CLIP.encode_packed_text))
+
+  row = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+  args = (clip.abstract_params(config), row, row, row,
+          jax.ShapeDtypeStruct((batch, captions), jnp.int32))
+  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in (FORWARD, BACKWARD, PIN)]
+  module = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cuda"],
+                             disabled_checks=checks)(*args).mlir_module()
+  assert _calls(module, FORWARD) == 0 and _calls(module, BACKWARD) == 0
+  assert _calls(module, PIN) == 2  # forward and backward

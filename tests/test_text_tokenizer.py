@@ -232,3 +232,15 @@ def test_batch_speed_10k_long_captions(tok):
     expected = [tokenizer_lib.SOT_ID] + tok.encode(captions[row])[:246] + [tokenizer_lib.EOT_ID]
     np.testing.assert_array_equal(batch.ids[row, :len(expected)], expected)
     assert batch.lengths[row] == len(expected)
+
+
+@pytest.mark.parametrize("pad_id", [0, tokenizer_lib.EOT_ID])
+def test_shorten_is_the_tokenizer_at_the_shorter_context(tok, pad_id):
+  """A row cut to 77 equals the text tokenised at 77 (SOT, 75 tokens, EOT), and says which lost
+  tokens: 75 words fit, 76 do not."""
+  texts = ["a dog", "x " * 75, "y " * 76, "word " * 120, ""]
+  long = tok(texts, context_length=248, pad_id=pad_id)
+  short = tok(texts, context_length=77, pad_id=pad_id)
+  ids, truncated = tokenizer_lib.shorten(long.ids, 77)
+  np.testing.assert_array_equal(ids, short.ids)
+  assert truncated.tolist() == short.truncated.tolist() == [False, False, True, True, False]

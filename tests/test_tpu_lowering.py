@@ -22,3 +22,20 @@ def test_training_step_exports_for_tpu(method, attention):
   assert exported.platforms == ("tpu",)
   kernels = exported.mlir_module().count("tpu_custom_call")  # Mosaic: the Pallas kernels
   assert (kernels > 0) == (attention == "pallas_tpu")
+
+
+@pytest.mark.parametrize("attention", ["xla", "pallas_tpu"])
+def test_mulclip_on_packed_rows_exports_for_tpu(attention):
+  """The packed summary and sentences (`text.packing`): the Pallas kernel takes their segments
+  as its segment ids."""
+  config = steps.method_config("mulclip", "B/16", 16, attention=attention, dtype="bfloat16")
+  config.input.short_text_packing = 320
+  model_config = steps.loop.model_config_from(config, None)
+  step = steps.make_train_step("mulclip", config, model_config, 16, extra_steps=1,
+                               materialise=False)
+  assert step.host_batch["short_ids"].shape == (16, 320)
+  with jax.set_mesh(step.mesh):
+    exported = export.export(step.training.step_fn, platforms=("tpu",))(
+        step.training.abstract_state, step.abstract_batch())
+  kernels = exported.mlir_module().count("tpu_custom_call")
+  assert (kernels > 0) == (attention == "pallas_tpu")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -22,6 +23,7 @@ from goal_jax.models import checkpoint as model_checkpoint
 from goal_jax.training import loop
 from goal_jax.training import finite
 from goal_jax.training import metric_log
+from goal_jax.training import resume
 from goal_jax.training import workdir_lock
 from test_train import REPO, losses_of, prepare_synthetic, tiny_config
 
@@ -372,3 +374,16 @@ def test_ctrl_c_saves_like_sigterm_and_the_rerun_resumes(data_dir, tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert model_checkpoint.load_info(str(workdir / "model")) == {"step": 4}
+
+
+def test_a_run_saved_before_a_field_existed_resumes_at_its_old_meaning(tmp_path):
+  """`resume.ADDED`: a saved config without `input.local_context` resumes at 0 (what the code
+  did before the field) as unchanged, and is refused at any other value."""
+  config = ml_collections.ConfigDict({"seed": 0, "input": {"batch_size": 8, "local_context": 0}})
+  saved = resume.as_plain(config)
+  del saved["input"]["local_context"]
+  (tmp_path / resume.CONFIG_FILE).write_text(json.dumps(saved))
+  assert resume.check_and_record(str(tmp_path), config, 2, write=False) == {}
+  config.input.local_context = 77
+  with pytest.raises(resume.ResumeConfigError, match=r"input.local_context: 0 -> 77"):
+    resume.check_and_record(str(tmp_path), config, 2, write=False)

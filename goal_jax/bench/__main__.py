@@ -223,7 +223,7 @@ def run_bench(variants: Sequence[str], batch_sizes: Sequence[int], method_names:
   for variant in variants:
     for batch in batch_sizes:
       for method in method_names:
-        for candidate in (None, *candidates_):
+        for candidate in (None, *(c for c in candidates_ if c.applies_to(method))):
           rows.append(steps_lib.bench_method(method, variant, batch, steps=steps, warmup=warmup,
                                              attention=attention, dtype=dtype, remat=remat,
                                              scan=scan, peak=peak, time_it=not analyze_only,

@@ -1,14 +1,18 @@
 """Random batches of the batch contract's shapes (DESIGN.md), for timing without a data pipeline."""
 import numpy as np
 
+from goal_jax.text import packing as text_packing
+from goal_jax.text import tokenizer as text_tokenizer
 from goal_jax.text.tokenizer import EOT_ID, SOT_ID
 
 
 def random_ids(rng: np.random.Generator, shape: tuple[int, ...], context: int,
-               vocab_size: int = EOT_ID + 1) -> np.ndarray:
-  """SOT, random word ids, EOT at a random position in the second half, then 0-padding; for a
-  vocabulary without CLIP's ids (SigLIP's), random ids then EOS (1) to the end (sticky EOS)."""
-  lengths = rng.integers(context // 2, context + 1, size=shape)
+               vocab_size: int = EOT_ID + 1, lengths: np.ndarray | None = None) -> np.ndarray:
+  """SOT, random word ids, EOT at a random position in the second half (or at `lengths` - 1),
+  then 0-padding; for a vocabulary without CLIP's ids (SigLIP's), random ids then EOS (1) to
+  the end (sticky EOS)."""
+  if lengths is None:
+    lengths = rng.integers(context // 2, context + 1, size=shape)
   positions = np.arange(context)
   if vocab_size <= EOT_ID:
     ids = rng.integers(2, vocab_size, size=(*shape, context), dtype=np.int32)
@@ -41,13 +45,26 @@ def _random_fraction_boxes(rng, shape) -> np.ndarray:
   return np.minimum(corners.reshape(*shape, 4), 1.0).astype(np.float32)
 
 
+def sentence_lengths(rng: np.random.Generator, shape: tuple[int, ...], context: int
+                     ) -> np.ndarray:
+  """Tokens of a sentence with its SOT and EOT, about as DOCCI's: its captions have 17 words a
+  sentence on average (123 words in 7.1 sentences, GOAL's copy of the test split), ~1.2 CLIP
+  tokens a word; lognormal around 22, at most `context`."""
+  return np.clip(np.round(rng.lognormal(np.log(22), 0.35, size=shape)), 4, context).astype(int)
+
+
 def synthetic_batch(c, batch: int, sentence_context: int = 77,
                     max_sentences: int = 8, seed: int = 0, max_regions: int = 4,
                     region_context: int | None = None,
-                    hard_negatives: int = 10, pixels: bool = False) -> dict[str, np.ndarray]:
+                    hard_negatives: int = 10, pixels: bool = False,
+                    short_text_packing: int = 0, local_context: int = 0
+                    ) -> dict[str, np.ndarray]:
   """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes;
-  region captions and hard negatives at `region_context` (default `sentence_context`); images
-  as uint8 `pixels` (`normalize_on="device"`, the recipes') or as normalised floats."""
+  the summary, sentences and local sentence of sentence-like lengths (`sentence_lengths`), the
+  first two packed in rows of `short_text_packing` tokens when it is set, the last cut to
+  `local_context` when it is set (as the pipeline does); region captions and hard negatives at
+  `region_context` (default `sentence_context`); images as uint8 `pixels`
+  (`normalize_on="device"`, the recipes') or as normalised floats."""
   rng = np.random.default_rng(seed)
   size, lc, m = c.image_size, c.context_length, max_sentences
   r, k, lr = max_regions, hard_negatives, region_context or sentence_context
@@ -55,17 +72,20 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
   image = ((lambda: rng.integers(0, 256, size=shape, dtype=np.uint8)) if pixels
            else (lambda: rng.normal(size=shape).astype(np.float32)))
   ids = lambda shape, context: random_ids(rng, shape, context, c.vocab_size)
+  short = lambda shape: random_ids(rng, shape, sentence_context, c.vocab_size,
+                                   sentence_lengths(rng, shape, sentence_context))
   region_valid = np.arange(r)[None, :] < rng.integers(1, r + 1, size=(batch, 1))
-  return {
+  out = {
       "image": image(),
       "text": ids((batch,), lc),
-      "summary": ids((batch,), sentence_context),
-      "sentences": ids((batch, m), sentence_context),
+      "summary": short((batch,)),
+      "sentences": short((batch, m)),
       "sentence_valid": np.arange(m)[None, :] < rng.integers(1, m + 1, size=(batch, 1)),
       "span_mask": _random_spans(rng, (batch, m), lc),
       "patch_mask": _random_boxes(rng, (batch, m), c.grid_size),
       "local_image": image(),
-      "local_text": ids((batch,), lc),
+      "local_text": random_ids(rng, (batch,), lc, c.vocab_size,
+                               sentence_lengths(rng, (batch,), lc)),
       "local_span_mask": _random_spans(rng, (batch,), lc),
       "local_patch_mask": _random_boxes(rng, (batch,), c.grid_size),
       "local_valid": np.ones((batch,), bool),
@@ -76,3 +96,12 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
       "region_negative_valid": region_valid[..., None] & (
           np.arange(k) < rng.integers(0, k + 1, size=(batch, r, 1))),
   }
+  if local_context and local_context < lc:
+    out["local_text"], out["local_text_truncated"] = text_tokenizer.shorten(out["local_text"],
+                                                                            local_context)
+  if short_text_packing:
+    out.update(text_packing.pack(
+        np.concatenate([out["summary"][:, None], out["sentences"]], axis=1),
+        np.concatenate([np.ones((batch, 1), bool), out["sentence_valid"]], axis=1),
+        short_text_packing))
+  return out

@@ -35,7 +35,6 @@ import jax
 from goal_jax import cli
 from goal_jax import methods
 from goal_jax import sharding
-from goal_jax.bench import batches
 from goal_jax.bench import candidates as candidates_lib
 from goal_jax.bench import profile
 from goal_jax.bench import remat as remat_lib
@@ -101,16 +100,13 @@ def compile_step(method: str, variant: str, batch: int, device: jax.Device,
   c = loop.model_config_from(config, None)
   if candidate is not None:
     c = dataclasses.replace(c, **candidate.model_overrides)
+    config.input.update(candidate.input_overrides)
   mesh = jax.sharding.Mesh([device], (attention_lib.BATCH_AXIS,))
   method_ = methods.get(method)
   params = param_tree.merge(families.of(c).abstract_params(c),
                             method_.abstract_extra_params(config.loss, c))
   training = loop.build_training(config, c, params, mesh, config.optim.warmup_steps + 2)
-  host = batches.synthetic_batch(
-      c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
-      max_sentences=config.input.max_sentences, max_regions=config.input.max_regions,
-      region_context=config.input.region_context, hard_negatives=config.input.hard_negatives,
-      pixels=config.input.normalize_on == "device")
+  host = steps_lib.host_batch_for(config, c, batch)
   on_mesh = sharding.batch_sharding(mesh)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=on_mesh)
                   for k, v in host.items()}
@@ -144,7 +140,7 @@ def main(argv) -> None:
   answer_cudnn_as_on_h100()
   device = compile_only_device()
   for method in FLAGS.methods:
-    for candidate in chosen:
+    for candidate in (c for c in chosen if c is None or c.applies_to(method)):
       name = candidates_lib.impl_name(candidate)
       compiled = compile_step(method, FLAGS.variant, FLAGS.batch, device, candidate,
                               None if FLAGS.triton_gemm else {"xla_gpu_enable_triton_gemm": False},

@@ -172,7 +172,7 @@ def format_candidates(rows: Sequence[Row], chosen: Sequence[Any]) -> str:
         f"{_fmt(r.first_loss, '12.6f')} {_fmt(diff, '9.1e')} {_fmt(r.compile_s, '9.1f')}"
         + (f"  {r.error}" if r.error else ""))
   for c in chosen:
-    settings = {**c.compiler_options, **c.model_overrides}
+    settings = {**c.compiler_options, **c.model_overrides, **c.input_overrides}
     lines.append(f"  {c.name}: {', '.join(f'{k}={v}' for k, v in settings.items())} ({c.why})")
   return "\n".join(lines)
 

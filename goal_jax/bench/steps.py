@@ -85,12 +85,18 @@ def make_train_step(method: str, config, c, batch: int, *,
   # The schedule must outlast the config's warmup (Long-CLIP warms up for 200 steps).
   training = loop.build_training(config, c, params, mesh,
                                  config.optim.warmup_steps + extra_steps + 1)
-  host_batch = batches.synthetic_batch(
+  return TrainStep(training, mesh, host_batch_for(config, c, batch))
+
+
+def host_batch_for(config, c, batch: int) -> dict[str, np.ndarray]:
+  """A random batch of what the trainer's pipeline hands over for `config`."""
+  return batches.synthetic_batch(
       c, batch, sentence_context=loop.sentence_context_of(config, families.of(c)),
       max_sentences=config.input.max_sentences, max_regions=config.input.max_regions,
       region_context=config.input.region_context, hard_negatives=config.input.hard_negatives,
-      pixels=config.input.normalize_on == "device")  # what the trainer's pipeline hands over
-  return TrainStep(training, mesh, host_batch)
+      pixels=config.input.normalize_on == "device",
+      short_text_packing=config.input.short_text_packing,
+      local_context=config.input.local_context)
 
 
 def lower_step(step: TrainStep) -> jax.stages.Lowered:
@@ -175,6 +181,14 @@ def bench_method(method: str, variant: str, batch: int, *, steps: int, warmup: i
   if candidate is not None and missing:  # e.g. a CLIP-only field on a SigLIP variant
     return Row(candidates.impl_name(candidate), method, variant, batch,
                error=f"not for this model: {type(c).__name__} has no {', '.join(missing)}")
+  if candidate is not None and not candidate.applies_to(method):
+    return Row(candidates.impl_name(candidate), method, variant, batch,
+               error=f"not for this method: only {', '.join(candidate.methods)}")
+  if candidate is not None and candidate.input_overrides and not families.of(c).causal_text:
+    return Row(candidates.impl_name(candidate), method, variant, batch,
+               error=f"not for this model: {type(c).__name__}'s text tower is not causal")
+  if candidate is not None:
+    config.input.update(candidate.input_overrides)
   c = dataclasses.replace(c, **overrides)
   row = Row(candidates.impl_name(candidate), method, variant, batch, remat=remat,
             train_flops=methods.get(method).train_flops_per_step(c, loop.input_config(config, c),

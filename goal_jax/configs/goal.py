@@ -51,4 +51,7 @@ def get_config(arg=None):
   # TSL against its own crop only, as the official code ("diagonal"), or the paper's Eq. 14
   # read as an n×n batch matrix against the identity ("matrix").
   config.loss.tsl_form = "diagonal"
+  # The local sentence at the caption's context, as the released code; 77: its own shorter text
+  # forward, the same embedding for sentences that fit (README, Measurements).
+  config.input.local_context = 0
   return common.with_demo(config, args)

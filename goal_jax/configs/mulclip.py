@@ -13,7 +13,10 @@ summary are encoded at 77 tokens, at most `max_sentences` (8) per caption.
 Open choices (WPR/SAP temperatures, SAP's patches, aggregation, scale, stop-gradient) are
 `config.loss` fields; `goal_jax/losses/mulclip.py:MulCLIPOptions` says which default was chosen
 and why.
-Cost: one vision forward, one 248-token and (1 + M) 77-token text forwards per pair.
+Cost: one vision forward, one 248-token and (1 + M) 77-token text forwards per pair; with
+`--config.input.short_text_packing=N` the summary and sentences share one N-token row per pair
+(`goal_jax/text/packing.py`: the same embeddings; sentences past N tokens are dropped and logged
+as `short_text/dropped`, so pick N from your captions' lengths).
 
 Ablations (project page table) are weight overrides:
   global only  --config.loss.weights.wpr_image=0 --config.loss.weights.wpr_text=0 --config.loss.weights.sap=0
@@ -49,6 +52,7 @@ def get_config(arg=None):
   config.loss.sap_logit_scale = "shared"  # | own (learnt, from CLIP's) | fixed (below)
   config.loss.sap_fixed_temperature = 0.07  # SAP's temperature when sap_logit_scale=fixed
   config.loss.sap_stop_gradient = "sentence"  # SAP trains the image side only | none
+  config.input.short_text_packing = 0  # | N: summary + sentences in one N-token row per pair
   if args.demo:
     # At init each calibrated token is a near-uniform average of the same tokens (mean pairwise
     # cosine .997 image / .979 text here; PyTorch's default init, which FineLIP uses, gives

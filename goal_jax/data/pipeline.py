@@ -12,7 +12,9 @@ marked `valid=False` (the same number of batches on every process).
 Field groups (`config.fields`: groups joined by ',', or `all`) skip work a method does not use:
 `global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
 patch_mask), `local` (GOAL's local pair), `regions` (FG-CLIP's boxes, their captions and hard
-negatives). Each method names its groups (`Method.fields`); the trainer sets them.
+negatives). Each method names its groups (`Method.fields`); the trainer sets them. With
+`config.short_text_packing` (a width), a batch with the summary and the sentences also carries
+them packed in one row per pair (`goal_jax.text.packing.FIELDS`).
 `record_index` and `valid` are always present.
 
 The behaviours that reproduce GOAL's released code (`config.compat`, ...) are
@@ -35,6 +37,7 @@ from goal_jax.data import geometry
 from goal_jax.data import images
 from goal_jax.data import records
 from goal_jax.data import reproduction
+from goal_jax.text import packing as text_packing
 from goal_jax.text import spans as text_spans
 from goal_jax.text import tokenizer as text_tokenizer
 
@@ -93,6 +96,19 @@ class ProcessContext:
     self.max_regions = int(config.get("max_regions", constants.INPUT["max_regions"]))
     self.region_context = int(config.get("region_context", constants.INPUT["region_context"]))
     self.hard_negatives = int(config.get("hard_negatives", constants.INPUT["hard_negatives"]))
+    self.local_context = int(config.get("local_context", 0)) or self.text_context
+    if not 2 <= self.local_context <= self.text_context:
+      raise ValueError(f"config.local_context={self.local_context}: expected 0 (the text "
+                       f"context) or 2 to {self.text_context}")
+    self.short_text_packing = int(config.get("short_text_packing", 0))
+    if self.short_text_packing and not self.groups >= {"summary", "sentences"}:
+      raise ValueError(f"config.short_text_packing={self.short_text_packing} packs the summary "
+                       f"and the sentences, and fields={config['fields']!r} has not both: set "
+                       "it to 0")
+    if 0 < self.short_text_packing < self.sentence_context:
+      raise ValueError(f"config.short_text_packing={self.short_text_packing} is shorter than "
+                       f"the sentence context {self.sentence_context}: a summary may not fit; "
+                       f"use at least {self.sentence_context}")
     self.caption_sentences = int(config.get("caption_sentences", 0))
     if self.caption_sentences and self.groups & {"sentences", "local"}:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
@@ -134,31 +150,45 @@ def _local_fields(record, ctx: ProcessContext, image, span_masks, original_hw, s
   s, lc, g2 = ctx.image_size, ctx.text_context, ctx.grid * ctx.grid
   best = records.best_pair(record)
   if best is None:
-    return {"local_image": np.zeros((s, s, 3), ctx.image_dtype),
-            "local_text": ctx.tokens([""], lc)[0],
-            "local_span_mask": np.zeros((lc,), bool),
-            "local_patch_mask": np.zeros((g2,), bool),
-            "local_valid": np.array(False)}
+    return _local_text(ctx, "", {"local_image": np.zeros((s, s, 3), ctx.image_dtype),
+                                 "local_span_mask": np.zeros((lc,), bool),
+                                 "local_patch_mask": np.zeros((g2,), bool),
+                                 "local_valid": np.array(False)})
   box = np.asarray(record["pair_box"][best], np.float64)
   sentence = int(record["pair_sentence"][best])
   start, end = int(record["sentence_starts"][sentence]), int(record["sentence_ends"][sentence])
   # From the full-resolution detail copy when the record has one, as GOAL crops the original.
   crop = detail.local_crop(record, box, image, min_short_side=ctx.image_size)
-  return {"local_image": ctx.model_image(crop),
-          "local_text": ctx.tokens([record["caption"][start:end]], lc)[0],
-          "local_span_mask": span_masks[sentence],
-          "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw,
-                                             ctx.switches.norm_hw(record, best)),
-          "local_valid": np.array(True)}
+  return _local_text(ctx, record["caption"][start:end], {
+      "local_image": ctx.model_image(crop),
+      "local_span_mask": span_masks[sentence],
+      "local_patch_mask": ctx.patch_mask(box, original_hw, stored_hw,
+                                         ctx.switches.norm_hw(record, best)),
+      "local_valid": np.array(True)})
+
+
+def _local_text(ctx: ProcessContext, sentence: str, fields: dict) -> dict:
+  """`fields` with the local sentence's tokens: at the text context, or cut to
+  `config.local_context` with `local_text_truncated` saying whether that lost tokens."""
+  ids = ctx.tokens([sentence], ctx.text_context)[0]
+  if ctx.local_context == ctx.text_context:
+    return {**fields, "local_text": ids}
+  ids, truncated = text_tokenizer.shorten(ids, ctx.local_context)
+  return {**fields, "local_text": ids, "local_text_truncated": np.asarray(truncated)}
+
+
+def sentence_texts(record, max_sentences: int) -> list[str]:
+  """The caption's first `max_sentences` sentences (of the record as the switches view it)."""
+  caption = record["caption"]
+  return [caption[int(a):int(b)] for a, b in zip(record["sentence_starts"][:max_sentences],
+                                                 record["sentence_ends"][:max_sentences])]
 
 
 def _sentence_fields(record, ctx: ProcessContext, span_masks, original_hw, stored_hw):
   """First M sentences: tokens, validity, span in the caption, patches of each one's best pair."""
   m, ls, lc, g2 = ctx.max_sentences, ctx.sentence_context, ctx.text_context, ctx.grid * ctx.grid
-  n = min(len(record["sentence_starts"]), m)
-  caption = record["caption"]
-  texts = [caption[int(a):int(b)] for a, b in
-           zip(record["sentence_starts"][:n], record["sentence_ends"][:n])]
+  texts = sentence_texts(record, m)
+  n = len(texts)
   span_mask = np.zeros((m, lc), bool)
   span_mask[:n] = span_masks[:n]
   patch_mask = np.zeros((m, g2), bool)
@@ -256,6 +286,10 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
       out.update(_local_fields(record, ctx, image, span_masks, original_hw, stored_hw))
   if "regions" in ctx.groups:
     out.update(_region_fields(record, ctx, original_hw, stored_hw))
+  if ctx.short_text_packing:
+    out.update(text_packing.pack(
+        np.concatenate([out["summary"][None], out["sentences"]]),
+        np.concatenate([[True], out["sentence_valid"]]), ctx.short_text_packing))
   return out
 
 

@@ -41,14 +41,18 @@ class Towers(NamedTuple):
   image_head: Callable[[jax.Array], jax.Array]
   text_head: Callable[[jax.Array], jax.Array]
   pool_region: Callable[[jax.Array, jax.Array], jax.Array]  # (patch tokens, mask) -> unit [B, E]
+  # (ids, positions, segments, ends) -> unit [B, S, E]: packed captions (`text.packing`); None
+  # for a text tower that cannot take them (SigLIP's is not causal).
+  encode_packed_text: Callable[..., jax.Array] | None = None
 
 
 def towers(model, clip_params: dict) -> Towers:
   """`model`: a family's Flax model (`clip.CLIP`, `siglip.SigLIP`)."""
   cls = type(model)
   bind = lambda method: functools.partial(model.apply, {"params": clip_params}, method=method)
+  packed = getattr(cls, "encode_packed_text", None)
   return Towers(bind(cls.encode_image), bind(cls.encode_text), bind(cls.image_head),
-                bind(cls.text_head), bind(cls.pool_region))
+                bind(cls.text_head), bind(cls.pool_region), packed and bind(packed))
 
 
 def contrastive_form(loss_config: ml_collections.ConfigDict, model_config) -> str:

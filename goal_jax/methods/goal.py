@@ -3,9 +3,14 @@
 The forward is shaped for speed: ONE vision forward over `[image; local_image]` and ONE text
 forward over `[text; local_text]`, where the official code
 (https://github.com/PerceptualAI-Lab/GOAL) runs each tower a second time for hidden states.
-Without local terms (the global-only ablation) the local halves are not encoded at all.
+Without local terms (the global-only ablation) the local halves are not encoded at all. With
+`config.input.local_context` shorter than the caption's context, the local sentences run as a
+text forward of their own at that length: the same embeddings (the text tower is causal and
+pooled at the EOT) for sentences that fit, and the ones cut short are logged per step as
+`local_text/truncated`.
 """
 from absl import logging
+import jax
 import jax.numpy as jnp
 
 from goal_jax.data import detail as data_detail
@@ -44,10 +49,27 @@ def check_data(config, source) -> None:
 
 
 def step_metrics(batch) -> dict:
-  """`local_pair_share`: how much of the batch fed the local terms."""
-  if "local_valid" not in batch:
-    return {}
-  return {"local_pair_share": jnp.mean(batch["local_valid"].astype(jnp.float32))}
+  """`local_pair_share`: how much of the batch fed the local terms; `local_text/truncated`: the
+  local sentences `config.input.local_context` cut short."""
+  out = {}
+  if "local_valid" in batch:
+    out["local_pair_share"] = jnp.mean(batch["local_valid"].astype(jnp.float32))
+  if "local_text_truncated" in batch:
+    out["local_text/truncated"] = jnp.sum(batch["local_text_truncated"] & batch["local_valid"])
+  return out
+
+
+def _encode_texts(model, clip_params, text, local_text):
+  """Both halves in one text forward, or two when the local sentences are shorter. The second
+  reads the params through an optimisation barrier: given the same weights, XLA's GPU dot merger
+  would join the two forwards' products into one over their concatenated activations, copying
+  them every layer (7 GB more copies a step at batch 64, compiled for an H100)."""
+  if text.shape[1] != local_text.shape[1]:
+    local_towers = base.towers(model, jax.lax.optimization_barrier(clip_params))
+    return base.towers(model, clip_params).encode_text(text), local_towers.encode_text(local_text)
+  return goal_loss.split_halves(
+      base.towers(model, clip_params).encode_text(jnp.concatenate([text, local_text])),
+      text.shape[0])
 
 
 def loss(params, batch, *, model, loss_config, mesh):
@@ -56,9 +78,9 @@ def loss(params, batch, *, model, loss_config, mesh):
   size = batch["image"].shape[0]
   if goal_loss.reads_local_pairs(weights):
     images = towers.encode_image(jnp.concatenate([batch["image"], batch["local_image"]]))
-    texts = towers.encode_text(jnp.concatenate([batch["text"], batch["local_text"]]))
     image_out, local_image_out = goal_loss.split_halves(images, size)
-    text_out, local_text_out = goal_loss.split_halves(texts, size)
+    text_out, local_text_out = _encode_texts(model, params["clip"], batch["text"],
+                                             batch["local_text"])
     local_batch = {k: batch[k] for k in _LOCAL_FIELDS}
     identities = {"global": base.identity(batch["text"], batch),
                   "local": base.identity(batch["local_text"], batch)}
@@ -84,10 +106,12 @@ def loss(params, batch, *, model, loss_config, mesh):
 
 
 def forward_flops_per_pair(c, input_config) -> int:
-  """Image and caption twice (global and local halves), plus one head pass per TSL term."""
-  del input_config
+  """Image and caption twice (global and local halves; the local sentence at
+  `local_context`), plus one head pass per TSL term."""
+  local = input_config.get("local_context", 0) or c.context_length
   image, text = flops.image_forward_flops(c), flops.text_forward_flops(c, c.context_length)
-  return 2 * image + 2 * text + flops.region_pool_flops(c) + flops.text_token_head_flops(c)
+  return (2 * image + text + flops.text_forward_flops(c, local) + flops.region_pool_flops(c)
+          + flops.text_token_head_flops(c))
 
 
 # GOAL and two ablations, each leaving one local objective out.

@@ -1,9 +1,11 @@
 """MulCLIP: global (long + ½ summary), word-patch reconstruction (WPR) and sub-caption patches (SAP).
 
 The long captions run at the full context (248 tokens); the summary and every sentence run
-together in one 77-token text forward. Two token aggregation modules (FineLIP's ATRM, which
-MulCLIP calls token calibration) train beside CLIP as `calibration/image` and
-`calibration/text`. With `config.loss.sap_logit_scale=own`, SAP's own log temperature trains
+together in one 77-token text forward, or, with `config.input.short_text_packing` (a width),
+packed back to back in one row per pair (`goal_jax.text.packing`: the same embeddings for the
+captions that fit, the rest dropped and logged as `short_text/dropped`). Two token aggregation
+modules (FineLIP's ATRM, which MulCLIP calls token calibration) train beside CLIP as
+`calibration/image` and `calibration/text`. With `config.loss.sap_logit_scale=own`, SAP's own log temperature trains
 beside them as `sap_logit_scale`, started at the backbone's `logit_scale` (as FG-CLIP starts its
 region temperatures); it exists only then, so other MulCLIP checkpoints keep their param tree.
 """
@@ -16,6 +18,7 @@ from goal_jax.losses import mulclip as mulclip_loss
 from goal_jax.methods import base
 from goal_jax.models import flops
 from goal_jax.models import token_aggregation
+from goal_jax.text import packing as text_packing
 
 
 SAP_SCALE = "sap_logit_scale"  # params key of SAP's own log temperature
@@ -43,16 +46,37 @@ def start_extra_params(extras: dict, clip_params) -> dict:
   return {**extras, SAP_SCALE: np.array(clip_params["logit_scale"], np.float32)}
 
 
+def _short_embeddings(towers, batch):
+  """(summary [B, E], sentences [B, M, E], sentence_valid [B, M]): all at the short context in
+  one text forward, or from the pipeline's packed rows when the batch has them."""
+  sentences = batch["sentences"]
+  if "short_ids" not in batch:
+    size, num_sentences, length = sentences.shape
+    short = jnp.concatenate([batch["summary"], sentences.reshape(size * num_sentences, length)])
+    embedding = towers.encode_text(short)["embedding"]
+    return (embedding[:size], embedding[size:].reshape(size, num_sentences, -1),
+            batch["sentence_valid"])
+  if towers.encode_packed_text is None:
+    raise ValueError("config.input.short_text_packing needs a causal text tower pooled at its "
+                     "EOT token (CLIP's); this backbone's attends to its padding: set it to 0")
+  embedding = towers.encode_packed_text(*(batch[k] for k in text_packing.FIELDS[:4]))
+  return embedding[:, 0], embedding[:, 1:], batch["short_kept"][:, 1:]
+
+
+def step_metrics(batch) -> dict:
+  """Sentences the packed rows had no room for (`config.input.short_text_packing`)."""
+  if "short_kept" not in batch:
+    return {}
+  dropped = batch["sentence_valid"] & ~batch["short_kept"][:, 1:].astype(bool)
+  return {"short_text/dropped": jnp.sum(dropped)}
+
+
 def loss(params, batch, *, model, loss_config, mesh):
   towers = base.towers(model, params["clip"])
   image_out = towers.encode_image(batch["image"])
   text_out = towers.encode_text(batch["text"])
   sentences = batch["sentences"]
-  size, num_sentences, length = sentences.shape
-  short = jnp.concatenate([batch["summary"], sentences.reshape(size * num_sentences, length)])
-  short_embedding = towers.encode_text(short)["embedding"]
-  summary_embedding = short_embedding[:size]
-  sentence_embedding = short_embedding[size:].reshape(size, num_sentences, -1)
+  summary_embedding, sentence_embedding, sentence_valid = _short_embeddings(towers, batch)
   calibrators = token_aggregation.per_modality(loss_config.calibration_tokens,
                                                params["calibration"])
   image_out = {k: image_out[k] for k in clim.IMAGE_KEYS}
@@ -72,18 +96,24 @@ def loss(params, batch, *, model, loss_config, mesh):
         sap_logit_scale=params.get(SAP_SCALE), identities=identities, axis_name=axis_name)
 
   return contrastive.data_parallel(objective, mesh)(
-      image_out, text_out, summary_embedding, sentence_embedding, batch["sentence_valid"],
-      identities)
+      image_out, text_out, summary_embedding, sentence_embedding, sentence_valid, identities)
 
 
 def forward_flops_per_pair(c, input_config) -> int:
-  """Image, long caption, summary + M sentences at the short context, per-token heads on the
-  image's tokens and the long caption's."""
-  short = flops.text_forward_flops(c, input_config.sentence_context)
+  """Image, long caption, summary + M sentences at the short context (or their packed row),
+  per-token heads on the image's tokens and the long caption's."""
+  width = input_config.get("short_text_packing", 0)
+  if width:
+    # One row of `width` tokens (with one caption's head), and the other M captions' heads.
+    short = (flops.text_forward_flops(c, width)
+             + input_config.max_sentences * flops.text_token_head_flops(c))
+  else:
+    short = (1 + input_config.max_sentences) * flops.text_forward_flops(
+        c, input_config.sentence_context)
   token_heads = (flops.image_tokens(c) * flops.image_token_head_flops(c)
                  + c.context_length * flops.text_token_head_flops(c))
   return (flops.image_forward_flops(c) + flops.text_forward_flops(c, c.context_length)
-          + (1 + input_config.max_sentences) * short + token_heads)
+          + short + token_heads)
 
 
 # MulCLIP, its paper's ablations of the two local levels, and SAP's open choices (one run each
@@ -109,4 +139,4 @@ STUDY_RUNS = {
 METHOD = base.Method(name="mulclip", recipe="mulclip.py", fields=("global", "summary", "sentences"),
                      loss=loss, forward_flops_per_pair=forward_flops_per_pair,
                      init_extra_params=init_extra_params, start_extra_params=start_extra_params,
-                     study_runs=STUDY_RUNS)
+                     step_metrics=step_metrics, study_runs=STUDY_RUNS)

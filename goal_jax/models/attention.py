@@ -7,6 +7,12 @@ lengths that are not a multiple of 8 (vision 197, text 77), so towers pad once w
 `pad_to_multiple` and pass the true length. `pallas_tpu` is JAX's Pallas flash attention for TPUs
 (`jax.experimental.pallas.ops.tpu.flash_attention`): its blocks are 128 long, so towers pad to
 multiples of 128 for it, and padded keys are another segment, which no query attends to.
+
+`segments` `[B, T]` (several captions packed in one row, `goal_jax.text.packing`) confines each
+token's attention to the tokens of its own segment: the Pallas kernel's segment ids on TPUs, a
+boolean mask through XLA's attention elsewhere. cuDNN takes a mask only as an additive bias
+whose gradient it always computes, so packed rows use XLA's attention on GPUs too (their
+attention is a small part of a packed row's work).
 """
 from typing import Any
 
@@ -53,13 +59,16 @@ def explicit_attention(q, k, v, causal: bool, true_length: int | None):
   return out, weights
 
 
-def _pallas_tpu_attention(q, k, v, causal: bool, true_length: int | None):
+def _pallas_tpu_attention(q, k, v, causal: bool, true_length: int | None,
+                          segment_ids: jax.Array | None = None):
   """[B, T, H, hd] attention through the Pallas TPU flash kernel ([B, H, T, hd] inside); keys at
-  and after `true_length` are segment 0, every query segment 1."""
+  and after `true_length` are segment 0, every query segment 1; or `segment_ids` [B, T] as given."""
   from jax.experimental.pallas.ops.tpu import flash_attention as flash  # pylint: disable=g-import-not-at-top
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   segments = None
-  if true_length is not None and true_length < k.shape[2]:
+  if segment_ids is not None:
+    segments = flash.SegmentIds(q=segment_ids, kv=segment_ids)
+  elif true_length is not None and true_length < k.shape[2]:
     batch, length = q.shape[0], k.shape[2]
     kv = jnp.broadcast_to((jnp.arange(length) < true_length).astype(jnp.int32), (batch, length))
     segments = flash.SegmentIds(q=jnp.ones((batch, q.shape[2]), jnp.int32), kv=kv)
@@ -77,7 +86,8 @@ def _pallas_tpu_attention(q, k, v, causal: bool, true_length: int | None):
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention over [B, T, D]; `true_length` masks keys at and after it (padding)."""
+  """Self-attention over [B, T, D]; `true_length` masks keys at and after it (padding);
+  `segments` [B, T] keeps each token's attention within its segment."""
   num_heads: int
   causal: bool = False
   implementation: str = "xla"
@@ -85,7 +95,8 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, true_length: int | None = None,
-               return_weights: bool = False) -> tuple[jax.Array, jax.Array | None]:
+               return_weights: bool = False, segments: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array | None]:
     if self.implementation not in IMPLEMENTATIONS:
       raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
     width = x.shape[-1]
@@ -97,9 +108,17 @@ class MultiHeadAttention(nn.Module):
                for name in ("query", "key", "value"))
     weights = None
     if return_weights:
+      if segments is not None:
+        raise ValueError("attention weights are not returned for packed rows (segments)")
       out, weights = explicit_attention(q, k, v, self.causal, true_length)
     elif self.implementation == "pallas_tpu":
-      out = _pallas_tpu_attention(q, k, v, self.causal, true_length)
+      out = _pallas_tpu_attention(q, k, v, self.causal, true_length, segments)
+    elif segments is not None:
+      if true_length is not None:
+        raise ValueError("packed rows (segments) mark their padding as segment 0, not by length")
+      same = segments[:, None, :, None] == segments[:, None, None, :]  # [B, 1, T, T]
+      out = jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=self.causal,
+                                         implementation="xla")
     else:
       lengths = None
       if true_length is not None and true_length < x.shape[1]:

@@ -142,7 +142,8 @@ class Mlp(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-  """Pre-LN block: (carry, unused) -> (carry, attention weights), so nn.scan can stack it."""
+  """Pre-LN block: (carry, segments) -> (carry, attention weights), so nn.scan can stack it
+  (`segments` [B, T] or None, the same for every block: packed rows, `attention.py`)."""
   heads: int
   mlp_dim: int
   causal: bool
@@ -155,13 +156,13 @@ class ResidualBlock(nn.Module):
   return_weights: bool = False
 
   @nn.compact
-  def __call__(self, x, _=None):
+  def __call__(self, x, segments=None):
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
     norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
                                      use_fast_variance=self.fast_variance, name=name)
     y, weights = attention_lib.MultiHeadAttention(
         self.heads, causal=self.causal, implementation=self.attention, dtype=self.dtype,
-        name="attn")(norm("ln_1")(x), self.true_length, self.return_weights)
+        name="attn")(norm("ln_1")(x), self.true_length, self.return_weights, segments)
     x = x + y
     x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(norm("ln_2")(x))
     return x, weights
@@ -176,7 +177,7 @@ class Transformer(nn.Module):
   config: CLIPConfig
 
   @nn.compact
-  def __call__(self, x, true_length=None, return_attention=False):
+  def __call__(self, x, true_length=None, return_attention=False, segments=None):
     c = self.config
     block = ResidualBlock
     if c.remat is not None:
@@ -190,24 +191,28 @@ class Transformer(nn.Module):
                   fast_variance=c.layer_norm_fast_variance)
     if c.scan:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      length=self.layers)
-      x, weights = stack(**kwargs, return_weights=return_attention, name="resblocks")(x, None)
+                      in_axes=nn.broadcast, length=self.layers)
+      x, weights = stack(**kwargs, return_weights=return_attention, name="resblocks")(x,
+                                                                                      segments)
       return x, None if weights is None else weights[-1]
     weights = None
     for i in range(self.layers):
       last = i == self.layers - 1
       x, weights = block(**kwargs, return_weights=return_attention and last,
-                         name=f"resblocks_{i}")(x, None)
+                         name=f"resblocks_{i}")(x, segments)
     return x, weights
 
 
-def _run_padded(transformer, x, multiple, causal, return_attention):
-  """Pads once per tower for cuDNN (causal towers need no length: padding is in the future) and
-  pins the residual stream's layout there (`towers.pin_row_major`)."""
+def _run_padded(transformer, x, multiple, causal, return_attention, segments=None):
+  """Pads once per tower for cuDNN (causal towers need no length: padding is in the future; a
+  packed row's padding is its segment 0) and pins the residual stream's layout there
+  (`towers.pin_row_major`)."""
   x, length = attention_lib.pad_to_multiple(x, multiple)
+  if segments is not None:
+    segments = jnp.pad(segments, ((0, 0), (0, x.shape[1] - length)))
   x = towers.pin_row_major(x, transformer.config)
   true_length = None if causal or x.shape[1] == length else length
-  x, weights = transformer(x, true_length, return_attention)
+  x, weights = transformer(x, true_length, return_attention, segments)
   if weights is not None:
     weights = weights[:, :, :length, :length]
   return x[:, :length], weights
@@ -310,6 +315,19 @@ class TextTower(nn.Module):
     return _tower_outputs(self.head, tokens, pooled, weights, return_attention,
                           eot_index=eot_index, text_end=eot_index)
 
+  def packed(self, ids, positions, segments, ends):
+    """Captions packed in rows (`goal_jax.text.packing`): ids, positions, segments [B, W]; the
+    unit embeddings [B, S, E] of the EOT tokens at `ends` [B, S]. Equal to `__call__` on each
+    caption alone (causal attention within each segment, positions from each caption's start)."""
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    x = (towers.embed_tokens(self.token_embedding, ids, c)
+         + jnp.take(self.positional_embedding, positions, axis=0).astype(dtype))
+    tokens, _ = _run_padded(self.transformer, x, c.pad_multiple, True, False, segments)
+    hit = jnp.arange(tokens.shape[1])[None, None, :] == ends[:, :, None]  # [B, S, W]
+    pooled = jnp.einsum("bsw,bwd->bsd", hit.astype(tokens.dtype), tokens)
+    return l2_normalize(self.head(pooled))
+
 
 class CLIP(nn.Module):
   """Two towers plus the learnable log temperature `logit_scale` (init ln(1/0.07))."""
@@ -328,6 +346,10 @@ class CLIP(nn.Module):
   def encode_text(self, ids, return_attention=False) -> dict:
     """ids [B, L] -> embedding [B, E], tokens [B, L, Dt], tokens_projected [B, L, E], eot_index."""
     return self.text(ids, return_attention)
+
+  def encode_packed_text(self, ids, positions, segments, ends) -> jax.Array:
+    """Rows of packed captions (`goal_jax.text.packing`) -> unit embeddings [B, S, E]."""
+    return self.text.packed(ids, positions, segments, ends)
 
   def image_head(self, x):
     return self.visual.head(x)

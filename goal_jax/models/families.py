@@ -36,6 +36,10 @@ class Family:
   geometry: str  # how an image becomes S x S: `center_crop` (CLIP's processor) or `squash`
   tokenizer: Callable[[str], Any]  # (checkpoint directory) -> its tokenizer
   contrastive: str  # the loss it was pretrained with: `softmax` (InfoNCE) or `sigmoid`
+  # A causal text tower pooled at its EOT (CLIP's): a caption's embedding does not depend on
+  # what follows its EOT, so captions can be cut short or packed (`config.input.local_context`,
+  # `short_text_packing`). SigLIP's attends to its padding and pools the last position.
+  causal_text: bool = False
 
   # What the recipes read too, kept in `constants.BACKBONES` (the configs import no model code).
   @property
@@ -64,7 +68,7 @@ REGISTRY = {
                    image_mean=(0.48145466, 0.4578275, 0.40821073),
                    image_std=(0.26862954, 0.26130258, 0.27577711), geometry="center_crop",
                    tokenizer=lambda directory: clip_tokenizer.get_tokenizer(),
-                   contrastive="softmax"),
+                   contrastive="softmax", causal_text=True),
     # SigLIP: pixels to [-1, 1] and a plain resize to S x S (big_vision's `resize|value_range`,
     # transformers' SiglipImageProcessor).
     siglip.FAMILY: Family(siglip.FAMILY, siglip.SigLIPConfig, siglip.SigLIP, siglip.init_params,

@@ -368,3 +368,15 @@ def map_lowered_offsets(text: str, offsets):
 def get_tokenizer() -> ClipTokenizer:
   """The shared tokenizer (building it reads the 1.3 MB vocabulary once, ~0.3 s)."""
   return ClipTokenizer()
+
+
+def shorten(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+  """`[..., L]` token rows cut to `context` as the tokenizer would have made them there (SOT,
+  the first `context` - 2 tokens, EOT), and which rows lost tokens: their EOT (the first
+  largest id) sat at or past `context` - 1."""
+  ids = np.asarray(ids)
+  ends = np.argmax(ids, axis=-1)
+  truncated = ends > context - 1
+  out = ids[..., :context].copy()
+  out[truncated, context - 1] = EOT_ID
+  return out, truncated

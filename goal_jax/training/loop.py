@@ -147,6 +147,12 @@ def input_config(config: ml_collections.ConfigDict, model_config) -> ml_collecti
   c.sentence_context = sentence_context_of(config, families.of(model_config))
   c.fields = methods.get(config.method).input_fields
   c.seed = config.seed
+  family = families.of(model_config)
+  for field in ("short_text_packing", "local_context"):
+    if c.get(field) and not family.causal_text:
+      raise ValueError(f"config.input.{field}={c[field]} cuts or packs captions, which gives "
+                       f"the same embeddings only on a causal text tower pooled at its EOT "
+                       f"(CLIP's); {family.name}'s is not: set it to 0")
   return c
 
 

@@ -33,6 +33,14 @@ RESUMABLE = (
 )
 
 
+# Fields added since runs were first saved, at the value that does what the code did before them:
+# a saved config without the field resumes under that value as unchanged.
+ADDED = {
+    "input.short_text_packing": 0,
+    "input.local_context": 0,
+}
+
+
 class ResumeConfigError(ValueError):
   """A resumed run changed a field that defines what is trained."""
 
@@ -64,6 +72,7 @@ def defining_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """`{dotted field: (saved value, current value)}` for every field that differs."""
   old, new = _flatten(saved), _flatten(current)
+  old = {**{k: v for k, v in ADDED.items() if k in new}, **old}
   missing = object()
   return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
           if old.get(name, missing) != new.get(name, missing)}
