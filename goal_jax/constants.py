@@ -51,8 +51,9 @@ INPUT = dict(
     text_context=248,
     sentence_context=77,
     max_sentences=8,
-    short_text_packing=0,  # > 0: summary + sentences packed in one row of N tokens per pair
-                           # (`goal_jax.text.packing`; MulCLIP), captions that do not fit dropped
+    short_text_packing=0,  # > 0: the short captions (summary, sentences, region captions and
+                           # hard negatives) packed in rows of N tokens (`goal_jax.text.packing`)
+    short_text_rows=1,     # rows of short_text_packing tokens per pair; captions past them dropped
     local_context=0,       # tokens of GOAL's local sentence (`local_text`); 0: text_context,
                            # as GOAL's code; fewer: the same embedding for sentences that fit
     caption_sentences=0,   # > 0: `text` is the caption's first N sentences (short captions)

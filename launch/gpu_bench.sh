@@ -30,10 +30,11 @@
 #                 the row-major layout pin, the EOT gather, cuDNN's patch convolution and the
 #                 plain embedding scatter-add the step had before 2026-12-05), profiled:
 #                 speed-up and first loss against the step as built, in one process
-#   b16_64_short_text  GOAL and MulCLIP at batch 64 as built (from the cache: b16_64's
-#                 programs) and with shorter text rows: GOAL's local sentences at 77 tokens
+#   b16_64_short_text  GOAL, MulCLIP (from the cache: b16_64's programs) and FG-CLIP at batch 64
+#                 as built and with shorter text rows: GOAL's local sentences at 77 tokens
 #                 instead of 248 (short_local_text), MulCLIP's summary and sentences packed in one
-#                 320-token row per pair instead of nine rows of 77 (packed_short_text), profiled
+#                 320-token row per pair instead of nine rows of 77 (packed_short_text), FG-CLIP's
+#                 45 short captions in 12 rows of 128 instead of 45 of 77 (packed_region_text)
 #   b16_16        the three at batch 16, with the PyTorch references
 #   b16_64_cached GOAL at batch 64 again in a new process: compile time from JAX's cache
 #   b16_64_compile  HF + torch.compile at batch 64 (its compilation is slow)
@@ -124,8 +125,8 @@ bench_row trainer_64 --trainer --batch=64 --methods=global,goal "${trainer_args[
 bench_row b16_256 --batch=256 --remat=auto --steps=5 --warmup=1 --profile_dir="$work/profiles"
 bench_row b16_64_candidates --batch=64 --methods=global --candidates=all --steps=5 --warmup=1 \
   --profile_dir="$work/profiles"
-bench_row b16_64_short_text --batch=64 --methods=goal,mulclip \
-  --candidates=short_local_text,packed_short_text --steps=5 --warmup=1 \
+bench_row b16_64_short_text --batch=64 --methods=goal,mulclip,fgclip \
+  --candidates=short_local_text,packed_short_text,packed_region_text --steps=5 --warmup=1 \
   --profile_dir="$work/profiles"
 bench_row b16_16 --batch=16 --reference --no_compile --steps=10 --warmup=2 "${goal_repo[@]}"
 bench_row b16_64_cached --batch=64 --methods=goal --steps=5 --warmup=1  # b16_64's program

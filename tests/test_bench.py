@@ -83,10 +83,11 @@ def test_xla_counts_the_analytic_flops(method):
 
 
 @pytest.mark.parametrize("method, candidate, most", [("mulclip", "packed_short_text", 0.8),
+                                                     ("fgclip", "packed_region_text", 0.6),
                                                      ("goal", "short_local_text", 0.9)])
 def test_xla_counts_the_analytic_flops_of_shorter_captions(method, candidate, most):
-  """MulCLIP with its short captions packed in one 320-token row per pair (`text.packing`), GOAL
-  with its local sentences at 77 tokens (`local_context`)."""
+  """MulCLIP with its short captions packed in one 320-token row per pair (`text.packing`),
+  FG-CLIP's in 12 rows of 128, GOAL with its local sentences at 77 tokens (`local_context`)."""
   row = steps.bench_method(method, "B/16", 4, steps=1, warmup=1, attention="xla",
                            dtype="bfloat16", time_it=False,
                            model_overrides=dict(vision_layers=2, text_layers=2),

@@ -121,7 +121,7 @@ def test_packed_rows_take_xla_attention_on_the_cudnn_path(as_if_on_h100):
     return jnp.sum(model.apply({"params": params}, ids, positions, segments, ends,
                                method=clip.CLIP.encode_packed_text))
 
-  row = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+  row = jax.ShapeDtypeStruct((batch, 2, width), jnp.int32)  # two rows per pair
   args = (clip.abstract_params(config), row, row, row,
           jax.ShapeDtypeStruct((batch, captions), jnp.int32))
   checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in (FORWARD, BACKWARD, PIN)]

@@ -28,51 +28,57 @@ def test_a_hand_packed_row():
                    [S, 1, E, 0, 0, 0]]], np.int32)
   out = packing.pack(ids, np.ones((1, 4), bool), 12)
   # 4 + 3 tokens fit in 12; the third caption's 6 would end at 13, and the fourth comes after it.
-  assert out["short_ids"].tolist() == [[S, 5, 6, E, S, 7, E, 0, 0, 0, 0, 0]]
-  assert out["short_positions"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 0, 0, 0, 0]]
-  assert out["short_segments"].tolist() == [[1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0, 0]]
+  assert out["short_ids"].tolist() == [[[S, 5, 6, E, S, 7, E, 0, 0, 0, 0, 0]]]
+  assert out["short_positions"].tolist() == [[[0, 1, 2, 3, 0, 1, 2, 0, 0, 0, 0, 0]]]
+  assert out["short_segments"].tolist() == [[[1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0, 0]]]
   assert out["short_ends"].tolist() == [[3, 6, 0, 0]]
   assert out["short_kept"].tolist() == [[True, True, False, False]]
   # An invalid caption takes no room.
   out = packing.pack(ids, np.array([[True, False, True, False]]), 12)
-  assert out["short_ids"].tolist() == [[S, 5, 6, E, S, 8, 9, 10, 11, E, 0, 0]]
+  assert out["short_ids"].tolist() == [[[S, 5, 6, E, S, 8, 9, 10, 11, E, 0, 0]]]
   assert out["short_ends"].tolist() == [[3, 0, 9, 0]]
+  # Two rows of 8: the third caption starts the second row (4 + 3 + 6 > 8), the fourth fits
+  # after it; its EOT is at 8 + 6 + 2 in the flattened rows.
+  out = packing.pack(ids, np.ones((1, 4), bool), 8, rows=2)
+  assert out["short_ids"].tolist() == [[[S, 5, 6, E, S, 7, E, 0], [S, 8, 9, 10, 11, E, 0, 0]]]
+  assert out["short_segments"].tolist() == [[[1, 1, 1, 1, 2, 2, 2, 0], [3, 3, 3, 3, 3, 3, 0, 0]]]
+  assert out["short_ends"].tolist() == [[3, 6, 13, 0]]
+  assert out["short_kept"].tolist() == [[True, True, True, False]]
 
 
-def _loop_pack(ids, valid, width):
-  """The layout, one caption at a time."""
-  row, positions, segments, ends, kept = [], [], [], [], []
+def _list_pack(ids, valid, width, rows):
+  """The layout, built as lists of rows, one caption at a time."""
+  layout = [[] for _ in range(rows)]  # each row: (token, position, segment)
+  ends, kept, row, full = [], [], 0, False
   for k, (caption, ok) in enumerate(zip(ids, valid)):
     length = list(caption).index(E) + 1 if ok else 0
-    if not ok or len(row) + length > width:
+    if ok and not full and len(layout[row]) + length > width:
+      row += 1
+      full = row == rows
+    if not ok or full:
       ends.append(0)
       kept.append(False)
-      if ok:
-        width = len(row)  # nothing after a caption that did not fit
       continue
-    row += list(caption[:length])
-    positions += list(range(length))
-    segments += [k + 1] * length
-    ends.append(len(row) - 1)
+    layout[row] += [(t, p, k + 1) for p, t in enumerate(caption[:length])]
+    ends.append(row * width + len(layout[row]) - 1)
     kept.append(True)
-  return row, positions, segments, ends, kept
+  pad = lambda r: r + [(0, 0, 0)] * (width - len(r))
+  return [pad(r) for r in layout], ends, kept
 
 
-def test_random_rows_equal_the_loop():
+@pytest.mark.parametrize("width, rows", [(48, 1), (30, 3)])
+def test_random_rows_equal_lists(width, rows):
   rng = np.random.default_rng(0)
-  num, context, width = 6, 20, 48
+  num, context = 6, 20
   ids = batches.random_ids(rng, (50, num), context,
                            lengths=batches.sentence_lengths(rng, (50, num), context))
   valid = rng.uniform(size=(50, num)) < 0.8
-  out = packing.pack(ids, valid, width)
+  out = packing.pack(ids, valid, width, rows)
   assert 0 < out["short_kept"].sum() < valid.sum()  # some dropped, some kept
   for b in range(50):
-    row, positions, segments, ends, kept = _loop_pack(ids[b], valid[b], width)
-    n = len(row)
-    assert out["short_ids"][b, :n].tolist() == row and not out["short_ids"][b, n:].any()
-    assert out["short_positions"][b, :n].tolist() == positions
-    assert out["short_segments"][b, :n].tolist() == segments
-    assert not out["short_segments"][b, n:].any()
+    layout, ends, kept = _list_pack(ids[b], valid[b], width, rows)
+    got = np.stack([out[k][b] for k in ("short_ids", "short_positions", "short_segments")], -1)
+    assert got.tolist() == [[list(t) for t in r] for r in layout]
     assert out["short_ends"][b].tolist() == ends and out["short_kept"][b].tolist() == kept
 
 
@@ -126,11 +132,9 @@ def test_packed_gradients_are_each_caption_alone():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
-def _packed_batch(batch, width):
+def _packed_batch(batch, width, rows=1, captions=("summary", "sentences")):
   batch = {k: np.asarray(v) for k, v in batch.items()}
-  packed = packing.pack(np.concatenate([batch["summary"][:, None], batch["sentences"]], 1),
-                        np.concatenate([np.ones((BATCH, 1), bool), batch["sentence_valid"]], 1),
-                        width)
+  packed = packing.pack_fields(batch, captions, width, rows)
   return {k: jnp.asarray(v) for k, v in {**batch, **packed}.items()}
 
 
@@ -153,7 +157,7 @@ def test_mulclip_on_packed_rows_is_mulclip_on_the_kept_sentences():
   assert int(method.step_metrics(wide)["short_text/dropped"]) == 0
 
   narrow = _packed_batch(batch, 24)
-  kept = np.asarray(narrow["short_kept"])[:, 1:]
+  kept = np.asarray(narrow["short_kept"])[:, 1:]  # the summary's is first
   dropped = np.asarray(batch["sentence_valid"]) & ~kept
   assert dropped.sum() > 0
   assert int(method.step_metrics(narrow)["short_text/dropped"]) == dropped.sum()
@@ -194,27 +198,29 @@ def test_the_pipeline_adds_the_packed_fields():
                       np.concatenate([[True], plain["sentence_valid"]]), 40)
   for key in packing.FIELDS:
     np.testing.assert_array_equal(out[key], want[key], err_msg=key)
-  assert out["short_kept"][0] and out["short_ids"].shape == (40,)
+  assert out["short_kept"][0] and out["short_ids"].shape == (1, 40)
 
 
 def test_the_pipeline_refuses_a_width_it_cannot_use():
-  with pytest.raises(ValueError, match="shorter than the sentence context 16"):
+  with pytest.raises(ValueError, match="must hold a summary of the sentence context 16"):
     pipeline.ProcessContext(_pipeline_config(short_text_packing=12))
   with pytest.raises(ValueError, match="has not both: set it to 0"):
     pipeline.ProcessContext(_pipeline_config(short_text_packing=64, fields="global,sentences"))
 
 
-def test_the_candidate_runs_mulclip_on_packed_rows_with_the_same_loss():
-  row = lambda candidate: steps.bench_method("mulclip", "tiny/8", 8, steps=1, warmup=1,
+@pytest.mark.parametrize("method, name", [("mulclip", "packed_short_text"),
+                                          ("fgclip", "packed_region_text")])
+def test_the_candidate_runs_on_packed_rows_with_the_same_loss(method, name):
+  row = lambda candidate: steps.bench_method(method, "tiny/8", 8, steps=1, warmup=1,
                                              attention="xla", dtype="float32",
                                              candidate=candidate)
-  built, packed = row(None), row(candidates.BY_NAME["packed_short_text"])
-  assert packed.impl == "goal_jax+packed_short_text" and packed.error is None
+  built, packed = row(None), row(candidates.BY_NAME[name])
+  assert packed.impl == f"goal_jax+{name}" and packed.error is None
   np.testing.assert_allclose(packed.first_loss, built.first_loss, rtol=1e-5)
   assert packed.train_flops < built.train_flops
   other = steps.bench_method("global", "tiny/8", 8, steps=1, warmup=1, attention="xla",
-                             dtype="float32", candidate=candidates.BY_NAME["packed_short_text"])
-  assert other.error == "not for this method: only mulclip"
+                             dtype="float32", candidate=candidates.BY_NAME[name])
+  assert other.error == f"not for this method: only {method}"
 
 
 def test_the_width_report_reads_the_pipelines_lengths(tmp_path, capsys):
@@ -320,22 +326,68 @@ def test_packed_embeddings_on_the_cudnn_path():
   assert np.linalg.norm(got - want) <= 1e-2 * np.linalg.norm(want)
 
 
-@pytest.mark.parametrize("method, field, value", [("mulclip", "short_text_packing", 5 * 32),
-                                                  ("goal", "local_context", 32)])
-def test_training_on_shorter_rows_is_training(method, field, value, tmp_path):
+@pytest.mark.parametrize("method, shorter, counted", [
+    ("mulclip", {"short_text_packing": 5 * 32}, "short_text/dropped"),
+    ("fgclip", {"short_text_packing": 48, "short_text_rows": 12}, "short_text/dropped"),
+    ("goal", {"local_context": 32}, "local_text/truncated")])
+def test_training_on_shorter_rows_is_training(method, shorter, counted, tmp_path):
   """From prepared shards through the pipeline and the trainer: three steps with the captions
   packed or the local sentences cut (none loses tokens on the synthetic data) log the losses of
   three steps as built, and count nothing dropped."""
   from test_train import losses_of, prepare_synthetic, tiny_config  # pylint: disable=g-import-not-at-top
+  from test_methods_fgclip import train_config  # pylint: disable=g-import-not-at-top
+  from goal_jax.training import metric_log  # pylint: disable=g-import-not-at-top
   data_dir = prepare_synthetic(str(tmp_path / "tfds"), BATCH)
   runs = {}
-  for name, setting in (("built", 0), ("shorter", value)):
-    config = tiny_config(method, data_dir, steps=3)
-    config.input[field] = setting
+  for name, settings in (("built", {}), ("shorter", shorter)):
+    config = (train_config(data_dir, steps=3) if method == "fgclip"
+              else tiny_config(method, data_dir, steps=3))
+    config.input.update(settings)
     loop.run(config, str(tmp_path / name))
     runs[name] = losses_of(str(tmp_path / name))
   np.testing.assert_allclose(runs["shorter"], runs["built"], rtol=1e-5)
-  from goal_jax.training import metric_log  # pylint: disable=g-import-not-at-top
   rows = metric_log.read_metrics(str(tmp_path / "shorter" / "metrics.jsonl"))
-  counted = "short_text/dropped" if method == "mulclip" else "local_text/truncated"
   assert [row[counted] for row in rows if counted in row] == [0, 0, 0]
+
+
+def test_fgclip_on_packed_rows_is_fgclip_on_the_kept_captions():
+  """FG-CLIP's summary, region captions and hard negatives (1 + 3 + 12 per pair here) in rows:
+  wide enough, the loss and gradient of one row of 16 per caption; narrower, the loss of those
+  rows with the regions and negatives that did not fit left out, which the metrics count; and
+  the same on 4 devices."""
+  import test_methods_fgclip as on_fgclip  # pylint: disable=g-import-not-at-top
+  config, params, batch = on_fgclip.setup("clip")
+  captions = packing.captions_of(("summary", "regions"))
+  loss_fn = jax.jit(jax.value_and_grad(on_fgclip.METHOD.make_loss_fn(MODEL, config.loss),
+                                       has_aux=True))
+  (want, want_terms), want_grad = loss_fn(params, batch)
+  wide = _packed_batch(batch, 64, rows=4, captions=captions)
+  kept = packing.unpack(np.asarray(wide["short_kept"]), batch, captions)
+  assert kept["summary"].all()  # and every valid region caption and hard negative:
+  np.testing.assert_array_equal(kept["region_text"], batch["region_valid"])
+  np.testing.assert_array_equal(kept["region_negatives"], batch["region_negative_valid"])
+  (got, terms), grad = loss_fn(params, wide)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for key in want_terms:
+    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert int(on_fgclip.METHOD.step_metrics(wide)["short_text/dropped"]) == 0
+
+  narrow = _packed_batch(batch, 48, rows=2, captions=captions)
+  kept = packing.unpack(np.asarray(narrow["short_kept"]), batch, captions)
+  region_valid = np.asarray(batch["region_valid"]) & kept["region_text"]
+  negative_valid = np.asarray(batch["region_negative_valid"]) & kept["region_negatives"]
+  dropped = (np.asarray(batch["region_valid"]).sum() - region_valid.sum()
+             + np.asarray(batch["region_negative_valid"]).sum() - negative_valid.sum())
+  assert dropped > 0 and region_valid.any()
+  assert int(on_fgclip.METHOD.step_metrics(narrow)["short_text/dropped"]) == dropped
+  (got, _), _ = loss_fn(params, narrow)
+  (want, _), _ = loss_fn(params, {**batch, "region_valid": jnp.asarray(region_valid),
+                                  "region_negative_valid": jnp.asarray(negative_valid)})
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  mesh = make_mesh()
+  with jax.set_mesh(mesh):
+    sharded, _ = jax.jit(on_fgclip.METHOD.make_loss_fn(MODEL, config.loss, mesh))(
+        params, shard_batch(narrow, mesh))
+  np.testing.assert_allclose(sharded, got, rtol=2e-5)

@@ -25,15 +25,16 @@ def test_training_step_exports_for_tpu(method, attention):
 
 
 @pytest.mark.parametrize("attention", ["xla", "pallas_tpu"])
-def test_mulclip_on_packed_rows_exports_for_tpu(attention):
-  """The packed summary and sentences (`text.packing`): the Pallas kernel takes their segments
-  as its segment ids."""
-  config = steps.method_config("mulclip", "B/16", 16, attention=attention, dtype="bfloat16")
-  config.input.short_text_packing = 320
+@pytest.mark.parametrize("method, width, rows", [("mulclip", 320, 1), ("fgclip", 128, 12)])
+def test_packed_rows_export_for_tpu(method, width, rows, attention):
+  """The packed short captions (`text.packing`): the Pallas kernel takes their segments as its
+  segment ids."""
+  config = steps.method_config(method, "B/16", 16, attention=attention, dtype="bfloat16")
+  config.input.update(short_text_packing=width, short_text_rows=rows)
   model_config = steps.loop.model_config_from(config, None)
-  step = steps.make_train_step("mulclip", config, model_config, 16, extra_steps=1,
+  step = steps.make_train_step(method, config, model_config, 16, extra_steps=1,
                                materialise=False)
-  assert step.host_batch["short_ids"].shape == (16, 320)
+  assert step.host_batch["short_ids"].shape == (16, rows, width)
   with jax.set_mesh(step.mesh):
     exported = export.export(step.training.step_fn, platforms=("tpu",))(
         step.training.abstract_state, step.abstract_batch())

@@ -57,12 +57,14 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
                     max_sentences: int = 8, seed: int = 0, max_regions: int = 4,
                     region_context: int | None = None,
                     hard_negatives: int = 10, pixels: bool = False,
-                    short_text_packing: int = 0, local_context: int = 0
-                    ) -> dict[str, np.ndarray]:
+                    short_text_packing: int = 0, short_text_rows: int = 1,
+                    packed_captions: tuple[str, ...] = ("summary", "sentences"),
+                    local_context: int = 0) -> dict[str, np.ndarray]:
   """Every field of the batch contract (DESIGN.md) but `record_index`, random, fixed shapes;
-  the summary, sentences and local sentence of sentence-like lengths (`sentence_lengths`), the
-  first two packed in rows of `short_text_packing` tokens when it is set, the last cut to
-  `local_context` when it is set (as the pipeline does); region captions and hard negatives at
+  the short captions and the local sentence of sentence-like lengths (`sentence_lengths`), the
+  `packed_captions` packed in `short_text_rows` rows of `short_text_packing` tokens when it is
+  set, the local sentence cut to `local_context` when it is set (as the pipeline does); the
+  region captions and hard negatives at
   `region_context` (default `sentence_context`); images as uint8 `pixels`
   (`normalize_on="device"`, the recipes') or as normalised floats."""
   rng = np.random.default_rng(seed)
@@ -90,9 +92,11 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
       "local_patch_mask": _random_boxes(rng, (batch,), c.grid_size),
       "local_valid": np.ones((batch,), bool),
       "region_box": _random_fraction_boxes(rng, (batch, r)),
-      "region_text": ids((batch, r), lr),
+      "region_text": random_ids(rng, (batch, r), lr, c.vocab_size,
+                                sentence_lengths(rng, (batch, r), lr)),
       "region_valid": region_valid,
-      "region_negatives": ids((batch, r, k), lr),
+      "region_negatives": random_ids(rng, (batch, r, k), lr, c.vocab_size,
+                                     sentence_lengths(rng, (batch, r, k), lr)),
       "region_negative_valid": region_valid[..., None] & (
           np.arange(k) < rng.integers(0, k + 1, size=(batch, r, 1))),
   }
@@ -100,8 +104,6 @@ def synthetic_batch(c, batch: int, sentence_context: int = 77,
     out["local_text"], out["local_text_truncated"] = text_tokenizer.shorten(out["local_text"],
                                                                             local_context)
   if short_text_packing:
-    out.update(text_packing.pack(
-        np.concatenate([out["summary"][:, None], out["sentences"]], axis=1),
-        np.concatenate([np.ones((batch, 1), bool), out["sentence_valid"]], axis=1),
-        short_text_packing))
+    out.update(text_packing.pack_fields(out, packed_captions, short_text_packing,
+                                        short_text_rows))
   return out

@@ -35,6 +35,7 @@ def define_flags() -> None:
   flags.DEFINE_list("widths", ["128", "192", "256", "320", "384"], "row widths to report")
   flags.DEFINE_integer("max_sentences", 8, "sentences per caption (config.input.max_sentences)")
   flags.DEFINE_integer("sentence_context", 77, "tokens per sentence (CLIP's 77)")
+  flags.DEFINE_integer("rows", 1, "rows per pair (config.input.short_text_rows)", lower_bound=1)
 
 
 def caption_lengths(source, max_sentences: int, context: int = 248
@@ -56,13 +57,14 @@ def caption_lengths(source, max_sentences: int, context: int = 248
   return lengths, valid
 
 
-def width_table(lengths: np.ndarray, valid: np.ndarray, widths, sentence_context: int) -> str:
+def width_table(lengths: np.ndarray, valid: np.ndarray, widths, sentence_context: int,
+                rows: int = 1) -> str:
   """The report for `caption_lengths`' arrays (module docstring)."""
   sentences = valid[:, 1:]
   longer = (lengths[:, 1:] > sentence_context) & sentences
   lengths = np.minimum(lengths, sentence_context)  # as the pipeline cuts them
   totals = lengths.sum(axis=1)
-  unpacked = lengths.shape[1] * sentence_context
+  unpacked = lengths.shape[1] * sentence_context / rows
   lines = [f"sentences longer than {sentence_context} tokens: "
            f"{100 * longer.sum() / max(sentences.sum(), 1):.2f}% (cut short there)",
            f"{len(totals)} pairs; tokens of summary + sentences per pair: mean "
@@ -70,12 +72,12 @@ def width_table(lengths: np.ndarray, valid: np.ndarray, widths, sentence_context
            f"{np.percentile(totals, 90):.0f}, p99 {np.percentile(totals, 99):.0f}, max "
            f"{totals.max()}; sentences per pair {sentences.sum(axis=1).mean():.2f}",
            f"{'width':>6} {'sentences kept':>15} {'pairs losing any':>17} "
-           f"{'row / unpacked tokens':>22}"]
+           f"{'rows / unpacked tokens':>23}"]
   for width in widths:
-    kept = packing.kept_captions(lengths, valid, width)[:, 1:]
+    kept = packing.place(lengths, valid, width, rows)[1][:, 1:]
     lost = (sentences & ~kept).any(axis=1)
     lines.append(f"{width:>6} {100 * kept.sum() / max(sentences.sum(), 1):>14.2f}% "
-                 f"{100 * lost.mean():>16.2f}% {width / unpacked:>22.3f}")
+                 f"{100 * lost.mean():>16.2f}% {width / unpacked:>23.3f}")
   return "\n".join(lines)
 
 
@@ -92,7 +94,7 @@ def main(argv):
     lengths, valid = caption_lengths(source, FLAGS.max_sentences)
   print(f"{FLAGS.dataset}/{FLAGS.split}, at most {FLAGS.max_sentences} sentences of "
         f"{FLAGS.sentence_context} tokens")
-  print(width_table(lengths, valid, widths, FLAGS.sentence_context))
+  print(width_table(lengths, valid, widths, FLAGS.sentence_context, FLAGS.rows))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from goal_jax.bench import remat as remat_lib
 from goal_jax.bench.timing import Row, is_out_of_memory, time_loop
 from goal_jax.models import families
 from goal_jax.models import param_tree
+from goal_jax.text import packing as text_packing
 from goal_jax.training import loop
 
 
@@ -96,6 +97,8 @@ def host_batch_for(config, c, batch: int) -> dict[str, np.ndarray]:
       region_context=config.input.region_context, hard_negatives=config.input.hard_negatives,
       pixels=config.input.normalize_on == "device",
       short_text_packing=config.input.short_text_packing,
+      short_text_rows=config.input.short_text_rows,
+      packed_captions=text_packing.captions_of(methods.get(config.method).fields),
       local_context=config.input.local_context)
 
 

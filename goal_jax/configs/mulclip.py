@@ -52,7 +52,7 @@ def get_config(arg=None):
   config.loss.sap_logit_scale = "shared"  # | own (learnt, from CLIP's) | fixed (below)
   config.loss.sap_fixed_temperature = 0.07  # SAP's temperature when sap_logit_scale=fixed
   config.loss.sap_stop_gradient = "sentence"  # SAP trains the image side only | none
-  config.input.short_text_packing = 0  # | N: summary + sentences in one N-token row per pair
+  config.input.update(short_text_packing=0, short_text_rows=1)  # | N, 1: one N-token row
   if args.demo:
     # At init each calibrated token is a near-uniform average of the same tokens (mean pairwise
     # cosine .997 image / .979 text here; PyTorch's default init, which FineLIP uses, gives

@@ -13,8 +13,9 @@ Field groups (`config.fields`: groups joined by ',', or `all`) skip work a metho
 `global` (image, text), `summary`, `sentences` (sentences, sentence_valid, span_mask,
 patch_mask), `local` (GOAL's local pair), `regions` (FG-CLIP's boxes, their captions and hard
 negatives). Each method names its groups (`Method.fields`); the trainer sets them. With
-`config.short_text_packing` (a width), a batch with the summary and the sentences also carries
-them packed in one row per pair (`goal_jax.text.packing.FIELDS`).
+`config.short_text_packing` (a width), a batch also carries its short captions (summary,
+sentences, region captions, hard negatives) packed in `short_text_rows` rows per pair
+(`goal_jax.text.packing.FIELDS`).
 `record_index` and `valid` are always present.
 
 The behaviours that reproduce GOAL's released code (`config.compat`, ...) are
@@ -101,14 +102,17 @@ class ProcessContext:
       raise ValueError(f"config.local_context={self.local_context}: expected 0 (the text "
                        f"context) or 2 to {self.text_context}")
     self.short_text_packing = int(config.get("short_text_packing", 0))
-    if self.short_text_packing and not self.groups >= {"summary", "sentences"}:
+    self.short_text_rows = int(config.get("short_text_rows", 1))
+    self.short_captions = text_packing.captions_of(self.groups)
+    if self.short_text_packing and len(self.short_captions) < 2:
       raise ValueError(f"config.short_text_packing={self.short_text_packing} packs the summary "
-                       f"and the sentences, and fields={config['fields']!r} has not both: set "
-                       "it to 0")
-    if 0 < self.short_text_packing < self.sentence_context:
-      raise ValueError(f"config.short_text_packing={self.short_text_packing} is shorter than "
-                       f"the sentence context {self.sentence_context}: a summary may not fit; "
-                       f"use at least {self.sentence_context}")
+                       f"with the sentences or the region captions, and fields="
+                       f"{config['fields']!r} has not both: set it to 0")
+    if 0 < self.short_text_packing < self.sentence_context or self.short_text_rows < 1:
+      raise ValueError(f"config.short_text_packing={self.short_text_packing} rows (of "
+                       f"{self.short_text_rows}) must hold a summary of the sentence context "
+                       f"{self.sentence_context}: use at least {self.sentence_context}, and "
+                       "short_text_rows >= 1")
     self.caption_sentences = int(config.get("caption_sentences", 0))
     if self.caption_sentences and self.groups & {"sentences", "local"}:
       raise ValueError("config.caption_sentences shortens `text`; it cannot be combined with "
@@ -287,9 +291,8 @@ def process(record: Mapping[str, Any], config, tokenizer=None) -> dict[str, np.n
   if "regions" in ctx.groups:
     out.update(_region_fields(record, ctx, original_hw, stored_hw))
   if ctx.short_text_packing:
-    out.update(text_packing.pack(
-        np.concatenate([out["summary"][None], out["sentences"]]),
-        np.concatenate([[True], out["sentence_valid"]]), ctx.short_text_packing))
+    out.update(text_packing.pack_fields(out, ctx.short_captions, ctx.short_text_packing,
+                                        ctx.short_text_rows))
   return out
 
 

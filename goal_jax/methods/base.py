@@ -55,6 +55,15 @@ def towers(model, clip_params: dict) -> Towers:
                 bind(cls.text_head), bind(cls.pool_region), packed and bind(packed))
 
 
+def encode_packed(towers_: Towers, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Unit embeddings `[B, S, E]` of the batch's packed short captions (`text.packing`)."""
+  if towers_.encode_packed_text is None:
+    raise ValueError("config.input.short_text_packing needs a causal text tower pooled at its "
+                     "EOT token (CLIP's); this backbone's attends to its padding: set it to 0")
+  return towers_.encode_packed_text(*(batch[k] for k in ("short_ids", "short_positions",
+                                                         "short_segments", "short_ends")))
+
+
 def contrastive_form(loss_config: ml_collections.ConfigDict, model_config) -> str:
   """`config.loss.contrastive`, or the loss the backbone was pretrained with."""
   return loss_config.get("contrastive") or families.of(model_config).contrastive

@@ -33,6 +33,7 @@ from goal_jax.losses import fgclip as fgclip_loss
 from goal_jax.methods import base
 from goal_jax.models import flops
 from goal_jax.models import roi_align
+from goal_jax.text import packing as text_packing
 
 EXTRAS = "fgclip"  # its params beside the backbone's: `fgclip/logit_scale_region`, ...
 SCALES = ("logit_scale_region", "logit_scale_hard_negative")
@@ -80,15 +81,33 @@ def check_data(config, source) -> None:
                found.with_negatives, found.negatives_per_pair)
 
 
+def _kept(batch) -> dict:
+  """Region captions and hard negatives as the loss reads them: valid and, when the batch packs
+  its short captions (`config.input.short_text_packing`), kept in the rows."""
+  valid = {caption: batch[field].astype(bool) for caption, field in
+           (("region_text", "region_valid"), ("region_negatives", "region_negative_valid"))
+           if field in batch}
+  if "short_kept" not in batch:
+    return valid
+  kept = text_packing.unpack(batch["short_kept"], batch, _CAPTIONS)
+  return {k: v & kept[k] for k, v in valid.items()}
+
+
 def step_metrics(batch) -> dict:
   """`region_share`: valid region slots of the batch; `hard_negative_share`: those with hard
-  negatives (the rows the two region terms average over)."""
+  negatives (the rows the two region terms average over); with packed short captions,
+  `short_text/dropped`: the region captions and hard negatives the rows had no room for."""
   if "region_valid" not in batch:
     return {}
-  valid = batch["region_valid"].astype(bool)
-  with_negatives = valid & jnp.any(batch["region_negative_valid"].astype(bool), axis=-1)
-  return {"region_share": jnp.mean(valid.astype(jnp.float32)),
-          "hard_negative_share": jnp.mean(with_negatives.astype(jnp.float32))}
+  read = _kept(batch)
+  valid = read["region_text"]
+  with_negatives = valid & jnp.any(read["region_negatives"], axis=-1)
+  out = {"region_share": jnp.mean(valid.astype(jnp.float32)),
+         "hard_negative_share": jnp.mean(with_negatives.astype(jnp.float32))}
+  if "short_kept" in batch:
+    valid = _kept({k: v for k, v in batch.items() if k != "short_kept"})
+    out["short_text/dropped"] = sum(jnp.sum(valid[k] & ~read[k]) for k in read)
+  return out
 
 
 def encode_texts_together(encode_text, texts: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -125,16 +144,20 @@ def loss(params, batch, *, model, loss_config, mesh):
     short_texts["region_text"] = batch["region_text"]
   if w["hard_negative"]:
     short_texts["region_negatives"] = batch["region_negatives"]
-  short = encode_texts_together(towers.encode_text, short_texts)
+  if "short_ids" in batch:  # every short caption the batch carries, packed in rows
+    short = text_packing.unpack(base.encode_packed(towers, batch), batch, _CAPTIONS)
+  else:
+    short = encode_texts_together(towers.encode_text, short_texts)
   regions = None
   if reads_regions:
+    read = _kept(batch)
     grid = roi_align.as_grid(image_out["patch_tokens_projected"])
     regions = {"embedding": contrastive.l2_normalize(
                    roi_align.region_features(grid, batch["region_box"])),
-               "text": short["region_text"], "valid": batch["region_valid"]}
+               "text": short["region_text"], "valid": read["region_text"]}
     if w["hard_negative"]:
       regions.update(negatives=short["region_negatives"],
-                     negative_valid=batch["region_negative_valid"])
+                     negative_valid=read["region_negatives"])
   pair_loss = base.pair_loss(model, params["clip"], loss_config)
   # The same form and options, at the region term's own temperature (and bias).
   region_pair_loss = dataclasses.replace(pair_loss, logit_scale=own["logit_scale_region"],
@@ -162,12 +185,17 @@ def loss(params, batch, *, model, loss_config, mesh):
 
 
 def forward_flops_per_pair(c, input_config) -> int:
-  """Image, long caption, the short texts (summary, R region captions, R·K hard negatives) and
-  every patch through the per-token head (the map RoIAlign pools)."""
+  """Image, long caption, the short texts (summary, R region captions, R·K hard negatives, or
+  their packed rows) and every patch through the per-token head (the map RoIAlign pools)."""
   regions = input_config.max_regions * (1 + input_config.hard_negatives)
-  return (flops.image_forward_flops(c) + flops.text_forward_flops(c, c.context_length)
-          + flops.text_forward_flops(c, input_config.sentence_context)
-          + regions * flops.text_forward_flops(c, input_config.region_context)
+  width = input_config.get("short_text_packing", 0)
+  if width:
+    short = (input_config.short_text_rows * flops.text_forward_flops(c, width)
+             + (1 + regions - input_config.short_text_rows) * flops.text_token_head_flops(c))
+  else:
+    short = (flops.text_forward_flops(c, input_config.sentence_context)
+             + regions * flops.text_forward_flops(c, input_config.region_context))
+  return (flops.image_forward_flops(c) + flops.text_forward_flops(c, c.context_length) + short
           + c.grid_size ** 2 * flops.image_token_head_flops(c))
 
 
@@ -176,6 +204,8 @@ STUDY_RUNS = {
     "fgclip": (),
     "fgclip_no_hard": ("--config.loss.weights.hard_negative=0",),
 }
+
+_CAPTIONS = text_packing.captions_of(("summary", "regions"))  # its packed rows, in order
 
 METHOD = base.Method(name="fgclip", recipe="fgclip.py", fields=("global", "summary", "regions"),
                      loss=loss, forward_flops_per_pair=forward_flops_per_pair,

@@ -56,19 +56,17 @@ def _short_embeddings(towers, batch):
     embedding = towers.encode_text(short)["embedding"]
     return (embedding[:size], embedding[size:].reshape(size, num_sentences, -1),
             batch["sentence_valid"])
-  if towers.encode_packed_text is None:
-    raise ValueError("config.input.short_text_packing needs a causal text tower pooled at its "
-                     "EOT token (CLIP's); this backbone's attends to its padding: set it to 0")
-  embedding = towers.encode_packed_text(*(batch[k] for k in text_packing.FIELDS[:4]))
-  return embedding[:, 0], embedding[:, 1:], batch["short_kept"][:, 1:]
+  embedding = text_packing.unpack(base.encode_packed(towers, batch), batch, _CAPTIONS)
+  kept = text_packing.unpack(batch["short_kept"], batch, _CAPTIONS)
+  return embedding["summary"], embedding["sentences"], kept["sentences"]
 
 
 def step_metrics(batch) -> dict:
   """Sentences the packed rows had no room for (`config.input.short_text_packing`)."""
   if "short_kept" not in batch:
     return {}
-  dropped = batch["sentence_valid"] & ~batch["short_kept"][:, 1:].astype(bool)
-  return {"short_text/dropped": jnp.sum(dropped)}
+  kept = text_packing.unpack(batch["short_kept"], batch, _CAPTIONS)
+  return {"short_text/dropped": jnp.sum(batch["sentence_valid"] & ~kept["sentences"])}
 
 
 def loss(params, batch, *, model, loss_config, mesh):
@@ -102,11 +100,11 @@ def loss(params, batch, *, model, loss_config, mesh):
 def forward_flops_per_pair(c, input_config) -> int:
   """Image, long caption, summary + M sentences at the short context (or their packed row),
   per-token heads on the image's tokens and the long caption's."""
-  width = input_config.get("short_text_packing", 0)
+  width, rows = input_config.get("short_text_packing", 0), input_config.get("short_text_rows", 1)
   if width:
-    # One row of `width` tokens (with one caption's head), and the other M captions' heads.
-    short = (flops.text_forward_flops(c, width)
-             + input_config.max_sentences * flops.text_token_head_flops(c))
+    # The rows of `width` tokens (each with one caption's head), and the other captions' heads.
+    short = (rows * flops.text_forward_flops(c, width)
+             + (1 + input_config.max_sentences - rows) * flops.text_token_head_flops(c))
   else:
     short = (1 + input_config.max_sentences) * flops.text_forward_flops(
         c, input_config.sentence_context)
@@ -136,7 +134,10 @@ STUDY_RUNS = {
     }.items()},
 }
 
-METHOD = base.Method(name="mulclip", recipe="mulclip.py", fields=("global", "summary", "sentences"),
+_FIELDS = ("global", "summary", "sentences")
+_CAPTIONS = text_packing.captions_of(_FIELDS)  # what its packed rows hold, in order
+
+METHOD = base.Method(name="mulclip", recipe="mulclip.py", fields=_FIELDS,
                      loss=loss, forward_flops_per_pair=forward_flops_per_pair,
                      init_extra_params=init_extra_params, start_extra_params=start_extra_params,
                      step_metrics=step_metrics, study_runs=STUDY_RUNS)

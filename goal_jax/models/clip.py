@@ -316,16 +316,20 @@ class TextTower(nn.Module):
                           eot_index=eot_index, text_end=eot_index)
 
   def packed(self, ids, positions, segments, ends):
-    """Captions packed in rows (`goal_jax.text.packing`): ids, positions, segments [B, W]; the
-    unit embeddings [B, S, E] of the EOT tokens at `ends` [B, S]. Equal to `__call__` on each
-    caption alone (causal attention within each segment, positions from each caption's start)."""
+    """Captions packed in rows (`goal_jax.text.packing`): ids, positions, segments [B, R, W];
+    the unit embeddings [B, S, E] of the EOT tokens at `ends` [B, S] (positions in the R·W
+    tokens of a pair's rows). Equal to `__call__` on each caption alone (causal attention within
+    each segment, positions from each caption's start)."""
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    x = (towers.embed_tokens(self.token_embedding, ids, c)
-         + jnp.take(self.positional_embedding, positions, axis=0).astype(dtype))
-    tokens, _ = _run_padded(self.transformer, x, c.pad_multiple, True, False, segments)
-    hit = jnp.arange(tokens.shape[1])[None, None, :] == ends[:, :, None]  # [B, S, W]
-    pooled = jnp.einsum("bsw,bwd->bsd", hit.astype(tokens.dtype), tokens)
+    size, width = ids.shape[0], ids.shape[-1]
+    rows = lambda x: x.reshape(-1, width)
+    x = (towers.embed_tokens(self.token_embedding, rows(ids), c)
+         + jnp.take(self.positional_embedding, rows(positions), axis=0).astype(dtype))
+    tokens, _ = _run_padded(self.transformer, x, c.pad_multiple, True, False, rows(segments))
+    tokens = tokens.reshape(size, -1, tokens.shape[-1])  # [B, R·W, D]
+    hit = jnp.arange(tokens.shape[1])[None, None, :] == ends[:, :, None]  # [B, S, R·W]
+    pooled = jnp.einsum("bst,btd->bsd", hit.astype(tokens.dtype), tokens)
     return l2_normalize(self.head(pooled))
 
 

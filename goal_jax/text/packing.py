@@ -1,25 +1,38 @@
-"""A pair's short captions packed back to back into one row for a causal text tower.
+"""A pair's short captions packed back to back into rows for a causal text tower.
 
 MulCLIP encodes each pair's summary and up to `max_sentences` sentences at CLIP's 77-token
 context: nine rows of 77 tokens at the recipe's eight sentences, for about 190 real tokens on
-DOCCI (7.1 sentences of 17 words a caption, counted on GOAL's copy of its test split). A causal
-tower's output at a caption's EOT token depends on that caption's tokens alone, so the captions
-can share one row of `width` tokens: each caption's positions count from 0 at its start and its
-tokens attend only within it (`segments`), which gives the same embeddings for a fraction of the
-work (the row's length instead of nine times 77).
+DOCCI (7.1 sentences of 17 words a caption, counted on GOAL's copy of its test split). FG-CLIP
+encodes a summary, 4 region captions and 10 hard negatives of each: 45 rows of 77 for sentences
+of about 20 tokens. A causal tower's output at a caption's EOT token depends on that caption's
+tokens alone, so the captions can share rows of `width` tokens: each caption's positions count
+from 0 at its start and its tokens attend only within it (`segments`), which gives the same
+embeddings for a fraction of the work.
 
-Which captions fit: in order, the summary first, a caption is kept while the row's tokens so
-far and its own fit in `width`; those after it are dropped, as sentences past `max_sentences`
-are, and `kept` says which (the trainer logs the dropped sentences, `short_text/dropped`). A
-width of at least the sentence context always keeps the summary. Only a causal tower whose
-embedding is its EOT token's (CLIP's) gives the same embeddings this way; SigLIP's text tower
-attends to its padding and pools the last position.
+Which captions fit: in order (`captions_of`: the summary first), each caption goes on in the
+current row, or starts the next one when it does not fit there; once one fits in none of the
+`rows`, it and those after it are dropped, as sentences past `max_sentences` are, and `kept`
+says which (the trainer logs the dropped ones). With a width of at least the caption context the
+summary always fits. Only a causal tower whose embedding is its EOT token's (CLIP's) gives the
+same embeddings this way (`Family.causal_text`); SigLIP's text tower attends to its padding and
+pools the last position.
 """
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 FIELDS = ("short_ids", "short_positions", "short_segments", "short_ends", "short_kept")
+# The batch fields of short captions, in the order they are packed, and their field groups.
+CAPTIONS = (("summary", "summary"), ("sentences", "sentences"), ("region_text", "regions"),
+            ("region_negatives", "regions"))
+
+
+def captions_of(groups: Iterable[str]) -> tuple[str, ...]:
+  """The caption fields a batch of these pipeline field groups packs, in packing order."""
+  groups = set(groups)
+  return tuple(field for field, group in CAPTIONS if group in groups)
 
 
 def caption_lengths(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -28,37 +41,86 @@ def caption_lengths(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
   return np.where(valid, np.argmax(ids, axis=-1) + 1, 0).astype(np.int32)
 
 
-def kept_captions(lengths: np.ndarray, valid: np.ndarray, width: int) -> np.ndarray:
-  """Which captions of `lengths` `[..., S]` a row of `width` keeps: a prefix, as the sums only
-  grow."""
-  return np.asarray(valid, bool) & (np.cumsum(lengths, axis=-1) <= width)
+def place(lengths: np.ndarray, valid: np.ndarray, width: int, rows: int = 1
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, kept) `[..., S]`: where in the `rows * width` flat row positions each caption of
+  `lengths` starts (0 if not kept), and whether it is kept (module docstring)."""
+  lengths, valid = np.asarray(lengths), np.asarray(valid, bool)
+  starts = np.zeros(lengths.shape, np.int32)
+  kept = np.zeros(lengths.shape, bool)
+  for pair in np.ndindex(lengths.shape[:-1]):
+    row, used = 0, 0
+    for k, (length, ok) in enumerate(zip(lengths[pair], valid[pair])):
+      if not ok:
+        continue
+      if used + length > width:
+        row, used = row + 1, 0
+        if row == rows or length > width:
+          break
+      starts[pair + (k,)], kept[pair + (k,)] = row * width + used, True
+      used += length
+  return starts, kept
 
 
-def pack(ids: np.ndarray, valid: np.ndarray, width: int) -> dict[str, np.ndarray]:
-  """Packs captions `ids` `[..., S, L]` (`valid` `[..., S]`) into rows `[..., width]`.
+def pack(ids: np.ndarray, valid: np.ndarray, width: int, rows: int = 1) -> dict[str, np.ndarray]:
+  """Packs captions `ids` `[..., S, L]` (`valid` `[..., S]`) into `rows` rows of `width`.
 
   Returns the batch fields `short_ids`, `short_positions` (within its caption) and
-  `short_segments` (caption k is k + 1, padding 0), each `[..., width]` int32; `short_ends`
-  `[..., S]` int32, the row position of each kept caption's EOT (0 if not kept); `short_kept`
-  `[..., S]` bool.
+  `short_segments` (caption k is k + 1, padding 0), each `[..., rows, width]` int32; `short_ends`
+  `[..., S]` int32, each kept caption's EOT position in the flattened rows (0 if not kept);
+  `short_kept` `[..., S]` bool.
   """
   ids, valid = np.asarray(ids), np.asarray(valid, bool)
-  num, length = ids.shape[-2:]
   lengths = caption_lengths(ids, valid)
-  kept = kept_captions(lengths, valid, width)
-  lengths = np.where(kept, lengths, 0)
-  stops = np.cumsum(lengths, axis=-1)
-  starts = stops - lengths
-  position = np.arange(width)
-  # The caption holding row position p is the number of captions that end at or before p.
-  caption = np.sum(stops[..., None, :] <= position[:, None], axis=-1)  # [..., width]; num: none
-  inside = caption < num
-  held = np.minimum(caption, num - 1)
-  offset = position - np.take_along_axis(starts, held, axis=-1)
-  token = np.take_along_axis(ids.reshape(*ids.shape[:-2], num * length),
-                             held * length + np.clip(offset, 0, length - 1), axis=-1)
-  return {"short_ids": np.where(inside, token, 0).astype(np.int32),
-          "short_positions": np.where(inside, offset, 0).astype(np.int32),
-          "short_segments": np.where(inside, caption + 1, 0).astype(np.int32),
-          "short_ends": np.where(kept, stops - 1, 0).astype(np.int32),
+  starts, kept = place(lengths, valid, width, rows)
+  shape = (*ids.shape[:-2], rows * width)
+  packed_ids, positions, segments = (np.zeros(shape, np.int32) for _ in range(3))
+  for index in zip(*np.nonzero(kept)):
+    pair, start, length = index[:-1], starts[index], lengths[index]
+    packed_ids[pair + (slice(start, start + length),)] = ids[index][:length]
+    positions[pair + (slice(start, start + length),)] = np.arange(length)
+    segments[pair + (slice(start, start + length),)] = index[-1] + 1
+  rows_of = lambda x: x.reshape(*shape[:-1], rows, width)
+  return {"short_ids": rows_of(packed_ids), "short_positions": rows_of(positions),
+          "short_segments": rows_of(segments),
+          "short_ends": np.where(kept, starts + lengths - 1, 0).astype(np.int32),
           "short_kept": kept}
+
+
+def pack_fields(fields: Mapping[str, np.ndarray], captions: Iterable[str], width: int,
+                rows: int = 1) -> dict[str, np.ndarray]:
+  """`pack` of the `captions` fields of one example or a batch (`[..., L]` ids each, the
+  leading axes those of `summary`), with their validity fields: `sentence_valid`,
+  `region_valid`, `region_negative_valid`; the summary is always valid."""
+  captions = list(captions)
+  lead = np.asarray(fields["summary"]).ndim - 1
+  lengths = {np.asarray(fields[c]).shape[-1] for c in captions}
+  if len(lengths) != 1:
+    raise ValueError(f"packed captions must share one context; {captions} have {lengths}: "
+                     "set config.input.region_context to the sentence context")
+  ids, valid = [], []
+  for name in captions:
+    field = np.asarray(fields[name])
+    ids.append(field.reshape(*field.shape[:lead], -1, field.shape[-1]))
+    valid.append(np.ones(field.shape[:lead] + (1,), bool) if name == "summary" else
+                 np.asarray(fields[_VALID[name]], bool).reshape(*field.shape[:lead], -1))
+  return pack(np.concatenate(ids, axis=lead), np.concatenate(valid, axis=lead), width, rows)
+
+
+_VALID = {"sentences": "sentence_valid", "region_text": "region_valid",
+          "region_negatives": "region_negative_valid"}
+
+
+def unpack(values, fields: Mapping, captions: Iterable[str]) -> dict:
+  """Splits `values` `[B, S, ...]` over the packed captions (`short_ends`' order) back into
+  each caption field's shape (`[B, M, ...]`, `[B, R, K, ...]`)."""
+  out, offset = {}, 0
+  for name in captions:
+    shape = fields[name].shape[1:-1]  # the captions per pair, without the token axis
+    count = int(np.prod(shape, dtype=int))
+    part = values[:, offset:offset + count]
+    out[name] = part.reshape(part.shape[0], *shape, *part.shape[2:])
+    offset += count
+  if offset != values.shape[1]:
+    raise ValueError(f"{values.shape[1]} packed captions, but {list(captions)} hold {offset}")
+  return out

@@ -37,6 +37,7 @@ RESUMABLE = (
 # a saved config without the field resumes under that value as unchanged.
 ADDED = {
     "input.short_text_packing": 0,
+    "input.short_text_rows": 1,
     "input.local_context": 0,
 }
 
