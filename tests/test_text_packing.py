@@ -138,6 +138,25 @@ def _packed_batch(batch, width, rows=1, captions=("summary", "sentences")):
   return {k: jnp.asarray(v) for k, v in {**batch, **packed}.items()}
 
 
+def _assert_same_loss(got, want):
+  """`((loss, terms), grad)` of two batches are equal to float rounding."""
+  (loss, terms), grad = got
+  (want_loss, want_terms), want_grad = want
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for key in want_terms:
+    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _sharded_loss(method, config, params, batch):
+  """The loss on a 4-device mesh."""
+  mesh = make_mesh()
+  with jax.set_mesh(mesh):
+    return jax.jit(method.make_loss_fn(MODEL, config.loss, mesh))(params,
+                                                                  shard_batch(batch, mesh))[0]
+
+
 def test_mulclip_on_packed_rows_is_mulclip_on_the_kept_sentences():
   """Wide enough for every caption, the loss and its gradient are the unpacked ones, dense and
   on 4 devices; narrower, they are the unpacked ones without the sentences that did not fit,
@@ -146,14 +165,9 @@ def test_mulclip_on_packed_rows_is_mulclip_on_the_kept_sentences():
   config = tiny_config("mulclip")
   params, batch = params_and_batch("mulclip", config)
   loss_fn = jax.jit(jax.value_and_grad(method.make_loss_fn(MODEL, config.loss), has_aux=True))
-  (want, want_terms), want_grad = loss_fn(params, batch)
+  reference = loss_fn(params, batch)
   wide = _packed_batch(batch, 4 * 16)  # 4 captions of at most 16 tokens
-  (got, terms), grad = loss_fn(params, wide)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  for key in want_terms:
-    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, err_msg=key)
-  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  _assert_same_loss(loss_fn(params, wide), reference)
   assert int(method.step_metrics(wide)["short_text/dropped"]) == 0
 
   narrow = _packed_batch(batch, 24)
@@ -161,15 +175,9 @@ def test_mulclip_on_packed_rows_is_mulclip_on_the_kept_sentences():
   dropped = np.asarray(batch["sentence_valid"]) & ~kept
   assert dropped.sum() > 0
   assert int(method.step_metrics(narrow)["short_text/dropped"]) == dropped.sum()
-  (got, terms), _ = loss_fn(params, narrow)
-  (want, want_terms), _ = loss_fn(params, {**batch, "sentence_valid": jnp.asarray(kept)})
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-
-  mesh = make_mesh()
-  with jax.set_mesh(mesh):
-    sharded, _ = jax.jit(method.make_loss_fn(MODEL, config.loss, mesh))(
-        params, shard_batch(narrow, mesh))
-  np.testing.assert_allclose(sharded, got, rtol=2e-5)
+  got = loss_fn(params, narrow)
+  _assert_same_loss(got, loss_fn(params, {**batch, "sentence_valid": jnp.asarray(kept)}))
+  np.testing.assert_allclose(_sharded_loss(method, config, params, narrow), got[0][0], rtol=2e-5)
 
 
 def test_a_text_tower_that_is_not_causal_is_refused():
@@ -260,17 +268,12 @@ def test_goal_with_short_local_sentences_is_goal():
   config = tiny_config("goal")
   params, batch = params_and_batch("goal", config)
   loss_fn = jax.jit(jax.value_and_grad(method.make_loss_fn(MODEL, config.loss), has_aux=True))
-  (want, want_terms), want_grad = loss_fn(params, batch)
+  reference = loss_fn(params, batch)
   lengths = np.argmax(np.asarray(batch["local_text"]), axis=-1) + 1
   local, truncated = text_tokenizer.shorten(batch["local_text"], int(lengths.max()))
   assert not truncated.any() and local.shape[1] < batch["text"].shape[1]
   short = {**batch, "local_text": jnp.asarray(local), "local_text_truncated": truncated}
-  (got, terms), grad = loss_fn(params, short)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  for key in want_terms:
-    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, err_msg=key)
-  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  _assert_same_loss(loss_fn(params, short), reference)
   cut = int(np.sort(lengths)[BATCH // 2])  # about half the sentences lose tokens
   _, truncated = text_tokenizer.shorten(batch["local_text"], cut)
   metrics = method.step_metrics({**batch, "local_text_truncated": jnp.asarray(truncated)})
@@ -360,18 +363,13 @@ def test_fgclip_on_packed_rows_is_fgclip_on_the_kept_captions():
   captions = packing.captions_of(("summary", "regions"))
   loss_fn = jax.jit(jax.value_and_grad(on_fgclip.METHOD.make_loss_fn(MODEL, config.loss),
                                        has_aux=True))
-  (want, want_terms), want_grad = loss_fn(params, batch)
+  reference = loss_fn(params, batch)
   wide = _packed_batch(batch, 64, rows=4, captions=captions)
   kept = packing.unpack(np.asarray(wide["short_kept"]), batch, captions)
   assert kept["summary"].all()  # and every valid region caption and hard negative:
   np.testing.assert_array_equal(kept["region_text"], batch["region_valid"])
   np.testing.assert_array_equal(kept["region_negatives"], batch["region_negative_valid"])
-  (got, terms), grad = loss_fn(params, wide)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  for key in want_terms:
-    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, err_msg=key)
-  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  _assert_same_loss(loss_fn(params, wide), reference)
   assert int(on_fgclip.METHOD.step_metrics(wide)["short_text/dropped"]) == 0
 
   narrow = _packed_batch(batch, 48, rows=2, captions=captions)
@@ -382,12 +380,8 @@ def test_fgclip_on_packed_rows_is_fgclip_on_the_kept_captions():
              + np.asarray(batch["region_negative_valid"]).sum() - negative_valid.sum())
   assert dropped > 0 and region_valid.any()
   assert int(on_fgclip.METHOD.step_metrics(narrow)["short_text/dropped"]) == dropped
-  (got, _), _ = loss_fn(params, narrow)
-  (want, _), _ = loss_fn(params, {**batch, "region_valid": jnp.asarray(region_valid),
-                                  "region_negative_valid": jnp.asarray(negative_valid)})
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  mesh = make_mesh()
-  with jax.set_mesh(mesh):
-    sharded, _ = jax.jit(on_fgclip.METHOD.make_loss_fn(MODEL, config.loss, mesh))(
-        params, shard_batch(narrow, mesh))
-  np.testing.assert_allclose(sharded, got, rtol=2e-5)
+  got = loss_fn(params, narrow)
+  _assert_same_loss(got, loss_fn(params, {**batch, "region_valid": jnp.asarray(region_valid),
+                                          "region_negative_valid": jnp.asarray(negative_valid)}))
+  np.testing.assert_allclose(_sharded_loss(on_fgclip.METHOD, config, params, narrow), got[0][0],
+                             rtol=2e-5)
