@@ -231,34 +231,41 @@ def test_the_candidate_runs_on_packed_rows_with_the_same_loss(method, name):
   assert other.error == f"not for this method: only {method}"
 
 
-def test_the_width_report_reads_the_pipelines_lengths(tmp_path, capsys):
-  """`bench.short_text`: each record's summary and sentences in tokens as the pipeline makes
-  them, and per width the sentences a row keeps (the packer's own rule)."""
+def test_the_width_report_reads_the_pipelines_lengths(tmp_path):
+  """`bench.short_text`: each record's short captions in tokens as the pipeline makes them
+  (MulCLIP's summary and sentences, FG-CLIP's summary, region captions and hard negatives), and
+  per width and row count the captions the rows keep (the packer's own rule)."""
   from goal_jax.bench import short_text  # pylint: disable=g-import-not-at-top
   from goal_jax.data import builder, prepare  # pylint: disable=g-import-not-at-top
-  prepare.prepare("synthetic", str(tmp_path), splits=("test",))
-  source = builder.load_source("synthetic", "test", str(tmp_path))
+  prepare.prepare("synthetic", str(tmp_path), splits=("train",))
+  source = builder.load_source("synthetic", "train", str(tmp_path))
   lengths, valid = short_text.caption_lengths(source, 8)
-  config = pipeline.default_config()
-  config.update({"image_size": 32, "patch_size": 8, "fields": "global,summary,sentences"})
-  assert lengths.max() < 77  # so the pipeline's rows of 77 hold them whole
+  regions = short_text.region_caption_lengths(source, 77, 4, 10)
+  assert lengths.max() < 77 and regions[0].max() < 77  # so rows of 77 hold them whole
   for index in (0, 7):
-    out = pipeline.process(builder.decode_record(source[index]), config)
-    want = packing.caption_lengths(
-        np.concatenate([out["summary"][None], out["sentences"]]),
-        np.concatenate([[True], out["sentence_valid"]]))
-    assert lengths[index].tolist() == want.tolist()
+    record = builder.decode_record(source[index])
+    for (got, got_valid), fields in (((lengths, valid), "global,summary,sentences"),
+                                     (regions, "global,summary,regions")):
+      config = pipeline.default_config()
+      config.update({"image_size": 32, "patch_size": 8, "fields": fields, "geometry": "squash"})
+      out = pipeline.process(record, config)
+      ids, want_valid = packing.stack_captions(
+          out, packing.captions_of(pipeline.field_groups(fields)))
+      assert got[index].tolist() == packing.caption_lengths(ids, want_valid).tolist()
+      assert got_valid[index].tolist() == want_valid.tolist()
+  assert regions[1][:, 5:].any()  # the train split's hard negatives were read
   # By hand: two pairs of (summary, two sentences) = 10 + 20 + 30 and 10 + 5 + (none), and one
   # sentence of 90 tokens, which the rows of 77 cut to 77.
   lengths = np.array([[10, 20, 30], [10, 5, 0], [10, 90, 0]])
   valid = np.array([[True, True, True], [True, True, False], [True, True, False]])
-  table = short_text.width_table(lengths, valid, [32, 64, 96], 77)
+  table = short_text.width_table(lengths, valid, [32, 64, 96], 77, rows=(1, 2))
   assert "longer than 77 tokens: 25.00%" in table
   assert "mean 54.0" in table and "max 87" in table  # 10 + 77
-  rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
-  assert rows["32"] == ["50.00%", "66.67%", "0.139"]  # the 30- and the 77-token ones are lost
-  assert rows["64"] == ["75.00%", "33.33%", "0.277"]
-  assert rows["96"] == ["100.00%", "0.00%", "0.416"]
+  rows = {tuple(line.split()[:2]): line.split()[2:] for line in table.splitlines()[3:]}
+  assert rows["32", "1"] == ["50.00%", "66.67%", "0.139"]  # the 30- and 77-token ones are lost
+  assert rows["64", "1"] == ["75.00%", "33.33%", "0.277"]
+  assert rows["96", "1"] == ["100.00%", "0.00%", "0.416"]
+  assert rows["32", "2"] == ["75.00%", "33.33%", "0.277"]  # 30 starts the second row of 32
 
 
 def test_goal_with_short_local_sentences_is_goal():

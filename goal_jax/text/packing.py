@@ -89,9 +89,16 @@ def pack(ids: np.ndarray, valid: np.ndarray, width: int, rows: int = 1) -> dict[
 
 def pack_fields(fields: Mapping[str, np.ndarray], captions: Iterable[str], width: int,
                 rows: int = 1) -> dict[str, np.ndarray]:
-  """`pack` of the `captions` fields of one example or a batch (`[..., L]` ids each, the
-  leading axes those of `summary`), with their validity fields: `sentence_valid`,
-  `region_valid`, `region_negative_valid`; the summary is always valid."""
+  """`pack` of the `captions` fields of one example or a batch (`stack_captions`)."""
+  return pack(*stack_captions(fields, captions), width, rows)
+
+
+def stack_captions(fields: Mapping[str, np.ndarray], captions: Iterable[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(ids `[..., S, L]`, valid `[..., S]`) of the `captions` fields of one example or a batch
+  (`[..., L]` ids each, the leading axes those of `summary`), in order, with their validity
+  fields: `sentence_valid`, `region_valid`, `region_negative_valid`; the summary is always
+  valid."""
   captions = list(captions)
   lead = np.asarray(fields["summary"]).ndim - 1
   lengths = {np.asarray(fields[c]).shape[-1] for c in captions}
@@ -104,7 +111,7 @@ def pack_fields(fields: Mapping[str, np.ndarray], captions: Iterable[str], width
     ids.append(field.reshape(*field.shape[:lead], -1, field.shape[-1]))
     valid.append(np.ones(field.shape[:lead] + (1,), bool) if name == "summary" else
                  np.asarray(fields[_VALID[name]], bool).reshape(*field.shape[:lead], -1))
-  return pack(np.concatenate(ids, axis=lead), np.concatenate(valid, axis=lead), width, rows)
+  return np.concatenate(ids, axis=lead), np.concatenate(valid, axis=lead)
 
 
 _VALID = {"sentences": "sentence_valid", "region_text": "region_valid",
