@@ -217,18 +217,39 @@ def test_the_pipeline_refuses_a_width_it_cannot_use():
 
 
 @pytest.mark.parametrize("method, name", [("mulclip", "packed_short_text"),
-                                          ("fgclip", "packed_region_text")])
-def test_the_candidate_runs_on_packed_rows_with_the_same_loss(method, name):
-  row = lambda candidate: steps.bench_method(method, "tiny/8", 8, steps=1, warmup=1,
+                                          ("fgclip", "packed_region_text"),
+                                          ("goal", "short_local_text")])
+def test_the_candidates_keep_every_caption_of_the_gpu_rows_batch(method, name):
+  """`launch/gpu_bench.sh`'s row b16_64_short_text reads a candidate's first loss against the
+  step's as built, which is only right if the candidate's rows keep every caption of the bench's
+  B/16 batch of 64 whole: counted here as the trainer counts drops, without compiling. Each
+  candidate runs fewer FLOPs, and applies to its method only."""
+  candidate = candidates.BY_NAME[name]
+  config = steps.method_config(method, "B/16", 64, attention="xla", dtype="bfloat16")
+  c = loop.model_config_from(config, None)
+  built_flops = methods.get(method).train_flops_per_step(c, loop.input_config(config, c), 64)
+  config.input.update(candidate.input_overrides)
+  batch = steps.host_batch_for(config, c, 64)
+  counted = {"short_local_text": "local_text/truncated"}.get(name, "short_text/dropped")
+  assert int(methods.get(method).step_metrics(batch)[counted]) == 0
+  flops = methods.get(method).train_flops_per_step(c, loop.input_config(config, c), 64)
+  assert flops < 0.9 * built_flops
+  other = steps.bench_method("global", "tiny/8", 8, steps=1, warmup=1, attention="xla",
+                             dtype="float32", candidate=candidate)
+  assert other.error == f"not for this method: only {method}"
+
+
+def test_a_candidate_with_input_overrides_is_a_row_on_the_same_params():
+  """The bench's plumbing of a candidate that changes the batch (GOAL's local sentences at a
+  shorter context): its row runs the step on the same params, and its first loss is the step's
+  as built (the tiny bench batch loses no token at 77)."""
+  row = lambda candidate: steps.bench_method("goal", "tiny/8", 8, steps=1, warmup=1,
                                              attention="xla", dtype="float32",
                                              candidate=candidate)
-  built, packed = row(None), row(candidates.BY_NAME[name])
-  assert packed.impl == f"goal_jax+{name}" and packed.error is None
-  np.testing.assert_allclose(packed.first_loss, built.first_loss, rtol=1e-5)
-  assert packed.train_flops < built.train_flops
-  other = steps.bench_method("global", "tiny/8", 8, steps=1, warmup=1, attention="xla",
-                             dtype="float32", candidate=candidates.BY_NAME[name])
-  assert other.error == f"not for this method: only {method}"
+  built, short = row(None), row(candidates.BY_NAME["short_local_text"])
+  assert short.impl == "goal_jax+short_local_text" and short.error is None
+  np.testing.assert_allclose(short.first_loss, built.first_loss, rtol=1e-6)
+  assert short.train_flops < built.train_flops
 
 
 def test_the_width_report_reads_the_pipelines_lengths(tmp_path):
@@ -312,15 +333,6 @@ def test_a_siglip_run_refuses_cut_or_packed_captions(field):
     loop.input_config(config, on_siglip.MODEL)
   config.input[field] = 0
   loop.input_config(config, on_siglip.MODEL)
-
-
-def test_the_local_candidate_runs_goal_with_the_same_loss():
-  row = lambda candidate: steps.bench_method("goal", "tiny/8", 8, steps=1, warmup=1,
-                                             attention="xla", dtype="float32",
-                                             candidate=candidate)
-  built, short = row(None), row(candidates.BY_NAME["short_local_text"])
-  assert short.error is None and short.first_loss == built.first_loss
-  assert short.train_flops < built.train_flops
 
 
 @pytest.mark.gpu
